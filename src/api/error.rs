@@ -1,0 +1,143 @@
+//! The API's one error type: a status, a stable `error` code and a safe human message.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::secrets::{KeeperError, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid service-account token is required (Authorization: Bearer <token>)")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    UnknownConnectorType(String),
+    #[error("{0}")]
+    NotConnected(String),
+    #[error("no such route")]
+    NotFound,
+    #[error("this method is not allowed on this route")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    ReauthorizationRequired(String),
+    #[error("{0}")]
+    ProviderError(String),
+    #[error("{message}")]
+    ProviderUnavailable { message: String, retry_after: u64 },
+    #[error("the database is unavailable")]
+    Unavailable,
+    #[error("an internal error occurred; the server log has the details")]
+    Internal,
+}
+
+/// The `error` code of a response, kept in its extensions for the access log.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnknownConnectorType(_) | Self::NotConnected(_) | Self::NotFound => {
+                StatusCode::NOT_FOUND
+            }
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ReauthorizationRequired(_) => StatusCode::CONFLICT,
+            Self::ProviderError(_) => StatusCode::BAD_GATEWAY,
+            Self::ProviderUnavailable { .. } | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::UnknownConnectorType(_) => "unknown_connector_type",
+            Self::NotConnected(_) => "not_connected",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::ReauthorizationRequired(_) => "reauthorization_required",
+            Self::ProviderError(_) => "provider_error",
+            Self::ProviderUnavailable { .. } => "provider_unavailable",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let mut response = (self.status_code(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match &self {
+            Self::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tokenbox\""),
+                );
+            }
+            Self::ProviderUnavailable { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Self::Unavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(5u64));
+            }
+            _ => {}
+        }
+        response.extensions_mut().insert(ErrorCode(self.code()));
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Database(e) if is_unavailable(&e) => {
+                tracing::error!(error = %e, "database unavailable");
+                Self::Unavailable
+            }
+            other => {
+                tracing::error!(error = %other, "storage failure");
+                Self::Internal
+            }
+        }
+    }
+}
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    )
+}
+
+impl From<KeeperError> for ApiError {
+    fn from(error: KeeperError) -> Self {
+        match error {
+            KeeperError::UnknownConnectorType(_) => Self::UnknownConnectorType(error.to_string()),
+            KeeperError::NotConnected(..) => Self::NotConnected(error.to_string()),
+            KeeperError::ReauthorizationRequired(m) => Self::ReauthorizationRequired(m),
+            KeeperError::ProviderUnavailable {
+                message,
+                retry_after,
+            } => Self::ProviderUnavailable {
+                message,
+                retry_after,
+            },
+            KeeperError::ProviderError(m) => Self::ProviderError(m),
+            KeeperError::InvalidRequest(m) => Self::InvalidRequest(m),
+            KeeperError::Store(e) => e.into(),
+            KeeperError::Internal => Self::Internal,
+        }
+    }
+}

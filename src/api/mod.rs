@@ -1,0 +1,127 @@
+//! The HTTP API: the route table, authentication, errors and one module per resource.
+
+pub mod auth;
+pub mod error;
+pub mod resources;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{FromRequestParts, MatchedPath, Path, Request};
+use axum::http::request::Parts;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use rand::RngCore;
+
+use crate::config::Config;
+use crate::domain::{AppId, ConnectionKey, ConnectorTypeName};
+use crate::secrets::SecretsKeeper;
+use auth::Authenticator;
+use error::{ApiError, ErrorCode};
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub keeper: SecretsKeeper,
+    pub auth: Arc<Authenticator>,
+    pub config: Arc<Config>,
+}
+
+/// The `{app_id}/{connector_type}` part of a small-app route, validated.
+pub struct SmallApp(pub ConnectionKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for SmallApp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((app_id, connector_type)) =
+            Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::InvalidRequest("malformed path".into()))?;
+        let app_id = AppId::parse(&app_id).map_err(ApiError::InvalidRequest)?;
+        let connector_type =
+            ConnectorTypeName::parse(&connector_type).map_err(ApiError::InvalidRequest)?;
+        Ok(Self(ConnectionKey::new(app_id, connector_type)))
+    }
+}
+
+/// What a handler tells the access log about a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    pub outcome: &'static str,
+    pub refreshed: bool,
+}
+
+fn request_id(request: &Request) -> String {
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let mut bytes = [0u8; 8];
+            rand::thread_rng().fill_bytes(&mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        })
+}
+
+/// One structured log line per request. It names the route template, never the raw path or
+/// query (a connect link's path is a secret), and the app and connector type when valid.
+pub async fn access_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(&request);
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let (app_id, connector_type) = match route.as_deref() {
+        Some(r) if r.starts_with("/{app_id}/{connector_type}/") => {
+            let mut segments = request.uri().path().split('/').skip(1);
+            let app = segments.next().filter(|s| AppId::parse(s).is_ok());
+            let ct = segments
+                .next()
+                .filter(|s| ConnectorTypeName::parse(s).is_ok());
+            (app.map(str::to_string), ct.map(str::to_string))
+        }
+        _ => (None, None),
+    };
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16();
+    let (outcome, refreshed) = match response.extensions().get::<Outcome>() {
+        Some(o) => (o.outcome, o.refreshed),
+        None => (
+            response
+                .extensions()
+                .get::<ErrorCode>()
+                .map(|c| c.0)
+                .unwrap_or(if status < 400 { "ok" } else { "error" }),
+            false,
+        ),
+    };
+    tracing::info!(
+        target: "tokenbox::access",
+        request_id = %id,
+        method = %method,
+        route = route.as_deref().unwrap_or("-"),
+        status,
+        app_id = app_id.as_deref().unwrap_or("-"),
+        connector_type = connector_type.as_deref().unwrap_or("-"),
+        outcome,
+        refreshed,
+        latency_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+        "request"
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}

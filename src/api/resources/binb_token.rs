@@ -1,0 +1,113 @@
+//! `BinBToken`: the token an extraction job asks for, refreshed first when needed.
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+
+use crate::api::auth::Principal;
+use crate::api::error::ApiError;
+use crate::api::{AppState, Outcome, SmallApp};
+use crate::domain::{now_epoch, Metadata};
+use crate::secrets::TokenRequest;
+
+/// The resource of the design note: `GET /{app_id}/{connector_type}/binb-token`.
+pub struct BinBToken;
+
+#[derive(Debug, Deserialize)]
+pub struct BinBTokenQuery {
+    min_validity: Option<String>,
+    force_refresh: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BinBTokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    pub app_id: String,
+    pub connector_type: String,
+    #[serde(skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+}
+
+impl BinBTokenQuery {
+    fn parse(self) -> Result<TokenRequest, ApiError> {
+        let min_validity = self
+            .min_validity
+            .map(|v| {
+                v.trim()
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|v| (0..=31_536_000).contains(v))
+                    .ok_or_else(|| {
+                        ApiError::InvalidRequest(
+                            "min_validity must be a whole number of seconds between 0 and 31536000"
+                                .into(),
+                        )
+                    })
+            })
+            .transpose()?;
+        let force_refresh = match self.force_refresh.as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") | Some("") => true,
+            Some(_) => {
+                return Err(ApiError::InvalidRequest(
+                    "force_refresh must be true or false".into(),
+                ))
+            }
+        };
+        Ok(TokenRequest {
+            min_validity,
+            force_refresh,
+        })
+    }
+}
+
+impl BinBToken {
+    /// `GET /{app_id}/{connector_type}/binb-token` — role superadmin. Returns an access token
+    /// valid for at least `min_validity` seconds (default: the refresh margin), refreshing it
+    /// with the refresh-token grant (RFC 6749 §6) first when needed.
+    pub async fn get(
+        State(state): State<AppState>,
+        Extension(_principal): Extension<Principal>,
+        SmallApp(key): SmallApp,
+        query: Result<Query<BinBTokenQuery>, axum::extract::rejection::QueryRejection>,
+    ) -> Result<Response, ApiError> {
+        let Query(query) =
+            query.map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
+        let request = query.parse()?;
+        let served = state.keeper.retrieve_token(&key, request).await?;
+        let c = &served.connection;
+        let now = now_epoch();
+        let body = BinBTokenResponse {
+            access_token: c.tokens.access_token.expose().to_string(),
+            token_type: c
+                .tokens
+                .token_type
+                .clone()
+                .unwrap_or_else(|| "Bearer".into()),
+            expires_at: c.tokens.expires_at,
+            expires_in: c.tokens.expires_at.map(|at| (at - now).max(0)),
+            scope: c.tokens.scope.clone(),
+            app_id: key.app_id.to_string(),
+            connector_type: key.connector_type.to_string(),
+            metadata: c.tokens.metadata.clone(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        let mut response = (headers, Json(body)).into_response();
+        response.extensions_mut().insert(Outcome {
+            outcome: "served",
+            refreshed: served.refreshed,
+        });
+        Ok(response)
+    }
+}

@@ -1,0 +1,137 @@
+//! A connection's token set: import (migration from another store).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+
+use crate::api::auth::Principal;
+use crate::api::error::ApiError;
+use crate::api::{AppState, Outcome, SmallApp};
+use crate::domain::{now_epoch, Metadata, StoredConnection, TokenSet};
+use crate::secret::Secret;
+
+/// A token set to import, as JSON: `{"access_token", "refresh_token", "expires_at" |
+/// "expires_in", "scope", "token_type", "metadata"}`; only `access_token` is required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportTokenSet {
+    access_token: Secret,
+    #[serde(default)]
+    refresh_token: Option<Secret>,
+    #[serde(default)]
+    expires_at: Option<i64>,
+    #[serde(default)]
+    expires_in: Option<i64>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+impl ImportTokenSet {
+    /// Parses the JSON text; the error is a sentence that never repeats the input's values.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            let message = e.to_string();
+            if message.starts_with("unknown field") || message.starts_with("missing field") {
+                let short = message.split(" at line").next().unwrap_or(&message);
+                format!("invalid token set: {short}")
+            } else {
+                format!(
+                    "invalid token set JSON at line {} column {}: expected {{\"access_token\": string, \"refresh_token\": string, \"expires_at\": integer | \"expires_in\": integer, \"scope\": string}}",
+                    e.line(),
+                    e.column()
+                )
+            }
+        })
+    }
+
+    pub fn into_token_set(self, now: i64) -> Result<TokenSet, String> {
+        if self.access_token.expose().trim().is_empty() {
+            return Err("access_token must not be empty".into());
+        }
+        let expires_at = match (self.expires_at, self.expires_in) {
+            (Some(_), Some(_)) => return Err("give expires_at or expires_in, not both".into()),
+            (Some(at), None) if at <= 0 => return Err("expires_at must be positive".into()),
+            (Some(at), None) => Some(at),
+            (None, Some(s)) if s < 0 => return Err("expires_in must not be negative".into()),
+            (None, Some(s)) => Some(now.saturating_add(s)),
+            (None, None) => None,
+        };
+        Ok(TokenSet {
+            access_token: self.access_token,
+            refresh_token: self.refresh_token.filter(|t| !t.is_empty()),
+            token_type: self.token_type,
+            expires_at,
+            scope: self.scope,
+            metadata: self.metadata.unwrap_or_default(),
+        })
+    }
+}
+
+/// A connection as shown to admins: never a token.
+#[derive(Debug, Serialize)]
+pub struct ConnectionView {
+    pub app_id: String,
+    pub connector_type: String,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    pub has_refresh_token: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refreshed_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl From<&StoredConnection> for ConnectionView {
+    fn from(c: &StoredConnection) -> Self {
+        Self {
+            app_id: c.key.app_id.to_string(),
+            connector_type: c.key.connector_type.to_string(),
+            status: c.status.as_str(),
+            expires_at: c.tokens.expires_at,
+            scope: c.tokens.scope.clone(),
+            has_refresh_token: c.tokens.refresh_token.is_some(),
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            refreshed_at: c.refreshed_at,
+            last_error: c.last_error.clone(),
+        }
+    }
+}
+
+/// `PUT /{app_id}/{connector_type}/connection` — role admin or superadmin. Imports a token set
+/// obtained elsewhere; the connection becomes active. 201 when it is new, 200 when replaced.
+pub async fn put(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    SmallApp(key): SmallApp,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tokens = ImportTokenSet::from_json(&body)
+        .and_then(|t| t.into_token_set(now_epoch()))
+        .map_err(ApiError::InvalidRequest)?;
+    let stored = state.keeper.save_connection(&key, &tokens).await?;
+    tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, principal = %principal.name, "connection imported");
+    let status = if stored.version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, Json(ConnectionView::from(stored.as_ref()))).into_response();
+    response.extensions_mut().insert(Outcome {
+        outcome: "imported",
+        refreshed: false,
+    });
+    Ok(response)
+}

@@ -1,0 +1,5 @@
+//! One module per resource: its handlers and its request and response types.
+
+pub mod binb_token;
+pub mod connection;
+pub mod health;

@@ -1,0 +1,315 @@
+//! Configuration: defaults in code, then the TOML file, then `TOKENBOX_*` environment variables.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::connectors::ConnectorTypeSpec;
+use crate::secret::{redact_url, Secret};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://tokenbox-data/tokenbox.db";
+pub const DEFAULT_KEY_FILE: &str = "tokenbox-data/encryption.key";
+
+/// Environment variables read by the server (each overrides the config key of the same name).
+const SERVER_ENV: &[(&str, &str)] = &[
+    ("TOKENBOX_LISTEN", "listen"),
+    ("TOKENBOX_PUBLIC_URL", "public_url"),
+    ("TOKENBOX_DATABASE_URL", "database_url"),
+    ("TOKENBOX_ENCRYPTION_KEY_FILE", "encryption_key_file"),
+    ("TOKENBOX_REFRESH_MARGIN_SECONDS", "refresh_margin_seconds"),
+    ("TOKENBOX_CACHE_TTL_SECONDS", "cache_ttl_seconds"),
+    (
+        "TOKENBOX_REQUEST_TIMEOUT_SECONDS",
+        "request_timeout_seconds",
+    ),
+    (
+        "TOKENBOX_PROVIDER_TIMEOUT_SECONDS",
+        "provider_timeout_seconds",
+    ),
+    ("TOKENBOX_LOG_FORMAT", "log_format"),
+];
+
+/// Other `TOKENBOX_*` variables that are known (read by the CLI or the logger), so not reported.
+const OTHER_ENV: &[&str] = &[
+    "TOKENBOX_CONFIG",
+    "TOKENBOX_URL",
+    "TOKENBOX_TOKEN",
+    "TOKENBOX_LOG",
+    "TOKENBOX_ENCRYPTION_KEY",
+];
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The configuration file, as written by the operator. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    public_url: Option<String>,
+    database_url: Option<String>,
+    encryption_key_file: Option<PathBuf>,
+    refresh_margin_seconds: Option<i64>,
+    cache_ttl_seconds: Option<u64>,
+    request_timeout_seconds: Option<u64>,
+    provider_timeout_seconds: Option<u64>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    connector_types: BTreeMap<String, ConnectorTypeSpec>,
+}
+
+/// The resolved configuration.
+#[derive(Clone)]
+pub struct Config {
+    /// Address to bind, `host:port`; port 0 picks a free port.
+    pub listen: String,
+    /// Base URL users reach the service at (used for links and redirect URIs).
+    pub public_url: Option<String>,
+    pub database_url: String,
+    pub encryption_key_file: PathBuf,
+    /// A base64 key given through `TOKENBOX_ENCRYPTION_KEY` instead of a key file.
+    pub encryption_key: Option<Secret>,
+    /// A token is refreshed when it expires within this many seconds.
+    pub refresh_margin_seconds: i64,
+    /// How long a decrypted token may be served from memory before the store is read again.
+    pub cache_ttl: Duration,
+    /// No request waits longer than this.
+    pub request_timeout: Duration,
+    /// Timeout of one call to a provider.
+    pub provider_timeout: Duration,
+    pub log_format: LogFormat,
+    /// Connector types from the config file: custom entries or overrides of catalog entries.
+    pub connector_types: BTreeMap<String, ConnectorTypeSpec>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("encryption_key_file", &self.encryption_key_file)
+            .field("encryption_key", &self.encryption_key)
+            .field("refresh_margin_seconds", &self.refresh_margin_seconds)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("request_timeout", &self.request_timeout)
+            .field("provider_timeout", &self.provider_timeout)
+            .field("connector_types", &self.connector_types.keys())
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_string(),
+            public_url: None,
+            database_url: DEFAULT_DATABASE_URL.to_string(),
+            encryption_key_file: PathBuf::from(DEFAULT_KEY_FILE),
+            encryption_key: None,
+            refresh_margin_seconds: 300,
+            cache_ttl: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            provider_timeout: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+            connector_types: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file (when given) and applies the environment. Returns the warnings to log
+    /// once logging is set up (unknown `TOKENBOX_*` variables).
+    pub fn load(path: Option<&Path>) -> anyhow::Result<(Self, Vec<String>)> {
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                Self::parse_file(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("TOKENBOX_"))
+            .collect();
+        Self::resolve(file, &env)
+    }
+
+    /// Parses configuration text (for tests and `load`).
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        Ok(Self::resolve(Self::parse_file(text)?, &[])?.0)
+    }
+
+    fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message().trim()))
+    }
+
+    fn resolve(file: FileConfig, env: &[(String, String)]) -> anyhow::Result<(Self, Vec<String>)> {
+        let mut c = Config::default();
+        let mut warnings = Vec::new();
+        if let Some(v) = file.listen {
+            c.listen = v;
+        }
+        c.public_url = file.public_url;
+        if let Some(v) = file.database_url {
+            c.database_url = v;
+        }
+        if let Some(v) = file.encryption_key_file {
+            c.encryption_key_file = v;
+        }
+        if let Some(v) = file.refresh_margin_seconds {
+            c.refresh_margin_seconds = v;
+        }
+        if let Some(v) = file.cache_ttl_seconds {
+            c.cache_ttl = Duration::from_secs(v);
+        }
+        if let Some(v) = file.request_timeout_seconds {
+            c.request_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = file.provider_timeout_seconds {
+            c.provider_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = file.log_format {
+            c.log_format = v;
+        }
+        c.connector_types = file.connector_types;
+
+        for (name, value) in env {
+            let key = SERVER_ENV.iter().find(|(n, _)| n == name).map(|(_, k)| *k);
+            let parse_secs = |v: &str| -> anyhow::Result<u64> {
+                v.trim()
+                    .parse()
+                    .with_context(|| format!("{name} must be a whole number of seconds"))
+            };
+            match key {
+                Some("listen") => c.listen = value.clone(),
+                Some("public_url") => c.public_url = Some(value.clone()),
+                Some("database_url") => c.database_url = value.clone(),
+                Some("encryption_key_file") => c.encryption_key_file = PathBuf::from(value),
+                Some("refresh_margin_seconds") => {
+                    c.refresh_margin_seconds = parse_secs(value)? as i64
+                }
+                Some("cache_ttl_seconds") => c.cache_ttl = Duration::from_secs(parse_secs(value)?),
+                Some("request_timeout_seconds") => {
+                    c.request_timeout = Duration::from_secs(parse_secs(value)?)
+                }
+                Some("provider_timeout_seconds") => {
+                    c.provider_timeout = Duration::from_secs(parse_secs(value)?)
+                }
+                Some("log_format") => {
+                    c.log_format = match value.as_str() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        _ => bail!("TOKENBOX_LOG_FORMAT must be 'text' or 'json'"),
+                    }
+                }
+                _ if name == "TOKENBOX_ENCRYPTION_KEY" => {
+                    c.encryption_key = Some(Secret::new(value.clone()))
+                }
+                _ if OTHER_ENV.contains(&name.as_str()) => {}
+                _ => warnings.push(format!(
+                    "unknown environment variable {name} ignored (known: {})",
+                    SERVER_ENV
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .chain(OTHER_ENV.iter().copied())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+        c.validate()?;
+        Ok((c, warnings))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.refresh_margin_seconds < 0 {
+            bail!("refresh_margin_seconds must not be negative");
+        }
+        if self.request_timeout.is_zero() || self.provider_timeout.is_zero() {
+            bail!("request_timeout_seconds and provider_timeout_seconds must be positive");
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("public_url must start with http:// or https://");
+            }
+        }
+        Ok(())
+    }
+
+    /// The base URL of the service, without a trailing slash.
+    pub fn public_base_url(&self, bound: std::net::SocketAddr) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{bound}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let (c, warnings) = Config::resolve(FileConfig::default(), &[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://tokenbox-data/tokenbox.db");
+        assert_eq!(c.refresh_margin_seconds, 300);
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_unknown_variables_are_reported() {
+        let file =
+            Config::parse_file("listen = \"127.0.0.1:1\"\nrefresh_margin_seconds = 60\n").unwrap();
+        let (c, warnings) = Config::resolve(
+            file,
+            &env(&[
+                ("TOKENBOX_LISTEN", "127.0.0.1:2"),
+                ("TOKENBOX_TOKEN", "x"),
+                ("TOKENBOX_LISTN", "typo"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2");
+        assert_eq!(c.refresh_margin_seconds, 60);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("TOKENBOX_LISTN"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("lisen = \"x\"").unwrap_err();
+        assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+        let err = Config::from_toml("[connector_types.acme]\ntokn_url = \"x\"").unwrap_err();
+        assert!(format!("{err:#}").contains("tokn_url"), "{err:#}");
+    }
+
+    #[test]
+    fn debug_hides_the_database_password() {
+        let c = Config {
+            database_url: "postgres://u:pa55word@127.0.0.1/db".into(),
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("pa55word"));
+    }
+}

@@ -1,0 +1,408 @@
+//! The connector catalog (data compiled into the binary) and the per-type OAuth settings.
+
+mod provider;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{ConnectorTypeName, Metadata};
+use crate::secret::Secret;
+
+pub use provider::{Provider, RefreshError};
+
+const CATALOG: &str = include_str!("catalog.toml");
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// HTTP Basic with the url-encoded client id and secret (RFC 6749 §2.3.1).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Body,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestBody {
+    #[default]
+    Form,
+    Json,
+}
+
+/// How a placeholder value is validated: it can never change the host part of a URL
+/// beyond the characters a host label allows.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PlaceholderPattern {
+    /// One DNS label: letters, digits and '-'.
+    DnsLabel,
+    /// A host name: DNS labels separated by dots.
+    Hostname,
+    /// A DNS label or a UUID (Microsoft tenants).
+    DnsLabelOrUuid,
+}
+
+impl PlaceholderPattern {
+    pub fn accepts(self, value: &str) -> bool {
+        let label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        match self {
+            Self::DnsLabel | Self::DnsLabelOrUuid => label(value),
+            Self::Hostname => value.len() <= 253 && value.split('.').all(label),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceholderSpec {
+    pub pattern: PlaceholderPattern,
+    #[serde(default)]
+    pub default: Option<String>,
+}
+
+/// A connector type as written in the catalog or in the config file. In the config file every
+/// key is optional and overrides the catalog entry of the same name.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorTypeSpec {
+    pub display_name: Option<String>,
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
+    pub revocation_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub client_secret_env: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub scope_separator: Option<String>,
+    pub client_auth: Option<ClientAuth>,
+    pub pkce: Option<bool>,
+    pub authorization_params: Option<BTreeMap<String, String>>,
+    pub token_params: Option<BTreeMap<String, String>>,
+    pub token_headers: Option<BTreeMap<String, String>>,
+    pub token_request_body: Option<RequestBody>,
+    pub token_path: Option<String>,
+    pub metadata_fields: Option<Vec<String>>,
+    pub callback_params: Option<Vec<String>>,
+    pub expires: Option<bool>,
+    pub default_expires_in: Option<i64>,
+    pub placeholders: Option<BTreeMap<String, PlaceholderSpec>>,
+}
+
+/// A resolved connector type: catalog entry and configuration merged.
+#[derive(Debug)]
+pub struct ConnectorType {
+    pub name: ConnectorTypeName,
+    pub display_name: String,
+    /// Whether this entry comes from the built-in catalog.
+    pub from_catalog: bool,
+    pub authorization_url: String,
+    pub token_url: String,
+    pub revocation_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub scopes: Vec<String>,
+    pub scope_separator: String,
+    pub client_auth: ClientAuth,
+    pub pkce: bool,
+    pub authorization_params: BTreeMap<String, String>,
+    pub token_params: BTreeMap<String, String>,
+    pub token_headers: BTreeMap<String, String>,
+    pub token_request_body: RequestBody,
+    pub token_path: Option<String>,
+    pub metadata_fields: Vec<String>,
+    pub callback_params: Vec<String>,
+    pub expires: bool,
+    pub default_expires_in: Option<i64>,
+    pub placeholders: BTreeMap<String, PlaceholderSpec>,
+}
+
+impl ConnectorType {
+    /// Whether client credentials are configured, so tokens can be refreshed and signups run.
+    pub fn has_credentials(&self) -> bool {
+        self.client_id.is_some()
+    }
+
+    /// Fills `{placeholders}` of a URL from connection metadata or the defaults; every value is
+    /// checked against its pattern, so it cannot change the URL's host beyond a label.
+    pub fn expand_url(&self, template: &str, values: &Metadata) -> Result<String, String> {
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let end = rest[start..]
+                .find('}')
+                .ok_or_else(|| format!("unclosed placeholder in {template}"))?
+                + start;
+            let name = &rest[start + 1..end];
+            let spec = self
+                .placeholders
+                .get(name)
+                .ok_or_else(|| format!("undeclared placeholder {{{name}}}"))?;
+            let value = values
+                .get(name)
+                .and_then(|v| v.as_str().map(str::to_string))
+                .or_else(|| spec.default.clone())
+                .ok_or_else(|| format!("the connection has no value for {{{name}}}"))?;
+            if !spec.pattern.accepts(&value) {
+                return Err(format!("the value of {{{name}}} is not a valid {name}"));
+            }
+            out.push_str(&value);
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn resolve(
+        name: &str,
+        catalog: Option<&ConnectorTypeSpec>,
+        config: Option<&ConnectorTypeSpec>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Self> {
+        let empty = ConnectorTypeSpec::default();
+        let base = catalog.unwrap_or(&empty);
+        let over = config.unwrap_or(&empty);
+        macro_rules! pick {
+            ($field:ident) => {
+                over.$field.clone().or_else(|| base.$field.clone())
+            };
+        }
+        let type_name = ConnectorTypeName::parse(name).map_err(|e| anyhow::anyhow!(e))?;
+        let token_url = pick!(token_url).with_context(|| {
+            format!("connector type '{name}' has no token_url (custom types need authorization_url and token_url)")
+        })?;
+        let authorization_url = pick!(authorization_url)
+            .with_context(|| format!("connector type '{name}' has no authorization_url"))?;
+        let client_secret = match (&over.client_secret, &over.client_secret_env) {
+            (Some(_), Some(_)) => {
+                bail!("connector type '{name}': set client_secret or client_secret_env, not both")
+            }
+            (Some(s), None) => Some(s.clone()),
+            (None, Some(var)) => Some(Secret::new(env(var).with_context(|| {
+                format!("connector type '{name}': environment variable {var} (client_secret_env) is not set")
+            })?)),
+            (None, None) => None,
+        };
+        let client_id = over.client_id.clone();
+        if client_secret.is_some() && client_id.is_none() {
+            bail!("connector type '{name}': client_secret is set but client_id is missing");
+        }
+        let scope_separator = pick!(scope_separator).unwrap_or_else(|| " ".to_string());
+        if scope_separator != " " && scope_separator != "," {
+            bail!("connector type '{name}': scope_separator must be \" \" or \",\"");
+        }
+        let ct = ConnectorType {
+            name: type_name,
+            display_name: pick!(display_name).unwrap_or_else(|| name.to_string()),
+            from_catalog: catalog.is_some(),
+            authorization_url,
+            token_url,
+            revocation_url: pick!(revocation_url),
+            client_id,
+            client_secret,
+            scopes: pick!(scopes).unwrap_or_default(),
+            scope_separator,
+            client_auth: pick!(client_auth).unwrap_or_default(),
+            pkce: pick!(pkce).unwrap_or(true),
+            authorization_params: pick!(authorization_params).unwrap_or_default(),
+            token_params: pick!(token_params).unwrap_or_default(),
+            token_headers: pick!(token_headers).unwrap_or_default(),
+            token_request_body: pick!(token_request_body).unwrap_or_default(),
+            token_path: pick!(token_path),
+            metadata_fields: pick!(metadata_fields).unwrap_or_default(),
+            callback_params: pick!(callback_params).unwrap_or_default(),
+            expires: pick!(expires).unwrap_or(true),
+            default_expires_in: pick!(default_expires_in),
+            placeholders: pick!(placeholders).unwrap_or_default(),
+        };
+        for url in [
+            Some(&ct.authorization_url),
+            Some(&ct.token_url),
+            ct.revocation_url.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            ct.check_url_template(url)?;
+        }
+        Ok(ct)
+    }
+
+    fn check_url_template(&self, url: &str) -> anyhow::Result<()> {
+        let name = &self.name;
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            bail!("connector type '{name}': {url} is not an http(s) URL");
+        }
+        let mut rest = url;
+        while let Some(start) = rest.find('{') {
+            let end = rest[start..].find('}').with_context(|| {
+                format!("connector type '{name}': unclosed placeholder in {url}")
+            })? + start;
+            let placeholder = &rest[start + 1..end];
+            if !self.placeholders.contains_key(placeholder) {
+                bail!("connector type '{name}': {url} uses {{{placeholder}}}, which is not declared under placeholders");
+            }
+            rest = &rest[end + 1..];
+        }
+        Ok(())
+    }
+}
+
+/// All connector types known to this deployment.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    types: Arc<BTreeMap<ConnectorTypeName, Arc<ConnectorType>>>,
+}
+
+impl Catalog {
+    /// The built-in catalog merged with the configured entries.
+    pub fn build(configured: &BTreeMap<String, ConnectorTypeSpec>) -> anyhow::Result<Self> {
+        Self::build_with_env(configured, &|var| std::env::var(var).ok())
+    }
+
+    pub fn build_with_env(
+        configured: &BTreeMap<String, ConnectorTypeSpec>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Self> {
+        let builtin = builtin_specs()?;
+        let mut types = BTreeMap::new();
+        let names: std::collections::BTreeSet<&String> =
+            builtin.keys().chain(configured.keys()).collect();
+        for name in names {
+            let ct = ConnectorType::resolve(name, builtin.get(name), configured.get(name), env)?;
+            types.insert(ct.name.clone(), Arc::new(ct));
+        }
+        Ok(Self {
+            types: Arc::new(types),
+        })
+    }
+
+    pub fn get(&self, name: &ConnectorTypeName) -> Option<&Arc<ConnectorType>> {
+        self.types.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ConnectorType>> {
+        self.types.values()
+    }
+}
+
+fn builtin_specs() -> anyhow::Result<BTreeMap<String, ConnectorTypeSpec>> {
+    toml::from_str(CATALOG).context("the built-in catalog is invalid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn the_builtin_catalog_carries_the_documented_providers() {
+        let catalog = Catalog::build_with_env(&BTreeMap::new(), &no_env).unwrap();
+        let names: Vec<String> = catalog.iter().map(|c| c.name.to_string()).collect();
+        for expected in [
+            "aircall",
+            "github",
+            "hubspot",
+            "google",
+            "salesforce",
+            "microsoft",
+            "slack",
+            "linear",
+            "notion",
+            "zendesk",
+            "intercom",
+            "pipedrive",
+            "quickbooks",
+            "xero",
+            "gitlab",
+            "atlassian",
+            "zoom",
+            "asana",
+            "shopify",
+            "dropbox",
+        ] {
+            assert!(names.contains(&expected.to_string()), "{expected} missing");
+        }
+        let aircall = catalog
+            .get(&ConnectorTypeName::parse("aircall").unwrap())
+            .unwrap();
+        assert!(!aircall.expires);
+        assert!(!aircall.has_credentials());
+    }
+
+    #[test]
+    fn config_overrides_catalog_fields_and_adds_custom_types() {
+        let configured: BTreeMap<String, ConnectorTypeSpec> = toml::from_str(
+            r#"
+            [acme]
+            authorization_url = "http://127.0.0.1:9000/authorize"
+            token_url = "http://127.0.0.1:9000/token"
+            client_id = "acme-client"
+            client_secret = "acme-secret"
+            scopes = ["read"]
+            client_auth = "basic"
+            [github]
+            client_id = "gh"
+            client_secret_env = "GH_SECRET"
+            "#,
+        )
+        .unwrap();
+        let env = |v: &str| (v == "GH_SECRET").then(|| "from-env".to_string());
+        let catalog = Catalog::build_with_env(&configured, &env).unwrap();
+        let acme = catalog
+            .get(&ConnectorTypeName::parse("acme").unwrap())
+            .unwrap();
+        assert_eq!(acme.client_secret.as_ref().unwrap().expose(), "acme-secret");
+        assert!(!acme.from_catalog);
+        let gh = catalog
+            .get(&ConnectorTypeName::parse("github").unwrap())
+            .unwrap();
+        assert_eq!(gh.client_secret.as_ref().unwrap().expose(), "from-env");
+        assert_eq!(gh.token_url, "https://github.com/login/oauth/access_token");
+    }
+
+    #[test]
+    fn a_missing_secret_variable_is_an_error_naming_it() {
+        let configured: BTreeMap<String, ConnectorTypeSpec> =
+            toml::from_str("[github]\nclient_id = \"x\"\nclient_secret_env = \"NOPE_SECRET\"")
+                .unwrap();
+        let err = Catalog::build_with_env(&configured, &no_env).unwrap_err();
+        assert!(format!("{err:#}").contains("NOPE_SECRET"));
+    }
+
+    #[test]
+    fn placeholders_cannot_change_the_host() {
+        let catalog = Catalog::build_with_env(&BTreeMap::new(), &no_env).unwrap();
+        let zendesk = catalog
+            .get(&ConnectorTypeName::parse("zendesk").unwrap())
+            .unwrap();
+        let mut values = Metadata::new();
+        values.insert("subdomain".into(), "acme".into());
+        assert_eq!(
+            zendesk.expand_url(&zendesk.token_url, &values).unwrap(),
+            "https://acme.zendesk.com/oauth/tokens"
+        );
+        for evil in ["evil.com/x?", "a@b", "a.b", "", "a/b"] {
+            values.insert("subdomain".into(), evil.into());
+            assert!(
+                zendesk.expand_url(&zendesk.token_url, &values).is_err(),
+                "{evil}"
+            );
+        }
+        values.clear();
+        assert!(zendesk.expand_url(&zendesk.token_url, &values).is_err());
+    }
+}

@@ -1,0 +1,413 @@
+//! Calls to providers' token endpoints, through the `oauth2` crate, with our own HTTP transport
+//! that applies each provider's quirks and classifies failures.
+
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
+    BasicTokenIntrospectionResponse, BasicTokenType,
+};
+use oauth2::{
+    AccessToken, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken,
+    RequestTokenError, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{ClientAuth, ConnectorType, RequestBody};
+use crate::domain::{now_epoch, Metadata, TokenSet};
+use crate::secret::Secret;
+
+/// OAuth error codes that mean the grant is gone and the tenant must reconnect.
+const REVOKED_CODES: &[&str] = &["invalid_grant", "invalid_refresh_token", "token_revoked"];
+
+/// Why a refresh failed. Messages are safe to show: they never hold a token or a response body.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The grant is revoked or expired: the tenant must reconnect.
+    #[error("the provider refused the refresh token ({code})")]
+    Revoked { code: String },
+    /// Our client credentials are wrong: an operator problem, not a tenant one.
+    #[error("the provider rejected tokenbox's client credentials for this connector type (invalid_client); an operator must check client_id and client_secret")]
+    InvalidClient,
+    /// The provider could not be reached or answered with a transient failure.
+    #[error("{reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Option<u64>,
+    },
+    /// The provider answered, but not with a usable token.
+    #[error("{0}")]
+    Rejected(String),
+    /// The connector type cannot refresh (no client credentials, bad URL).
+    #[error("{0}")]
+    NotConfigured(String),
+}
+
+impl RefreshError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+/// Failures of the HTTP exchange itself, before OAuth semantics.
+#[derive(Debug, thiserror::Error)]
+enum Fault {
+    #[error("connection to the provider failed")]
+    Connect,
+    /// The request may have reached the provider: a retry could spend a rotated token twice.
+    #[error("the provider did not answer in time")]
+    Timeout,
+    #[error("the provider answered HTTP {status}")]
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
+    #[error("the provider answered with a body that is not JSON")]
+    NotJson,
+    #[error("the request to the provider failed")]
+    Other,
+}
+
+/// A lenient token response: `token_type` may be missing, `expires_in` may be a string, and every
+/// other field is kept so that metadata can be picked from it.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct ProviderTokenResponse {
+    access_token: AccessToken,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default, deserialize_with = "lenient_seconds")]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    refresh_token: Option<RefreshToken>,
+    #[serde(default, deserialize_with = "lenient_scope")]
+    scope: Option<String>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+const BEARER: BasicTokenType = BasicTokenType::Bearer;
+
+impl TokenResponse for ProviderTokenResponse {
+    type TokenType = BasicTokenType;
+
+    fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+    fn token_type(&self) -> &BasicTokenType {
+        &BEARER
+    }
+    fn expires_in(&self) -> Option<Duration> {
+        self.expires_in.map(Duration::from_secs)
+    }
+    fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+    fn scopes(&self) -> Option<&Vec<Scope>> {
+        None
+    }
+}
+
+fn lenient_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+fn lenient_scope<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        _ => None,
+    })
+}
+
+/// The HTTP client handed to the `oauth2` crate: our reqwest client plus the connector type's
+/// quirks.
+struct Transport<'a> {
+    provider: &'a Provider,
+    ct: &'a ConnectorType,
+}
+
+type BoxedResponse<'c> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, Fault>> + Send + 'c>>;
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Transport<'_> {
+    type Error = Fault;
+    type Future = BoxedResponse<'c>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.provider.send(self.ct, request))
+    }
+}
+
+type OAuthClient = oauth2::Client<
+    BasicErrorResponse,
+    ProviderTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
+/// The HTTP side of every provider call. One per process; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Provider {
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Provider {
+    pub fn new(timeout: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            // A token endpoint that redirects is refused: following it could send our client
+            // secret or a refresh token to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .timeout(timeout)
+            .user_agent(concat!("tokenbox/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http, timeout })
+    }
+
+    /// Runs the refresh-token grant, retrying transient failures (connection refused, 429, 5xx,
+    /// a body that is not JSON) with backoff and jitter while `budget` allows. A timeout is not
+    /// retried: the provider may have rotated the refresh token already.
+    pub async fn refresh(
+        &self,
+        ct: &ConnectorType,
+        refresh_token: &Secret,
+        metadata: &Metadata,
+        budget: Duration,
+    ) -> Result<TokenSet, RefreshError> {
+        let client = self.client(ct, metadata)?;
+        let refresh_token = RefreshToken::new(refresh_token.expose().to_string());
+        let started = Instant::now();
+        let timeout = self.timeout;
+        let attempt = || async {
+            let mut request = client.exchange_refresh_token(&refresh_token);
+            for (k, v) in &ct.token_params {
+                request = request.add_extra_param(k.as_str(), v.as_str());
+            }
+            let transport = Transport { provider: self, ct };
+            let response = request.request_async(&transport).await;
+            response.map_err(classify)
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(2)
+            .with_jitter();
+        let response = attempt
+            .retry(backoff)
+            .when(|e: &RefreshError| {
+                e.is_retryable() && started.elapsed() + timeout + Duration::from_secs(2) < budget
+            })
+            .await?;
+        Ok(to_token_set(ct, response, now_epoch()))
+    }
+
+    fn client(&self, ct: &ConnectorType, metadata: &Metadata) -> Result<OAuthClient, RefreshError> {
+        let client_id = ct.client_id.as_ref().ok_or_else(|| {
+            RefreshError::NotConfigured(format!(
+                "connector type '{}' has no client credentials configured; an operator must set client_id and client_secret",
+                ct.name
+            ))
+        })?;
+        let token_url = ct
+            .expand_url(&ct.token_url, metadata)
+            .map_err(RefreshError::NotConfigured)?;
+        let token_url = TokenUrl::new(token_url)
+            .map_err(|_| RefreshError::NotConfigured("the token URL is not a valid URL".into()))?;
+        let mut client = oauth2::Client::new(ClientId::new(client_id.clone()))
+            .set_auth_type(match ct.client_auth {
+                ClientAuth::Basic => AuthType::BasicAuth,
+                ClientAuth::Body => AuthType::RequestBody,
+            })
+            .set_token_uri(token_url);
+        if let Some(secret) = &ct.client_secret {
+            client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
+        }
+        Ok(client)
+    }
+
+    /// Sends one request and normalises the answer so that the `oauth2` crate sees a JSON body
+    /// with a meaningful status: form-encoded answers become JSON, a nested token set is lifted,
+    /// and an error sent with HTTP 200 becomes a 400.
+    async fn send(&self, ct: &ConnectorType, req: HttpRequest) -> Result<HttpResponse, Fault> {
+        let (parts, body) = req.into_parts();
+        let mut builder = self
+            .http
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers);
+        for (k, v) in &ct.token_headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let builder = match ct.token_request_body {
+            RequestBody::Form => builder.body(body),
+            RequestBody::Json => {
+                let object: Map<String, Value> = oauth2::url::form_urlencoded::parse(&body)
+                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                    .collect();
+                builder
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(serde_json::to_vec(&object).map_err(|_| Fault::Other)?)
+            }
+        };
+        let response = builder.send().await.map_err(|e| {
+            if e.is_timeout() {
+                Fault::Timeout
+            } else if e.is_connect() {
+                Fault::Connect
+            } else {
+                Fault::Other
+            }
+        })?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let is_form = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        let bytes = response.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                Fault::Timeout
+            } else {
+                Fault::Other
+            }
+        })?;
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(Fault::Status {
+                status: status.as_u16(),
+                retry_after,
+            });
+        }
+        let parsed: Option<Value> = if is_form {
+            Some(Value::Object(
+                oauth2::url::form_urlencoded::parse(&bytes)
+                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                    .collect(),
+            ))
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+        let Some(Value::Object(mut object)) = parsed else {
+            return Err(if status.is_success() {
+                Fault::NotJson
+            } else {
+                Fault::Status {
+                    status: status.as_u16(),
+                    retry_after,
+                }
+            });
+        };
+        if let Some(path) = &ct.token_path {
+            if let Some(Value::Object(nested)) = object.get(path).cloned() {
+                object.extend(nested);
+            }
+        }
+        let mut status = status;
+        if status.is_success()
+            && !object.contains_key("access_token")
+            && object.get("error").is_some_and(Value::is_string)
+        {
+            status = http::StatusCode::BAD_REQUEST;
+        }
+        let body = serde_json::to_vec(&object).map_err(|_| Fault::Other)?;
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .map_err(|_| Fault::Other)
+    }
+}
+
+fn classify(e: RequestTokenError<Fault, BasicErrorResponse>) -> RefreshError {
+    match e {
+        RequestTokenError::ServerResponse(resp) => {
+            let code = match resp.error() {
+                BasicErrorResponseType::InvalidClient => return RefreshError::InvalidClient,
+                other => other.as_ref().to_string(),
+            };
+            let safe_code: String = code
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                .take(64)
+                .collect();
+            if REVOKED_CODES.contains(&safe_code.as_str()) {
+                RefreshError::Revoked { code: safe_code }
+            } else {
+                RefreshError::Rejected(format!(
+                    "the provider refused the refresh with error '{safe_code}'"
+                ))
+            }
+        }
+        RequestTokenError::Request(fault) => match fault {
+            Fault::Status { status, .. } if !(status == 429 || status >= 500) => {
+                RefreshError::Rejected(fault.to_string())
+            }
+            Fault::Status { retry_after, .. } => RefreshError::Unavailable {
+                reason: fault.to_string(),
+                retry_after,
+            },
+            Fault::Other => RefreshError::Rejected(fault.to_string()),
+            Fault::Connect | Fault::Timeout | Fault::NotJson => RefreshError::Unavailable {
+                reason: fault.to_string(),
+                retry_after: None,
+            },
+        },
+        RequestTokenError::Parse(_, _) => RefreshError::Rejected(
+            "the provider answered with JSON that is not a token response".to_string(),
+        ),
+        RequestTokenError::Other(_) => {
+            RefreshError::Rejected("the provider's answer could not be used".to_string())
+        }
+    }
+}
+
+/// Builds our token set from a provider response, applying the connector type's expiry rules
+/// and keeping only the declared metadata fields.
+fn to_token_set(ct: &ConnectorType, r: ProviderTokenResponse, now: i64) -> TokenSet {
+    let expires_at = if !ct.expires && r.expires_in.is_none() {
+        None
+    } else {
+        r.expires_in
+            .map(|s| s as i64)
+            .or(ct.default_expires_in)
+            .map(|s| now.saturating_add(s))
+    };
+    let metadata = ct
+        .metadata_fields
+        .iter()
+        .filter_map(|f| r.extra.get(f).map(|v| (f.clone(), v.clone())))
+        .collect();
+    TokenSet {
+        access_token: Secret::new(r.access_token.secret().clone()),
+        refresh_token: r
+            .refresh_token
+            .map(|t| Secret::new(t.secret().clone()))
+            .filter(|t| !t.is_empty()),
+        token_type: r.token_type,
+        expires_at,
+        scope: r.scope,
+        metadata,
+    }
+}

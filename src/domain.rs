@@ -1,0 +1,202 @@
+//! Domain types shared by the API, the storage and the refresh logic.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::secret::Secret;
+
+/// Seconds since the Unix epoch.
+pub fn now_epoch() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Validates an identifier of the form `[a-z0-9][a-z0-9_-]{0,62}`.
+fn is_identifier(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+}
+
+macro_rules! identifier {
+    ($name:ident, $what:literal) => {
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parses and validates; the error is a human sentence that is safe to show.
+            pub fn parse(s: &str) -> Result<Self, String> {
+                if is_identifier(s) {
+                    Ok(Self(s.to_string()))
+                } else {
+                    Err(format!(
+                        "{} must match [a-z0-9][a-z0-9_-]{{0,62}} (lowercase letters, digits, '_' and '-', at most 63 characters)",
+                        $what
+                    ))
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+identifier!(AppId, "app_id");
+identifier!(ConnectorTypeName, "connector_type");
+
+/// One connection: an app and a connector type.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionKey {
+    pub app_id: AppId,
+    pub connector_type: ConnectorTypeName,
+}
+
+impl ConnectionKey {
+    pub fn new(app_id: AppId, connector_type: ConnectorTypeName) -> Self {
+        Self {
+            app_id,
+            connector_type,
+        }
+    }
+}
+
+impl fmt::Display for ConnectionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.app_id, self.connector_type)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    Active,
+    ReauthorizationRequired,
+}
+
+impl ConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::ReauthorizationRequired => "reauthorization_required",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "reauthorization_required" => Some(Self::ReauthorizationRequired),
+            _ => None,
+        }
+    }
+}
+
+/// Non-secret values a provider returns with a token that jobs need (`instance_url`, ...).
+pub type Metadata = BTreeMap<String, serde_json::Value>;
+
+/// A token set as received from a provider or imported.
+#[derive(Clone, Debug)]
+pub struct TokenSet {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    pub token_type: Option<String>,
+    /// Epoch seconds; `None` when the token does not expire.
+    pub expires_at: Option<i64>,
+    pub scope: Option<String>,
+    pub metadata: Metadata,
+}
+
+impl TokenSet {
+    /// Whether the access token stays valid for at least `seconds` from `now`.
+    pub fn valid_for(&self, now: i64, seconds: i64) -> bool {
+        match self.expires_at {
+            None => true,
+            Some(at) => at - now >= seconds,
+        }
+    }
+
+    /// Whether the access token is still valid at all.
+    pub fn is_valid(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+/// A connection as stored, decrypted.
+#[derive(Clone, Debug)]
+pub struct StoredConnection {
+    pub key: ConnectionKey,
+    pub tokens: TokenSet,
+    pub status: ConnectionStatus,
+    /// Incremented on every write; used for optimistic concurrency.
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub refreshed_at: Option<i64>,
+    pub last_error: Option<String>,
+    /// A failed refresh asks callers to wait until then before the provider is called again.
+    pub backoff_until: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_follow_the_documented_pattern() {
+        for ok in ["acme", "a", "0", "acme-prod_2", &"a".repeat(63)] {
+            assert!(AppId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Acme",
+            "-acme",
+            "_a",
+            "a b",
+            "a/b",
+            "a.b",
+            "é",
+            "a%2f",
+            &"a".repeat(64),
+        ] {
+            assert!(AppId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validity_compares_expiry_with_the_requested_time() {
+        let t = TokenSet {
+            access_token: Secret::new("x"),
+            refresh_token: None,
+            token_type: None,
+            expires_at: Some(1_000),
+            scope: None,
+            metadata: Metadata::new(),
+        };
+        assert!(t.valid_for(500, 500));
+        assert!(!t.valid_for(501, 500));
+        assert!(t.is_valid(999));
+        assert!(!t.is_valid(1_000));
+        let forever = TokenSet {
+            expires_at: None,
+            ..t
+        };
+        assert!(forever.valid_for(i64::MAX / 2, 1_000_000));
+    }
+}

@@ -1,0 +1,106 @@
+//! tokenbox keeps OAuth tokens for many tenants and hands a valid access token to scheduled
+//! data-extraction jobs.
+
+pub mod api;
+pub mod config;
+pub mod connectors;
+pub mod domain;
+pub mod refresh;
+pub mod secret;
+pub mod secrets;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use api::auth::Authenticator;
+use api::AppState;
+use config::Config;
+use connectors::{Catalog, Provider};
+use secrets::{open_store, SecretsKeeper};
+
+/// Everything a command needs: the store, the catalog and the keeper built from a config.
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    let catalog = Catalog::build(&config.connector_types)?;
+    let store = open_store(&config).await?;
+    let provider = Provider::new(config.provider_timeout)?;
+    let keeper = SecretsKeeper::new(
+        store.clone(),
+        catalog,
+        provider,
+        config.cache_ttl,
+        config.refresh_margin_seconds,
+        config.request_timeout,
+    );
+    Ok(AppState {
+        keeper,
+        auth: Arc::new(Authenticator::new(store)),
+        config: Arc::new(config),
+    })
+}
+
+/// The HTTP service, bound to its listener.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    address: SocketAddr,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listen = config.listen.clone();
+        let state = build_state(config).await?;
+        let listener = TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let address = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            router: api::routes::router(state),
+            address,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// Serves until SIGINT or SIGTERM, then finishes the requests in progress.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        tracing::info!(address = %self.address, "tokenbox listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("server error")
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,289 @@
+//! The `tokenbox` command line: parses arguments and calls into the library.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use tokenbox::api::auth::{generate_token, hash_token};
+use tokenbox::api::resources::connection::ImportTokenSet;
+use tokenbox::config::Config;
+use tokenbox::domain::{now_epoch, AppId, ConnectionKey, ConnectorTypeName};
+use tokenbox::secrets::{Role, ServiceAccount};
+use tokenbox::{build_state, telemetry, Application};
+
+#[derive(Parser)]
+#[command(
+    name = "tokenbox",
+    version,
+    about = "Keeps OAuth tokens for many tenants and hands a valid access token to extraction jobs"
+)]
+struct Cli {
+    /// Configuration file (TOML). Every key can also be set by a TOKENBOX_* variable.
+    #[arg(long, global = true, env = "TOKENBOX_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve,
+    /// Manage the service accounts that call the API.
+    #[command(subcommand)]
+    ServiceAccount(ServiceAccountCommand),
+    /// Manage connections (token sets).
+    #[command(subcommand)]
+    Connection(ConnectionCommand),
+    /// Print a valid access token, asking a running tokenbox (for shell extraction scripts).
+    Token {
+        app_id: String,
+        connector_type: String,
+        /// The token must stay valid at least this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        min_validity: Option<u64>,
+        /// Refresh even if the stored token looks valid.
+        #[arg(long)]
+        force_refresh: bool,
+        /// Base URL of the tokenbox service.
+        #[arg(long, env = "TOKENBOX_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// A superadmin service-account token.
+        #[arg(long, env = "TOKENBOX_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Superadmin,
+    Admin,
+}
+
+#[derive(Subcommand)]
+enum ServiceAccountCommand {
+    /// Create an account and print its bearer token (shown once) as the only line on stdout.
+    Create {
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// List accounts (never their tokens).
+    List,
+    /// Delete an account: its token stops working.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum ConnectionCommand {
+    /// Import a JSON token set read on stdin:
+    /// {"access_token", "refresh_token", "expires_at" | "expires_in", "scope"}.
+    Import {
+        app_id: String,
+        connector_type: String,
+    },
+}
+
+/// Exit codes of `tokenbox token`, so shell scripts can tell failures apart.
+fn exit_code_for(error: &str) -> u8 {
+    match error {
+        "reauthorization_required" => 3,
+        "not_connected" => 4,
+        "provider_unavailable" | "provider_error" => 5,
+        "unauthorized" | "forbidden" => 6,
+        _ => 1,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokenbox: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tokenbox: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Token {
+        app_id,
+        connector_type,
+        min_validity,
+        force_refresh,
+        url,
+        token,
+    } = &cli.command
+    {
+        return fetch_token(
+            url,
+            token,
+            app_id,
+            connector_type,
+            *min_validity,
+            *force_refresh,
+        )
+        .await;
+    }
+    let (config, warnings) = Config::load(cli.config.as_deref())?;
+    let serving = matches!(cli.command, Command::Serve);
+    telemetry::init(
+        config.log_format,
+        if serving {
+            "info,sqlx=warn"
+        } else {
+            "warn,sqlx=warn"
+        },
+    );
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    match cli.command {
+        Command::Serve => {
+            let app = Application::build(config).await?;
+            app.run_until_stopped().await?;
+        }
+        Command::ServiceAccount(command) => {
+            let state = build_state(config).await?;
+            let store = state.keeper.store();
+            match command {
+                ServiceAccountCommand::Create { name, role } => {
+                    check_account_name(&name)?;
+                    let token = generate_token();
+                    store
+                        .create_service_account(&ServiceAccount {
+                            name,
+                            role: match role {
+                                RoleArg::Superadmin => Role::Superadmin,
+                                RoleArg::Admin => Role::Admin,
+                            },
+                            token_hash: hash_token(&token),
+                            created_at: now_epoch(),
+                        })
+                        .await?;
+                    println!("{token}");
+                }
+                ServiceAccountCommand::List => {
+                    println!("{:<32} {:<11} CREATED", "NAME", "ROLE");
+                    for a in store.list_service_accounts().await? {
+                        println!("{:<32} {:<11} {}", a.name, a.role.as_str(), a.created_at);
+                    }
+                }
+                ServiceAccountCommand::Revoke { name } => {
+                    if !store.delete_service_account(&name).await? {
+                        bail!("no service account named '{name}'");
+                    }
+                    eprintln!("service account '{name}' revoked");
+                }
+            }
+        }
+        Command::Connection(ConnectionCommand::Import {
+            app_id,
+            connector_type,
+        }) => {
+            let key = ConnectionKey::new(
+                AppId::parse(&app_id).map_err(anyhow::Error::msg)?,
+                ConnectorTypeName::parse(&connector_type).map_err(anyhow::Error::msg)?,
+            );
+            let mut input = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .context("cannot read stdin")?;
+            let tokens = ImportTokenSet::from_json(&input)
+                .and_then(|t| t.into_token_set(now_epoch()))
+                .map_err(anyhow::Error::msg)?;
+            let state = build_state(config).await?;
+            let stored = state
+                .keeper
+                .save_connection(&key, &tokens)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!(
+                "imported {key} (status active{})",
+                stored
+                    .tokens
+                    .expires_at
+                    .map(|at| format!(", expires at {at}"))
+                    .unwrap_or_default()
+            );
+        }
+        Command::Token { .. } => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_account_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        bail!("a service account name has 1 to 64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}
+
+async fn fetch_token(
+    url: &str,
+    token: &str,
+    app_id: &str,
+    connector_type: &str,
+    min_validity: Option<u64>,
+    force_refresh: bool,
+) -> anyhow::Result<ExitCode> {
+    AppId::parse(app_id).map_err(anyhow::Error::msg)?;
+    ConnectorTypeName::parse(connector_type).map_err(anyhow::Error::msg)?;
+    let mut query = Vec::new();
+    if let Some(s) = min_validity {
+        query.push(format!("min_validity={s}"));
+    }
+    if force_refresh {
+        query.push("force_refresh=true".to_string());
+    }
+    let endpoint = format!(
+        "{}/{app_id}/{connector_type}/binb-token{}{}",
+        url.trim_end_matches('/'),
+        if query.is_empty() { "" } else { "?" },
+        query.join("&")
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()?;
+    let response = client
+        .get(&endpoint)
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach tokenbox at {url}"))?;
+    let status = response.status();
+    let body = response.bytes().await.context("cannot read the answer")?;
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| format!("tokenbox answered HTTP {status} with a body that is not JSON"))?;
+    if status.is_success() {
+        let access_token = json["access_token"]
+            .as_str()
+            .context("the answer has no access_token")?;
+        println!("{access_token}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let error = json["error"].as_str().unwrap_or("error");
+    let message = json["message"].as_str().unwrap_or("");
+    eprintln!("tokenbox: {error}: {message}");
+    Ok(ExitCode::from(exit_code_for(error)))
+}

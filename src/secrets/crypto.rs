@@ -1,0 +1,282 @@
+//! Encryption at rest: AES-256-GCM with a key id, a random nonce, and associated data that binds
+//! every ciphertext to its row and field.
+
+use std::io::Write;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
+use aes_gcm::{AeadCore, Aes256Gcm, Nonce};
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::secret::Secret;
+
+const FORMAT_V1: u8 = 1;
+const KEY_ID_LEN: usize = 8;
+const NONCE_LEN: usize = 12;
+const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("the stored value is not a tokenbox ciphertext")]
+    Malformed,
+    #[error("the stored value was encrypted with a key that is not configured")]
+    UnknownKey,
+    #[error(
+        "the stored value does not decrypt for this row (wrong key, or moved from another row)"
+    )]
+    Decrypt,
+}
+
+struct Key {
+    id: [u8; KEY_ID_LEN],
+    cipher: Aes256Gcm,
+}
+
+/// The configured keys: the last one encrypts, all of them decrypt.
+pub struct KeyRing {
+    keys: Vec<Key>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyRing({} keys, [redacted])", self.keys.len())
+    }
+}
+
+fn key_id(key: &[u8]) -> [u8; KEY_ID_LEN] {
+    let digest = Sha256::new()
+        .chain_update(b"tokenbox key id\0")
+        .chain_update(key)
+        .finalize();
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&digest[..KEY_ID_LEN]);
+    id
+}
+
+impl KeyRing {
+    /// Parses keys written one per line in base64 (32 bytes each); `#` starts a comment.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut keys = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bytes = B64
+                .decode(line)
+                .ok()
+                .filter(|b| b.len() == 32)
+                .with_context(|| format!("line {} is not a base64-encoded 32-byte key", n + 1))?;
+            keys.push(Key {
+                id: key_id(&bytes),
+                cipher: Aes256Gcm::new_from_slice(&bytes).expect("32-byte key"),
+            });
+        }
+        if keys.is_empty() {
+            bail!("no key found");
+        }
+        Ok(Self { keys })
+    }
+
+    /// Generates a new random key, in the key file format.
+    pub fn generate_key_line() -> String {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        B64.encode(key)
+    }
+
+    /// Loads the key ring from `TOKENBOX_ENCRYPTION_KEY` when given, else from the key file.
+    /// Returns `None` when there is no key file (the caller decides whether to create one).
+    pub fn load(path: &Path, from_env: Option<&Secret>) -> anyhow::Result<Option<Self>> {
+        if let Some(env) = from_env {
+            return Self::parse(env.expose())
+                .context("TOKENBOX_ENCRYPTION_KEY is invalid")
+                .map(Some);
+        }
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text)
+                .with_context(|| format!("encryption key file {} is invalid", path.display()))
+                .map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e)
+                .with_context(|| format!("cannot read encryption key file {}", path.display())),
+        }
+    }
+
+    /// Creates a key file holding one new key, readable by its owner only (mode 0600).
+    pub fn create(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir)?;
+        }
+        let line = Self::generate_key_line();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(path)
+            .with_context(|| format!("cannot create encryption key file {}", path.display()))?;
+        writeln!(
+            file,
+            "# tokenbox encryption keys, one base64 AES-256 key per line; the last one encrypts.\n{line}"
+        )
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("cannot write encryption key file {}", path.display()))?;
+        Self::parse(&line)
+    }
+
+    pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        let key = self.keys.last().expect("at least one key");
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let ciphertext = key
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .expect("AES-GCM encryption cannot fail for small inputs");
+        let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&key.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        out
+    }
+
+    pub fn decrypt(&self, blob: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if blob.len() < HEADER_LEN + 16 || blob[0] != FORMAT_V1 {
+            return Err(CryptoError::Malformed);
+        }
+        let id = &blob[1..1 + KEY_ID_LEN];
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == id)
+            .ok_or(CryptoError::UnknownKey)?;
+        let nonce = Nonce::from_slice(&blob[1 + KEY_ID_LEN..HEADER_LEN]);
+        key.cipher
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &blob[HEADER_LEN..],
+                    aad,
+                },
+            )
+            .map_err(|_| CryptoError::Decrypt)
+    }
+
+    pub fn encrypt_secret(&self, secret: &Secret, aad: &[u8]) -> Vec<u8> {
+        self.encrypt(secret.expose().as_bytes(), aad)
+    }
+
+    pub fn decrypt_secret(&self, blob: &[u8], aad: &[u8]) -> Result<Secret, CryptoError> {
+        let bytes = self.decrypt(blob, aad)?;
+        String::from_utf8(bytes)
+            .map(Secret::new)
+            .map_err(|_| CryptoError::Malformed)
+    }
+}
+
+/// Associated data of a connection's secret field: binds the ciphertext to its row and field.
+pub fn connection_aad(app_id: &str, connector_type: &str, field: &str) -> Vec<u8> {
+    format!("tokenbox/v1\0connections\0{app_id}\0{connector_type}\0{field}").into_bytes()
+}
+
+/// Associated data of the key check value stored in the database.
+pub const KEY_CHECK_AAD: &[u8] = b"tokenbox/v1\0meta\0key_check";
+
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> KeyRing {
+        KeyRing::parse(&KeyRing::generate_key_line()).unwrap()
+    }
+
+    #[test]
+    fn a_ciphertext_decrypts_only_with_its_own_associated_data() {
+        let ring = ring();
+        let aad_a = connection_aad("app-a", "github", "access_token");
+        let aad_b = connection_aad("app-b", "github", "access_token");
+        let aad_field = connection_aad("app-a", "github", "refresh_token");
+        let blob = ring.encrypt(b"gho_secret", &aad_a);
+        assert!(!blob.windows(10).any(|w| w == b"gho_secret"));
+        assert_eq!(ring.decrypt(&blob, &aad_a).unwrap(), b"gho_secret");
+        assert_eq!(ring.decrypt(&blob, &aad_b), Err(CryptoError::Decrypt));
+        assert_eq!(ring.decrypt(&blob, &aad_field), Err(CryptoError::Decrypt));
+    }
+
+    #[test]
+    fn the_last_key_encrypts_and_every_key_decrypts() {
+        let old = KeyRing::generate_key_line();
+        let new = KeyRing::generate_key_line();
+        let old_ring = KeyRing::parse(&old).unwrap();
+        let both = KeyRing::parse(&format!("{old}\n{new}\n")).unwrap();
+        let by_old = old_ring.encrypt(b"x", b"aad");
+        assert_eq!(both.decrypt(&by_old, b"aad").unwrap(), b"x");
+        let by_new = both.encrypt(b"y", b"aad");
+        assert_eq!(
+            old_ring.decrypt(&by_new, b"aad"),
+            Err(CryptoError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn tampering_and_garbage_are_refused() {
+        let ring = ring();
+        let mut blob = ring.encrypt(b"value", b"aad");
+        let last = blob.len() - 1;
+        blob[last] ^= 1;
+        assert_eq!(ring.decrypt(&blob, b"aad"), Err(CryptoError::Decrypt));
+        assert_eq!(ring.decrypt(b"short", b"aad"), Err(CryptoError::Malformed));
+        assert!(KeyRing::parse("not base64!").is_err());
+        assert!(KeyRing::parse("# only a comment").is_err());
+    }
+
+    #[test]
+    fn the_key_file_is_created_private() {
+        let dir = std::env::temp_dir().join(format!("tokenbox-key-{}", std::process::id()));
+        let path = dir.join("sub").join("encryption.key");
+        let ring = KeyRing::create(&path).unwrap();
+        let loaded = KeyRing::load(&path, None).unwrap().unwrap();
+        let blob = ring.encrypt(b"x", b"a");
+        assert_eq!(loaded.decrypt(&blob, b"a").unwrap(), b"x");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(
+            KeyRing::create(&path).is_err(),
+            "never overwrites a key file"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

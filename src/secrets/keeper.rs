@@ -1,0 +1,392 @@
+//! `SecretsKeeper`: serves a token that is valid long enough, refreshing it first when needed,
+//! exactly once per connection however many callers ask at the same moment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{RefreshWrite, SecretsStore, StoreError};
+use crate::connectors::{Catalog, ConnectorType, Provider, RefreshError};
+use crate::domain::{now_epoch, ConnectionKey, ConnectionStatus, StoredConnection, TokenSet};
+use crate::refresh::{Flights, TokenCache};
+
+/// Seconds a caller is asked to wait after a failed refresh.
+const FAILURE_RETRY_AFTER: u64 = 5;
+
+/// What a caller asks of the token.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokenRequest {
+    /// The token must stay valid at least this long (seconds).
+    pub min_validity: Option<i64>,
+    /// Refresh even if the stored token looks valid (the caller saw it rejected).
+    pub force_refresh: bool,
+}
+
+/// A token served to a caller.
+#[derive(Clone, Debug)]
+pub struct ServedToken {
+    pub connection: Arc<StoredConnection>,
+    /// Whether this request caused (or waited for) a provider call.
+    pub refreshed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    #[error("connector type '{0}' is not in the catalog or the configuration")]
+    UnknownConnectorType(String),
+    #[error("app '{0}' has no {1} connection")]
+    NotConnected(String, String),
+    #[error("{0}")]
+    ReauthorizationRequired(String),
+    #[error("{message}")]
+    ProviderUnavailable { message: String, retry_after: u64 },
+    #[error("{0}")]
+    ProviderError(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("storage failure")]
+    Store(#[from] StoreError),
+    #[error("internal failure")]
+    Internal,
+}
+
+struct Inner {
+    store: Arc<dyn SecretsStore>,
+    catalog: Catalog,
+    provider: Provider,
+    cache: TokenCache,
+    flights: Flights,
+    refresh_margin: i64,
+    request_timeout: Duration,
+}
+
+/// Serves and refreshes tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct SecretsKeeper {
+    inner: Arc<Inner>,
+}
+
+impl SecretsKeeper {
+    pub fn new(
+        store: Arc<dyn SecretsStore>,
+        catalog: Catalog,
+        provider: Provider,
+        cache_ttl: Duration,
+        refresh_margin: i64,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                catalog,
+                provider,
+                cache: TokenCache::new(cache_ttl),
+                flights: Flights::default(),
+                refresh_margin,
+                request_timeout,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn SecretsStore> {
+        &self.inner.store
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn connector_type(&self, key: &ConnectionKey) -> Result<&Arc<ConnectorType>, KeeperError> {
+        self.inner
+            .catalog
+            .get(&key.connector_type)
+            .ok_or_else(|| KeeperError::UnknownConnectorType(key.connector_type.to_string()))
+    }
+
+    /// Stores a token set obtained elsewhere (import, signup) and makes it current at once.
+    pub async fn save_connection(
+        &self,
+        key: &ConnectionKey,
+        tokens: &TokenSet,
+    ) -> Result<Arc<StoredConnection>, KeeperError> {
+        self.connector_type(key)?;
+        let stored = self.inner.store.upsert_connection(key, tokens).await?;
+        Ok(self.inner.cache.put(stored))
+    }
+
+    /// Returns a token valid for at least `min_validity` (default: the refresh margin), refreshing
+    /// it first when it expires within `max(min_validity, refresh_margin)`.
+    ///
+    /// The hot path (a cached token that is still good) touches neither the database nor the
+    /// provider. A refresh runs in its own task, so a caller that gives up (timeout, closed
+    /// connection) never cancels a provider call whose rotated refresh token must be stored.
+    pub async fn retrieve_token(
+        &self,
+        key: &ConnectionKey,
+        request: TokenRequest,
+    ) -> Result<ServedToken, KeeperError> {
+        self.connector_type(key)?;
+        if let Some(min) = request.min_validity {
+            if min < 0 {
+                return Err(KeeperError::InvalidRequest(
+                    "min_validity must not be negative".into(),
+                ));
+            }
+        }
+        let refresh_within = request
+            .min_validity
+            .unwrap_or(0)
+            .max(self.inner.refresh_margin);
+        let seen = match self.inner.cache.get(key) {
+            Some(hit) => Some(hit),
+            None => self
+                .inner
+                .store
+                .load(key)
+                .await?
+                .map(|c| self.inner.cache.put(c)),
+        };
+        let Some(seen) = seen else {
+            return Err(not_connected(key));
+        };
+        if seen.status == ConnectionStatus::ReauthorizationRequired {
+            return Err(reauthorization(&seen));
+        }
+        if !request.force_refresh && seen.tokens.valid_for(now_epoch(), refresh_within) {
+            return Ok(ServedToken {
+                connection: seen,
+                refreshed: false,
+            });
+        }
+
+        let keeper = self.clone();
+        let task_key = key.clone();
+        let seen_version = seen.version;
+        let task = tokio::spawn(async move {
+            keeper
+                .refresh_flow(&task_key, request, refresh_within, seen_version)
+                .await
+        });
+        match tokio::time::timeout(self.inner.request_timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join_error)) => {
+                tracing::error!(error = %join_error, "refresh task failed");
+                Err(KeeperError::Internal)
+            }
+            Err(_) => Err(KeeperError::ProviderUnavailable {
+                message: format!(
+                    "the refresh did not finish within {} seconds; it goes on in the background",
+                    self.inner.request_timeout.as_secs()
+                ),
+                retry_after: FAILURE_RETRY_AFTER,
+            }),
+        }
+    }
+
+    /// The slow path, one flight per connection at a time.
+    async fn refresh_flow(
+        &self,
+        key: &ConnectionKey,
+        request: TokenRequest,
+        refresh_within: i64,
+        seen_version: i64,
+    ) -> Result<ServedToken, KeeperError> {
+        let inner = &self.inner;
+        let _flight = inner.flights.acquire(key).await;
+        let Some(guard) = inner.store.begin_refresh(key).await? else {
+            inner.cache.remove(key);
+            return Err(not_connected(key));
+        };
+        let current = guard.current().clone();
+        let now = now_epoch();
+        // The token another caller (or replica) stored while we waited is served as it is.
+        let changed_meanwhile = current.version != seen_version;
+        let good_enough = current.tokens.valid_for(now, refresh_within);
+        let hard_min = request.min_validity.unwrap_or(1);
+        if current.status == ConnectionStatus::ReauthorizationRequired
+            || (good_enough && (!request.force_refresh || changed_meanwhile))
+        {
+            guard.release().await;
+            let connection = inner.cache.put(current);
+            if connection.status == ConnectionStatus::ReauthorizationRequired {
+                return Err(reauthorization(&connection));
+            }
+            return Ok(ServedToken {
+                connection,
+                refreshed: true,
+            });
+        }
+
+        let Some(refresh_token) = current.tokens.refresh_token.clone() else {
+            if current.tokens.valid_for(now, hard_min) {
+                guard.release().await;
+                return Ok(ServedToken {
+                    connection: inner.cache.put(current),
+                    refreshed: false,
+                });
+            }
+            let reason = "the access token expired and the provider issued no refresh token";
+            return self
+                .write_revoked(
+                    key,
+                    guard.finish(RefreshWrite::Revoked {
+                        reason: reason.into(),
+                    }),
+                )
+                .await;
+        };
+
+        // A job asking for more than the provider's token lifetime would refresh on every call.
+        if let (Some(min), Some(expires_at), Some(refreshed_at)) = (
+            request.min_validity,
+            current.tokens.expires_at,
+            current.refreshed_at,
+        ) {
+            let lifetime = expires_at - refreshed_at;
+            if lifetime > 0 && min > lifetime {
+                guard.release().await;
+                return Err(KeeperError::InvalidRequest(format!(
+                    "min_validity={min} exceeds the lifetime of this provider's access tokens ({lifetime} seconds)"
+                )));
+            }
+        }
+
+        let ct = self.connector_type(key)?.clone();
+        let outcome = inner
+            .provider
+            .refresh(
+                &ct,
+                &refresh_token,
+                &current.tokens.metadata,
+                inner.request_timeout,
+            )
+            .await;
+        match outcome {
+            Ok(mut tokens) => {
+                // A provider that does not rotate returns no refresh token: keep ours.
+                if tokens.refresh_token.is_none() {
+                    tokens.refresh_token = Some(refresh_token);
+                }
+                let mut metadata = current.tokens.metadata.clone();
+                metadata.append(&mut tokens.metadata);
+                tokens.metadata = metadata;
+                if tokens.scope.is_none() {
+                    tokens.scope = current.tokens.scope.clone();
+                }
+                match guard.finish(RefreshWrite::Refreshed(tokens)).await? {
+                    Some(stored) => {
+                        tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, "token refreshed");
+                        Ok(ServedToken {
+                            connection: inner.cache.put(stored),
+                            refreshed: true,
+                        })
+                    }
+                    None => self.reread(key, hard_min).await,
+                }
+            }
+            Err(RefreshError::Revoked { code }) => {
+                tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, code = %code, "grant revoked: reauthorization required");
+                let reason = format!(
+                    "the provider refused the refresh token ({code}): the tenant must reconnect"
+                );
+                self.write_revoked(key, guard.finish(RefreshWrite::Revoked { reason }))
+                    .await
+            }
+            Err(error) => {
+                let (retry_after, as_error) = match &error {
+                    RefreshError::Unavailable {
+                        reason,
+                        retry_after,
+                    } => {
+                        let retry_after = retry_after.unwrap_or(FAILURE_RETRY_AFTER).clamp(1, 300);
+                        (
+                            retry_after,
+                            KeeperError::ProviderUnavailable {
+                                message: format!("the provider is unavailable: {reason}"),
+                                retry_after,
+                            },
+                        )
+                    }
+                    other => (
+                        FAILURE_RETRY_AFTER,
+                        KeeperError::ProviderError(other.to_string()),
+                    ),
+                };
+                tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, error = %error, "refresh failed");
+                let written = guard
+                    .finish(RefreshWrite::Failed {
+                        reason: error.to_string(),
+                        backoff_until: now + retry_after as i64,
+                    })
+                    .await;
+                let connection = match written {
+                    Ok(Some(stored)) => inner.cache.put(stored),
+                    Ok(None) => return self.reread(key, hard_min).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record a refresh failure");
+                        Arc::new(current)
+                    }
+                };
+                // Serve a token that is still valid rather than fail, unless it cannot meet
+                // what the caller asked for.
+                if connection.tokens.valid_for(now_epoch(), hard_min) {
+                    Ok(ServedToken {
+                        connection,
+                        refreshed: false,
+                    })
+                } else {
+                    Err(as_error)
+                }
+            }
+        }
+    }
+
+    async fn write_revoked(
+        &self,
+        key: &ConnectionKey,
+        write: impl std::future::Future<Output = Result<Option<StoredConnection>, StoreError>>,
+    ) -> Result<ServedToken, KeeperError> {
+        match write.await? {
+            Some(stored) => Err(reauthorization(&self.inner.cache.put(stored))),
+            // Someone else wrote meanwhile (another replica refreshed, or a re-import): the
+            // refusal was a lost race, not a revocation.
+            None => self.reread(key, 1).await,
+        }
+    }
+
+    async fn reread(&self, key: &ConnectionKey, hard_min: i64) -> Result<ServedToken, KeeperError> {
+        let Some(stored) = self.inner.store.load(key).await? else {
+            self.inner.cache.remove(key);
+            return Err(not_connected(key));
+        };
+        let connection = self.inner.cache.put(stored);
+        if connection.status == ConnectionStatus::ReauthorizationRequired {
+            return Err(reauthorization(&connection));
+        }
+        if !connection.tokens.valid_for(now_epoch(), hard_min) {
+            return Err(KeeperError::ProviderUnavailable {
+                message: "the token changed during the refresh and is not valid; retry".into(),
+                retry_after: 1,
+            });
+        }
+        Ok(ServedToken {
+            connection,
+            refreshed: true,
+        })
+    }
+}
+
+fn not_connected(key: &ConnectionKey) -> KeeperError {
+    KeeperError::NotConnected(key.app_id.to_string(), key.connector_type.to_string())
+}
+
+fn reauthorization(connection: &StoredConnection) -> KeeperError {
+    KeeperError::ReauthorizationRequired(format!(
+        "the {} connection of app '{}' must be reconnected by its tenant: {}",
+        connection.key.connector_type,
+        connection.key.app_id,
+        connection
+            .last_error
+            .as_deref()
+            .unwrap_or("the grant is no longer valid")
+    ))
+}

@@ -1,0 +1,212 @@
+//! The secrets keeper: storage of connections (the `SecretsStore` trait and its backends) and
+//! `SecretsKeeper`, the facade the API calls, which serves and refreshes tokens.
+
+pub mod crypto;
+mod keeper;
+mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::bail;
+use async_trait::async_trait;
+
+use crate::config::Config;
+use crate::domain::{ConnectionKey, StoredConnection, TokenSet};
+use crypto::{KeyRing, KEY_CHECK_AAD};
+
+pub use keeper::{KeeperError, SecretsKeeper, ServedToken, TokenRequest};
+pub use sqlite::SqliteStore;
+
+/// Errors of the storage layer. Messages never contain secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Crypto(#[from] crypto::CryptoError),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Superadmin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Superadmin => "superadmin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Self::Admin),
+            "superadmin" => Some(Self::Superadmin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceAccount {
+    pub name: String,
+    pub role: Role,
+    pub token_hash: [u8; 32],
+    pub created_at: i64,
+}
+
+/// What a refresh writes back while it holds the connection.
+#[derive(Debug)]
+pub enum RefreshWrite {
+    /// A new token set; the connection becomes active and its error is cleared.
+    Refreshed(TokenSet),
+    /// The grant is gone: status `reauthorization_required`.
+    Revoked { reason: String },
+    /// A transient or provider failure, remembered with a back-off.
+    Failed { reason: String, backoff_until: i64 },
+}
+
+/// Exclusive hold on one connection during a refresh. On SQLite the in-process single flight
+/// gives exclusivity and the write checks the row's version; on PostgreSQL the row is locked
+/// (`SELECT ... FOR UPDATE`) until the write commits.
+#[async_trait]
+pub trait RefreshGuard: Send {
+    /// The connection as read under the hold.
+    fn current(&self) -> &StoredConnection;
+    /// Writes the outcome. `Ok(None)` means another writer changed the row meanwhile; the caller
+    /// re-reads it.
+    async fn finish(
+        self: Box<Self>,
+        write: RefreshWrite,
+    ) -> Result<Option<StoredConnection>, StoreError>;
+    /// Releases the hold without writing.
+    async fn release(self: Box<Self>);
+}
+
+/// Storage of connections and service accounts. One implementation per database.
+#[async_trait]
+pub trait SecretsStore: Send + Sync + 'static {
+    /// Answers when the database does.
+    async fn ping(&self) -> Result<(), StoreError>;
+    async fn load(&self, key: &ConnectionKey) -> Result<Option<StoredConnection>, StoreError>;
+    /// Inserts or replaces a connection's token set (import, signup); status becomes active.
+    async fn upsert_connection(
+        &self,
+        key: &ConnectionKey,
+        tokens: &TokenSet,
+    ) -> Result<StoredConnection, StoreError>;
+    /// Takes the hold for a refresh; `None` when the connection does not exist.
+    async fn begin_refresh(
+        &self,
+        key: &ConnectionKey,
+    ) -> Result<Option<Box<dyn RefreshGuard>>, StoreError>;
+
+    async fn create_service_account(&self, account: &ServiceAccount) -> Result<(), StoreError>;
+    async fn list_service_accounts(&self) -> Result<Vec<ServiceAccount>, StoreError>;
+    async fn delete_service_account(&self, name: &str) -> Result<bool, StoreError>;
+}
+
+/// Opens the store named by `database_url`, applies migrations, and loads (or, on a new
+/// database, creates) the encryption key, checking that it matches the database.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn SecretsStore>> {
+    let url = config.database_url.as_str();
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(Arc::new(SqliteStore::open(config).await?)),
+        "postgres" | "postgresql" => bail!(
+            "PostgreSQL is not supported by this build yet; use a sqlite:// database_url"
+        ),
+        _ => bail!(
+            "database_url must start with sqlite:// (or postgres:// in a later version); got scheme '{scheme}'"
+        ),
+    }
+}
+
+/// Loads the key ring and checks it against the key check value stored in the database, so a
+/// wrong or missing key fails at startup instead of on the first token request. Returns the
+/// check value to store when the database has none yet.
+fn resolve_keys(
+    config: &Config,
+    check: Option<&[u8]>,
+) -> anyhow::Result<(KeyRing, Option<Vec<u8>>)> {
+    let path: &Path = &config.encryption_key_file;
+    let ring = match KeyRing::load(path, config.encryption_key.as_ref())? {
+        Some(ring) => ring,
+        None if check.is_some() => bail!(
+            "the database holds encrypted tokens but the encryption key file {} does not exist; restore it (or set TOKENBOX_ENCRYPTION_KEY)",
+            path.display()
+        ),
+        None => KeyRing::create(path)?,
+    };
+    match check {
+        Some(blob) => {
+            ring.decrypt(blob, KEY_CHECK_AAD).map_err(|_| {
+                let source = if config.encryption_key.is_some() {
+                    "TOKENBOX_ENCRYPTION_KEY".to_string()
+                } else {
+                    path.display().to_string()
+                };
+                anyhow::anyhow!(
+                    "the configured encryption key ({source}) does not match the database: it cannot decrypt the stored tokens"
+                )
+            })?;
+            Ok((ring, None))
+        }
+        None => {
+            let check = ring.encrypt(b"tokenbox", KEY_CHECK_AAD);
+            Ok((ring, Some(check)))
+        }
+    }
+}
+
+/// Migrations compiled into the binary, handed to sqlx's migrator (which records them in
+/// `_sqlx_migrations` and refuses a database that has migrations this binary does not know).
+#[derive(Debug)]
+pub(crate) struct EmbeddedMigrations(pub &'static [(i64, &'static str, &'static str)]);
+
+impl<'s> sqlx::migrate::MigrationSource<'s> for EmbeddedMigrations {
+    fn resolve(
+        self,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+                > + Send
+                + 's,
+        >,
+    > {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(version, description, sql)| {
+                    sqlx::migrate::Migration::new(
+                        *version,
+                        (*description).into(),
+                        sqlx::migrate::MigrationType::Simple,
+                        (*sql).into(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// Turns a migration failure into an operator-facing message.
+pub(crate) fn migrate_error(e: sqlx::migrate::MigrateError) -> anyhow::Error {
+    match e {
+        sqlx::migrate::MigrateError::VersionMissing(v) => anyhow::anyhow!(
+            "the database schema has migration {v}, which this tokenbox version does not know: it was written by a newer tokenbox; run that version"
+        ),
+        other => anyhow::Error::new(other).context("cannot apply database migrations"),
+    }
+}
