@@ -1,0 +1,561 @@
+//! Test harness: the real `tokenbox` binary on a loopback port with a fresh SQLite file, and an
+//! in-test OAuth token endpoint that rotates refresh tokens, counts calls and fails on demand.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tokenbox");
+pub const CLIENT_ID: &str = "acme-client";
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A value unique to this test process, for tokens and directory names.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fake provider
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Rotates: every refresh spends the refresh token and issues a new one.
+    Rotating,
+    /// Issues new access tokens but never a new refresh token (HubSpot, Google).
+    NonRotating,
+    /// Answers 503 with Retry-After.
+    Down,
+    /// Answers invalid_grant to every refresh (the grant was revoked).
+    Revoked,
+    /// Answers 200 with an HTML page.
+    Html,
+}
+
+pub struct ProviderState {
+    pub calls: AtomicUsize,
+    /// Refresh attempts with a token that was already spent.
+    pub reuses: AtomicUsize,
+    mode: Mutex<Mode>,
+    delay: Mutex<Duration>,
+    expires_in: Mutex<Option<i64>>,
+    valid: Mutex<HashSet<String>>,
+    spent: Mutex<HashSet<String>>,
+    /// Every secret this provider issued or accepted, to look for in logs.
+    issued: Mutex<Vec<String>>,
+    pub client_secret: String,
+}
+
+#[derive(Clone)]
+pub struct FakeProvider {
+    pub url: String,
+    pub state: Arc<ProviderState>,
+}
+
+impl FakeProvider {
+    pub async fn start() -> Self {
+        let state = Arc::new(ProviderState {
+            calls: AtomicUsize::new(0),
+            reuses: AtomicUsize::new(0),
+            mode: Mutex::new(Mode::Rotating),
+            delay: Mutex::new(Duration::ZERO),
+            expires_in: Mutex::new(Some(3600)),
+            valid: Mutex::new(HashSet::new()),
+            spent: Mutex::new(HashSet::new()),
+            issued: Mutex::new(Vec::new()),
+            client_secret: unique("acme-client-secret"),
+        });
+        let app = Router::new()
+            .route("/token", post(token_endpoint))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, state }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn reuses(&self) -> usize {
+        self.state.reuses.load(Ordering::SeqCst)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// A refresh token this provider will accept once.
+    pub fn new_refresh_token(&self) -> String {
+        let token = unique("fake-rt");
+        self.state.valid.lock().unwrap().insert(token.clone());
+        self.state.issued.lock().unwrap().push(token.clone());
+        token
+    }
+
+    pub fn secrets(&self) -> Vec<String> {
+        let mut all = self.state.issued.lock().unwrap().clone();
+        all.push(self.state.client_secret.clone());
+        all
+    }
+
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        self.state
+            .issued
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| t.starts_with("fake-at"))
+            .cloned()
+            .collect()
+    }
+}
+
+fn oauth_error(code: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": code, "error_description": "fake provider" })),
+    )
+        .into_response()
+}
+
+async fn token_endpoint(
+    State(state): State<Arc<ProviderState>>,
+    headers: HeaderMap,
+    Form(form): Form<std::collections::HashMap<String, String>>,
+) -> Response {
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    let delay = *state.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    // Client authentication: HTTP Basic (RFC 6749 §2.3.1) as configured for "acme".
+    let expected = format!(
+        "Basic {}",
+        base64_encode(&format!("{CLIENT_ID}:{}", state.client_secret))
+    );
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "invalid_client" })),
+        )
+            .into_response();
+    }
+    let mode = *state.mode.lock().unwrap();
+    match mode {
+        Mode::Down => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", "7")],
+                "<html>maintenance</html>",
+            )
+                .into_response()
+        }
+        Mode::Html => {
+            return (
+                StatusCode::OK,
+                [("content-type", "text/html")],
+                "<html>login</html>",
+            )
+                .into_response()
+        }
+        Mode::Revoked => return oauth_error("invalid_grant"),
+        Mode::Rotating | Mode::NonRotating => {}
+    }
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return oauth_error("unsupported_grant_type");
+    }
+    let Some(presented) = form.get("refresh_token") else {
+        return oauth_error("invalid_request");
+    };
+    // Spending is atomic: of two concurrent uses of one refresh token, one is a reuse.
+    let accepted = if mode == Mode::Rotating {
+        state.valid.lock().unwrap().remove(presented)
+    } else {
+        state.valid.lock().unwrap().contains(presented)
+    };
+    if !accepted {
+        if state.spent.lock().unwrap().contains(presented) {
+            state.reuses.fetch_add(1, Ordering::SeqCst);
+        }
+        return oauth_error("invalid_grant");
+    }
+    let access = unique("fake-at");
+    state.issued.lock().unwrap().push(access.clone());
+    let mut body = json!({
+        "access_token": access,
+        "token_type": "bearer",
+        "scope": "read",
+    });
+    if mode == Mode::Rotating {
+        state.spent.lock().unwrap().insert(presented.clone());
+        let refresh = unique("fake-rt");
+        state.valid.lock().unwrap().insert(refresh.clone());
+        state.issued.lock().unwrap().push(refresh.clone());
+        body["refresh_token"] = json!(refresh);
+    }
+    if let Some(expires_in) = *state.expires_in.lock().unwrap() {
+        body["expires_in"] = json!(expires_in);
+    }
+    Json(body).into_response()
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The application under test
+// ---------------------------------------------------------------------------------------------
+
+pub struct TestApp {
+    pub address: String,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub superadmin: String,
+    pub admin: String,
+    pub client: reqwest::Client,
+    pub provider: Option<FakeProvider>,
+    child: Option<Child>,
+    logs: Arc<Mutex<String>>,
+    /// Secrets that must never appear in the logs (besides the provider's).
+    secrets: Mutex<Vec<String>>,
+    log_filter: String,
+}
+
+pub struct AppOptions {
+    pub provider: Option<FakeProvider>,
+    pub extra_config: String,
+    pub log_filter: String,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            provider: None,
+            extra_config: String::new(),
+            log_filter: "debug,hyper=info,h2=info,tower=info".into(),
+        }
+    }
+}
+
+pub async fn spawn_app(provider: Option<&FakeProvider>) -> TestApp {
+    spawn_app_with(AppOptions {
+        provider: provider.cloned(),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let dir = std::env::temp_dir().join(unique("tokenbox-test"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = format!(
+        "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\nencryption_key_file = \"{}\"\n{}\n",
+        dir.join("tokenbox.db").display(),
+        dir.join("encryption.key").display(),
+        options.extra_config,
+    );
+    if let Some(provider) = &options.provider {
+        config.push_str(&format!(
+            "\n[connector_types.acme]\nauthorization_url = \"{url}/authorize\"\ntoken_url = \"{url}/token\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{secret}\"\nscopes = [\"read\"]\nclient_auth = \"basic\"\n",
+            url = provider.url,
+            secret = provider.state.client_secret,
+        ));
+    }
+    let config_path = dir.join("tokenbox.toml");
+    std::fs::write(&config_path, config).unwrap();
+
+    let superadmin = cli_ok(
+        &config_path,
+        &[
+            "service-account",
+            "create",
+            "extraction",
+            "--role",
+            "superadmin",
+        ],
+        None,
+    );
+    let admin = cli_ok(
+        &config_path,
+        &["service-account", "create", "laputa", "--role", "admin"],
+        None,
+    );
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut app = TestApp {
+        address: String::new(),
+        secrets: Mutex::new(vec![
+            superadmin.trim().to_string(),
+            admin.trim().to_string(),
+        ]),
+        superadmin: superadmin.trim().to_string(),
+        admin: admin.trim().to_string(),
+        dir,
+        config_path,
+        client,
+        provider: options.provider,
+        child: None,
+        logs: Arc::new(Mutex::new(String::new())),
+        log_filter: options.log_filter,
+    };
+    app.start();
+    app
+}
+
+/// Runs the CLI and returns its stdout; panics with stderr when it fails.
+pub fn cli_ok(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let (code, stdout, stderr) = cli(config, args, stdin, &[]);
+    assert_eq!(code, 0, "tokenbox {args:?} failed: {stderr}");
+    stdout
+}
+
+/// Runs the CLI: (exit code, stdout, stderr).
+pub fn cli(
+    config: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    use std::io::Write;
+    let mut command = Command::new(BIN);
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("TOKENBOX_LOG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn tokenbox");
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl TestApp {
+    fn start(&mut self) {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("serve")
+            .env("TOKENBOX_LOG", &self.log_filter)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tokenbox serve");
+        let stderr = child.stderr.take().unwrap();
+        let logs = self.logs.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("{line}");
+                }
+                if let Some(rest) = line.split("tokenbox listening address=").nth(1) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.trim().to_string());
+                    }
+                }
+                let mut logs = logs.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let address = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("tokenbox did not start: {}", self.logs()));
+        self.address = format!("http://{address}");
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM first: the server shuts down gracefully.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start();
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Registers a secret that must never appear in the logs.
+    pub fn remember_secret(&self, secret: &str) {
+        self.secrets.lock().unwrap().push(secret.to_string());
+    }
+
+    pub fn all_secrets(&self) -> Vec<String> {
+        let mut all = self.secrets.lock().unwrap().clone();
+        if let Some(p) = &self.provider {
+            all.extend(p.secrets());
+        }
+        all
+    }
+
+    /// Panics when any known secret appears in the captured log output.
+    pub fn assert_logs_clean(&self) {
+        let logs = self.logs();
+        assert!(!logs.is_empty(), "no log output was captured");
+        for secret in self.all_secrets() {
+            assert!(
+                !logs.contains(&secret),
+                "a secret appeared in the server log"
+            );
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("tokenbox.db")
+    }
+
+    pub async fn get_token(
+        &self,
+        app: &str,
+        connector_type: &str,
+        query: &str,
+    ) -> reqwest::Response {
+        self.get_token_as(&self.superadmin.clone(), app, connector_type, query)
+            .await
+    }
+
+    pub async fn get_token_as(
+        &self,
+        bearer: &str,
+        app: &str,
+        connector_type: &str,
+        query: &str,
+    ) -> reqwest::Response {
+        let sep = if query.is_empty() { "" } else { "?" };
+        self.client
+            .get(format!(
+                "{}/{app}/{connector_type}/binb-token{sep}{query}",
+                self.address
+            ))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn import(&self, app: &str, connector_type: &str, body: &Value) -> reqwest::Response {
+        for field in ["access_token", "refresh_token"] {
+            if let Some(s) = body[field].as_str() {
+                self.remember_secret(s);
+            }
+        }
+        self.client
+            .put(format!(
+                "{}/{app}/{connector_type}/connection",
+                self.address
+            ))
+            .bearer_auth(&self.admin)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Imports a connection whose access token has expired and whose refresh token the fake
+    /// provider accepts.
+    pub async fn import_expired(&self, app: &str) -> String {
+        let provider = self.provider.as_ref().expect("a provider");
+        let access = unique("imported-at");
+        let refresh = provider.new_refresh_token();
+        let response = self
+            .import(
+                app,
+                "acme",
+                &json!({
+                    "access_token": access,
+                    "refresh_token": refresh,
+                    "expires_at": now() - 10,
+                    "scope": "read",
+                }),
+            )
+            .await;
+        assert!(response.status().is_success(), "import failed");
+        access
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop();
+        if !std::thread::panicking() {
+            self.assert_logs_clean();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub async fn json_of(response: reqwest::Response) -> Value {
+    response.json().await.expect("a JSON body")
+}

@@ -1,0 +1,164 @@
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{json_of, now, spawn_app, unique, FakeProvider, Mode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_token_is_refreshed_once_for_fifty_concurrent_requests() {
+    let provider = FakeProvider::start().await;
+    // The provider is slow, so every request arrives while the refresh is in flight.
+    provider.set_delay(Duration::from_millis(300));
+    let app = spawn_app(Some(&provider)).await;
+    let old = app.import_expired("acme").await;
+
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let request = app
+            .client
+            .get(format!("{}/acme/acme/binb-token", app.address))
+            .bearer_auth(&app.superadmin);
+        requests.spawn(async move { request.send().await.unwrap() });
+    }
+    let mut tokens = Vec::new();
+    while let Some(response) = requests.join_next().await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200);
+        tokens.push(
+            json_of(response).await["access_token"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(tokens.len(), 50);
+    assert_eq!(provider.calls(), 1, "exactly one provider call");
+    assert!(
+        tokens.iter().all(|t| t == &tokens[0]),
+        "all callers get the same token"
+    );
+    assert_ne!(tokens[0], old);
+    assert_eq!(provider.issued_access_tokens(), vec![tokens[0].clone()]);
+
+    let body = json_of(app.get_token("acme", "acme", "").await).await;
+    assert_eq!(body["access_token"], tokens[0].as_str());
+    assert_eq!(provider.calls(), 1, "a request afterwards makes no call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_of_one_connection_does_not_delay_the_others() {
+    let provider = FakeProvider::start().await;
+    provider.set_delay(Duration::from_secs(3));
+    let app = spawn_app(Some(&provider)).await;
+    app.import_expired("slow").await;
+    let fresh = unique("fresh-at");
+    app.import(
+        "other",
+        "acme",
+        &json!({"access_token": fresh, "expires_in": 3600}),
+    )
+    .await;
+
+    let slow = app.get_token("slow", "acme", "");
+    let fast = async {
+        // Give the slow refresh time to start, then ask for the other connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let response = app.get_token("other", "acme", "").await;
+        let finished_while_slow_pending = provider.calls() == 1;
+        (response, finished_while_slow_pending)
+    };
+    let (slow_response, (fast_response, fast_first)) = tokio::join!(slow, fast);
+    assert_eq!(fast_response.status(), 200);
+    assert_eq!(slow_response.status(), 200);
+    assert!(fast_first);
+    let elapsed_check = json_of(fast_response).await;
+    assert_eq!(elapsed_check["access_token"], fresh.as_str());
+}
+
+#[tokio::test]
+async fn after_rotation_the_old_refresh_token_is_never_presented_again() {
+    let provider = FakeProvider::start().await;
+    let mut app = spawn_app(Some(&provider)).await;
+    app.import_expired("acme").await;
+
+    let first = json_of(app.get_token("acme", "acme", "").await).await;
+    assert!(first["access_token"].is_string());
+    // Forced refreshes must each present the newest refresh token; the provider rejects reuse.
+    let mut seen = vec![first["access_token"].as_str().unwrap().to_string()];
+    for _ in 0..3 {
+        let response = app.get_token("acme", "acme", "force_refresh=true").await;
+        assert_eq!(response.status(), 200);
+        seen.push(
+            json_of(response).await["access_token"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // And after a restart, the rotated refresh token was persisted.
+    app.restart();
+    let response = app.get_token("acme", "acme", "force_refresh=true").await;
+    assert_eq!(response.status(), 200);
+    seen.push(
+        json_of(response).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+
+    assert_eq!(provider.calls(), 5);
+    assert_eq!(
+        provider.reuses(),
+        0,
+        "a spent refresh token was presented again"
+    );
+    seen.dedup();
+    assert_eq!(seen.len(), 5, "every refresh produced a new token");
+}
+
+#[tokio::test]
+async fn a_provider_that_returns_no_new_refresh_token_keeps_the_old_one() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::NonRotating);
+    let app = spawn_app(Some(&provider)).await;
+    app.import_expired("acme").await;
+    assert_eq!(app.get_token("acme", "acme", "").await.status(), 200);
+    // Had the empty answer erased the stored refresh token, these could not call the provider.
+    for _ in 0..2 {
+        let response = app.get_token("acme", "acme", "force_refresh=true").await;
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(provider.calls(), 3);
+}
+
+#[tokio::test]
+async fn min_validity_longer_than_the_remaining_lifetime_triggers_a_refresh() {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app(Some(&provider)).await;
+    let access = unique("half-life-at");
+    app.import(
+        "acme",
+        "acme",
+        &json!({"access_token": access, "refresh_token": provider.new_refresh_token(), "expires_at": now() + 1800}),
+    )
+    .await;
+    let body = json_of(app.get_token("acme", "acme", "min_validity=600").await).await;
+    assert_eq!(
+        body["access_token"],
+        access.as_str(),
+        "30 min left is enough for 10 min"
+    );
+    assert_eq!(provider.calls(), 0);
+
+    let body = json_of(app.get_token("acme", "acme", "min_validity=3000").await).await;
+    assert_ne!(body["access_token"], access.as_str());
+    assert!(body["expires_in"].as_i64().unwrap() >= 3000);
+    assert_eq!(provider.calls(), 1);
+
+    // Asking for more than the provider's lifetime (3600 s) is refused instead of refreshing
+    // on every call.
+    let response = app.get_token("acme", "acme", "min_validity=7200").await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(json_of(response).await["error"], "invalid_request");
+    assert_eq!(provider.calls(), 1);
+}

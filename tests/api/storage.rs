@@ -1,0 +1,174 @@
+use std::str::FromStr;
+
+use serde_json::json;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection};
+
+use crate::helpers::{cli, json_of, spawn_app, unique, FakeProvider};
+
+fn file_bytes(app: &crate::helpers::TestApp) -> Vec<u8> {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", app.db_path().display());
+        if let Ok(bytes) = std::fs::read(&path) {
+            all.extend(bytes);
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn the_sqlite_file_holds_no_token_and_no_client_secret_in_clear() {
+    let provider = FakeProvider::start().await;
+    let mut app = spawn_app(Some(&provider)).await;
+    let imported = app.import_expired("acme").await;
+    let served = json_of(app.get_token("acme", "acme", "").await).await;
+    let refreshed = served["access_token"].as_str().unwrap().to_string();
+    assert_ne!(refreshed, imported);
+    app.stop();
+
+    let bytes = file_bytes(&app);
+    assert!(bytes.len() > 4096, "the database files were read");
+    assert!(
+        contains(&bytes, "acme"),
+        "sanity: plain columns are visible"
+    );
+    for secret in provider.secrets().iter().chain([&imported, &refreshed]) {
+        assert!(!contains(&bytes, secret), "a secret is stored in clear");
+    }
+    assert!(
+        !contains(&bytes, &app.superadmin),
+        "service-account tokens are stored hashed"
+    );
+}
+
+#[tokio::test]
+async fn a_ciphertext_moved_to_another_row_fails_to_decrypt() {
+    let mut app = spawn_app(None).await;
+    let token_a = unique("token-of-a");
+    let token_b = unique("token-of-b");
+    app.import("app-a", "github", &json!({"access_token": token_a}))
+        .await;
+    app.import("app-b", "github", &json!({"access_token": token_b}))
+        .await;
+    app.stop();
+
+    let mut db = SqliteConnectOptions::from_str(&format!("sqlite://{}", app.db_path().display()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let moved = sqlx::query(
+        "UPDATE connections SET access_token = \
+         (SELECT access_token FROM connections WHERE app_id = 'app-a') WHERE app_id = 'app-b'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(moved.rows_affected(), 1);
+    db.close().await.unwrap();
+
+    app.restart();
+    let response = app.get_token("app-b", "github", "").await;
+    assert_eq!(response.status(), 500);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("internal_error"), "{text}");
+    assert!(
+        !text.contains(&token_a),
+        "app-a's token was served to app-b"
+    );
+    let body = json_of(app.get_token("app-a", "github", "").await).await;
+    assert_eq!(body["access_token"], token_a.as_str());
+}
+
+#[tokio::test]
+async fn a_restarted_server_keeps_serving_the_same_connection() {
+    let provider = FakeProvider::start().await;
+    let mut app = spawn_app(Some(&provider)).await;
+    app.import_expired("acme").await;
+    let before = json_of(app.get_token("acme", "acme", "").await).await;
+    app.restart();
+    let after = json_of(app.get_token("acme", "acme", "").await).await;
+    assert_eq!(before["access_token"], after["access_token"]);
+    assert_eq!(before["expires_at"], after["expires_at"]);
+    assert_eq!(provider.calls(), 1, "no refresh after the restart");
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_encryption_key_fails_at_startup_with_a_clear_message() {
+    let mut app = spawn_app(None).await;
+    app.import("acme", "github", &json!({"access_token": unique("t")}))
+        .await;
+    app.stop();
+    let key_path = app.dir.join("encryption.key");
+    let original = std::fs::read_to_string(&key_path).unwrap();
+
+    std::fs::remove_file(&key_path).unwrap();
+    let (code, _, stderr) = cli(&app.config_path, &["service-account", "list"], None, &[]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("encryption key file") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    assert!(
+        !key_path.exists(),
+        "no new key is created for an existing database"
+    );
+
+    // A different key.
+    let other = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+    };
+    std::fs::write(&key_path, format!("{other}\n")).unwrap();
+    let (code, _, stderr) = cli(&app.config_path, &["service-account", "list"], None, &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("does not match the database"), "{stderr}");
+
+    std::fs::write(&key_path, original).unwrap();
+    app.restart();
+    assert_eq!(app.get_token("acme", "github", "").await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_default_data_directory_is_created_with_a_private_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(unique("tokenbox-default"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new(crate::helpers::BIN)
+        .args(["service-account", "create", "ops", "--role", "admin"])
+        .current_dir(&dir)
+        .env_remove("TOKENBOX_CONFIG")
+        .env_remove("TOKENBOX_DATABASE_URL")
+        .env_remove("TOKENBOX_ENCRYPTION_KEY_FILE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = dir.join("tokenbox-data");
+    let key = std::fs::metadata(data.join("encryption.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    assert!(data.join("tokenbox.db").exists());
+    let mut db =
+        SqliteConnectOptions::from_str(&format!("sqlite://{}", data.join("tokenbox.db").display()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    db.close().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
