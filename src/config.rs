@@ -32,6 +32,7 @@ const SERVER_ENV: &[(&str, &str)] = &[
         "provider_timeout_seconds",
     ),
     ("TOKENBOX_LOG_FORMAT", "log_format"),
+    ("TOKENBOX_ALLOWED_RETURN_URLS", "allowed_return_urls"),
 ];
 
 /// Other `TOKENBOX_*` variables that are known (read by the CLI or the logger), so not reported.
@@ -64,6 +65,7 @@ struct FileConfig {
     request_timeout_seconds: Option<u64>,
     provider_timeout_seconds: Option<u64>,
     log_format: Option<LogFormat>,
+    allowed_return_urls: Option<Vec<String>>,
     #[serde(default)]
     connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -88,6 +90,8 @@ pub struct Config {
     /// Timeout of one call to a provider.
     pub provider_timeout: Duration,
     pub log_format: LogFormat,
+    /// Where a connect link may send the tenant back after the signup (URL prefixes).
+    pub allowed_return_urls: Vec<String>,
     /// Connector types from the config file: custom entries or overrides of catalog entries.
     pub connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -104,6 +108,7 @@ impl fmt::Debug for Config {
             .field("cache_ttl", &self.cache_ttl)
             .field("request_timeout", &self.request_timeout)
             .field("provider_timeout", &self.provider_timeout)
+            .field("allowed_return_urls", &self.allowed_return_urls)
             .field("connector_types", &self.connector_types.keys())
             .finish()
     }
@@ -122,6 +127,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             provider_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            allowed_return_urls: Vec::new(),
             connector_types: BTreeMap::new(),
         }
     }
@@ -183,6 +189,9 @@ impl Config {
         if let Some(v) = file.log_format {
             c.log_format = v;
         }
+        if let Some(v) = file.allowed_return_urls {
+            c.allowed_return_urls = v;
+        }
         c.connector_types = file.connector_types;
 
         for (name, value) in env {
@@ -206,6 +215,14 @@ impl Config {
                 }
                 Some("provider_timeout_seconds") => {
                     c.provider_timeout = Duration::from_secs(parse_secs(value)?)
+                }
+                Some("allowed_return_urls") => {
+                    c.allowed_return_urls = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_string)
+                        .collect()
                 }
                 Some("log_format") => {
                     c.log_format = match value.as_str() {
@@ -239,6 +256,11 @@ impl Config {
         }
         if self.request_timeout.is_zero() || self.provider_timeout.is_zero() {
             bail!("request_timeout_seconds and provider_timeout_seconds must be positive");
+        }
+        for url in &self.allowed_return_urls {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                bail!("allowed_return_urls: {url} is not an http(s) URL");
+            }
         }
         if let Some(url) = &self.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -154,6 +154,33 @@ pub struct StoredConnection {
     pub backoff_until: Option<i64>,
 }
 
+/// A connect link as stored (its secret is only known to whoever received the URL).
+#[derive(Clone, Debug)]
+pub struct ConnectLink {
+    pub secret_hash: [u8; 32],
+    pub key: ConnectionKey,
+    /// Per-connection values for the connector type's placeholders (`subdomain`, ...).
+    pub params: BTreeMap<String, String>,
+    pub return_to: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub spent_at: Option<i64>,
+}
+
+impl ConnectLink {
+    pub fn is_usable(&self, now: i64) -> bool {
+        self.spent_at.is_none() && self.expires_at > now
+    }
+}
+
+/// An authorization request in flight, consumed by the callback.
+#[derive(Clone, Debug)]
+pub struct OAuthState {
+    pub link_hash: [u8; 32],
+    pub pkce_verifier: Option<Secret>,
+    pub expires_at: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

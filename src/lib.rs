@@ -8,6 +8,7 @@ pub mod domain;
 pub mod refresh;
 pub mod secret;
 pub mod secrets;
+pub mod signup;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -24,7 +25,8 @@ use connectors::{Catalog, Provider};
 use secrets::{open_store, SecretsKeeper};
 
 /// Everything a command needs: the store, the catalog and the keeper built from a config.
-pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+/// `bound` is the server's address, when there is a server, for the default public URL.
+pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::Result<AppState> {
     let catalog = Catalog::build(&config.connector_types)?;
     let store = open_store(&config).await?;
     let provider = Provider::new(config.provider_timeout)?;
@@ -36,10 +38,19 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         config.refresh_margin_seconds,
         config.request_timeout,
     );
+    let public_url = match bound {
+        Some(address) => config.public_base_url(address),
+        None => config
+            .public_url
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("http://{}", config.listen)),
+    };
     Ok(AppState {
         keeper,
         auth: Arc::new(Authenticator::new(store)),
         config: Arc::new(config),
+        public_url: public_url.into(),
     })
 }
 
@@ -53,11 +64,11 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let listen = config.listen.clone();
-        let state = build_state(config).await?;
         let listener = TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let address = listener.local_addr()?;
+        let state = build_state(config, Some(address)).await?;
         Ok(Self {
             listener,
             router: api::routes::router(state),

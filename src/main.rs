@@ -39,6 +39,12 @@ enum Command {
     /// Manage connections (token sets).
     #[command(subcommand)]
     Connection(ConnectionCommand),
+    /// Manage connect links (the signup URLs sent to tenants).
+    #[command(subcommand)]
+    ConnectLink(ConnectLinkCommand),
+    /// Show the connector catalog.
+    #[command(subcommand)]
+    ConnectorTypes(ConnectorTypesCommand),
     /// Print a valid access token, asking a running tokenbox (for shell extraction scripts).
     Token {
         app_id: String,
@@ -76,6 +82,30 @@ enum ServiceAccountCommand {
     List,
     /// Delete an account: its token stops working.
     Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum ConnectLinkCommand {
+    /// Create a link and print its URL (uses public_url from the configuration).
+    Create {
+        app_id: String,
+        connector_type: String,
+        /// A per-connection value for the connector type's placeholders, e.g. subdomain=acme.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Lifetime of the link in seconds (default 7 days).
+        #[arg(long, value_name = "SECONDS")]
+        expires_in: Option<i64>,
+        /// Where to send the tenant after the signup (must match allowed_return_urls).
+        #[arg(long, value_name = "URL")]
+        return_to: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnectorTypesCommand {
+    /// List every connector type and whether its client credentials are configured.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -159,7 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             app.run_until_stopped().await?;
         }
         Command::ServiceAccount(command) => {
-            let state = build_state(config).await?;
+            let state = build_state(config, None).await?;
             let store = state.keeper.store();
             match command {
                 ServiceAccountCommand::Create { name, role } => {
@@ -207,7 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let tokens = ImportTokenSet::from_json(&input)
                 .and_then(|t| t.into_token_set(now_epoch()))
                 .map_err(anyhow::Error::msg)?;
-            let state = build_state(config).await?;
+            let state = build_state(config, None).await?;
             let stored = state
                 .keeper
                 .save_connection(&key, &tokens)
@@ -221,6 +251,60 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(|at| format!(", expires at {at}"))
                     .unwrap_or_default()
             );
+        }
+        Command::ConnectLink(ConnectLinkCommand::Create {
+            app_id,
+            connector_type,
+            params,
+            expires_in,
+            return_to,
+        }) => {
+            let key = ConnectionKey::new(
+                AppId::parse(&app_id).map_err(anyhow::Error::msg)?,
+                ConnectorTypeName::parse(&connector_type).map_err(anyhow::Error::msg)?,
+            );
+            let mut values = std::collections::BTreeMap::new();
+            for param in params {
+                let (k, v) = param
+                    .split_once('=')
+                    .with_context(|| format!("--param {param}: expected NAME=VALUE"))?;
+                values.insert(k.to_string(), v.to_string());
+            }
+            if config.public_url.is_none() && config.listen.ends_with(":0") {
+                bail!("set public_url (or TOKENBOX_PUBLIC_URL): links need the address tenants reach the service at");
+            }
+            let state = build_state(config, None).await?;
+            let created = tokenbox::signup::create_link(
+                &state.keeper,
+                &state.config,
+                &state.public_url,
+                &key,
+                tokenbox::signup::NewLink {
+                    expires_in,
+                    return_to,
+                    params: values,
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", created.url);
+        }
+        Command::ConnectorTypes(ConnectorTypesCommand::List) => {
+            let catalog = tokenbox::connectors::Catalog::build(&config.connector_types)?;
+            println!(
+                "{:<14} {:<30} {:<8} {:<10} TOKEN URL",
+                "NAME", "DISPLAY NAME", "SOURCE", "CONFIGURED"
+            );
+            for ct in catalog.iter() {
+                println!(
+                    "{:<14} {:<30} {:<8} {:<10} {}",
+                    ct.name.as_str(),
+                    ct.display_name,
+                    if ct.from_catalog { "catalog" } else { "config" },
+                    if ct.has_credentials() { "yes" } else { "no" },
+                    ct.token_url
+                );
+            }
         }
         Command::Token { .. } => unreachable!("handled above"),
     }

@@ -18,6 +18,8 @@ pub enum ApiError {
     UnknownConnectorType(String),
     #[error("{0}")]
     NotConnected(String),
+    #[error("{0}")]
+    ConnectorNotConfigured(String),
     #[error("no such route")]
     NotFound,
     #[error("this method is not allowed on this route")]
@@ -48,7 +50,9 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ReauthorizationRequired(_) => StatusCode::CONFLICT,
+            Self::ReauthorizationRequired(_) | Self::ConnectorNotConfigured(_) => {
+                StatusCode::CONFLICT
+            }
             Self::ProviderError(_) => StatusCode::BAD_GATEWAY,
             Self::ProviderUnavailable { .. } | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -62,6 +66,7 @@ impl ApiError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::UnknownConnectorType(_) => "unknown_connector_type",
             Self::NotConnected(_) => "not_connected",
+            Self::ConnectorNotConfigured(_) => "connector_not_configured",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ReauthorizationRequired(_) => "reauthorization_required",

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod pages;
 pub mod resources;
 pub mod routes;
 
@@ -27,6 +28,8 @@ pub struct AppState {
     pub keeper: SecretsKeeper,
     pub auth: Arc<Authenticator>,
     pub config: Arc<Config>,
+    /// The base URL users reach the service at, without a trailing slash.
+    pub public_url: Arc<str>,
 }
 
 /// The `{app_id}/{connector_type}` part of a small-app route, validated.

@@ -405,4 +405,95 @@ mod tests {
         values.clear();
         assert!(zendesk.expand_url(&zendesk.token_url, &values).is_err());
     }
+
+    #[test]
+    fn every_catalog_entry_builds_a_valid_authorization_url() {
+        let names: Vec<String> = builtin_specs().unwrap().keys().cloned().collect();
+        let configured: BTreeMap<String, ConnectorTypeSpec> = names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    ConnectorTypeSpec {
+                        client_id: Some(format!("{n}-client")),
+                        client_secret: Some(Secret::new("s")),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let catalog = Catalog::build_with_env(&configured, &no_env).unwrap();
+        let provider = Provider::new(std::time::Duration::from_secs(1)).unwrap();
+        let mut values = Metadata::new();
+        for (k, v) in [("subdomain", "acme"), ("shop", "acme-shop")] {
+            values.insert(k.into(), v.into());
+        }
+        for ct in catalog.iter() {
+            let (url, verifier) = provider
+                .authorization_url(
+                    ct,
+                    &values,
+                    "https://tokens.example.com/oauth/callback",
+                    "st4te",
+                )
+                .unwrap_or_else(|e| panic!("{}: {e}", ct.name));
+            let parsed = oauth2::url::Url::parse(&url).unwrap();
+            assert_eq!(parsed.scheme(), "https", "{}", ct.name);
+            let host = parsed.host_str().unwrap();
+            assert!(
+                !host.contains('{') && !url.contains("%7B"),
+                "{}: {url}",
+                ct.name
+            );
+            let query: BTreeMap<String, String> = parsed.query_pairs().into_owned().collect();
+            assert_eq!(query["client_id"], format!("{}-client", ct.name));
+            assert_eq!(query["response_type"], "code");
+            assert_eq!(query["state"], "st4te");
+            assert_eq!(
+                query["redirect_uri"],
+                "https://tokens.example.com/oauth/callback"
+            );
+            if ct.scopes.is_empty() {
+                assert!(!query.contains_key("scope"), "{}", ct.name);
+            } else {
+                assert_eq!(
+                    query["scope"],
+                    ct.scopes.join(&ct.scope_separator),
+                    "{}",
+                    ct.name
+                );
+            }
+            for (k, v) in &ct.authorization_params {
+                assert_eq!(query.get(k), Some(v), "{}: {k}", ct.name);
+            }
+            assert_eq!(verifier.is_some(), ct.pkce, "{}", ct.name);
+            assert_eq!(query.contains_key("code_challenge"), ct.pkce, "{}", ct.name);
+            // Every placeholder of the token URL expands too.
+            ct.expand_url(&ct.token_url, &values).unwrap();
+        }
+        let slack = catalog
+            .get(&ConnectorTypeName::parse("slack").unwrap())
+            .unwrap();
+        let (url, _) = provider
+            .authorization_url(slack, &values, "https://t/cb", "s")
+            .unwrap();
+        assert!(
+            url.contains("scope=channels%3Ahistory%2Cchannels%3Aread"),
+            "{url}"
+        );
+        let zendesk = catalog
+            .get(&ConnectorTypeName::parse("zendesk").unwrap())
+            .unwrap();
+        let (url, _) = provider
+            .authorization_url(zendesk, &values, "https://t/cb", "s")
+            .unwrap();
+        assert!(
+            url.starts_with("https://acme.zendesk.com/oauth/authorizations/new?"),
+            "{url}"
+        );
+        values.insert("subdomain".into(), "evil.com/x".into());
+        assert!(provider
+            .authorization_url(zendesk, &values, "https://t/cb", "s")
+            .is_err());
+    }
 }

@@ -9,8 +9,9 @@ use oauth2::basic::{
     BasicTokenIntrospectionResponse, BasicTokenType,
 };
 use oauth2::{
-    AccessToken, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken,
-    RequestTokenError, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
+    AccessToken, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, RevocationUrl, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -220,6 +221,112 @@ impl Provider {
         Ok(to_token_set(ct, response, now_epoch()))
     }
 
+    /// The URL the tenant's browser is sent to (RFC 6749 §4.1.1), with PKCE S256 (RFC 7636)
+    /// unless the connector type disables it. Returns the URL and the PKCE verifier to keep.
+    pub fn authorization_url(
+        &self,
+        ct: &ConnectorType,
+        values: &Metadata,
+        redirect_uri: &str,
+        state: &str,
+    ) -> Result<(String, Option<Secret>), RefreshError> {
+        let auth_url = ct
+            .expand_url(&ct.authorization_url, values)
+            .map_err(RefreshError::NotConfigured)?;
+        let client = self
+            .client(ct, values)?
+            .set_auth_uri(AuthUrl::new(auth_url).map_err(|_| {
+                RefreshError::NotConfigured("the authorization URL is not a valid URL".into())
+            })?)
+            .set_redirect_uri(redirect_url(redirect_uri)?);
+        let state = state.to_string();
+        let mut request = client.authorize_url(move || CsrfToken::new(state));
+        if !ct.scopes.is_empty() {
+            // The crate joins scopes with spaces; one pre-joined scope honours the separator.
+            request = request.add_scope(Scope::new(ct.scopes.join(&ct.scope_separator)));
+        }
+        for (k, v) in &ct.authorization_params {
+            request = request.add_extra_param(k.as_str(), v.as_str());
+        }
+        let verifier = if ct.pkce {
+            let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+            request = request.set_pkce_challenge(challenge);
+            Some(Secret::new(verifier.secret().clone()))
+        } else {
+            None
+        };
+        let (url, _) = request.url();
+        Ok((url.to_string(), verifier))
+    }
+
+    /// Exchanges an authorization code for a token set (RFC 6749 §4.1.3). Not retried: a code
+    /// is single-use.
+    pub async fn exchange_code(
+        &self,
+        ct: &ConnectorType,
+        values: &Metadata,
+        redirect_uri: &str,
+        code: &str,
+        pkce_verifier: Option<&Secret>,
+    ) -> Result<TokenSet, RefreshError> {
+        let client = self
+            .client(ct, values)?
+            .set_redirect_uri(redirect_url(redirect_uri)?);
+        let code = AuthorizationCode::new(code.to_string());
+        let mut request = client.exchange_code(code);
+        if let Some(v) = pkce_verifier {
+            request = request.set_pkce_verifier(PkceCodeVerifier::new(v.expose().to_string()));
+        }
+        for (k, v) in &ct.token_params {
+            request = request.add_extra_param(k.as_str(), v.as_str());
+        }
+        let transport = Transport { provider: self, ct };
+        let response = request.request_async(&transport).await.map_err(classify)?;
+        Ok(to_token_set(ct, response, now_epoch()))
+    }
+
+    /// Revokes a token at the provider's RFC 7009 endpoint, when the catalog has one.
+    /// Returns whether the provider confirmed.
+    pub async fn revoke(
+        &self,
+        ct: &ConnectorType,
+        values: &Metadata,
+        refresh_token: Option<&Secret>,
+        access_token: &Secret,
+    ) -> Result<bool, RefreshError> {
+        let Some(template) = &ct.revocation_url else {
+            return Ok(false);
+        };
+        let url = ct
+            .expand_url(template, values)
+            .map_err(RefreshError::NotConfigured)?;
+        let client = self
+            .client(ct, values)?
+            .set_revocation_url(RevocationUrl::new(url).map_err(|_| {
+                RefreshError::NotConfigured("the revocation URL is not a valid URL".into())
+            })?);
+        let token = match refresh_token {
+            Some(t) => StandardRevocableToken::RefreshToken(RefreshToken::new(t.expose().into())),
+            None => {
+                StandardRevocableToken::AccessToken(AccessToken::new(access_token.expose().into()))
+            }
+        };
+        let transport = Transport { provider: self, ct };
+        client
+            .revoke_token(token)
+            .map_err(|_| RefreshError::NotConfigured("no revocation URL".into()))?
+            .request_async(&transport)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::Request(fault) => RefreshError::Unavailable {
+                    reason: fault.to_string(),
+                    retry_after: None,
+                },
+                _ => RefreshError::Rejected("the provider refused the revocation".into()),
+            })?;
+        Ok(true)
+    }
+
     fn client(&self, ct: &ConnectorType, metadata: &Metadata) -> Result<OAuthClient, RefreshError> {
         let client_id = ct.client_id.as_ref().ok_or_else(|| {
             RefreshError::NotConfigured(format!(
@@ -300,6 +407,13 @@ impl Provider {
                 retry_after,
             });
         }
+        if bytes.is_empty() {
+            // Revocation answers 200 with no body; the crate checks the status only.
+            return http::Response::builder()
+                .status(status)
+                .body(Vec::new())
+                .map_err(|_| Fault::Other);
+        }
         let parsed: Option<Value> = if is_form {
             Some(Value::Object(
                 oauth2::url::form_urlencoded::parse(&bytes)
@@ -338,6 +452,12 @@ impl Provider {
             .body(body)
             .map_err(|_| Fault::Other)
     }
+}
+
+fn redirect_url(uri: &str) -> Result<RedirectUrl, RefreshError> {
+    RedirectUrl::new(uri.to_string()).map_err(|_| {
+        RefreshError::NotConfigured("public_url does not make a valid redirect URI".into())
+    })
 }
 
 fn classify(e: RequestTokenError<Fault, BasicErrorResponse>) -> RefreshError {

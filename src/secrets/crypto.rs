@@ -192,6 +192,13 @@ pub fn connection_aad(app_id: &str, connector_type: &str, field: &str) -> Vec<u8
     format!("tokenbox/v1\0connections\0{app_id}\0{connector_type}\0{field}").into_bytes()
 }
 
+/// Associated data of an authorization request's PKCE verifier: bound to its state.
+pub fn oauth_state_aad(state_hash: &[u8; 32]) -> Vec<u8> {
+    let mut aad = b"tokenbox/v1\0oauth_states\0pkce_verifier\0".to_vec();
+    aad.extend_from_slice(state_hash);
+    aad
+}
+
 /// Associated data of the key check value stored in the database.
 pub const KEY_CHECK_AAD: &[u8] = b"tokenbox/v1\0meta\0key_check";
 

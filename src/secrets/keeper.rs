@@ -91,6 +91,45 @@ impl SecretsKeeper {
         &self.inner.store
     }
 
+    pub fn provider(&self) -> &Provider {
+        &self.inner.provider
+    }
+
+    /// Deletes a connection and revokes its grant at the provider when the catalog has a
+    /// revocation endpoint. Returns whether it existed and whether the provider confirmed.
+    pub async fn delete_connection(
+        &self,
+        key: &ConnectionKey,
+    ) -> Result<Option<bool>, KeeperError> {
+        let ct = self.connector_type(key)?.clone();
+        let _flight = self.inner.flights.acquire(key).await;
+        let deleted = self.inner.store.delete_connection(key).await?;
+        self.inner.cache.remove(key);
+        let Some(deleted) = deleted else {
+            return Ok(None);
+        };
+        if ct.revocation_url.is_none() || !ct.has_credentials() {
+            return Ok(Some(false));
+        }
+        let revoked = self
+            .inner
+            .provider
+            .revoke(
+                &ct,
+                &deleted.tokens.metadata,
+                deleted.tokens.refresh_token.as_ref(),
+                &deleted.tokens.access_token,
+            )
+            .await;
+        match revoked {
+            Ok(confirmed) => Ok(Some(confirmed)),
+            Err(error) => {
+                tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, error = %error, "revocation at the provider failed; the connection is deleted anyway");
+                Ok(Some(false))
+            }
+        }
+    }
+
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
     }

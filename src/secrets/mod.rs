@@ -12,7 +12,7 @@ use anyhow::bail;
 use async_trait::async_trait;
 
 use crate::config::Config;
-use crate::domain::{ConnectionKey, StoredConnection, TokenSet};
+use crate::domain::{ConnectLink, ConnectionKey, OAuthState, StoredConnection, TokenSet};
 use crypto::{KeyRing, KEY_CHECK_AAD};
 
 pub use keeper::{KeeperError, SecretsKeeper, ServedToken, TokenRequest};
@@ -108,6 +108,36 @@ pub trait SecretsStore: Send + Sync + 'static {
         &self,
         key: &ConnectionKey,
     ) -> Result<Option<Box<dyn RefreshGuard>>, StoreError>;
+
+    /// Deletes a connection; returns it as it was, for revocation at the provider.
+    async fn delete_connection(
+        &self,
+        key: &ConnectionKey,
+    ) -> Result<Option<StoredConnection>, StoreError>;
+
+    async fn create_connect_link(&self, link: &ConnectLink) -> Result<(), StoreError>;
+    async fn connect_link(&self, secret_hash: &[u8; 32])
+        -> Result<Option<ConnectLink>, StoreError>;
+    /// Marks a usable link spent; `false` when it was spent or expired already.
+    async fn spend_connect_link(
+        &self,
+        secret_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Makes a spent link usable again (the signup failed after it was spent).
+    async fn unspend_connect_link(&self, secret_hash: &[u8; 32]) -> Result<(), StoreError>;
+    /// Records an authorization request; the PKCE verifier is encrypted, bound to the state.
+    async fn create_oauth_state(
+        &self,
+        state_hash: &[u8; 32],
+        state: &OAuthState,
+    ) -> Result<(), StoreError>;
+    /// Consumes an authorization request: a state is usable once, before it expires.
+    async fn take_oauth_state(
+        &self,
+        state_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<OAuthState>, StoreError>;
 
     async fn create_service_account(&self, account: &ServiceAccount) -> Result<(), StoreError>;
     async fn list_service_accounts(&self) -> Result<Vec<ServiceAccount>, StoreError>;

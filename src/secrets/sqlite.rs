@@ -12,22 +12,29 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
-use super::crypto::{connection_aad, create_private_dir, KeyRing};
+use super::crypto::{connection_aad, create_private_dir, oauth_state_aad, KeyRing};
 use super::{
     migrate_error, resolve_keys, EmbeddedMigrations, RefreshGuard, RefreshWrite, Role,
     SecretsStore, ServiceAccount, StoreError,
 };
 use crate::config::Config;
 use crate::domain::{
-    now_epoch, AppId, ConnectionKey, ConnectionStatus, ConnectorTypeName, Metadata,
-    StoredConnection, TokenSet,
+    now_epoch, AppId, ConnectLink, ConnectionKey, ConnectionStatus, ConnectorTypeName, Metadata,
+    OAuthState, StoredConnection, TokenSet,
 };
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "signup",
+        include_str!("../../migrations/sqlite/0002_signup.sql"),
+    ),
+];
 
 const COLUMNS: &str = "app_id, connector_type, status, access_token, refresh_token, token_type, \
      expires_at, scope, metadata, version, created_at, updated_at, refreshed_at, last_error, \
@@ -204,6 +211,152 @@ impl SecretsStore for SqliteStore {
                 store: self.clone(),
                 current,
             }) as Box<dyn RefreshGuard>
+        }))
+    }
+
+    async fn delete_connection(
+        &self,
+        key: &ConnectionKey,
+    ) -> Result<Option<StoredConnection>, StoreError> {
+        let row = sqlx::query(&format!(
+            "DELETE FROM connections WHERE app_id = ? AND connector_type = ? RETURNING {COLUMNS}"
+        ))
+        .bind(key.app_id.as_str())
+        .bind(key.connector_type.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| decode(&self.keys, &r)).transpose()
+    }
+
+    async fn create_connect_link(&self, link: &ConnectLink) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO connect_links (secret_hash, app_id, connector_type, params, return_to, \
+             created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&link.secret_hash[..])
+        .bind(link.key.app_id.as_str())
+        .bind(link.key.connector_type.as_str())
+        .bind(serde_json::to_string(&link.params).unwrap_or_else(|_| "{}".into()))
+        .bind(link.return_to.as_deref())
+        .bind(link.created_at)
+        .bind(link.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn connect_link(
+        &self,
+        secret_hash: &[u8; 32],
+    ) -> Result<Option<ConnectLink>, StoreError> {
+        let row = sqlx::query(
+            "SELECT app_id, connector_type, params, return_to, created_at, expires_at, spent_at \
+             FROM connect_links WHERE secret_hash = ?",
+        )
+        .bind(&secret_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let app: String = row.try_get("app_id")?;
+        let ct: String = row.try_get("connector_type")?;
+        let params: String = row.try_get("params")?;
+        Ok(Some(ConnectLink {
+            secret_hash: *secret_hash,
+            key: ConnectionKey::new(
+                AppId::parse(&app).map_err(StoreError::Corrupt)?,
+                ConnectorTypeName::parse(&ct).map_err(StoreError::Corrupt)?,
+            ),
+            params: serde_json::from_str(&params)
+                .map_err(|_| StoreError::Corrupt("connect link params are not JSON".into()))?,
+            return_to: row.try_get("return_to")?,
+            created_at: row.try_get("created_at")?,
+            expires_at: row.try_get("expires_at")?,
+            spent_at: row.try_get("spent_at")?,
+        }))
+    }
+
+    async fn spend_connect_link(
+        &self,
+        secret_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE connect_links SET spent_at = ? \
+             WHERE secret_hash = ? AND spent_at IS NULL AND expires_at > ?",
+        )
+        .bind(now)
+        .bind(&secret_hash[..])
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn unspend_connect_link(&self, secret_hash: &[u8; 32]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE connect_links SET spent_at = NULL WHERE secret_hash = ?")
+            .bind(&secret_hash[..])
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_oauth_state(
+        &self,
+        state_hash: &[u8; 32],
+        state: &OAuthState,
+    ) -> Result<(), StoreError> {
+        let now = now_epoch();
+        let verifier = state
+            .pkce_verifier
+            .as_ref()
+            .map(|v| self.keys.encrypt_secret(v, &oauth_state_aad(state_hash)));
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM oauth_states WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO oauth_states (state_hash, link_hash, pkce_verifier, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&state_hash[..])
+        .bind(&state.link_hash[..])
+        .bind(verifier)
+        .bind(now)
+        .bind(state.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_oauth_state(
+        &self,
+        state_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<OAuthState>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM oauth_states WHERE state_hash = ? \
+             RETURNING link_hash, pkce_verifier, expires_at",
+        )
+        .bind(&state_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let expires_at: i64 = row.try_get("expires_at")?;
+        if expires_at <= now {
+            return Ok(None);
+        }
+        let link_hash: Vec<u8> = row.try_get("link_hash")?;
+        let verifier: Option<Vec<u8>> = row.try_get("pkce_verifier")?;
+        Ok(Some(OAuthState {
+            link_hash: link_hash
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("link hash is not 32 bytes".into()))?,
+            pkce_verifier: verifier
+                .map(|v| self.keys.decrypt_secret(&v, &oauth_state_aad(state_hash)))
+                .transpose()?,
+            expires_at,
         }))
     }
 

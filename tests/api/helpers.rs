@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -65,6 +65,12 @@ pub struct ProviderState {
     expires_in: Mutex<Option<i64>>,
     valid: Mutex<HashSet<String>>,
     spent: Mutex<HashSet<String>>,
+    /// Authorization codes issued: code -> (PKCE challenge, redirect URI).
+    codes: Mutex<std::collections::HashMap<String, (Option<String>, String)>>,
+    /// The query of every authorization request received.
+    pub authorize_requests: Mutex<Vec<std::collections::HashMap<String, String>>>,
+    /// Whether the next authorization is denied by the "user".
+    pub deny: Mutex<bool>,
     /// Every secret this provider issued or accepted, to look for in logs.
     issued: Mutex<Vec<String>>,
     pub client_secret: String,
@@ -87,10 +93,14 @@ impl FakeProvider {
             valid: Mutex::new(HashSet::new()),
             spent: Mutex::new(HashSet::new()),
             issued: Mutex::new(Vec::new()),
+            codes: Mutex::new(std::collections::HashMap::new()),
+            authorize_requests: Mutex::new(Vec::new()),
+            deny: Mutex::new(false),
             client_secret: unique("acme-client-secret"),
         });
         let app = Router::new()
             .route("/token", post(token_endpoint))
+            .route("/authorize", axum::routing::get(authorize_endpoint))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -191,8 +201,10 @@ async fn token_endpoint(
         Mode::Revoked => return oauth_error("invalid_grant"),
         Mode::Rotating | Mode::NonRotating => {}
     }
-    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
-        return oauth_error("unsupported_grant_type");
+    match form.get("grant_type").map(String::as_str) {
+        Some("refresh_token") => {}
+        Some("authorization_code") => return code_grant(&state, &form),
+        _ => return oauth_error("unsupported_grant_type"),
     }
     let Some(presented) = form.get("refresh_token") else {
         return oauth_error("invalid_request");
@@ -227,6 +239,86 @@ async fn token_endpoint(
         body["expires_in"] = json!(expires_in);
     }
     Json(body).into_response()
+}
+
+/// The provider's authorization page, reduced to its decision: it redirects back at once with a
+/// code (or `access_denied`), recording the request and its PKCE challenge.
+async fn authorize_endpoint(
+    State(state): State<Arc<ProviderState>>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    state.authorize_requests.lock().unwrap().push(query.clone());
+    let redirect = query.get("redirect_uri").cloned().unwrap_or_default();
+    let csrf = query.get("state").cloned().unwrap_or_default();
+    let sep = if redirect.contains('?') { '&' } else { '?' };
+    if std::mem::take(&mut *state.deny.lock().unwrap()) {
+        return axum::response::Redirect::to(&format!(
+            "{redirect}{sep}error=access_denied&error_description=The+user+said+no&state={csrf}"
+        ))
+        .into_response();
+    }
+    if query.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
+        return (StatusCode::BAD_REQUEST, "unknown client").into_response();
+    }
+    let code = unique("fake-code");
+    state.issued.lock().unwrap().push(code.clone());
+    let challenge = match query.get("code_challenge_method").map(String::as_str) {
+        Some("S256") => query.get("code_challenge").cloned(),
+        None => None,
+        Some(_) => return (StatusCode::BAD_REQUEST, "only S256").into_response(),
+    };
+    state
+        .codes
+        .lock()
+        .unwrap()
+        .insert(code.clone(), (challenge, redirect.clone()));
+    axum::response::Redirect::to(&format!(
+        "{redirect}{sep}code={code}&state={csrf}&realmId=123"
+    ))
+    .into_response()
+}
+
+/// The authorization-code grant, with the PKCE verifier checked (RFC 7636 §4.6).
+fn code_grant(state: &ProviderState, form: &std::collections::HashMap<String, String>) -> Response {
+    let code = form.get("code").cloned().unwrap_or_default();
+    let Some((challenge, redirect)) = state.codes.lock().unwrap().remove(&code) else {
+        return oauth_error("invalid_grant");
+    };
+    if form.get("redirect_uri") != Some(&redirect) {
+        return oauth_error("invalid_grant");
+    }
+    if let Some(challenge) = challenge {
+        use sha2::Digest;
+        let Some(verifier) = form.get("code_verifier") else {
+            return oauth_error("invalid_grant");
+        };
+        let computed = {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(verifier.as_bytes()))
+        };
+        if computed != challenge {
+            return oauth_error("invalid_grant");
+        }
+    }
+    let access = unique("fake-at");
+    let refresh = unique("fake-rt");
+    state.valid.lock().unwrap().insert(refresh.clone());
+    {
+        let mut issued = state.issued.lock().unwrap();
+        issued.push(access.clone());
+        issued.push(refresh.clone());
+    }
+    Json(json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": 3600,
+        "refresh_token": refresh,
+        "scope": "read write",
+        "instance_url": "https://acme-instance.example.com",
+        "id_token": "not-kept",
+    }))
+    .into_response()
 }
 
 fn base64_encode(s: &str) -> String {
@@ -281,14 +373,14 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let dir = std::env::temp_dir().join(unique("tokenbox-test"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut config = format!(
-        "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\nencryption_key_file = \"{}\"\n{}\n",
+        "listen = \"127.0.0.1:0\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"sqlite://{}\"\nencryption_key_file = \"{}\"\n{}\n",
         dir.join("tokenbox.db").display(),
         dir.join("encryption.key").display(),
         options.extra_config,
     );
     if let Some(provider) = &options.provider {
         config.push_str(&format!(
-            "\n[connector_types.acme]\nauthorization_url = \"{url}/authorize\"\ntoken_url = \"{url}/token\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{secret}\"\nscopes = [\"read\"]\nclient_auth = \"basic\"\n",
+            "\n[connector_types.acme]\nauthorization_url = \"{url}/authorize\"\ntoken_url = \"{url}/token\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{secret}\"\nscopes = [\"read\", \"write\"]\nclient_auth = \"basic\"\nmetadata_fields = [\"instance_url\"]\ncallback_params = [\"realmId\"]\nauthorization_params = {{ prompt = \"consent\" }}\n",
             url = provider.url,
             secret = provider.state.client_secret,
         ));
@@ -558,4 +650,69 @@ impl Drop for TestApp {
 
 pub async fn json_of(response: reqwest::Response) -> Value {
     response.json().await.expect("a JSON body")
+}
+
+/// The signup as a browser runs it, step by step, with no automatic redirects.
+impl TestApp {
+    pub async fn create_link(
+        &self,
+        app: &str,
+        connector_type: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!(
+                "{}/{app}/{connector_type}/connect-links",
+                self.address
+            ))
+            .bearer_auth(&self.admin)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a link for `app` on the fake provider's connector type and returns its URL.
+    pub async fn new_link(&self, app: &str) -> String {
+        let response = self.create_link(app, "acme", &json!({})).await;
+        assert_eq!(response.status(), 201);
+        let url = json_of(response).await["url"].as_str().unwrap().to_string();
+        self.remember_secret(url.rsplit('/').next().unwrap());
+        url
+    }
+
+    /// Clicks Connect on the link's page: returns the provider URL tokenbox redirects to.
+    pub async fn click_connect(&self, link: &str) -> reqwest::Response {
+        self.client.post(link).send().await.unwrap()
+    }
+
+    /// Follows a link through Connect, the provider and the callback; returns the final response.
+    pub async fn run_signup(&self, link: &str) -> reqwest::Response {
+        let to_provider = self.click_connect(link).await;
+        assert_eq!(
+            to_provider.status(),
+            303,
+            "Connect redirects to the provider"
+        );
+        let authorize = location(&to_provider);
+        let back = self.client.get(&authorize).send().await.unwrap();
+        assert!(
+            back.status().is_redirection(),
+            "the provider redirects back"
+        );
+        let callback = location(&back);
+        self.remember_secret(&query_param(&callback, "state").unwrap_or_default());
+        self.client.get(&callback).send().await.unwrap()
+    }
+}
+
+pub fn location(response: &reqwest::Response) -> String {
+    response.headers()["location"].to_str().unwrap().to_string()
+}
+
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }

@@ -5,4 +5,5 @@ mod binb_token;
 mod cli;
 mod helpers;
 mod refresh;
+mod signup;
 mod storage;

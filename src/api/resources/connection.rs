@@ -91,6 +91,8 @@ pub struct ConnectionView {
     pub refreshed_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
 }
 
 impl From<&StoredConnection> for ConnectionView {
@@ -106,6 +108,7 @@ impl From<&StoredConnection> for ConnectionView {
             updated_at: c.updated_at,
             refreshed_at: c.refreshed_at,
             last_error: c.last_error.clone(),
+            metadata: c.tokens.metadata.clone(),
         }
     }
 }
@@ -134,4 +137,47 @@ pub async fn put(
         refreshed: false,
     });
     Ok(response)
+}
+
+/// `GET /{app_id}/{connector_type}/connection` — role admin or superadmin. Status, scope,
+/// expiry, times and last error; never a token.
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(_principal): Extension<Principal>,
+    SmallApp(key): SmallApp,
+) -> Result<Json<ConnectionView>, ApiError> {
+    state.keeper.connector_type(&key)?;
+    let connection = state.keeper.store().load(&key).await?.ok_or_else(|| {
+        ApiError::NotConnected(format!(
+            "app '{}' has no {} connection",
+            key.app_id, key.connector_type
+        ))
+    })?;
+    Ok(Json(ConnectionView::from(&connection)))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Deleted {
+    deleted: bool,
+    revoked_at_provider: bool,
+}
+
+/// `DELETE /{app_id}/{connector_type}/connection` — role admin or superadmin. Removes the
+/// connection and revokes the grant at the provider (RFC 7009) when the catalog has an endpoint.
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    SmallApp(key): SmallApp,
+) -> Result<Json<Deleted>, ApiError> {
+    let revoked = state.keeper.delete_connection(&key).await?.ok_or_else(|| {
+        ApiError::NotConnected(format!(
+            "app '{}' has no {} connection",
+            key.app_id, key.connector_type
+        ))
+    })?;
+    tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, principal = %principal.name, revoked_at_provider = revoked, "connection deleted");
+    Ok(Json(Deleted {
+        deleted: true,
+        revoked_at_provider: revoked,
+    }))
 }

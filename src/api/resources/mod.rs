@@ -1,5 +1,7 @@
 //! One module per resource: its handlers and its request and response types.
 
 pub mod binb_token;
+pub mod connect;
 pub mod connection;
+pub mod connector_types;
 pub mod health;

@@ -1,0 +1,200 @@
+//! The signup: connect links, the page a tenant opens, and the OAuth callback.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+
+use crate::api::auth::Principal;
+use crate::api::error::ApiError;
+use crate::api::pages::{connect_page, result_page};
+use crate::api::{AppState, SmallApp};
+use crate::signup::{self, NewLink, SignupError};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLinkBody {
+    #[serde(default)]
+    expires_in: Option<i64>,
+    #[serde(default)]
+    return_to: Option<String>,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedLinkBody {
+    url: String,
+    expires_at: i64,
+}
+
+impl From<SignupError> for ApiError {
+    fn from(e: SignupError) -> Self {
+        match e {
+            SignupError::UnknownConnectorType(_) => Self::UnknownConnectorType(e.to_string()),
+            SignupError::NotConfigured(_) => Self::ConnectorNotConfigured(e.to_string()),
+            SignupError::InvalidRequest(m) => Self::InvalidRequest(m),
+            SignupError::Store(s) => s.into(),
+            other => Self::InvalidRequest(other.to_string()),
+        }
+    }
+}
+
+/// `POST /{app_id}/{connector_type}/connect-links` — role admin or superadmin. Creates a
+/// single-use, expiring link a tenant opens to connect an account.
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    SmallApp(key): SmallApp,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: CreateLinkBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateLinkBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::InvalidRequest(format!(
+                "invalid body: {}; expected {{\"expires_in\": seconds, \"return_to\": url, \"params\": {{name: value}}}}",
+                e.to_string().split(" at line").next().unwrap_or("malformed JSON")
+            ))
+        })?
+    };
+    let created = signup::create_link(
+        &state.keeper,
+        &state.config,
+        &state.public_url,
+        &key,
+        NewLink {
+            expires_in: body.expires_in,
+            return_to: body.return_to,
+            params: body.params,
+        },
+    )
+    .await?;
+    tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, principal = %principal.name, "connect link created");
+    Ok((
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(CreatedLinkBody {
+            url: created.url,
+            expires_at: created.expires_at,
+        }),
+    )
+        .into_response())
+}
+
+fn error_page(error: SignupError) -> Response {
+    match error {
+        SignupError::LinkInvalid => result_page(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "This link is no longer valid",
+            "The connect link has expired or has already been used. Ask for a new link.",
+        ),
+        SignupError::StateInvalid => result_page(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "This link is no longer valid",
+            "This sign-in attempt has expired or was already completed. Open your connect link again.",
+        ),
+        SignupError::Denied(reason) => result_page(
+            StatusCode::OK,
+            "denied",
+            "Your account was not connected",
+            &format!("Nothing was connected: {reason}. You can try again with the same link while it is valid."),
+        ),
+        SignupError::ProviderFailed(reason) => result_page(
+            StatusCode::BAD_GATEWAY,
+            "error",
+            "The connection could not be completed",
+            &format!("{reason}. Nothing was stored; you can try again with the same link while it is valid."),
+        ),
+        SignupError::NotConfigured(_) | SignupError::UnknownConnectorType(_) => result_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "error",
+            "This provider is not available",
+            "This provider is not configured on the server. Please contact the app's administrator.",
+        ),
+        SignupError::InvalidRequest(m) => {
+            result_page(StatusCode::BAD_REQUEST, "error", "Invalid request", &m)
+        }
+        SignupError::Store(e) => {
+            tracing::error!(error = %e, "storage failure during signup");
+            result_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "error",
+                "Something went wrong",
+                "An internal error occurred. Please try again later.",
+            )
+        }
+    }
+}
+
+/// `GET /connect/{secret}` — public (the link's secret is the credential). The page naming the
+/// app and the provider, with one Connect button.
+pub async fn show(State(state): State<AppState>, Path(secret): Path<String>) -> Response {
+    match signup::usable_link(&state.keeper, &secret).await {
+        Ok(view) => connect_page(
+            view.link.key.app_id.as_str(),
+            &view.connector.display_name,
+            view.connector.name.as_str(),
+            &view.connector.scopes,
+        ),
+        Err(e) => error_page(e),
+    }
+}
+
+/// `POST /connect/{secret}` — public. Starts the authorization-code flow (RFC 6749 §4.1) with
+/// a single-use state and PKCE S256 (RFC 7636): 303 to the provider.
+pub async fn start(State(state): State<AppState>, Path(secret): Path<String>) -> Response {
+    match signup::start(&state.keeper, &state.public_url, &secret).await {
+        Ok(url) => {
+            let mut response = Redirect::to(&url).into_response();
+            response.headers_mut().insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(e) => error_page(e),
+    }
+}
+
+/// `GET /oauth/callback` — public. The provider's redirect (RFC 6749 §4.1.2): checks the state,
+/// exchanges the code, stores the token set, then a success page or 303 to `return_to`.
+pub async fn callback(
+    State(state): State<AppState>,
+    query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error_page(SignupError::StateInvalid);
+    };
+    match signup::finish(&state.keeper, &state.public_url, &query).await {
+        Ok(done) => match done.return_to {
+            Some(url) => {
+                let mut response = Redirect::to(&url).into_response();
+                response.headers_mut().insert(
+                    header::REFERRER_POLICY,
+                    HeaderValue::from_static("no-referrer"),
+                );
+                response
+            }
+            None => result_page(
+                StatusCode::OK,
+                "connected",
+                &format!("Your {} account is connected", done.display_name),
+                &format!(
+                    "The app {} can now use your {} account. You can close this window.",
+                    done.key.app_id, done.display_name
+                ),
+            ),
+        },
+        Err(e) => error_page(e),
+    }
+}

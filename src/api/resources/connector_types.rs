@@ -1,0 +1,60 @@
+//! The connector catalog as this deployment sees it.
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use serde::Serialize;
+
+use crate::api::auth::Principal;
+use crate::api::AppState;
+use crate::connectors::ConnectorType;
+
+#[derive(Debug, Serialize)]
+pub struct ConnectorTypeView {
+    pub name: String,
+    pub display_name: String,
+    pub source: &'static str,
+    /// Whether client credentials are configured (signups and refreshes work).
+    pub configured: bool,
+    pub authorization_url: String,
+    pub token_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_url: Option<String>,
+    pub scopes: Vec<String>,
+    pub pkce: bool,
+    pub placeholders: Vec<String>,
+    pub metadata_fields: Vec<String>,
+}
+
+impl From<&ConnectorType> for ConnectorTypeView {
+    fn from(c: &ConnectorType) -> Self {
+        Self {
+            name: c.name.to_string(),
+            display_name: c.display_name.clone(),
+            source: if c.from_catalog { "catalog" } else { "config" },
+            configured: c.has_credentials(),
+            authorization_url: c.authorization_url.clone(),
+            token_url: c.token_url.clone(),
+            revocation_url: c.revocation_url.clone(),
+            scopes: c.scopes.clone(),
+            pkce: c.pkce,
+            placeholders: c.placeholders.keys().cloned().collect(),
+            metadata_fields: c.metadata_fields.clone(),
+        }
+    }
+}
+
+/// `GET /connector-types` — role admin or superadmin. Every catalog entry and custom type,
+/// never a client secret.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(_principal): Extension<Principal>,
+) -> Json<Vec<ConnectorTypeView>> {
+    Json(
+        state
+            .keeper
+            .catalog()
+            .iter()
+            .map(|c| ConnectorTypeView::from(c.as_ref()))
+            .collect(),
+    )
+}

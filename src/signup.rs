@@ -1,0 +1,408 @@
+//! The signup: connect links and the authorization-code flow with state and PKCE.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::connectors::{ConnectorType, RefreshError};
+use crate::domain::{now_epoch, ConnectLink, ConnectionKey, Metadata, OAuthState};
+use crate::secrets::{KeeperError, SecretsKeeper, StoreError};
+
+pub const DEFAULT_LINK_TTL: i64 = 7 * 24 * 3600;
+pub const MAX_LINK_TTL: i64 = 30 * 24 * 3600;
+/// How long the tenant has between clicking Connect and coming back from the provider.
+pub const STATE_TTL: i64 = 600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignupError {
+    #[error("connector type '{0}' is not in the catalog or the configuration")]
+    UnknownConnectorType(String),
+    #[error("connector type '{0}' has no client credentials configured; an operator must set client_id and client_secret")]
+    NotConfigured(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The link is unknown, expired or already used.
+    #[error("this connect link is no longer valid")]
+    LinkInvalid,
+    /// The callback's state is missing, unknown, expired or replayed.
+    #[error("this sign-in attempt is no longer valid")]
+    StateInvalid,
+    /// The tenant (or the provider) declined: nothing was connected.
+    #[error("the account was not connected: {0}")]
+    Denied(String),
+    #[error("the provider did not complete the connection: {0}")]
+    ProviderFailed(String),
+    #[error("storage failure")]
+    Store(#[from] StoreError),
+}
+
+impl From<KeeperError> for SignupError {
+    fn from(e: KeeperError) -> Self {
+        match e {
+            KeeperError::UnknownConnectorType(name) => Self::UnknownConnectorType(name),
+            KeeperError::Store(s) => Self::Store(s),
+            other => Self::ProviderFailed(other.to_string()),
+        }
+    }
+}
+
+/// What an admin asks for when creating a link.
+#[derive(Debug, Default)]
+pub struct NewLink {
+    pub expires_in: Option<i64>,
+    pub return_to: Option<String>,
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+pub struct CreatedLink {
+    pub url: String,
+    pub expires_at: i64,
+}
+
+/// A link ready to be shown to the tenant.
+pub struct LinkView {
+    pub link: ConnectLink,
+    pub connector: Arc<ConnectorType>,
+}
+
+/// The outcome of a successful callback.
+pub struct Connected {
+    pub key: ConnectionKey,
+    pub display_name: String,
+    pub return_to: Option<String>,
+}
+
+fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn looks_like_secret(s: &str) -> bool {
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub fn redirect_uri(public_url: &str) -> String {
+    format!("{public_url}/oauth/callback")
+}
+
+/// Whether `candidate` is allowed by one of the configured return URL prefixes: same scheme,
+/// host and port, and a path under the allowed one.
+pub fn return_url_allowed(allowed: &[String], candidate: &str) -> bool {
+    let Ok(url) = oauth2::url::Url::parse(candidate) else {
+        return false;
+    };
+    if !matches!(url.scheme(), "http" | "https") || url.username() != "" || url.password().is_some()
+    {
+        return false;
+    }
+    allowed.iter().any(|prefix| {
+        let Ok(base) = oauth2::url::Url::parse(prefix) else {
+            return false;
+        };
+        if base.origin() != url.origin() {
+            return false;
+        }
+        let base_path = base.path();
+        let path = url.path();
+        path == base_path
+            || (base_path.ends_with('/') && path.starts_with(base_path))
+            || path.starts_with(&format!("{}/", base_path.trim_end_matches('/')))
+    })
+}
+
+fn connector(
+    keeper: &SecretsKeeper,
+    key: &ConnectionKey,
+) -> Result<Arc<ConnectorType>, SignupError> {
+    let ct = keeper.connector_type(key)?.clone();
+    if !ct.has_credentials() {
+        return Err(SignupError::NotConfigured(ct.name.to_string()));
+    }
+    Ok(ct)
+}
+
+/// Checks the per-connection values against the connector type's placeholders.
+fn check_params(ct: &ConnectorType, params: &BTreeMap<String, String>) -> Result<(), SignupError> {
+    for (name, value) in params {
+        let spec = ct.placeholders.get(name).ok_or_else(|| {
+            SignupError::InvalidRequest(format!(
+                "connector type '{}' takes no parameter '{name}'{}",
+                ct.name,
+                if ct.placeholders.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (it takes: {})",
+                        ct.placeholders
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ))
+        })?;
+        if !spec.pattern.accepts(value) {
+            return Err(SignupError::InvalidRequest(format!(
+                "parameter '{name}' is not a valid {name}: it must be a {}",
+                match spec.pattern {
+                    crate::connectors::PlaceholderPattern::DnsLabel =>
+                        "DNS label (letters, digits, '-')",
+                    crate::connectors::PlaceholderPattern::Hostname => "host name",
+                    crate::connectors::PlaceholderPattern::DnsLabelOrUuid => "DNS label or UUID",
+                }
+            )));
+        }
+    }
+    for (name, spec) in &ct.placeholders {
+        if spec.default.is_none() && !params.contains_key(name) {
+            return Err(SignupError::InvalidRequest(format!(
+                "connector type '{}' needs the parameter '{name}'",
+                ct.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn params_as_metadata(params: &BTreeMap<String, String>) -> Metadata {
+    params
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect()
+}
+
+pub async fn create_link(
+    keeper: &SecretsKeeper,
+    config: &Config,
+    public_url: &str,
+    key: &ConnectionKey,
+    request: NewLink,
+) -> Result<CreatedLink, SignupError> {
+    let ct = connector(keeper, key)?;
+    check_params(&ct, &request.params)?;
+    if let Some(url) = &request.return_to {
+        if !return_url_allowed(&config.allowed_return_urls, url) {
+            return Err(SignupError::InvalidRequest(
+                "return_to is not allowed: it must start with one of the configured allowed_return_urls"
+                    .into(),
+            ));
+        }
+    }
+    let ttl = request.expires_in.unwrap_or(DEFAULT_LINK_TTL);
+    if !(60..=MAX_LINK_TTL).contains(&ttl) {
+        return Err(SignupError::InvalidRequest(format!(
+            "expires_in must be between 60 and {MAX_LINK_TTL} seconds"
+        )));
+    }
+    let secret = random_secret();
+    let now = now_epoch();
+    let link = ConnectLink {
+        secret_hash: hash(&secret),
+        key: key.clone(),
+        params: request.params,
+        return_to: request.return_to,
+        created_at: now,
+        expires_at: now + ttl,
+        spent_at: None,
+    };
+    keeper.store().create_connect_link(&link).await?;
+    Ok(CreatedLink {
+        url: format!("{public_url}/connect/{secret}"),
+        expires_at: link.expires_at,
+    })
+}
+
+/// The link behind a `/connect/{secret}` URL, if it can still be used.
+pub async fn usable_link(keeper: &SecretsKeeper, secret: &str) -> Result<LinkView, SignupError> {
+    if !looks_like_secret(secret) {
+        return Err(SignupError::LinkInvalid);
+    }
+    let link = keeper
+        .store()
+        .connect_link(&hash(secret))
+        .await?
+        .filter(|l| l.is_usable(now_epoch()))
+        .ok_or(SignupError::LinkInvalid)?;
+    let connector = connector(keeper, &link.key)?;
+    Ok(LinkView { link, connector })
+}
+
+/// The tenant clicked Connect: records the state and returns the provider's authorization URL.
+pub async fn start(
+    keeper: &SecretsKeeper,
+    public_url: &str,
+    secret: &str,
+) -> Result<String, SignupError> {
+    let LinkView { link, connector } = usable_link(keeper, secret).await?;
+    let state = random_secret();
+    let (url, verifier) = keeper
+        .provider()
+        .authorization_url(
+            &connector,
+            &params_as_metadata(&link.params),
+            &redirect_uri(public_url),
+            &state,
+        )
+        .map_err(|e| SignupError::ProviderFailed(e.to_string()))?;
+    keeper
+        .store()
+        .create_oauth_state(
+            &hash(&state),
+            &OAuthState {
+                link_hash: link.secret_hash,
+                pkce_verifier: verifier,
+                expires_at: now_epoch() + STATE_TTL,
+            },
+        )
+        .await?;
+    Ok(url)
+}
+
+/// Keeps only printable characters of a provider's text, for a page or a log line.
+fn sanitize(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+/// The provider sent the tenant back: checks the state, exchanges the code, stores the tokens.
+pub async fn finish(
+    keeper: &SecretsKeeper,
+    public_url: &str,
+    query: &BTreeMap<String, String>,
+) -> Result<Connected, SignupError> {
+    let state = query.get("state").ok_or(SignupError::StateInvalid)?;
+    if !looks_like_secret(state) {
+        return Err(SignupError::StateInvalid);
+    }
+    let now = now_epoch();
+    let flow = keeper
+        .store()
+        .take_oauth_state(&hash(state), now)
+        .await?
+        .ok_or(SignupError::StateInvalid)?;
+    let link = keeper
+        .store()
+        .connect_link(&flow.link_hash)
+        .await?
+        .filter(|l| l.is_usable(now))
+        .ok_or(SignupError::LinkInvalid)?;
+    if let Some(error) = query.get("error") {
+        let description = query
+            .get("error_description")
+            .map(|d| format!(" ({})", sanitize(d, 200)))
+            .unwrap_or_default();
+        let reason = match error.as_str() {
+            "access_denied" => format!("access was denied at the provider{description}"),
+            other => format!(
+                "the provider answered '{}'{description}",
+                sanitize(other, 64)
+            ),
+        };
+        return Err(SignupError::Denied(reason));
+    }
+    let code = query.get("code").filter(|c| !c.is_empty()).ok_or_else(|| {
+        SignupError::ProviderFailed("the provider sent no authorization code".into())
+    })?;
+    let ct = connector(keeper, &link.key)?;
+    if !keeper
+        .store()
+        .spend_connect_link(&link.secret_hash, now)
+        .await?
+    {
+        return Err(SignupError::LinkInvalid);
+    }
+    let values = params_as_metadata(&link.params);
+    let exchanged = keeper
+        .provider()
+        .exchange_code(
+            &ct,
+            &values,
+            &redirect_uri(public_url),
+            code,
+            flow.pkce_verifier.as_ref(),
+        )
+        .await;
+    let mut tokens = match exchanged {
+        Ok(tokens) => tokens,
+        Err(error) => {
+            // Nothing was stored: the tenant may try the same link again while it is valid.
+            keeper
+                .store()
+                .unspend_connect_link(&link.secret_hash)
+                .await?;
+            let reason = match error {
+                RefreshError::Revoked { code } => {
+                    format!("the provider refused the authorization code ({code})")
+                }
+                other => other.to_string(),
+            };
+            return Err(SignupError::ProviderFailed(reason));
+        }
+    };
+    // Per-connection values and callback parameters (QuickBooks' realmId) join the metadata
+    // served with the token; the URL placeholders need them for every refresh.
+    let mut metadata = values;
+    for name in &ct.callback_params {
+        if let Some(v) = query.get(name) {
+            metadata.insert(name.clone(), serde_json::Value::String(sanitize(v, 200)));
+        }
+    }
+    metadata.append(&mut tokens.metadata);
+    tokens.metadata = metadata;
+    keeper.save_connection(&link.key, &tokens).await?;
+    tracing::info!(app_id = %link.key.app_id, connector_type = %link.key.connector_type, "connection created through signup");
+    Ok(Connected {
+        display_name: ct.display_name.clone(),
+        key: link.key,
+        return_to: link.return_to,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_urls_must_share_origin_and_path_prefix() {
+        let allowed = vec![
+            "https://app.example.com/connected".to_string(),
+            "http://127.0.0.1:3000/".to_string(),
+        ];
+        for ok in [
+            "https://app.example.com/connected",
+            "https://app.example.com/connected/acme?x=1",
+            "http://127.0.0.1:3000/anything",
+        ] {
+            assert!(return_url_allowed(&allowed, ok), "{ok}");
+        }
+        for bad in [
+            "https://app.example.com/connectedevil",
+            "https://app.example.com.evil.com/connected",
+            "http://app.example.com/connected",
+            "https://user@app.example.com/connected",
+            "https://app.example.com:444/connected",
+            "javascript:alert(1)",
+            "/connected",
+            "http://127.0.0.1:3001/",
+        ] {
+            assert!(!return_url_allowed(&allowed, bad), "{bad}");
+        }
+        assert!(!return_url_allowed(
+            &[],
+            "https://app.example.com/connected"
+        ));
+    }
+}

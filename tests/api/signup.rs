@@ -1,0 +1,441 @@
+use serde_json::json;
+
+use crate::helpers::{
+    json_of, location, query_param, spawn_app, spawn_app_with, unique, AppOptions, FakeProvider,
+};
+
+fn result_status(html: &str) -> Option<String> {
+    let start = html.find("id=\"result\" data-status=\"")? + "id=\"result\" data-status=\"".len();
+    Some(html[start..].split('"').next()?.to_string())
+}
+
+async fn connection_status(app: &crate::helpers::TestApp, app_id: &str) -> u16 {
+    app.client
+        .get(format!("{}/{app_id}/acme/connection", app.address))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_connects_through_the_link_and_the_job_gets_the_issued_token() {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app(Some(&provider)).await;
+
+    let response = app
+        .create_link("tenant-a", "acme", &json!({"expires_in": 600}))
+        .await;
+    assert_eq!(response.status(), 201);
+    let created = json_of(response).await;
+    let link = created["url"].as_str().unwrap().to_string();
+    app.remember_secret(link.rsplit('/').next().unwrap());
+    assert!(
+        link.starts_with(&format!("{}/connect/", app.address)),
+        "{link}"
+    );
+    let expires_at = created["expires_at"].as_i64().unwrap();
+    assert!((expires_at - crate::helpers::now() - 600).abs() <= 5);
+
+    // The page names the app and the provider, with one Connect button and no script.
+    let page = app.client.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("tenant-a") && html.contains("acme"));
+    assert!(html.contains("<form method=\"post\">") && html.contains("id=\"connect\""));
+    assert!(!html.contains("<script"));
+
+    // Connect: 303 to the provider with state and PKCE S256.
+    let to_provider = app.click_connect(&link).await;
+    assert_eq!(to_provider.status(), 303);
+    let authorize = location(&to_provider);
+    assert!(authorize.starts_with(&format!("{}/authorize?", provider.url)));
+    assert_eq!(
+        query_param(&authorize, "response_type").as_deref(),
+        Some("code")
+    );
+    assert_eq!(
+        query_param(&authorize, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(
+        query_param(&authorize, "scope").as_deref(),
+        Some("read write")
+    );
+    assert_eq!(
+        query_param(&authorize, "prompt").as_deref(),
+        Some("consent")
+    );
+    assert_eq!(
+        query_param(&authorize, "redirect_uri"),
+        Some(format!("{}/oauth/callback", app.address))
+    );
+    let state = query_param(&authorize, "state").unwrap();
+    app.remember_secret(&state);
+    assert!(state.len() >= 32);
+
+    // The provider redirects back; the callback exchanges the code (verifier checked).
+    let back = app.client.get(&authorize).send().await.unwrap();
+    let callback = location(&back);
+    let done = app.client.get(&callback).send().await.unwrap();
+    assert_eq!(done.status(), 200);
+    let html = done.text().await.unwrap();
+    assert_eq!(result_status(&html).as_deref(), Some("connected"), "{html}");
+
+    let body = json_of(app.get_token("tenant-a", "acme", "").await).await;
+    let issued = provider.issued_access_tokens();
+    assert_eq!(body["access_token"], issued[0].as_str());
+    assert_eq!(body["scope"], "read write");
+    assert_eq!(
+        body["metadata"]["instance_url"],
+        "https://acme-instance.example.com"
+    );
+    assert_eq!(body["metadata"]["realmId"], "123");
+    assert!(
+        body["metadata"].get("id_token").is_none(),
+        "only declared fields are kept"
+    );
+
+    let view = json_of(
+        app.client
+            .get(format!("{}/tenant-a/acme/connection", app.address))
+            .bearer_auth(&app.admin)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(view["status"], "active");
+    assert_eq!(view["has_refresh_token"], true);
+    assert!(view.get("access_token").is_none());
+    assert!(!view.to_string().contains(issued[0].as_str()));
+
+    // The link is spent.
+    let again = app.client.get(&link).send().await.unwrap();
+    assert_eq!(again.status(), 400);
+    assert_eq!(
+        result_status(&again.text().await.unwrap()).as_deref(),
+        Some("invalid")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_unknown_or_missing_state_is_refused_and_nothing_is_stored() {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app(Some(&provider)).await;
+    let link = app.new_link("tenant-b").await;
+    let to_provider = app.click_connect(&link).await;
+    let back = app.client.get(location(&to_provider)).send().await.unwrap();
+    let callback = location(&back);
+    app.remember_secret(&query_param(&callback, "state").unwrap());
+    let code = query_param(&callback, "code").unwrap();
+
+    for url in [
+        format!("{}/oauth/callback?code={code}", app.address),
+        format!(
+            "{}/oauth/callback?code={code}&state={}",
+            app.address,
+            "x".repeat(43)
+        ),
+        format!("{}/oauth/callback?code={code}&state=short", app.address),
+    ] {
+        let response = app.client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{url}");
+        let html = response.text().await.unwrap();
+        assert_eq!(result_status(&html).as_deref(), Some("invalid"));
+        assert!(html.contains("no longer valid"));
+    }
+    assert_eq!(connection_status(&app, "tenant-b").await, 404);
+
+    // The real callback works once; its replay is refused.
+    assert_eq!(
+        app.client.get(&callback).send().await.unwrap().status(),
+        200
+    );
+    let replay = app.client.get(&callback).send().await.unwrap();
+    assert_eq!(replay.status(), 400);
+    assert!(replay.text().await.unwrap().contains("no longer valid"));
+    assert_eq!(
+        provider.issued_access_tokens().len(),
+        1,
+        "the replay exchanged nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_stores_nothing_and_the_link_can_be_used_again() {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app(Some(&provider)).await;
+    let link = app.new_link("tenant-c").await;
+
+    *provider.state.deny.lock().unwrap() = true;
+    let response = app.run_signup(&link).await;
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert_eq!(result_status(&html).as_deref(), Some("denied"));
+    assert!(
+        html.contains("not connected") && html.contains("denied"),
+        "{html}"
+    );
+    assert_eq!(connection_status(&app, "tenant-c").await, 404);
+
+    // Same link, second try, approved.
+    let response = app.run_signup(&link).await;
+    assert_eq!(
+        result_status(&response.text().await.unwrap()).as_deref(),
+        Some("connected")
+    );
+    assert_eq!(connection_status(&app, "tenant-c").await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_spent_links_show_a_clear_page_without_redirect() {
+    let provider = FakeProvider::start().await;
+    let mut app = spawn_app(Some(&provider)).await;
+    let link = app.new_link("tenant-d").await;
+    assert_eq!(app.run_signup(&link).await.status(), 200);
+    for response in [
+        app.client.get(&link).send().await.unwrap(),
+        app.click_connect(&link).await,
+    ] {
+        assert_eq!(response.status(), 400, "a spent link");
+        assert!(response.headers().get("location").is_none());
+        assert!(response.text().await.unwrap().contains("no longer valid"));
+    }
+
+    // An expired link: age it in the database.
+    let expiring = app.new_link("tenant-e").await;
+    app.stop();
+    {
+        use sqlx::{ConnectOptions, Connection};
+        let mut db = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&format!(
+            "sqlite://{}",
+            app.db_path().display()
+        ))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+        sqlx::query("UPDATE connect_links SET expires_at = 1 WHERE app_id = 'tenant-e'")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+    }
+    app.restart();
+    // The restarted server listens on a new port.
+    let expiring = format!(
+        "{}/connect/{}",
+        app.address,
+        expiring.rsplit('/').next().unwrap()
+    );
+    for response in [
+        app.client.get(&expiring).send().await.unwrap(),
+        app.click_connect(&expiring).await,
+    ] {
+        assert_eq!(response.status(), 400, "an expired link");
+        assert!(response.headers().get("location").is_none());
+        assert!(response.text().await.unwrap().contains("no longer valid"));
+    }
+    let unknown = format!("{}/connect/{}", app.address, "A".repeat(43));
+    assert_eq!(app.client.get(&unknown).send().await.unwrap().status(), 400);
+    assert_eq!(connection_status(&app, "tenant-e").await, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_creation_checks_return_to_params_and_the_connector_type() {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app(Some(&provider)).await;
+
+    let response = app
+        .create_link(
+            "t",
+            "acme",
+            &json!({"return_to": "https://evil.example.com/connected"}),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    assert!(json_of(response).await["message"]
+        .as_str()
+        .unwrap()
+        .contains("allowed_return_urls"));
+
+    let response = app
+        .create_link("t", "acme", &json!({"params": {"subdomain": "x"}}))
+        .await;
+    assert_eq!(response.status(), 400, "acme takes no parameter");
+
+    // A catalog type with a placeholder: zendesk's subdomain. Not configured here: 409.
+    let response = app
+        .create_link("t", "zendesk", &json!({"params": {"subdomain": "acme"}}))
+        .await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(json_of(response).await["error"], "connector_not_configured");
+
+    let response = app.create_link("t", "nope", &json!({})).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(json_of(response).await["error"], "unknown_connector_type");
+
+    let response = app
+        .create_link("t", "acme", &json!({"expires_in": 5}))
+        .await;
+    assert_eq!(response.status(), 400);
+
+    // Only admins create links.
+    let response = app
+        .client
+        .post(format!("{}/t/acme/connect-links", app.address))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_placeholder_is_refused_and_a_good_one_reaches_the_provider_host() {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app_with(AppOptions {
+        provider: Some(provider.clone()),
+        extra_config: format!(
+            "[connector_types.zendesk]\nauthorization_url = \"http://{{subdomain}}.localhost:{port}/authorize\"\ntoken_url = \"http://{{subdomain}}.localhost:{port}/token\"\nclient_id = \"zd\"\nclient_secret = \"{secret}\"\n",
+            port = provider.url.rsplit(':').next().unwrap(),
+            secret = unique("zd-secret"),
+        ),
+        ..AppOptions::default()
+    })
+    .await;
+    for evil in ["evil.com/", "a.b", "x@y", "-x", ""] {
+        let response = app
+            .create_link("t", "zendesk", &json!({"params": {"subdomain": evil}}))
+            .await;
+        assert_eq!(response.status(), 400, "{evil:?}");
+        assert_eq!(json_of(response).await["error"], "invalid_request");
+    }
+    let response = app.create_link("t", "zendesk", &json!({})).await;
+    assert_eq!(response.status(), 400, "the subdomain is required");
+
+    let response = app
+        .create_link("t", "zendesk", &json!({"params": {"subdomain": "acme"}}))
+        .await;
+    assert_eq!(response.status(), 201);
+    let link = json_of(response).await["url"].as_str().unwrap().to_string();
+    app.remember_secret(link.rsplit('/').next().unwrap());
+    let to_provider = app.click_connect(&link).await;
+    let authorize = location(&to_provider);
+    assert!(
+        authorize.starts_with("http://acme.localhost:"),
+        "{authorize}"
+    );
+    app.remember_secret(&query_param(&authorize, "state").unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn return_to_gets_a_303_after_the_signup_and_delete_removes_the_connection() {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app(Some(&provider)).await;
+    let response = app
+        .create_link(
+            "t",
+            "acme",
+            &json!({"return_to": "https://app.example.com/connected/t"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let link = json_of(response).await["url"].as_str().unwrap().to_string();
+    app.remember_secret(link.rsplit('/').next().unwrap());
+    let done = app.run_signup(&link).await;
+    assert_eq!(done.status(), 303);
+    assert_eq!(location(&done), "https://app.example.com/connected/t");
+
+    let response = app
+        .client
+        .delete(format!("{}/t/acme/connection", app.address))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(json_of(response).await["deleted"], true);
+    assert_eq!(app.get_token("t", "acme", "").await.status(), 404);
+    assert_eq!(connection_status(&app, "t").await, 404);
+}
+
+#[tokio::test]
+async fn connector_types_lists_the_catalog_and_whether_credentials_are_configured() {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app(Some(&provider)).await;
+    let response = app
+        .client
+        .get(format!("{}/connector-types", app.address))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(
+        !text.contains(&provider.state.client_secret),
+        "never a client secret"
+    );
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let list = list.as_array().unwrap();
+    assert!(list.len() >= 21);
+    let find = |name: &str| list.iter().find(|c| c["name"] == name).unwrap().clone();
+    assert_eq!(find("acme")["configured"], true);
+    assert_eq!(find("acme")["source"], "config");
+    assert_eq!(find("github")["configured"], false);
+    assert_eq!(find("zendesk")["placeholders"], json!(["subdomain"]));
+    let anonymous = app
+        .client
+        .get(format!("{}/connector-types", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test]
+async fn the_cli_creates_connect_links() {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app(Some(&provider)).await;
+    let (code, stdout, stderr) = crate::helpers::cli(
+        &app.config_path,
+        &[
+            "connect-link",
+            "create",
+            "tenant-z",
+            "acme",
+            "--expires-in",
+            "3600",
+        ],
+        None,
+        &[("TOKENBOX_PUBLIC_URL", "https://tokens.example.com/")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let url = stdout.trim();
+    assert!(
+        url.starts_with("https://tokens.example.com/connect/"),
+        "{url}"
+    );
+    assert_eq!(stdout.lines().count(), 1);
+    app.remember_secret(url.rsplit('/').next().unwrap());
+    let (code, _, stderr) = crate::helpers::cli(
+        &app.config_path,
+        &[
+            "connect-link",
+            "create",
+            "tenant-z",
+            "acme",
+            "--param",
+            "nope=1",
+        ],
+        None,
+        &[("TOKENBOX_PUBLIC_URL", "https://tokens.example.com")],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no parameter"), "{stderr}");
+}
