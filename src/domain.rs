@@ -152,6 +152,8 @@ pub struct StoredConnection {
     pub last_error: Option<String>,
     /// A failed refresh asks callers to wait until then before the provider is called again.
     pub backoff_until: Option<i64>,
+    /// Consecutive failed refreshes (reset by a success).
+    pub refresh_failures: i64,
 }
 
 /// A connect link as stored (its secret is only known to whoever received the URL).

@@ -3,6 +3,8 @@
 
 pub mod crypto;
 mod keeper;
+mod postgres;
+mod sql;
 mod sqlite;
 
 use std::path::Path;
@@ -16,6 +18,7 @@ use crate::domain::{ConnectLink, ConnectionKey, OAuthState, StoredConnection, To
 use crypto::{KeyRing, KEY_CHECK_AAD};
 
 pub use keeper::{KeeperError, SecretsKeeper, ServedToken, TokenRequest};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Errors of the storage layer. Messages never contain secrets.
@@ -109,6 +112,17 @@ pub trait SecretsStore: Send + Sync + 'static {
         key: &ConnectionKey,
     ) -> Result<Option<Box<dyn RefreshGuard>>, StoreError>;
 
+    /// Claims up to `limit` connections due for a background refresh (see `sql::DUE_WHERE`)
+    /// until `lease_until`, so that concurrent passes (other replicas) pick other ones.
+    async fn claim_due(
+        &self,
+        now: i64,
+        window: i64,
+        idle_before: i64,
+        limit: i64,
+        lease_until: i64,
+    ) -> Result<Vec<StoredConnection>, StoreError>;
+
     /// Deletes a connection; returns it as it was, for revocation at the provider.
     async fn delete_connection(
         &self,
@@ -151,12 +165,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn SecretsStore>
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
     match scheme {
         "sqlite" => Ok(Arc::new(SqliteStore::open(config).await?)),
-        "postgres" | "postgresql" => bail!(
-            "PostgreSQL is not supported by this build yet; use a sqlite:// database_url"
-        ),
-        _ => bail!(
-            "database_url must start with sqlite:// (or postgres:// in a later version); got scheme '{scheme}'"
-        ),
+        "postgres" | "postgresql" => Ok(Arc::new(PostgresStore::open(config).await?)),
+        _ => bail!("database_url must start with sqlite:// or postgres://; got scheme '{scheme}'"),
     }
 }
 

@@ -1,10 +1,11 @@
 use serde_json::json;
 
-use crate::helpers::{json_of, now, spawn_app, unique, FakeProvider, Mode};
+use crate::helpers::{json_of, now, spawn_app_on, unique, Backend, FakeProvider, Mode};
 
-#[tokio::test]
-async fn an_imported_connection_is_served_with_the_documented_json_and_headers() {
-    let app = spawn_app(None).await;
+pub async fn an_imported_connection_is_served_with_the_documented_json_and_headers(
+    backend: Backend,
+) {
+    let app = spawn_app_on(backend, None).await;
     let access = unique("gho-imported");
     let response = app
         .import(
@@ -49,9 +50,8 @@ async fn an_imported_connection_is_served_with_the_documented_json_and_headers()
     assert_eq!(keys.len(), 7, "unexpected fields: {keys:?}");
 }
 
-#[tokio::test]
-async fn a_token_without_expiry_is_served_as_it_is_without_expires_fields() {
-    let app = spawn_app(None).await;
+pub async fn a_token_without_expiry_is_served_as_it_is_without_expires_fields(backend: Backend) {
+    let app = spawn_app_on(backend, None).await;
     let access = unique("aircall-token");
     app.import("tenant-1", "aircall", &json!({"access_token": access}))
         .await;
@@ -65,9 +65,10 @@ async fn a_token_without_expiry_is_served_as_it_is_without_expires_fields() {
     assert!(body.get("expires_in").is_none());
 }
 
-#[tokio::test]
-async fn binb_token_answers_401_without_or_with_a_wrong_token_and_403_to_an_admin() {
-    let app = spawn_app(None).await;
+pub async fn binb_token_answers_401_without_or_with_a_wrong_token_and_403_to_an_admin(
+    backend: Backend,
+) {
+    let app = spawn_app_on(backend, None).await;
     app.import("acme", "github", &json!({"access_token": unique("t")}))
         .await;
     let url = format!("{}/acme/github/binb-token", app.address);
@@ -98,9 +99,10 @@ async fn binb_token_answers_401_without_or_with_a_wrong_token_and_403_to_an_admi
     assert_eq!(response.status(), 401);
 }
 
-#[tokio::test]
-async fn unknown_connector_types_and_missing_connections_answer_404_with_their_codes() {
-    let app = spawn_app(None).await;
+pub async fn unknown_connector_types_and_missing_connections_answer_404_with_their_codes(
+    backend: Backend,
+) {
+    let app = spawn_app_on(backend, None).await;
     let response = app.get_token("acme", "no-such-provider", "").await;
     assert_eq!(response.status(), 404);
     assert_eq!(json_of(response).await["error"], "unknown_connector_type");
@@ -112,9 +114,8 @@ async fn unknown_connector_types_and_missing_connections_answer_404_with_their_c
     assert!(body["message"].as_str().unwrap().contains("acme"));
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_clear_400_json_error() {
-    let app = spawn_app(None).await;
+pub async fn bad_input_gets_a_clear_400_json_error(backend: Backend) {
+    let app = spawn_app_on(backend, None).await;
     app.import("acme", "github", &json!({"access_token": unique("t")}))
         .await;
     for (app_id, query) in [
@@ -162,9 +163,8 @@ async fn bad_input_gets_a_clear_400_json_error() {
     assert_eq!(json_of(response).await["error"], "not_found");
 }
 
-#[tokio::test]
-async fn healthz_answers_without_authentication() {
-    let app = spawn_app(None).await;
+pub async fn healthz_answers_without_authentication(backend: Backend) {
+    let app = spawn_app_on(backend, None).await;
     let response = app
         .client
         .get(format!("{}/healthz", app.address))
@@ -175,10 +175,9 @@ async fn healthz_answers_without_authentication() {
     assert_eq!(json_of(response).await["status"], "ok");
 }
 
-#[tokio::test]
-async fn a_revoked_grant_answers_409_and_the_provider_is_not_called_again() {
+pub async fn a_revoked_grant_answers_409_and_the_provider_is_not_called_again(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("acme").await;
     provider.set_mode(Mode::Revoked);
 
@@ -208,10 +207,11 @@ async fn a_revoked_grant_answers_409_and_the_provider_is_not_called_again() {
     assert_eq!(body["access_token"], fresh.as_str());
 }
 
-#[tokio::test]
-async fn a_provider_that_is_down_gives_503_with_retry_after_when_no_valid_token_remains() {
+pub async fn a_provider_that_is_down_gives_503_with_retry_after_when_no_valid_token_remains(
+    backend: Backend,
+) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("acme").await;
     provider.set_mode(Mode::Down);
 
@@ -241,11 +241,11 @@ async fn a_provider_that_is_down_gives_503_with_retry_after_when_no_valid_token_
     assert_eq!(response.status(), 200);
 }
 
-#[tokio::test]
-async fn a_still_valid_token_is_served_while_the_provider_is_down_unless_min_validity_cannot_be_met(
+pub async fn a_still_valid_token_is_served_while_the_provider_is_down_unless_min_validity_cannot_be_met(
+    backend: Backend,
 ) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     let access = unique("soon-expiring-at");
     app.import(
         "acme",

@@ -2,11 +2,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{cli, json_of, spawn_app_with, unique, AppOptions, FakeProvider, Mode};
+use crate::helpers::{
+    cli, json_of, spawn_app_with, unique, AppOptions, Backend, FakeProvider, Mode,
+};
 
-#[tokio::test]
-async fn service_account_create_prints_only_the_token_and_revoke_stops_it() {
-    let app = crate::helpers::spawn_app(None).await;
+pub async fn service_account_create_prints_only_the_token_and_revoke_stops_it(backend: Backend) {
+    let app = crate::helpers::spawn_app_on(backend, None).await;
     let (code, stdout, _) = cli(
         &app.config_path,
         &[
@@ -79,9 +80,8 @@ async fn service_account_create_prints_only_the_token_and_revoke_stops_it() {
     assert!(stderr.contains("no service account"), "{stderr}");
 }
 
-#[tokio::test]
-async fn connection_import_reads_a_token_set_on_stdin() {
-    let mut app = crate::helpers::spawn_app(None).await;
+pub async fn connection_import_reads_a_token_set_on_stdin(backend: Backend) {
+    let mut app = crate::helpers::spawn_app_on(backend, None).await;
     let access = unique("cli-imported");
     app.remember_secret(&access);
     let input = json!({"access_token": access, "refresh_token": unique("rt"), "expires_at": crate::helpers::now() + 7200, "scope": "repo"});
@@ -110,11 +110,10 @@ async fn connection_import_reads_a_token_set_on_stdin() {
     assert!(stderr.contains("access_token"), "{stderr}");
 }
 
-// Multi-threaded: the CLI blocks one worker while the fake provider answers on another.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokenbox_token_prints_the_access_token_for_shell_scripts() {
+pub async fn tokenbox_token_prints_the_access_token_for_shell_scripts(backend: Backend) {
     let provider = FakeProvider::start().await;
     let app = spawn_app_with(AppOptions {
+        backend,
         provider: Some(provider.clone()),
         ..AppOptions::default()
     })
@@ -150,10 +149,10 @@ async fn tokenbox_token_prints_the_access_token_for_shell_scripts() {
     assert!(stderr.contains("reauthorization_required"), "{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_token_or_secret_appears_in_trace_level_logs_across_every_path() {
+pub async fn no_token_or_secret_appears_in_trace_level_logs_across_every_path(backend: Backend) {
     let provider = FakeProvider::start().await;
     let mut app = spawn_app_with(AppOptions {
+        backend,
         provider: Some(provider.clone()),
         log_filter: "trace".into(),
         ..AppOptions::default()

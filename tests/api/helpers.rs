@@ -158,16 +158,27 @@ fn oauth_error(code: &str) -> Response {
         .into_response()
 }
 
+/// The token endpoint. Like a real provider, it commits its decision (a rotation) first and
+/// answers after the configured delay: a caller that dies meanwhile loses the new token.
 async fn token_endpoint(
     State(state): State<Arc<ProviderState>>,
     headers: HeaderMap,
     Form(form): Form<std::collections::HashMap<String, String>>,
 ) -> Response {
     state.calls.fetch_add(1, Ordering::SeqCst);
+    let response = token_decision(&state, &headers, &form);
     let delay = *state.delay.lock().unwrap();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    response
+}
+
+fn token_decision(
+    state: &ProviderState,
+    headers: &HeaderMap,
+    form: &std::collections::HashMap<String, String>,
+) -> Response {
     // Client authentication: HTTP Basic (RFC 6749 §2.3.1) as configured for "acme".
     let expected = format!(
         "Basic {}",
@@ -203,7 +214,7 @@ async fn token_endpoint(
     }
     match form.get("grant_type").map(String::as_str) {
         Some("refresh_token") => {}
-        Some("authorization_code") => return code_grant(&state, &form),
+        Some("authorization_code") => return code_grant(state, form),
         _ => return oauth_error("unsupported_grant_type"),
     }
     let Some(presented) = form.get("refresh_token") else {
@@ -330,8 +341,91 @@ fn base64_encode(s: &str) -> String {
 // The application under test
 // ---------------------------------------------------------------------------------------------
 
+/// Which database the server under test uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh PostgreSQL database for one test, dropped when the last user is gone. The server is
+/// `TOKENBOX_TEST_DATABASE_URL` when set, else the local one over TCP.
+pub struct PgDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("TOKENBOX_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let mut parsed = reqwest::Url::parse(url).expect("a postgres:// URL");
+    parsed.set_path(&format!("/{name}"));
+    parsed.to_string()
+}
+
+impl PgDatabase {
+    pub async fn create() -> Self {
+        use sqlx::{ConnectOptions, Connection};
+        let admin_url = pg_admin_url();
+        let name = unique("tokenbox_test").replace('-', "_");
+        let mut admin =
+            <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&admin_url)
+                .unwrap()
+                .connect()
+                .await
+                .expect("PostgreSQL must be running (scripts/test.sh starts it)");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        Self {
+            url: with_database(&admin_url, &name),
+            admin_url,
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // A runtime of its own: Drop may run inside or outside one.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                use sqlx::{ConnectOptions, Connection};
+                if let Ok(mut admin) =
+                    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&admin_url)
+                        .unwrap()
+                        .connect()
+                        .await
+                {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut admin)
+                            .await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 pub struct TestApp {
     pub address: String,
+    pub pg: Option<Arc<PgDatabase>>,
+    /// Whether this app removes the directory when dropped (replicas share their first's).
+    owns_dir: bool,
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub superadmin: String,
@@ -346,6 +440,7 @@ pub struct TestApp {
 }
 
 pub struct AppOptions {
+    pub backend: Backend,
     pub provider: Option<FakeProvider>,
     pub extra_config: String,
     pub log_filter: String,
@@ -354,6 +449,7 @@ pub struct AppOptions {
 impl Default for AppOptions {
     fn default() -> Self {
         Self {
+            backend: Backend::Sqlite,
             provider: None,
             extra_config: String::new(),
             log_filter: "debug,hyper=info,h2=info,tower=info".into(),
@@ -362,7 +458,12 @@ impl Default for AppOptions {
 }
 
 pub async fn spawn_app(provider: Option<&FakeProvider>) -> TestApp {
+    spawn_app_on(Backend::Sqlite, provider).await
+}
+
+pub async fn spawn_app_on(backend: Backend, provider: Option<&FakeProvider>) -> TestApp {
     spawn_app_with(AppOptions {
+        backend,
         provider: provider.cloned(),
         ..AppOptions::default()
     })
@@ -372,9 +473,16 @@ pub async fn spawn_app(provider: Option<&FakeProvider>) -> TestApp {
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let dir = std::env::temp_dir().join(unique("tokenbox-test"));
     std::fs::create_dir_all(&dir).unwrap();
+    let pg = match options.backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(Arc::new(PgDatabase::create().await)),
+    };
+    let database_url = match &pg {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", dir.join("tokenbox.db").display()),
+    };
     let mut config = format!(
-        "listen = \"127.0.0.1:0\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"sqlite://{}\"\nencryption_key_file = \"{}\"\n{}\n",
-        dir.join("tokenbox.db").display(),
+        "listen = \"127.0.0.1:0\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"{database_url}\"\nencryption_key_file = \"{}\"\n{}\n",
         dir.join("encryption.key").display(),
         options.extra_config,
     );
@@ -411,6 +519,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         .unwrap();
     let mut app = TestApp {
         address: String::new(),
+        pg,
+        owns_dir: true,
         secrets: Mutex::new(vec![
             superadmin.trim().to_string(),
             admin.trim().to_string(),
@@ -638,12 +748,120 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// A second server process on the same database, key and configuration.
+    pub fn replica(&self) -> TestApp {
+        let mut replica = TestApp {
+            address: String::new(),
+            pg: self.pg.clone(),
+            owns_dir: false,
+            dir: self.dir.clone(),
+            config_path: self.config_path.clone(),
+            superadmin: self.superadmin.clone(),
+            admin: self.admin.clone(),
+            client: self.client.clone(),
+            provider: self.provider.clone(),
+            child: None,
+            logs: Arc::new(Mutex::new(String::new())),
+            secrets: Mutex::new(self.secrets.lock().unwrap().clone()),
+            log_filter: self.log_filter.clone(),
+        };
+        replica.start();
+        replica
+    }
+
+    /// Sends SIGKILL: no graceful shutdown, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs a statement directly on the database (to age or tamper with rows).
+    pub async fn execute_sql(&self, statement: &str) -> u64 {
+        use sqlx::{ConnectOptions, Connection};
+        match &self.pg {
+            Some(db) => {
+                let mut c =
+                    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url)
+                        .unwrap()
+                        .connect()
+                        .await
+                        .unwrap();
+                let n = sqlx::query(statement)
+                    .execute(&mut c)
+                    .await
+                    .unwrap()
+                    .rows_affected();
+                c.close().await.unwrap();
+                n
+            }
+            None => {
+                let mut c = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(
+                    &format!("sqlite://{}", self.db_path().display()),
+                )
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+                let n = sqlx::query(statement)
+                    .execute(&mut c)
+                    .await
+                    .unwrap()
+                    .rows_affected();
+                c.close().await.unwrap();
+                n
+            }
+        }
+    }
+
+    /// The raw bytes of a column of the connections table, as stored.
+    pub async fn raw_column(&self, column: &str) -> Vec<Vec<u8>> {
+        use sqlx::{ConnectOptions, Connection};
+        let statement = format!("SELECT {column} FROM connections WHERE {column} IS NOT NULL");
+        match &self.pg {
+            Some(db) => {
+                let mut c =
+                    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url)
+                        .unwrap()
+                        .connect()
+                        .await
+                        .unwrap();
+                let rows: Vec<Vec<u8>> = sqlx::query_scalar(&statement)
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap();
+                c.close().await.unwrap();
+                rows
+            }
+            None => {
+                let mut c = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(
+                    &format!("sqlite://{}", self.db_path().display()),
+                )
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+                let rows: Vec<Vec<u8>> = sqlx::query_scalar(&statement)
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap();
+                c.close().await.unwrap();
+                rows
+            }
+        }
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop();
         if !std::thread::panicking() {
             self.assert_logs_clean();
-            let _ = std::fs::remove_dir_all(&self.dir);
+            if self.owns_dir {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
         }
     }
 }

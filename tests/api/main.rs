@@ -1,9 +1,80 @@
 //! Black-box tests of the HTTP API and the CLI: the real `tokenbox` binary on a loopback port,
-//! a real SQLite file per test, and an in-test OAuth token endpoint.
+//! a real database per test, and an in-test OAuth token endpoint.
+//!
+//! The scenarios listed in `conformance!` below form the conformance suite: each runs unchanged
+//! against SQLite (`sqlite::...`) and against PostgreSQL (`postgres::...`). Backend-specific
+//! tests are plain `#[tokio::test]`s in their modules.
 
 mod binb_token;
 mod cli;
 mod helpers;
 mod refresh;
+mod replicas;
 mod signup;
 mod storage;
+
+/// Instantiates every scenario once per backend.
+macro_rules! conformance {
+    ($($module:ident { $($name:ident),* $(,)? })*) => {
+        mod sqlite {
+            $(mod $module {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::$module::$name(crate::helpers::Backend::Sqlite).await
+                })*
+            })*
+        }
+        mod postgres {
+            $(mod $module {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::$module::$name(crate::helpers::Backend::Postgres).await
+                })*
+            })*
+        }
+    };
+}
+
+conformance! {
+    binb_token {
+        an_imported_connection_is_served_with_the_documented_json_and_headers,
+        a_token_without_expiry_is_served_as_it_is_without_expires_fields,
+        binb_token_answers_401_without_or_with_a_wrong_token_and_403_to_an_admin,
+        unknown_connector_types_and_missing_connections_answer_404_with_their_codes,
+        bad_input_gets_a_clear_400_json_error,
+        healthz_answers_without_authentication,
+        a_revoked_grant_answers_409_and_the_provider_is_not_called_again,
+        a_provider_that_is_down_gives_503_with_retry_after_when_no_valid_token_remains,
+        a_still_valid_token_is_served_while_the_provider_is_down_unless_min_validity_cannot_be_met,
+    }
+    refresh {
+        an_expired_token_is_refreshed_once_for_fifty_concurrent_requests,
+        a_refresh_of_one_connection_does_not_delay_the_others,
+        after_rotation_the_old_refresh_token_is_never_presented_again,
+        a_provider_that_returns_no_new_refresh_token_keeps_the_old_one,
+        min_validity_longer_than_the_remaining_lifetime_triggers_a_refresh,
+    }
+    storage {
+        a_ciphertext_moved_to_another_row_fails_to_decrypt,
+        tokens_are_stored_as_ciphertexts_bound_to_their_row,
+        a_restarted_server_keeps_serving_the_same_connection,
+        a_wrong_or_missing_encryption_key_fails_at_startup_with_a_clear_message,
+    }
+    signup {
+        a_tenant_connects_through_the_link_and_the_job_gets_the_issued_token,
+        a_replayed_unknown_or_missing_state_is_refused_and_nothing_is_stored,
+        access_denied_stores_nothing_and_the_link_can_be_used_again,
+        expired_and_spent_links_show_a_clear_page_without_redirect,
+        link_creation_checks_return_to_params_and_the_connector_type,
+        a_bad_placeholder_is_refused_and_a_good_one_reaches_the_provider_host,
+        return_to_gets_a_303_after_the_signup_and_delete_removes_the_connection,
+        connector_types_lists_the_catalog_and_whether_credentials_are_configured,
+        the_cli_creates_connect_links,
+    }
+    cli {
+        service_account_create_prints_only_the_token_and_revoke_stops_it,
+        connection_import_reads_a_token_set_on_stdin,
+        tokenbox_token_prints_the_access_token_for_shell_scripts,
+        no_token_or_secret_appears_in_trace_level_logs_across_every_path,
+    }
+}

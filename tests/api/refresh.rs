@@ -2,14 +2,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{json_of, now, spawn_app, unique, FakeProvider, Mode};
+use crate::helpers::{json_of, now, spawn_app_on, unique, Backend, FakeProvider, Mode};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_expired_token_is_refreshed_once_for_fifty_concurrent_requests() {
+pub async fn an_expired_token_is_refreshed_once_for_fifty_concurrent_requests(backend: Backend) {
     let provider = FakeProvider::start().await;
     // The provider is slow, so every request arrives while the refresh is in flight.
     provider.set_delay(Duration::from_millis(300));
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     let old = app.import_expired("acme").await;
 
     let mut requests = tokio::task::JoinSet::new();
@@ -45,11 +44,10 @@ async fn an_expired_token_is_refreshed_once_for_fifty_concurrent_requests() {
     assert_eq!(provider.calls(), 1, "a request afterwards makes no call");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_refresh_of_one_connection_does_not_delay_the_others() {
+pub async fn a_refresh_of_one_connection_does_not_delay_the_others(backend: Backend) {
     let provider = FakeProvider::start().await;
     provider.set_delay(Duration::from_secs(3));
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("slow").await;
     let fresh = unique("fresh-at");
     app.import(
@@ -75,10 +73,9 @@ async fn a_refresh_of_one_connection_does_not_delay_the_others() {
     assert_eq!(elapsed_check["access_token"], fresh.as_str());
 }
 
-#[tokio::test]
-async fn after_rotation_the_old_refresh_token_is_never_presented_again() {
+pub async fn after_rotation_the_old_refresh_token_is_never_presented_again(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let mut app = spawn_app(Some(&provider)).await;
+    let mut app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("acme").await;
 
     let first = json_of(app.get_token("acme", "acme", "").await).await;
@@ -116,11 +113,10 @@ async fn after_rotation_the_old_refresh_token_is_never_presented_again() {
     assert_eq!(seen.len(), 5, "every refresh produced a new token");
 }
 
-#[tokio::test]
-async fn a_provider_that_returns_no_new_refresh_token_keeps_the_old_one() {
+pub async fn a_provider_that_returns_no_new_refresh_token_keeps_the_old_one(backend: Backend) {
     let provider = FakeProvider::start().await;
     provider.set_mode(Mode::NonRotating);
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("acme").await;
     assert_eq!(app.get_token("acme", "acme", "").await.status(), 200);
     // Had the empty answer erased the stored refresh token, these could not call the provider.
@@ -131,10 +127,9 @@ async fn a_provider_that_returns_no_new_refresh_token_keeps_the_old_one() {
     assert_eq!(provider.calls(), 3);
 }
 
-#[tokio::test]
-async fn min_validity_longer_than_the_remaining_lifetime_triggers_a_refresh() {
+pub async fn min_validity_longer_than_the_remaining_lifetime_triggers_a_refresh(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     let access = unique("half-life-at");
     app.import(
         "acme",

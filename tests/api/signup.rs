@@ -1,7 +1,8 @@
 use serde_json::json;
 
 use crate::helpers::{
-    json_of, location, query_param, spawn_app, spawn_app_with, unique, AppOptions, FakeProvider,
+    json_of, location, query_param, spawn_app_on, spawn_app_with, unique, AppOptions, Backend,
+    FakeProvider,
 };
 
 fn result_status(html: &str) -> Option<String> {
@@ -20,10 +21,11 @@ async fn connection_status(app: &crate::helpers::TestApp, app_id: &str) -> u16 {
         .as_u16()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_connects_through_the_link_and_the_job_gets_the_issued_token() {
+pub async fn a_tenant_connects_through_the_link_and_the_job_gets_the_issued_token(
+    backend: Backend,
+) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
 
     let response = app
         .create_link("tenant-a", "acme", &json!({"expires_in": 600}))
@@ -122,10 +124,11 @@ async fn a_tenant_connects_through_the_link_and_the_job_gets_the_issued_token() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replayed_unknown_or_missing_state_is_refused_and_nothing_is_stored() {
+pub async fn a_replayed_unknown_or_missing_state_is_refused_and_nothing_is_stored(
+    backend: Backend,
+) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     let link = app.new_link("tenant-b").await;
     let to_provider = app.click_connect(&link).await;
     let back = app.client.get(location(&to_provider)).send().await.unwrap();
@@ -165,10 +168,9 @@ async fn a_replayed_unknown_or_missing_state_is_refused_and_nothing_is_stored() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn access_denied_stores_nothing_and_the_link_can_be_used_again() {
+pub async fn access_denied_stores_nothing_and_the_link_can_be_used_again(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     let link = app.new_link("tenant-c").await;
 
     *provider.state.deny.lock().unwrap() = true;
@@ -191,10 +193,9 @@ async fn access_denied_stores_nothing_and_the_link_can_be_used_again() {
     assert_eq!(connection_status(&app, "tenant-c").await, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_and_spent_links_show_a_clear_page_without_redirect() {
+pub async fn expired_and_spent_links_show_a_clear_page_without_redirect(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let mut app = spawn_app(Some(&provider)).await;
+    let mut app = spawn_app_on(backend, Some(&provider)).await;
     let link = app.new_link("tenant-d").await;
     assert_eq!(app.run_signup(&link).await.status(), 200);
     for response in [
@@ -209,22 +210,8 @@ async fn expired_and_spent_links_show_a_clear_page_without_redirect() {
     // An expired link: age it in the database.
     let expiring = app.new_link("tenant-e").await;
     app.stop();
-    {
-        use sqlx::{ConnectOptions, Connection};
-        let mut db = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&format!(
-            "sqlite://{}",
-            app.db_path().display()
-        ))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-        sqlx::query("UPDATE connect_links SET expires_at = 1 WHERE app_id = 'tenant-e'")
-            .execute(&mut db)
-            .await
-            .unwrap();
-        db.close().await.unwrap();
-    }
+    app.execute_sql("UPDATE connect_links SET expires_at = 1 WHERE app_id = 'tenant-e'")
+        .await;
     app.restart();
     // The restarted server listens on a new port.
     let expiring = format!(
@@ -245,10 +232,9 @@ async fn expired_and_spent_links_show_a_clear_page_without_redirect() {
     assert_eq!(connection_status(&app, "tenant-e").await, 404);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn link_creation_checks_return_to_params_and_the_connector_type() {
+pub async fn link_creation_checks_return_to_params_and_the_connector_type(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
 
     let response = app
         .create_link(
@@ -295,10 +281,12 @@ async fn link_creation_checks_return_to_params_and_the_connector_type() {
     assert_eq!(response.status(), 401);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_placeholder_is_refused_and_a_good_one_reaches_the_provider_host() {
+pub async fn a_bad_placeholder_is_refused_and_a_good_one_reaches_the_provider_host(
+    backend: Backend,
+) {
     let provider = FakeProvider::start().await;
     let app = spawn_app_with(AppOptions {
+        backend,
         provider: Some(provider.clone()),
         extra_config: format!(
             "[connector_types.zendesk]\nauthorization_url = \"http://{{subdomain}}.localhost:{port}/authorize\"\ntoken_url = \"http://{{subdomain}}.localhost:{port}/token\"\nclient_id = \"zd\"\nclient_secret = \"{secret}\"\n",
@@ -333,10 +321,11 @@ async fn a_bad_placeholder_is_refused_and_a_good_one_reaches_the_provider_host()
     app.remember_secret(&query_param(&authorize, "state").unwrap());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn return_to_gets_a_303_after_the_signup_and_delete_removes_the_connection() {
+pub async fn return_to_gets_a_303_after_the_signup_and_delete_removes_the_connection(
+    backend: Backend,
+) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     let response = app
         .create_link(
             "t",
@@ -364,10 +353,11 @@ async fn return_to_gets_a_303_after_the_signup_and_delete_removes_the_connection
     assert_eq!(connection_status(&app, "t").await, 404);
 }
 
-#[tokio::test]
-async fn connector_types_lists_the_catalog_and_whether_credentials_are_configured() {
+pub async fn connector_types_lists_the_catalog_and_whether_credentials_are_configured(
+    backend: Backend,
+) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     let response = app
         .client
         .get(format!("{}/connector-types", app.address))
@@ -398,10 +388,9 @@ async fn connector_types_lists_the_catalog_and_whether_credentials_are_configure
     assert_eq!(anonymous.status(), 401);
 }
 
-#[tokio::test]
-async fn the_cli_creates_connect_links() {
+pub async fn the_cli_creates_connect_links(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
     let (code, stdout, stderr) = crate::helpers::cli(
         &app.config_path,
         &[

@@ -4,7 +4,7 @@ use serde_json::json;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 
-use crate::helpers::{cli, json_of, spawn_app, unique, FakeProvider};
+use crate::helpers::{cli, json_of, spawn_app, spawn_app_on, unique, Backend, FakeProvider};
 
 fn file_bytes(app: &crate::helpers::TestApp) -> Vec<u8> {
     let mut all = Vec::new();
@@ -48,9 +48,8 @@ async fn the_sqlite_file_holds_no_token_and_no_client_secret_in_clear() {
     );
 }
 
-#[tokio::test]
-async fn a_ciphertext_moved_to_another_row_fails_to_decrypt() {
-    let mut app = spawn_app(None).await;
+pub async fn a_ciphertext_moved_to_another_row_fails_to_decrypt(backend: Backend) {
+    let mut app = spawn_app_on(backend, None).await;
     let token_a = unique("token-of-a");
     let token_b = unique("token-of-b");
     app.import("app-a", "github", &json!({"access_token": token_a}))
@@ -59,20 +58,13 @@ async fn a_ciphertext_moved_to_another_row_fails_to_decrypt() {
         .await;
     app.stop();
 
-    let mut db = SqliteConnectOptions::from_str(&format!("sqlite://{}", app.db_path().display()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let moved = sqlx::query(
-        "UPDATE connections SET access_token = \
-         (SELECT access_token FROM connections WHERE app_id = 'app-a') WHERE app_id = 'app-b'",
-    )
-    .execute(&mut db)
-    .await
-    .unwrap();
-    assert_eq!(moved.rows_affected(), 1);
-    db.close().await.unwrap();
+    let moved = app
+        .execute_sql(
+            "UPDATE connections SET access_token = \
+             (SELECT access_token FROM connections WHERE app_id = 'app-a') WHERE app_id = 'app-b'",
+        )
+        .await;
+    assert_eq!(moved, 1);
 
     app.restart();
     let response = app.get_token("app-b", "github", "").await;
@@ -87,10 +79,27 @@ async fn a_ciphertext_moved_to_another_row_fails_to_decrypt() {
     assert_eq!(body["access_token"], token_a.as_str());
 }
 
-#[tokio::test]
-async fn a_restarted_server_keeps_serving_the_same_connection() {
+pub async fn tokens_are_stored_as_ciphertexts_bound_to_their_row(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let mut app = spawn_app(Some(&provider)).await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
+    let imported = app.import_expired("acme").await;
+    let refreshed = json_of(app.get_token("acme", "acme", "").await).await;
+    let refreshed = refreshed["access_token"].as_str().unwrap().to_string();
+    let mut stored = app.raw_column("access_token").await;
+    stored.extend(app.raw_column("refresh_token").await);
+    assert_eq!(stored.len(), 2);
+    for blob in &stored {
+        assert_eq!(blob[0], 1, "format version byte");
+        assert!(blob.len() > 1 + 8 + 12 + 16);
+        for secret in provider.secrets().iter().chain([&imported, &refreshed]) {
+            assert!(!contains(blob, secret));
+        }
+    }
+}
+
+pub async fn a_restarted_server_keeps_serving_the_same_connection(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let mut app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("acme").await;
     let before = json_of(app.get_token("acme", "acme", "").await).await;
     app.restart();
@@ -100,9 +109,10 @@ async fn a_restarted_server_keeps_serving_the_same_connection() {
     assert_eq!(provider.calls(), 1, "no refresh after the restart");
 }
 
-#[tokio::test]
-async fn a_wrong_or_missing_encryption_key_fails_at_startup_with_a_clear_message() {
-    let mut app = spawn_app(None).await;
+pub async fn a_wrong_or_missing_encryption_key_fails_at_startup_with_a_clear_message(
+    backend: Backend,
+) {
+    let mut app = spawn_app_on(backend, None).await;
     app.import("acme", "github", &json!({"access_token": unique("t")}))
         .await;
     app.stop();

@@ -1,0 +1,529 @@
+//! What the SQL backends share: the statements (written once, with `$N` parameters, which both
+//! SQLite and PostgreSQL accept) and the row mapping. `sql_store!` generates the parts of
+//! `SecretsStore` that are the same on every backend; each backend file keeps only its
+//! dialect: connection options, migrations, and how a refresh holds the row.
+
+pub(crate) const CONNECTION_COLUMNS: &str = "app_id, connector_type, status, access_token, \
+     refresh_token, token_type, expires_at, scope, metadata, version, created_at, updated_at, \
+     refreshed_at, last_error, backoff_until, refresh_failures";
+
+pub(crate) fn select_connection(suffix: &str) -> String {
+    format!(
+        "SELECT {CONNECTION_COLUMNS} FROM connections WHERE app_id = $1 AND connector_type = $2{suffix}"
+    )
+}
+
+pub(crate) fn upsert_connection_sql() -> String {
+    format!(
+        "INSERT INTO connections (app_id, connector_type, status, access_token, refresh_token, \
+         token_type, expires_at, scope, metadata, version, created_at, updated_at) \
+         VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, 1, $9, $9) \
+         ON CONFLICT (app_id, connector_type) DO UPDATE SET status = 'active', \
+         access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
+         token_type = excluded.token_type, expires_at = excluded.expires_at, \
+         scope = excluded.scope, metadata = excluded.metadata, \
+         version = connections.version + 1, updated_at = excluded.updated_at, \
+         last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0 \
+         RETURNING {CONNECTION_COLUMNS}"
+    )
+}
+
+pub(crate) const UPDATE_REFRESHED: &str = "UPDATE connections SET status = 'active', \
+     access_token = $4, refresh_token = $5, token_type = $6, expires_at = $7, scope = $8, \
+     metadata = $9, version = version + 1, updated_at = $10, refreshed_at = $10, \
+     last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0, \
+     refresh_claimed_until = NULL \
+     WHERE app_id = $1 AND connector_type = $2 AND version = $3";
+
+pub(crate) const UPDATE_REVOKED: &str = "UPDATE connections SET \
+     status = 'reauthorization_required', last_error = $4, last_error_at = $5, \
+     version = version + 1, updated_at = $5, refresh_claimed_until = NULL \
+     WHERE app_id = $1 AND connector_type = $2 AND version = $3";
+
+pub(crate) const UPDATE_FAILED: &str = "UPDATE connections SET last_error = $4, \
+     last_error_at = $5, backoff_until = $6, refresh_failures = refresh_failures + 1, \
+     version = version + 1, updated_at = $5, refresh_claimed_until = NULL \
+     WHERE app_id = $1 AND connector_type = $2 AND version = $3";
+
+pub(crate) fn delete_connection_sql() -> String {
+    format!(
+        "DELETE FROM connections WHERE app_id = $1 AND connector_type = $2 \
+         RETURNING {CONNECTION_COLUMNS}"
+    )
+}
+
+/// Connections the background refresher should refresh now: active, refreshable, not backing
+/// off, not claimed by another replica, and either expiring within the window (and past half
+/// their lifetime, so short-lived tokens are not refreshed on every pass) or idle for a day.
+/// Parameters: $1 now, $2 window (seconds), $3 idle limit (epoch), $4 batch size.
+pub(crate) const DUE_WHERE: &str = "status = 'active' AND refresh_token IS NOT NULL \
+     AND (backoff_until IS NULL OR backoff_until <= $1) \
+     AND (refresh_claimed_until IS NULL OR refresh_claimed_until <= $1) \
+     AND ((expires_at IS NOT NULL AND expires_at - $1 <= $2 \
+           AND (refreshed_at IS NULL OR (expires_at - $1) * 2 <= expires_at - refreshed_at)) \
+          OR COALESCE(refreshed_at, created_at) <= $3)";
+
+pub(crate) const INSERT_LINK: &str = "INSERT INTO connect_links (secret_hash, app_id, \
+     connector_type, params, return_to, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub(crate) const SELECT_LINK: &str = "SELECT app_id, connector_type, params, return_to, \
+     created_at, expires_at, spent_at FROM connect_links WHERE secret_hash = $1";
+pub(crate) const SPEND_LINK: &str = "UPDATE connect_links SET spent_at = $2 \
+     WHERE secret_hash = $1 AND spent_at IS NULL AND expires_at > $2";
+pub(crate) const UNSPEND_LINK: &str =
+    "UPDATE connect_links SET spent_at = NULL WHERE secret_hash = $1";
+pub(crate) const DELETE_EXPIRED_STATES: &str = "DELETE FROM oauth_states WHERE expires_at <= $1";
+pub(crate) const INSERT_STATE: &str = "INSERT INTO oauth_states (state_hash, link_hash, \
+     pkce_verifier, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)";
+pub(crate) const TAKE_STATE: &str = "DELETE FROM oauth_states WHERE state_hash = $1 \
+     RETURNING link_hash, pkce_verifier, expires_at";
+pub(crate) const INSERT_ACCOUNT: &str = "INSERT INTO service_accounts (name, role, token_hash, \
+     created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING";
+pub(crate) const LIST_ACCOUNTS: &str =
+    "SELECT name, role, token_hash, created_at FROM service_accounts ORDER BY name";
+pub(crate) const DELETE_ACCOUNT: &str = "DELETE FROM service_accounts WHERE name = $1";
+pub(crate) const SELECT_KEY_CHECK: &str = "SELECT value FROM tokenbox_meta WHERE key = 'key_check'";
+pub(crate) const INSERT_KEY_CHECK: &str = "INSERT INTO tokenbox_meta (key, value) \
+     VALUES ('key_check', $1) ON CONFLICT (key) DO NOTHING";
+
+/// Generates the backend-independent part of a store: row mapping, the `SecretsStore` methods
+/// other than `begin_refresh`, and `write_refresh`, which both refresh guards call.
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $row:ty) => {
+        use $crate::secrets::sql;
+
+        /// Ciphertexts and encoded columns of a token set, ready to bind.
+        struct Sealed {
+            access_token: Vec<u8>,
+            refresh_token: Option<Vec<u8>>,
+            metadata: String,
+        }
+
+        fn seal(
+            keys: &$crate::secrets::crypto::KeyRing,
+            key: &$crate::domain::ConnectionKey,
+            tokens: &$crate::domain::TokenSet,
+        ) -> Sealed {
+            use $crate::secrets::crypto::connection_aad;
+            let (app, ct) = (key.app_id.as_str(), key.connector_type.as_str());
+            Sealed {
+                access_token: keys.encrypt_secret(
+                    &tokens.access_token,
+                    &connection_aad(app, ct, "access_token"),
+                ),
+                refresh_token: tokens
+                    .refresh_token
+                    .as_ref()
+                    .map(|t| keys.encrypt_secret(t, &connection_aad(app, ct, "refresh_token"))),
+                metadata: serde_json::to_string(&tokens.metadata).unwrap_or_else(|_| "{}".into()),
+            }
+        }
+
+        fn parse_key(
+            app: &str,
+            ct: &str,
+        ) -> Result<$crate::domain::ConnectionKey, $crate::secrets::StoreError> {
+            use $crate::secrets::StoreError;
+            Ok($crate::domain::ConnectionKey::new(
+                $crate::domain::AppId::parse(app).map_err(StoreError::Corrupt)?,
+                $crate::domain::ConnectorTypeName::parse(ct).map_err(StoreError::Corrupt)?,
+            ))
+        }
+
+        fn decode(
+            keys: &$crate::secrets::crypto::KeyRing,
+            row: &$row,
+        ) -> Result<$crate::domain::StoredConnection, $crate::secrets::StoreError> {
+            use sqlx::Row;
+            use $crate::secrets::crypto::connection_aad;
+            use $crate::secrets::StoreError;
+            let app: String = row.try_get("app_id")?;
+            let ct: String = row.try_get("connector_type")?;
+            let access: Vec<u8> = row.try_get("access_token")?;
+            let refresh: Option<Vec<u8>> = row.try_get("refresh_token")?;
+            let status: String = row.try_get("status")?;
+            let metadata: String = row.try_get("metadata")?;
+            Ok($crate::domain::StoredConnection {
+                tokens: $crate::domain::TokenSet {
+                    access_token: keys
+                        .decrypt_secret(&access, &connection_aad(&app, &ct, "access_token"))?,
+                    refresh_token: refresh
+                        .map(|b| {
+                            keys.decrypt_secret(&b, &connection_aad(&app, &ct, "refresh_token"))
+                        })
+                        .transpose()?,
+                    token_type: row.try_get("token_type")?,
+                    expires_at: row.try_get("expires_at")?,
+                    scope: row.try_get("scope")?,
+                    metadata: serde_json::from_str(&metadata).map_err(|_| {
+                        StoreError::Corrupt("connection metadata is not JSON".into())
+                    })?,
+                },
+                status: $crate::domain::ConnectionStatus::parse(&status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("unknown connection status {status}"))
+                })?,
+                version: row.try_get("version")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                refreshed_at: row.try_get("refreshed_at")?,
+                last_error: row.try_get("last_error")?,
+                backoff_until: row.try_get("backoff_until")?,
+                refresh_failures: row.try_get("refresh_failures")?,
+                key: parse_key(&app, &ct)?,
+            })
+        }
+
+        fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], $crate::secrets::StoreError> {
+            bytes
+                .try_into()
+                .map_err(|_| $crate::secrets::StoreError::Corrupt("a hash is not 32 bytes".into()))
+        }
+
+        /// Writes a refresh outcome, conditional on the version read; `None` when another
+        /// writer changed the row meanwhile.
+        async fn write_refresh<'e, E>(
+            executor: E,
+            keys: &$crate::secrets::crypto::KeyRing,
+            current: &$crate::domain::StoredConnection,
+            write: $crate::secrets::RefreshWrite,
+        ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            use $crate::domain::ConnectionStatus;
+            use $crate::secrets::RefreshWrite;
+            let key = &current.key;
+            let now = $crate::domain::now_epoch();
+            let mut next = current.clone();
+            next.version += 1;
+            next.updated_at = now;
+            let query = match write {
+                RefreshWrite::Refreshed(tokens) => {
+                    let sealed = seal(keys, key, &tokens);
+                    next.tokens = tokens;
+                    next.status = ConnectionStatus::Active;
+                    next.refreshed_at = Some(now);
+                    next.last_error = None;
+                    next.backoff_until = None;
+                    next.refresh_failures = 0;
+                    sqlx::query(sql::UPDATE_REFRESHED)
+                        .bind(key.app_id.as_str())
+                        .bind(key.connector_type.as_str())
+                        .bind(current.version)
+                        .bind(sealed.access_token)
+                        .bind(sealed.refresh_token)
+                        .bind(next.tokens.token_type.clone())
+                        .bind(next.tokens.expires_at)
+                        .bind(next.tokens.scope.clone())
+                        .bind(sealed.metadata)
+                        .bind(now)
+                }
+                RefreshWrite::Revoked { reason } => {
+                    next.status = ConnectionStatus::ReauthorizationRequired;
+                    next.last_error = Some(reason.clone());
+                    sqlx::query(sql::UPDATE_REVOKED)
+                        .bind(key.app_id.as_str())
+                        .bind(key.connector_type.as_str())
+                        .bind(current.version)
+                        .bind(reason)
+                        .bind(now)
+                }
+                RefreshWrite::Failed {
+                    reason,
+                    backoff_until,
+                } => {
+                    next.last_error = Some(reason.clone());
+                    next.backoff_until = Some(backoff_until);
+                    next.refresh_failures += 1;
+                    sqlx::query(sql::UPDATE_FAILED)
+                        .bind(key.app_id.as_str())
+                        .bind(key.connector_type.as_str())
+                        .bind(current.version)
+                        .bind(reason)
+                        .bind(now)
+                        .bind(backoff_until)
+                }
+            };
+            let result = query.execute(executor).await?;
+            Ok((result.rows_affected() == 1).then_some(next))
+        }
+
+        impl $store {
+            async fn read_key_check(
+                pool: &sqlx::Pool<$db>,
+            ) -> Result<Option<Vec<u8>>, sqlx::Error> {
+                sqlx::query_scalar(sql::SELECT_KEY_CHECK)
+                    .fetch_optional(pool)
+                    .await
+            }
+
+            async fn write_key_check(
+                pool: &sqlx::Pool<$db>,
+                check: Vec<u8>,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query(sql::INSERT_KEY_CHECK)
+                    .bind(check)
+                    .execute(pool)
+                    .await
+                    .map(|_| ())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::secrets::SecretsStore for $store {
+            async fn ping(&self) -> Result<(), $crate::secrets::StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn load(
+                &self,
+                key: &$crate::domain::ConnectionKey,
+            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError> {
+                let row = sqlx::query(&sql::select_connection(""))
+                    .bind(key.app_id.as_str())
+                    .bind(key.connector_type.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| decode(&self.keys, &r)).transpose()
+            }
+
+            async fn upsert_connection(
+                &self,
+                key: &$crate::domain::ConnectionKey,
+                tokens: &$crate::domain::TokenSet,
+            ) -> Result<$crate::domain::StoredConnection, $crate::secrets::StoreError> {
+                let sealed = seal(&self.keys, key, tokens);
+                let row = sqlx::query(&sql::upsert_connection_sql())
+                    .bind(key.app_id.as_str())
+                    .bind(key.connector_type.as_str())
+                    .bind(sealed.access_token)
+                    .bind(sealed.refresh_token)
+                    .bind(tokens.token_type.as_deref())
+                    .bind(tokens.expires_at)
+                    .bind(tokens.scope.as_deref())
+                    .bind(sealed.metadata)
+                    .bind($crate::domain::now_epoch())
+                    .fetch_one(&self.pool)
+                    .await?;
+                decode(&self.keys, &row)
+            }
+
+            async fn begin_refresh(
+                &self,
+                key: &$crate::domain::ConnectionKey,
+            ) -> Result<Option<Box<dyn $crate::secrets::RefreshGuard>>, $crate::secrets::StoreError>
+            {
+                self.hold_for_refresh(key).await
+            }
+
+            async fn claim_due(
+                &self,
+                now: i64,
+                window: i64,
+                idle_before: i64,
+                limit: i64,
+                lease_until: i64,
+            ) -> Result<Vec<$crate::domain::StoredConnection>, $crate::secrets::StoreError> {
+                let rows = sqlx::query(&Self::claim_due_sql())
+                    .bind(now)
+                    .bind(window)
+                    .bind(idle_before)
+                    .bind(limit)
+                    .bind(lease_until)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| decode(&self.keys, r)).collect()
+            }
+
+            async fn delete_connection(
+                &self,
+                key: &$crate::domain::ConnectionKey,
+            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError> {
+                let row = sqlx::query(&sql::delete_connection_sql())
+                    .bind(key.app_id.as_str())
+                    .bind(key.connector_type.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| decode(&self.keys, &r)).transpose()
+            }
+
+            async fn create_connect_link(
+                &self,
+                link: &$crate::domain::ConnectLink,
+            ) -> Result<(), $crate::secrets::StoreError> {
+                sqlx::query(sql::INSERT_LINK)
+                    .bind(&link.secret_hash[..])
+                    .bind(link.key.app_id.as_str())
+                    .bind(link.key.connector_type.as_str())
+                    .bind(serde_json::to_string(&link.params).unwrap_or_else(|_| "{}".into()))
+                    .bind(link.return_to.as_deref())
+                    .bind(link.created_at)
+                    .bind(link.expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn connect_link(
+                &self,
+                secret_hash: &[u8; 32],
+            ) -> Result<Option<$crate::domain::ConnectLink>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query(sql::SELECT_LINK)
+                    .bind(&secret_hash[..])
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let app: String = row.try_get("app_id")?;
+                let ct: String = row.try_get("connector_type")?;
+                let params: String = row.try_get("params")?;
+                Ok(Some($crate::domain::ConnectLink {
+                    secret_hash: *secret_hash,
+                    key: parse_key(&app, &ct)?,
+                    params: serde_json::from_str(&params).map_err(|_| {
+                        $crate::secrets::StoreError::Corrupt(
+                            "connect link params are not JSON".into(),
+                        )
+                    })?,
+                    return_to: row.try_get("return_to")?,
+                    created_at: row.try_get("created_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                    spent_at: row.try_get("spent_at")?,
+                }))
+            }
+
+            async fn spend_connect_link(
+                &self,
+                secret_hash: &[u8; 32],
+                now: i64,
+            ) -> Result<bool, $crate::secrets::StoreError> {
+                let result = sqlx::query(sql::SPEND_LINK)
+                    .bind(&secret_hash[..])
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn unspend_connect_link(
+                &self,
+                secret_hash: &[u8; 32],
+            ) -> Result<(), $crate::secrets::StoreError> {
+                sqlx::query(sql::UNSPEND_LINK)
+                    .bind(&secret_hash[..])
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn create_oauth_state(
+                &self,
+                state_hash: &[u8; 32],
+                state: &$crate::domain::OAuthState,
+            ) -> Result<(), $crate::secrets::StoreError> {
+                use $crate::secrets::crypto::oauth_state_aad;
+                let now = $crate::domain::now_epoch();
+                let verifier = state
+                    .pkce_verifier
+                    .as_ref()
+                    .map(|v| self.keys.encrypt_secret(v, &oauth_state_aad(state_hash)));
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(sql::DELETE_EXPIRED_STATES)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql::INSERT_STATE)
+                    .bind(&state_hash[..])
+                    .bind(&state.link_hash[..])
+                    .bind(verifier)
+                    .bind(now)
+                    .bind(state.expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn take_oauth_state(
+                &self,
+                state_hash: &[u8; 32],
+                now: i64,
+            ) -> Result<Option<$crate::domain::OAuthState>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                use $crate::secrets::crypto::oauth_state_aad;
+                let row = sqlx::query(sql::TAKE_STATE)
+                    .bind(&state_hash[..])
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let expires_at: i64 = row.try_get("expires_at")?;
+                if expires_at <= now {
+                    return Ok(None);
+                }
+                let verifier: Option<Vec<u8>> = row.try_get("pkce_verifier")?;
+                Ok(Some($crate::domain::OAuthState {
+                    link_hash: hash32(row.try_get("link_hash")?)?,
+                    pkce_verifier: verifier
+                        .map(|v| self.keys.decrypt_secret(&v, &oauth_state_aad(state_hash)))
+                        .transpose()?,
+                    expires_at,
+                }))
+            }
+
+            async fn create_service_account(
+                &self,
+                account: &$crate::secrets::ServiceAccount,
+            ) -> Result<(), $crate::secrets::StoreError> {
+                let result = sqlx::query(sql::INSERT_ACCOUNT)
+                    .bind(&account.name)
+                    .bind(account.role.as_str())
+                    .bind(&account.token_hash[..])
+                    .bind(account.created_at)
+                    .execute(&self.pool)
+                    .await?;
+                if result.rows_affected() == 0 {
+                    return Err($crate::secrets::StoreError::AlreadyExists(format!(
+                        "service account '{}'",
+                        account.name
+                    )));
+                }
+                Ok(())
+            }
+
+            async fn list_service_accounts(
+                &self,
+            ) -> Result<Vec<$crate::secrets::ServiceAccount>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(sql::LIST_ACCOUNTS)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        let role: String = row.try_get("role")?;
+                        Ok($crate::secrets::ServiceAccount {
+                            name: row.try_get("name")?,
+                            role: $crate::secrets::Role::parse(&role).ok_or_else(|| {
+                                $crate::secrets::StoreError::Corrupt(format!("unknown role {role}"))
+                            })?,
+                            token_hash: hash32(row.try_get("token_hash")?)?,
+                            created_at: row.try_get("created_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn delete_service_account(
+                &self,
+                name: &str,
+            ) -> Result<bool, $crate::secrets::StoreError> {
+                let result = sqlx::query(sql::DELETE_ACCOUNT)
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(result.rows_affected() > 0)
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store;
