@@ -33,6 +33,13 @@ const SERVER_ENV: &[(&str, &str)] = &[
     ),
     ("TOKENBOX_LOG_FORMAT", "log_format"),
     ("TOKENBOX_ALLOWED_RETURN_URLS", "allowed_return_urls"),
+    ("TOKENBOX_REFRESHER_ENABLED", "refresher_enabled"),
+    ("TOKENBOX_REFRESH_WINDOW_SECONDS", "refresh_window_seconds"),
+    (
+        "TOKENBOX_REFRESHER_INTERVAL_SECONDS",
+        "refresher_interval_seconds",
+    ),
+    ("TOKENBOX_REFRESHER_CONCURRENCY", "refresher_concurrency"),
 ];
 
 /// Other `TOKENBOX_*` variables that are known (read by the CLI or the logger), so not reported.
@@ -43,6 +50,32 @@ const OTHER_ENV: &[&str] = &[
     "TOKENBOX_LOG",
     "TOKENBOX_ENCRYPTION_KEY",
 ];
+
+/// Settings of the background refresher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefresherConfig {
+    pub enabled: bool,
+    /// Connections expiring within this many seconds are refreshed.
+    pub window_seconds: i64,
+    /// Connections with a refresh token not refreshed for this long are refreshed (keep-alive).
+    pub keepalive_seconds: i64,
+    /// How often a replica looks for due work (with jitter).
+    pub interval: Duration,
+    /// Refreshes running at once in one replica.
+    pub concurrency: usize,
+}
+
+impl Default for RefresherConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_seconds: 600,
+            keepalive_seconds: 86_400,
+            interval: Duration::from_secs(30),
+            concurrency: 8,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -66,6 +99,10 @@ struct FileConfig {
     provider_timeout_seconds: Option<u64>,
     log_format: Option<LogFormat>,
     allowed_return_urls: Option<Vec<String>>,
+    refresher_enabled: Option<bool>,
+    refresh_window_seconds: Option<i64>,
+    refresher_interval_seconds: Option<u64>,
+    refresher_concurrency: Option<usize>,
     #[serde(default)]
     connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -92,6 +129,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where a connect link may send the tenant back after the signup (URL prefixes).
     pub allowed_return_urls: Vec<String>,
+    /// The background refresher (in every replica) keeps tokens fresh ahead of the jobs.
+    pub refresher: RefresherConfig,
     /// Connector types from the config file: custom entries or overrides of catalog entries.
     pub connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -109,6 +148,7 @@ impl fmt::Debug for Config {
             .field("request_timeout", &self.request_timeout)
             .field("provider_timeout", &self.provider_timeout)
             .field("allowed_return_urls", &self.allowed_return_urls)
+            .field("refresher", &self.refresher)
             .field("connector_types", &self.connector_types.keys())
             .finish()
     }
@@ -128,6 +168,7 @@ impl Default for Config {
             provider_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
             allowed_return_urls: Vec::new(),
+            refresher: RefresherConfig::default(),
             connector_types: BTreeMap::new(),
         }
     }
@@ -192,6 +233,18 @@ impl Config {
         if let Some(v) = file.allowed_return_urls {
             c.allowed_return_urls = v;
         }
+        if let Some(v) = file.refresher_enabled {
+            c.refresher.enabled = v;
+        }
+        if let Some(v) = file.refresh_window_seconds {
+            c.refresher.window_seconds = v;
+        }
+        if let Some(v) = file.refresher_interval_seconds {
+            c.refresher.interval = Duration::from_secs(v);
+        }
+        if let Some(v) = file.refresher_concurrency {
+            c.refresher.concurrency = v;
+        }
         c.connector_types = file.connector_types;
 
         for (name, value) in env {
@@ -223,6 +276,22 @@ impl Config {
                         .filter(|v| !v.is_empty())
                         .map(str::to_string)
                         .collect()
+                }
+                Some("refresher_enabled") => {
+                    c.refresher.enabled = match value.as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => bail!("TOKENBOX_REFRESHER_ENABLED must be true or false"),
+                    }
+                }
+                Some("refresh_window_seconds") => {
+                    c.refresher.window_seconds = parse_secs(value)? as i64
+                }
+                Some("refresher_interval_seconds") => {
+                    c.refresher.interval = Duration::from_secs(parse_secs(value)?)
+                }
+                Some("refresher_concurrency") => {
+                    c.refresher.concurrency = parse_secs(value)? as usize
                 }
                 Some("log_format") => {
                     c.log_format = match value.as_str() {
@@ -256,6 +325,12 @@ impl Config {
         }
         if self.request_timeout.is_zero() || self.provider_timeout.is_zero() {
             bail!("request_timeout_seconds and provider_timeout_seconds must be positive");
+        }
+        if self.refresher.interval.is_zero()
+            || self.refresher.concurrency == 0
+            || self.refresher.window_seconds < 0
+        {
+            bail!("refresher_interval_seconds and refresher_concurrency must be positive, refresh_window_seconds not negative");
         }
         for url in &self.allowed_return_urls {
             if !(url.starts_with("https://") || url.starts_with("http://")) {

@@ -58,6 +58,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    state: AppState,
     address: SocketAddr,
 }
 
@@ -71,7 +72,8 @@ impl Application {
         let state = build_state(config, Some(address)).await?;
         Ok(Self {
             listener,
-            router: api::routes::router(state),
+            router: api::routes::router(state.clone()),
+            state,
             address,
         })
     }
@@ -86,11 +88,22 @@ impl Application {
 
     /// Serves until SIGINT or SIGTERM, then finishes the requests in progress.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let refresher = self.state.config.refresher;
+        let background = refresher.enabled.then(|| {
+            tokio::spawn(refresh::background::run(
+                self.state.keeper.clone(),
+                refresher,
+            ))
+        });
         tracing::info!(address = %self.address, "tokenbox listening");
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown_signal())
             .await
-            .context("server error")
+            .context("server error")?;
+        if let Some(task) = background {
+            task.abort();
+        }
+        Ok(())
     }
 }
 

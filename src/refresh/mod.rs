@@ -1,4 +1,7 @@
-//! In-process coordination of refreshes: the single flight per connection and the token cache.
+//! In-process coordination of refreshes: the single flight per connection, the token cache,
+//! and the background refresher.
+
+pub mod background;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

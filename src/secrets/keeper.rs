@@ -221,6 +221,37 @@ impl SecretsKeeper {
         }
     }
 
+    /// Refreshes a connection claimed by the background refresher, through the same flight,
+    /// row lock and re-read as a request. Skips it when someone refreshed it since the claim.
+    pub async fn refresh_claimed(
+        &self,
+        claimed: &StoredConnection,
+        window: i64,
+        keepalive_before: i64,
+    ) -> Result<bool, KeeperError> {
+        let now = now_epoch();
+        let expiring = claimed
+            .tokens
+            .expires_at
+            .is_some_and(|at| at - now <= window);
+        // Refresh when past half the lifetime or within the window, whichever comes later, so
+        // short-lived tokens are not refreshed on every pass.
+        let refresh_within = match (claimed.tokens.expires_at, claimed.refreshed_at) {
+            (Some(at), Some(refreshed)) => window.min((at - refreshed) / 2),
+            _ => window,
+        };
+        let keepalive =
+            !expiring && claimed.refreshed_at.unwrap_or(claimed.created_at) <= keepalive_before;
+        let request = TokenRequest {
+            min_validity: None,
+            force_refresh: keepalive,
+        };
+        let served = self
+            .refresh_flow(&claimed.key, request, refresh_within, claimed.version)
+            .await?;
+        Ok(served.connection.tokens.access_token != claimed.tokens.access_token)
+    }
+
     /// The slow path, one flight per connection at a time.
     async fn refresh_flow(
         &self,
@@ -354,7 +385,7 @@ impl SecretsKeeper {
                 let written = guard
                     .finish(RefreshWrite::Failed {
                         reason: error.to_string(),
-                        backoff_until: now + retry_after as i64,
+                        backoff_until: now + backoff_after(retry_after, current.refresh_failures),
                     })
                     .await;
                 let connection = match written {
@@ -412,6 +443,13 @@ impl SecretsKeeper {
             refreshed: true,
         })
     }
+}
+
+/// How long the background refresher leaves a failing connection alone: the provider's
+/// `Retry-After`, or an exponential back-off from 15 s up to an hour.
+fn backoff_after(retry_after: u64, failures: i64) -> i64 {
+    let exponential = 15i64 << failures.clamp(0, 8);
+    exponential.min(3600).max(retry_after as i64)
 }
 
 fn not_connected(key: &ConnectionKey) -> KeeperError {

@@ -441,6 +441,9 @@ pub struct TestApp {
 
 pub struct AppOptions {
     pub backend: Backend,
+    /// Whether the background refresher runs (off by default so provider call counts in
+    /// tests depend on requests only).
+    pub refresher: bool,
     pub provider: Option<FakeProvider>,
     pub extra_config: String,
     pub log_filter: String,
@@ -450,6 +453,7 @@ impl Default for AppOptions {
     fn default() -> Self {
         Self {
             backend: Backend::Sqlite,
+            refresher: false,
             provider: None,
             extra_config: String::new(),
             log_filter: "debug,hyper=info,h2=info,tower=info".into(),
@@ -482,8 +486,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         None => format!("sqlite://{}", dir.join("tokenbox.db").display()),
     };
     let mut config = format!(
-        "listen = \"127.0.0.1:0\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"{database_url}\"\nencryption_key_file = \"{}\"\n{}\n",
+        "listen = \"127.0.0.1:0\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"{database_url}\"\nencryption_key_file = \"{}\"\nrefresher_enabled = {}\n{}\n",
         dir.join("encryption.key").display(),
+        options.refresher,
         options.extra_config,
     );
     if let Some(provider) = &options.provider {

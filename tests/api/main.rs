@@ -53,6 +53,7 @@ conformance! {
         after_rotation_the_old_refresh_token_is_never_presented_again,
         a_provider_that_returns_no_new_refresh_token_keeps_the_old_one,
         min_validity_longer_than_the_remaining_lifetime_triggers_a_refresh,
+        the_background_refresher_refreshes_ahead_and_skips_what_it_must,
     }
     storage {
         a_ciphertext_moved_to_another_row_fails_to_decrypt,

@@ -2,7 +2,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{json_of, now, spawn_app_on, unique, Backend, FakeProvider, Mode};
+use crate::helpers::{
+    json_of, now, spawn_app_on, spawn_app_with, unique, AppOptions, Backend, FakeProvider, Mode,
+};
 
 pub async fn an_expired_token_is_refreshed_once_for_fifty_concurrent_requests(backend: Backend) {
     let provider = FakeProvider::start().await;
@@ -156,4 +158,110 @@ pub async fn min_validity_longer_than_the_remaining_lifetime_triggers_a_refresh(
     assert_eq!(response.status(), 400);
     assert_eq!(json_of(response).await["error"], "invalid_request");
     assert_eq!(provider.calls(), 1);
+}
+
+pub async fn the_background_refresher_refreshes_ahead_and_skips_what_it_must(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app_with(AppOptions {
+        backend,
+        refresher: true,
+        provider: Some(provider.clone()),
+        extra_config: "refresher_interval_seconds = 1\n".into(),
+        ..AppOptions::default()
+    })
+    .await;
+    let fresh = unique("fresh-at");
+    // Expiring within the 10-minute window: refreshed ahead.
+    app.import(
+        "expiring",
+        "acme",
+        &json!({"access_token": unique("exp-at"), "refresh_token": provider.new_refresh_token(), "expires_at": now() + 400}),
+    )
+    .await;
+    // Valid for an hour: left alone.
+    app.import(
+        "fresh",
+        "acme",
+        &json!({"access_token": fresh, "refresh_token": provider.new_refresh_token(), "expires_at": now() + 3600}),
+    )
+    .await;
+    // Without a refresh token: nothing to do.
+    app.import(
+        "no-refresh",
+        "acme",
+        &json!({"access_token": unique("nr"), "expires_at": now() + 100}),
+    )
+    .await;
+    // Idle for two days with a refresh token: keep-alive refresh.
+    app.import(
+        "idle",
+        "acme",
+        &json!({"access_token": unique("idle-at"), "refresh_token": provider.new_refresh_token(), "expires_at": now() + 7200}),
+    )
+    .await;
+    app.execute_sql(&format!(
+        "UPDATE connections SET created_at = {} WHERE app_id = 'idle'",
+        now() - 2 * 86_400
+    ))
+    .await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while provider.calls() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} refreshes",
+            provider.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        provider.calls(),
+        2,
+        "the expiring and the idle connections only"
+    );
+    let body = json_of(app.get_token("expiring", "acme", "min_validity=1800").await).await;
+    assert!(
+        body["expires_in"].as_i64().unwrap() > 3000,
+        "refreshed before the job asked"
+    );
+    let body = json_of(app.get_token("fresh", "acme", "").await).await;
+    assert_eq!(body["access_token"], fresh.as_str());
+    assert_eq!(provider.calls(), 2);
+
+    // A revoked grant is not retried by the refresher.
+    provider.set_mode(Mode::Revoked);
+    app.import(
+        "revoked",
+        "acme",
+        &json!({"access_token": unique("rv"), "refresh_token": provider.new_refresh_token(), "expires_at": now() + 100}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while provider.calls() < 3 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        provider.calls(),
+        3,
+        "reauthorization_required connections are skipped"
+    );
+    assert_eq!(app.get_token("revoked", "acme", "").await.status(), 409);
+
+    // A failing provider is backed off, not hammered every pass.
+    provider.set_mode(Mode::Down);
+    app.import(
+        "down",
+        "acme",
+        &json!({"access_token": unique("dn"), "refresh_token": provider.new_refresh_token(), "expires_at": now() + 100}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let calls = provider.calls() - 3;
+    assert!(
+        (1..=3).contains(&calls),
+        "one pass with its bounded retries, then back-off: {calls}"
+    );
 }

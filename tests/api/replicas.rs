@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{json_of, spawn_app_on, Backend, FakeProvider, TestApp};
+use crate::helpers::{
+    json_of, now, spawn_app_on, spawn_app_with, unique, AppOptions, Backend, FakeProvider, TestApp,
+};
 
 async fn hammer(app: &TestApp, n: usize, app_id: &str) -> Vec<(u16, Value)> {
     let mut set = tokio::task::JoinSet::new();
@@ -107,4 +109,75 @@ async fn a_replica_killed_during_a_refresh_loses_nothing() {
     // And it stays that way without further provider calls.
     assert_eq!(second.get_token("acme", "acme", "").await.status(), 409);
     assert_eq!(provider.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_split_the_background_refreshes_and_refresh_each_connection_once() {
+    let provider = FakeProvider::start().await;
+    // Slow enough that both replicas' passes overlap.
+    provider.set_delay(Duration::from_millis(100));
+    let first = spawn_app_with(AppOptions {
+        backend: Backend::Postgres,
+        refresher: true,
+        provider: Some(provider.clone()),
+        extra_config: "refresher_interval_seconds = 1\n".into(),
+        ..AppOptions::default()
+    })
+    .await;
+    let second = first.replica();
+    for i in 0..200 {
+        let response = first
+            .import(
+                &format!("tenant-{i}"),
+                "acme",
+                &serde_json::json!({
+                    "access_token": unique("soon-expiring"),
+                    "refresh_token": provider.new_refresh_token(),
+                    "expires_at": now() + 300,
+                }),
+            )
+            .await;
+        assert!(response.status().is_success());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while provider.calls() < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} refreshes",
+            provider.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A few more passes: nothing is refreshed twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        provider.calls(),
+        200,
+        "each connection refreshed exactly once"
+    );
+    assert_eq!(
+        provider.reuses(),
+        0,
+        "no provider call failed on a spent token"
+    );
+    let done = |app: &TestApp| app.logs().matches("outcome=\"refreshed\"").count();
+    let (a, b) = (done(&first), done(&second));
+    assert_eq!(a + b, 200, "first {a}, second {b}");
+    assert!(
+        a > 0 && b > 0,
+        "both replicas did part of the work: first {a}, second {b}"
+    );
+    assert!(
+        !first.logs().contains("outcome=\"failed\"")
+            && !second.logs().contains("outcome=\"failed\"")
+    );
+    // Jobs now find fresh tokens without a provider call.
+    let body = json_of(
+        second
+            .get_token("tenant-7", "acme", "min_validity=1800")
+            .await,
+    )
+    .await;
+    assert!(body["expires_in"].as_i64().unwrap() > 3000);
+    assert_eq!(provider.calls(), 200);
 }
