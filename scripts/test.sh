@@ -14,6 +14,9 @@ if command -v pg_lsclusters >/dev/null 2>&1; then
   done
 fi
 
+# The end-to-end signup test: Debian's chromium and the npm packages of tests/e2e.
+bash scripts/e2e-setup.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -444,6 +444,8 @@ pub struct AppOptions {
     /// Whether the background refresher runs (off by default so provider call counts in
     /// tests depend on requests only).
     pub refresher: bool,
+    /// The address to listen on (default: a free loopback port).
+    pub listen: String,
     pub provider: Option<FakeProvider>,
     pub extra_config: String,
     pub log_filter: String,
@@ -454,6 +456,7 @@ impl Default for AppOptions {
         Self {
             backend: Backend::Sqlite,
             refresher: false,
+            listen: "127.0.0.1:0".into(),
             provider: None,
             extra_config: String::new(),
             log_filter: "debug,hyper=info,h2=info,tower=info".into(),
@@ -486,10 +489,11 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         None => format!("sqlite://{}", dir.join("tokenbox.db").display()),
     };
     let mut config = format!(
-        "listen = \"127.0.0.1:0\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"{database_url}\"\nencryption_key_file = \"{}\"\nrefresher_enabled = {}\n{}\n",
+        "listen = \"{listen}\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"{database_url}\"\nencryption_key_file = \"{}\"\nrefresher_enabled = {}\n{}\n",
         dir.join("encryption.key").display(),
         options.refresher,
         options.extra_config,
+        listen = options.listen,
     );
     if let Some(provider) = &options.provider {
         config.push_str(&format!(

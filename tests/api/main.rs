@@ -7,6 +7,7 @@
 
 mod binb_token;
 mod cli;
+mod e2e;
 mod helpers;
 mod refresh;
 mod replicas;
