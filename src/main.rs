@@ -31,8 +31,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP service.
+    /// Run the HTTP service (applies pending migrations first).
     Serve,
+    /// Apply database migrations and exit.
+    Migrate,
     /// Manage the service accounts that call the API.
     #[command(subcommand)]
     ServiceAccount(ServiceAccountCommand),
@@ -187,6 +189,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => {
             let app = Application::build(config).await?;
             app.run_until_stopped().await?;
+        }
+        Command::Migrate => {
+            tokenbox::secrets::open_store(&config).await?;
+            eprintln!(
+                "database schema is up to date ({})",
+                tokenbox::secret::redact_url(&config.database_url)
+            );
         }
         Command::ServiceAccount(command) => {
             let state = build_state(config, None).await?;

@@ -61,6 +61,7 @@ conformance! {
         tokens_are_stored_as_ciphertexts_bound_to_their_row,
         a_restarted_server_keeps_serving_the_same_connection,
         a_wrong_or_missing_encryption_key_fails_at_startup_with_a_clear_message,
+        migrate_applies_the_schema_and_serve_refuses_an_unknown_one,
     }
     signup {
         a_tenant_connects_through_the_link_and_the_job_gets_the_issued_token,

@@ -182,3 +182,26 @@ async fn the_default_data_directory_is_created_with_a_private_key_file() {
     db.close().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+pub async fn migrate_applies_the_schema_and_serve_refuses_an_unknown_one(backend: Backend) {
+    let mut app = spawn_app_on(backend, None).await;
+    let (code, _, stderr) = cli(&app.config_path, &["migrate"], None, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("up to date"), "{stderr}");
+    app.stop();
+    // A newer tokenbox applied a migration this version does not know.
+    app.execute_sql(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from the future', TRUE, '', 0)",
+    )
+    .await;
+    let (code, _, stderr) = cli(&app.config_path, &["serve"], None, &[]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("migration 999") && stderr.contains("newer"),
+        "{stderr}"
+    );
+    app.execute_sql("DELETE FROM _sqlx_migrations WHERE version = 999")
+        .await;
+    app.restart();
+}

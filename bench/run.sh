@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# tokenbox benchmarks. Prints the figures; bench/RESULTS.md keeps those of a run on the
+# project's machine. Not part of the test suite. Loopback only; every run is bounded.
+#
+#   bench/run.sh            # everything
+#   bench/run.sh hot        # hot path only (also: storm, rss)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+DURATION="${DURATION:-15s}"
+PG_ADMIN="${TOKENBOX_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "installing wrk (Debian package)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk </dev/null >&2
+fi
+if command -v pg_lsclusters >/dev/null 2>&1; then
+  pg_lsclusters --no-header | while read -r v c _p status _r; do
+    [ "$status" = online ] || pg_ctlcluster --skip-systemctl-redirect "$v" "$c" start
+  done
+fi
+
+cargo build --release --quiet --bin tokenbox --example bench
+BENCH=target/release/examples/bench
+
+fresh_pg() {
+  local name="tokenbox_bench_$1_$$"
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $name WITH (FORCE)" >/dev/null
+  psql "$PG_ADMIN" -qc "CREATE DATABASE $name" >/dev/null
+  echo "${PG_ADMIN%/*}/$name"
+}
+
+hot() {
+  local label="$1" url_arg=("${@:2}")
+  local out
+  out=$(mktemp)
+  "$BENCH" serve --count 10000 --seconds 60 "${url_arg[@]}" >"$out" &
+  local pid=$!
+  for _ in $(seq 1 600); do [ -s "$out" ] && break; sleep 0.5; done
+  read -r url token <"$out"
+  # Warm the cache once (every connection read and decrypted), then measure.
+  BENCH_TOKEN="$token" wrk -t2 -c64 -d5s -s bench/hot.lua "$url" >/dev/null
+  echo "== hot path, $label, 10000 connections, 64 connections, $DURATION"
+  BENCH_TOKEN="$token" wrk -t2 -c64 -d"$DURATION" --latency -s bench/hot.lua "$url" \
+    | grep -E "Requests/sec|Latency  |50%|99%|Non-2xx|Socket errors|requests in"
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  rm -f "$out"
+}
+
+case "$what" in all|hot)
+  hot "SQLite"
+  hot "PostgreSQL" --database-url "$(fresh_pg hot)"
+;; esac
+
+case "$what" in all|storm)
+  echo "== refresh storm: 10000 expired connections, 100 callers each asking for all of them"
+  "$BENCH" storm --replicas 1 --count 10000 --callers 100
+  "$BENCH" storm --replicas 1 --count 10000 --callers 100 --database-url "$(fresh_pg storm1)"
+  "$BENCH" storm --replicas 2 --count 10000 --callers 100 --database-url "$(fresh_pg storm2)"
+;; esac
+
+case "$what" in all|rss)
+  echo "== resident memory with 100000 connections stored (SQLite)"
+  "$BENCH" rss --count 100000
+;; esac
