@@ -208,13 +208,15 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// `callers` tasks, each asking for every connection once in its own random order, spread
-/// over the servers. Returns (elapsed, requests, errors).
+/// `callers` tasks spread over the servers. With `each`, every caller asks for every
+/// connection once in its own random order; otherwise they share the connections, each asked
+/// for once. Returns (elapsed, requests, errors).
 async fn ask_all(
     servers: &[String],
     token: &str,
     count: usize,
     callers: usize,
+    each: bool,
 ) -> (Duration, usize, usize) {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(callers)
@@ -232,7 +234,11 @@ async fn ask_all(
         let errors = errors.clone();
         let requests = requests.clone();
         tasks.spawn(async move {
-            let mut order: Vec<usize> = (0..count).collect();
+            let mut order: Vec<usize> = if each {
+                (0..count).collect()
+            } else {
+                (c..count).step_by(callers).collect()
+            };
             order.shuffle(&mut rand::thread_rng());
             for i in order {
                 let ok = client
@@ -295,7 +301,7 @@ async fn main() {
             let token = seed(&config, count, true).await;
             let servers: Vec<Server> = (0..replicas).map(|_| start_server(&config)).collect();
             let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
-            let (elapsed, requests, errors) = ask_all(&urls, &token, count, callers).await;
+            let (elapsed, requests, errors) = ask_all(&urls, &token, count, callers, true).await;
             println!(
                 "storm: replicas={replicas} connections={count} callers={callers} requests={requests} \
                  time_until_all_served={:.2}s provider_calls={} refresh_token_reuses={} errors={errors}",
@@ -312,7 +318,7 @@ async fn main() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let idle = rss_kib(server.child.id());
             let (elapsed, requests, errors) =
-                ask_all(std::slice::from_ref(&server.url), &token, count, 64).await;
+                ask_all(std::slice::from_ref(&server.url), &token, count, 64, false).await;
             let warm = rss_kib(server.child.id());
             println!(
                 "rss: connections={count} idle_rss={:.1}MiB after_serving_every_connection_once={:.1}MiB \

@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
 DURATION="${DURATION:-15s}"
+export PGOPTIONS="-c client_min_messages=warning"
 PG_ADMIN="${TOKENBOX_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 if ! command -v wrk >/dev/null 2>&1; then

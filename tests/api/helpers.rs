@@ -69,6 +69,8 @@ pub struct ProviderState {
     codes: Mutex<std::collections::HashMap<String, (Option<String>, String)>>,
     /// The query of every authorization request received.
     pub authorize_requests: Mutex<Vec<std::collections::HashMap<String, String>>>,
+    /// Tokens received at the revocation endpoint.
+    pub revoked: Mutex<Vec<String>>,
     /// Whether the next authorization is denied by the "user".
     pub deny: Mutex<bool>,
     /// Every secret this provider issued or accepted, to look for in logs.
@@ -96,11 +98,13 @@ impl FakeProvider {
             codes: Mutex::new(std::collections::HashMap::new()),
             authorize_requests: Mutex::new(Vec::new()),
             deny: Mutex::new(false),
+            revoked: Mutex::new(Vec::new()),
             client_secret: unique("acme-client-secret"),
         });
         let app = Router::new()
             .route("/token", post(token_endpoint))
             .route("/authorize", axum::routing::get(authorize_endpoint))
+            .route("/revoke", post(revoke_endpoint))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -287,6 +291,18 @@ async fn authorize_endpoint(
         "{redirect}{sep}code={code}&state={csrf}&realmId=123"
     ))
     .into_response()
+}
+
+/// RFC 7009 revocation: records the token, answers 200 with no body.
+async fn revoke_endpoint(
+    State(state): State<Arc<ProviderState>>,
+    Form(form): Form<std::collections::HashMap<String, String>>,
+) -> StatusCode {
+    if let Some(token) = form.get("token") {
+        state.revoked.lock().unwrap().push(token.clone());
+        state.valid.lock().unwrap().remove(token);
+    }
+    StatusCode::OK
 }
 
 /// The authorization-code grant, with the PKCE verifier checked (RFC 7636 §4.6).
@@ -497,7 +513,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     );
     if let Some(provider) = &options.provider {
         config.push_str(&format!(
-            "\n[connector_types.acme]\nauthorization_url = \"{url}/authorize\"\ntoken_url = \"{url}/token\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{secret}\"\nscopes = [\"read\", \"write\"]\nclient_auth = \"basic\"\nmetadata_fields = [\"instance_url\"]\ncallback_params = [\"realmId\"]\nauthorization_params = {{ prompt = \"consent\" }}\n",
+            "\n[connector_types.acme]\nauthorization_url = \"{url}/authorize\"\ntoken_url = \"{url}/token\"\nrevocation_url = \"{url}/revoke\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{secret}\"\nscopes = [\"read\", \"write\"]\nclient_auth = \"basic\"\nmetadata_fields = [\"instance_url\"]\ncallback_params = [\"realmId\"]\nauthorization_params = {{ prompt = \"consent\" }}\n",
             url = provider.url,
             secret = provider.state.client_secret,
         ));
@@ -821,6 +837,42 @@ impl TestApp {
                     .rows_affected();
                 c.close().await.unwrap();
                 n
+            }
+        }
+    }
+
+    /// The first column of a query's rows, as text (for state checks).
+    pub async fn query_strings(&self, statement: &str) -> Vec<String> {
+        use sqlx::{ConnectOptions, Connection};
+        match &self.pg {
+            Some(db) => {
+                let mut c =
+                    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url)
+                        .unwrap()
+                        .connect()
+                        .await
+                        .unwrap();
+                let rows: Vec<String> = sqlx::query_scalar(statement)
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap();
+                c.close().await.unwrap();
+                rows
+            }
+            None => {
+                let mut c = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(
+                    &format!("sqlite://{}", self.db_path().display()),
+                )
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+                let rows: Vec<String> = sqlx::query_scalar(statement)
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap();
+                c.close().await.unwrap();
+                rows
             }
         }
     }

@@ -55,6 +55,7 @@ conformance! {
         a_provider_that_returns_no_new_refresh_token_keeps_the_old_one,
         min_validity_longer_than_the_remaining_lifetime_triggers_a_refresh,
         the_background_refresher_refreshes_ahead_and_skips_what_it_must,
+        the_read_path_writes_nothing_while_the_token_is_good,
     }
     storage {
         a_ciphertext_moved_to_another_row_fails_to_decrypt,

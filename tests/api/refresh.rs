@@ -265,3 +265,27 @@ pub async fn the_background_refresher_refreshes_ahead_and_skips_what_it_must(bac
         "one pass with its bounded retries, then back-off: {calls}"
     );
 }
+
+pub async fn the_read_path_writes_nothing_while_the_token_is_good(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
+    app.import_expired("acme").await;
+    assert_eq!(app.get_token("acme", "acme", "").await.status(), 200);
+    const STATE: &str =
+        "SELECT CAST(version AS TEXT) || ':' || CAST(updated_at AS TEXT) FROM connections";
+    let before = app.query_strings(STATE).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let request = app
+            .client
+            .get(format!("{}/acme/acme/binb-token", app.address))
+            .bearer_auth(&app.superadmin);
+        set.spawn(async move { request.send().await.unwrap().status() });
+    }
+    while let Some(status) = set.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let after = app.query_strings(STATE).await;
+    assert_eq!(before, after, "the row was not written by reads");
+    assert_eq!(provider.calls(), 1);
+}

@@ -348,7 +348,16 @@ pub async fn return_to_gets_a_303_after_the_signup_and_delete_removes_the_connec
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(json_of(response).await["deleted"], true);
+    let deleted = json_of(response).await;
+    assert_eq!(deleted["deleted"], true);
+    assert_eq!(deleted["revoked_at_provider"], true);
+    let revoked = provider.state.revoked.lock().unwrap().clone();
+    assert_eq!(
+        revoked.len(),
+        1,
+        "the refresh token was revoked at the provider"
+    );
+    assert!(revoked[0].starts_with("fake-rt"));
     assert_eq!(app.get_token("t", "acme", "").await.status(), 404);
     assert_eq!(connection_status(&app, "t").await, 404);
 }
