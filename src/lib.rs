@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod connectors;
 pub mod domain;
+pub mod metrics;
 pub mod refresh;
 pub mod secret;
 pub mod secrets;
@@ -30,10 +31,12 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
     let catalog = Catalog::build(&config.connector_types)?;
     let store = open_store(&config).await?;
     let provider = Provider::new(config.provider_timeout)?;
+    let metrics = Arc::new(metrics::Metrics::default());
     let keeper = SecretsKeeper::new(
         store.clone(),
         catalog,
         provider,
+        metrics.clone(),
         config.cache_ttl,
         config.refresh_margin_seconds,
         config.request_timeout,
@@ -51,6 +54,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         auth: Arc::new(Authenticator::new(store)),
         config: Arc::new(config),
         public_url: public_url.into(),
+        metrics,
     })
 }
 

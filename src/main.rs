@@ -35,6 +35,8 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Print the route table (path, methods, access) as JSON.
+    Routes,
     /// Manage the service accounts that call the API.
     #[command(subcommand)]
     ServiceAccount(ServiceAccountCommand),
@@ -171,6 +173,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             *force_refresh,
         )
         .await;
+    }
+    if let Command::Routes = cli.command {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&tokenbox::api::routes::describe())?
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let (config, warnings) = Config::load(cli.config.as_deref())?;
     let serving = matches!(cli.command, Command::Serve);
@@ -315,7 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Token { .. } => unreachable!("handled above"),
+        Command::Token { .. } | Command::Routes => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

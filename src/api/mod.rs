@@ -30,6 +30,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The base URL users reach the service at, without a trailing slash.
     pub public_url: Arc<str>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The `{app_id}/{connector_type}` part of a small-app route, validated.

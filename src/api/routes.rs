@@ -1,10 +1,12 @@
-//! The route table: every route with who may call it, in one screen.
+//! The route table: every route with its methods and who may call it, in one screen.
+//! `tokenbox routes` prints it; the role-matrix test checks every line against the server.
 
 use std::sync::Arc;
 
 use axum::middleware;
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
+use serde::Serialize;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use super::auth::{require_role, Authenticator};
@@ -18,7 +20,7 @@ use crate::secrets::Role;
 const BODY_LIMIT: usize = 64 * 1024;
 
 /// Who may call a route. Every route declares one; there is no default.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     /// No credential: health checks, and the tenant's signup pages (whose URL holds a secret).
     Public,
@@ -28,84 +30,137 @@ pub enum Access {
 
 const SUPERADMIN: Access = Access::Role(Role::Superadmin);
 const ADMIN: Access = Access::Role(Role::Admin);
+const PUBLIC: Access = Access::Public;
 
-pub fn router(state: AppState) -> Router {
-    let auth = state.auth.clone();
-    let mut r = Router::new();
-    r = add_smallapp_resource(r, &auth, "binb-token", SUPERADMIN, get(BinBToken::get));
-    r = add_smallapp_resource(
-        r,
-        &auth,
+/// The table itself.
+fn declare(t: &mut RouteTable) {
+    use Method::*;
+    t.add_smallapp_resource("binb-token", &[Get], SUPERADMIN, get(BinBToken::get));
+    t.add_smallapp_resource(
         "connection",
+        &[Get, Put, Delete],
         ADMIN,
         get(connection::get)
             .put(connection::put)
             .delete(connection::delete),
     );
-    r = add_smallapp_resource(r, &auth, "connect-links", ADMIN, post(connect::create));
-    r = add_resource(
-        r,
-        &auth,
+    t.add_smallapp_resource("connect-links", &[Post], ADMIN, post(connect::create));
+    t.add_resource(
         "/connector-types",
+        &[Get],
         ADMIN,
         get(connector_types::list),
     );
-    r = add_resource(
-        r,
-        &auth,
+    t.add_resource(
         "/connect/{secret}",
-        Access::Public,
+        &[Get, Post],
+        PUBLIC,
         get(connect::show).post(connect::start),
     );
-    r = add_resource(
-        r,
-        &auth,
-        "/oauth/callback",
-        Access::Public,
-        get(connect::callback),
-    );
-    r = add_resource(r, &auth, "/healthz", Access::Public, get(health::get));
-    r.fallback(|| async { ApiError::NotFound })
+    t.add_resource("/oauth/callback", &[Get], PUBLIC, get(connect::callback));
+    t.add_resource("/healthz", &[Get], PUBLIC, get(health::get));
+    t.add_resource("/readyz", &[Get], PUBLIC, get(health::ready));
+    t.add_resource("/metrics", &[Get], PUBLIC, get(health::metrics));
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+/// One line of the table, as `tokenbox routes` prints it.
+#[derive(Debug, Serialize)]
+pub struct RouteEntry {
+    pub path: String,
+    pub methods: Vec<Method>,
+    /// `public`, `admin` or `superadmin`.
+    pub access: &'static str,
+}
+
+/// Collects the declared routes into a router (with the role checks) and a description.
+pub struct RouteTable {
+    router: Router<AppState>,
+    auth: Option<Arc<Authenticator>>,
+    entries: Vec<RouteEntry>,
+}
+
+impl RouteTable {
+    /// Declares `/{app_id}/{connector_type}/{resource}`: the one place that applies what every
+    /// small-app resource shares (path shape, role check, access log fields).
+    pub fn add_smallapp_resource(
+        &mut self,
+        resource: &str,
+        methods: &[Method],
+        access: Access,
+        method_router: MethodRouter<AppState>,
+    ) {
+        self.add_resource(
+            &format!("/{{app_id}}/{{connector_type}}/{resource}"),
+            methods,
+            access,
+            method_router,
+        );
+    }
+
+    /// Declares a route with its access rule; methods it does not serve answer 405 in JSON.
+    pub fn add_resource(
+        &mut self,
+        path: &str,
+        methods: &[Method],
+        access: Access,
+        method_router: MethodRouter<AppState>,
+    ) {
+        self.entries.push(RouteEntry {
+            path: path.to_string(),
+            methods: methods.to_vec(),
+            access: match access {
+                Access::Public => "public",
+                Access::Role(role) => role.as_str(),
+            },
+        });
+        let Some(auth) = &self.auth else { return };
+        let method_router = method_router.fallback(|| async { ApiError::MethodNotAllowed });
+        let guarded = match access {
+            Access::Public => method_router,
+            Access::Role(role) => {
+                let auth = auth.clone();
+                method_router.route_layer(middleware::from_fn(move |request, next| {
+                    require_role(auth.clone(), role, request, next)
+                }))
+            }
+        };
+        let router = std::mem::take(&mut self.router);
+        self.router = router.route(path, guarded);
+    }
+}
+
+/// The application's router: the table, the JSON 404, the access log and the body limit.
+pub fn router(state: AppState) -> Router {
+    let mut table = RouteTable {
+        router: Router::new(),
+        auth: Some(state.auth.clone()),
+        entries: Vec::new(),
+    };
+    declare(&mut table);
+    table
+        .router
+        .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn(access_log))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .with_state(state)
 }
 
-/// Declares `/{app_id}/{connector_type}/{resource}`: the one place that applies what every
-/// small-app resource shares (path shape, role check, access log fields).
-pub fn add_smallapp_resource(
-    router: Router<AppState>,
-    auth: &Arc<Authenticator>,
-    resource: &str,
-    access: Access,
-    method_router: MethodRouter<AppState>,
-) -> Router<AppState> {
-    add_resource(
-        router,
-        auth,
-        &format!("/{{app_id}}/{{connector_type}}/{resource}"),
-        access,
-        method_router,
-    )
-}
-
-/// Declares a route with its access rule; methods it does not serve answer 405 in JSON.
-pub fn add_resource(
-    router: Router<AppState>,
-    auth: &Arc<Authenticator>,
-    path: &str,
-    access: Access,
-    method_router: MethodRouter<AppState>,
-) -> Router<AppState> {
-    let method_router = method_router.fallback(|| async { ApiError::MethodNotAllowed });
-    let guarded = match access {
-        Access::Public => method_router,
-        Access::Role(role) => {
-            let auth = auth.clone();
-            method_router.route_layer(middleware::from_fn(move |request, next| {
-                require_role(auth.clone(), role, request, next)
-            }))
-        }
+/// The table without a server, for `tokenbox routes` and documentation.
+pub fn describe() -> Vec<RouteEntry> {
+    let mut table = RouteTable {
+        router: Router::new(),
+        auth: None,
+        entries: Vec::new(),
     };
-    router.route(path, guarded)
+    declare(&mut table);
+    table.entries
 }

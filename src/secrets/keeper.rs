@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{RefreshWrite, SecretsStore, StoreError};
 use crate::connectors::{Catalog, ConnectorType, Provider, RefreshError};
 use crate::domain::{now_epoch, ConnectionKey, ConnectionStatus, StoredConnection, TokenSet};
+use crate::metrics::Metrics;
 use crate::refresh::{Flights, TokenCache};
 
 /// Seconds a caller is asked to wait after a failed refresh.
@@ -51,6 +52,7 @@ pub enum KeeperError {
 
 struct Inner {
     store: Arc<dyn SecretsStore>,
+    metrics: Arc<Metrics>,
     catalog: Catalog,
     provider: Provider,
     cache: TokenCache,
@@ -70,6 +72,7 @@ impl SecretsKeeper {
         store: Arc<dyn SecretsStore>,
         catalog: Catalog,
         provider: Provider,
+        metrics: Arc<Metrics>,
         cache_ttl: Duration,
         refresh_margin: i64,
         request_timeout: Duration,
@@ -77,6 +80,7 @@ impl SecretsKeeper {
         Self {
             inner: Arc::new(Inner {
                 store,
+                metrics,
                 catalog,
                 provider,
                 cache: TokenCache::new(cache_ttl),
@@ -321,6 +325,7 @@ impl SecretsKeeper {
         }
 
         let ct = self.connector_type(key)?.clone();
+        let started = std::time::Instant::now();
         let outcome = inner
             .provider
             .refresh(
@@ -330,6 +335,17 @@ impl SecretsKeeper {
                 inner.request_timeout,
             )
             .await;
+        inner.metrics.refresh(
+            ct.name.as_str(),
+            match &outcome {
+                Ok(_) => "success",
+                Err(RefreshError::Revoked { .. }) => "revoked",
+                Err(RefreshError::Unavailable { .. }) => "unavailable",
+                Err(RefreshError::InvalidClient) => "invalid_client",
+                Err(_) => "error",
+            },
+            started.elapsed().as_secs_f64(),
+        );
         match outcome {
             Ok(mut tokens) => {
                 // A provider that does not rotate returns no refresh token: keep ours.

@@ -123,6 +123,9 @@ pub trait SecretsStore: Send + Sync + 'static {
         lease_until: i64,
     ) -> Result<Vec<StoredConnection>, StoreError>;
 
+    /// Connections by (connector type, status), for metrics.
+    async fn count_connections(&self) -> Result<Vec<(String, String, i64)>, StoreError>;
+
     /// Deletes a connection; returns it as it was, for revocation at the provider.
     async fn delete_connection(
         &self,

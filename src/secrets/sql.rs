@@ -63,6 +63,9 @@ pub(crate) const DUE_WHERE: &str = "status = 'active' AND refresh_token IS NOT N
            AND (refreshed_at IS NULL OR (expires_at - $1) * 2 <= expires_at - refreshed_at)) \
           OR COALESCE(refreshed_at, created_at) <= $3)";
 
+pub(crate) const COUNT_CONNECTIONS: &str = "SELECT connector_type, status, COUNT(*) AS n \
+     FROM connections GROUP BY connector_type, status";
+
 pub(crate) const INSERT_LINK: &str = "INSERT INTO connect_links (secret_hash, app_id, \
      connector_type, params, return_to, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 pub(crate) const SELECT_LINK: &str = "SELECT app_id, connector_type, params, return_to, \
@@ -333,6 +336,24 @@ macro_rules! sql_store {
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map(|r| decode(&self.keys, r)).collect()
+            }
+
+            async fn count_connections(
+                &self,
+            ) -> Result<Vec<(String, String, i64)>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(sql::COUNT_CONNECTIONS)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get("connector_type")?,
+                            r.try_get("status")?,
+                            r.try_get("n")?,
+                        ))
+                    })
+                    .collect()
             }
 
             async fn delete_connection(

@@ -11,6 +11,7 @@ mod e2e;
 mod helpers;
 mod refresh;
 mod replicas;
+mod security;
 mod signup;
 mod storage;
 

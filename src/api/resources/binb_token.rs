@@ -83,7 +83,19 @@ impl BinBToken {
         let Query(query) =
             query.map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
         let request = query.parse()?;
-        let served = state.keeper.retrieve_token(&key, request).await?;
+        let served = match state.keeper.retrieve_token(&key, request).await {
+            Ok(served) => served,
+            Err(e) => {
+                let error = ApiError::from(e);
+                state.metrics.token_request(error.code());
+                return Err(error);
+            }
+        };
+        state.metrics.token_request(if served.refreshed {
+            "refreshed"
+        } else {
+            "served"
+        });
         let c = &served.connection;
         let now = now_epoch();
         let body = BinBTokenResponse {

@@ -1,6 +1,10 @@
-//! Liveness: answers 200 when the database does.
+//! Health, readiness and metrics.
+
+use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -14,4 +18,40 @@ pub async fn get(State(state): State<AppState>) -> Result<Json<Value>, ApiError>
         ApiError::Unavailable
     })?;
     Ok(Json(json!({ "status": "ok" })))
+}
+
+/// `GET /readyz` — no authentication. 200 when the database answers within 2 seconds, so a
+/// load balancer stops sending traffic to a replica that lost its database.
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    match tokio::time::timeout(Duration::from_secs(2), state.keeper.store().ping()).await {
+        Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: database does not answer");
+            Err(ApiError::Unavailable)
+        }
+        Err(_) => {
+            tracing::warn!("not ready: database did not answer within 2 s");
+            Err(ApiError::Unavailable)
+        }
+    }
+}
+
+/// `GET /metrics` — no authentication (labels carry connector types and outcomes only).
+/// OpenMetrics text, which Prometheus scrapes.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Ok(Ok(counts)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        state.keeper.store().count_connections(),
+    )
+    .await
+    {
+        state.metrics.set_connections(&counts);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
 }

@@ -1,0 +1,126 @@
+//! Prometheus metrics (OpenMetrics text at `GET /metrics`). Labels never carry an app id, a
+//! token or a secret: only connector types and outcomes.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    pub connector_type: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub connector_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub connector_type: String,
+    pub status: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// binb-token requests by outcome (`served`, `refreshed`, or the error code).
+    pub token_requests: Family<OutcomeLabels, Counter>,
+    /// Provider refreshes by connector type and outcome.
+    pub refreshes: Family<RefreshLabels, Counter>,
+    /// Time of one provider refresh, retries included.
+    pub refresh_seconds: Family<TypeLabels, Histogram>,
+    /// Stored connections by connector type and status (computed at scrape time).
+    pub connections: Family<StatusLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tokenbox");
+        let token_requests = Family::<OutcomeLabels, Counter>::default();
+        let refreshes = Family::<RefreshLabels, Counter>::default();
+        let refresh_seconds = Family::<TypeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        let connections = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "token_requests",
+            "binb-token requests by outcome",
+            token_requests.clone(),
+        );
+        registry.register(
+            "refreshes",
+            "provider refreshes by connector type and outcome",
+            refreshes.clone(),
+        );
+        registry.register(
+            "refresh_duration_seconds",
+            "time of one provider refresh, retries included",
+            refresh_seconds.clone(),
+        );
+        registry.register(
+            "connections",
+            "stored connections by connector type and status",
+            connections.clone(),
+        );
+        Self {
+            registry,
+            token_requests,
+            refreshes,
+            refresh_seconds,
+            connections,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn token_request(&self, outcome: &str) {
+        self.token_requests
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn refresh(&self, connector_type: &str, outcome: &str, seconds: f64) {
+        self.refreshes
+            .get_or_create(&RefreshLabels {
+                connector_type: connector_type.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.refresh_seconds
+            .get_or_create(&TypeLabels {
+                connector_type: connector_type.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Replaces the connection counts.
+    pub fn set_connections(&self, counts: &[(String, String, i64)]) {
+        self.connections.clear();
+        for (connector_type, status, count) in counts {
+            self.connections
+                .get_or_create(&StatusLabels {
+                    connector_type: connector_type.clone(),
+                    status: status.clone(),
+                })
+                .set(*count);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
