@@ -40,6 +40,10 @@ const SERVER_ENV: &[(&str, &str)] = &[
         "refresher_interval_seconds",
     ),
     ("TOKENBOX_REFRESHER_CONCURRENCY", "refresher_concurrency"),
+    (
+        "TOKENBOX_REFRESH_BACKOFF_SECONDS",
+        "refresh_backoff_seconds",
+    ),
 ];
 
 /// Other `TOKENBOX_*` variables that are known (read by the CLI or the logger), so not reported.
@@ -63,6 +67,9 @@ pub struct RefresherConfig {
     pub interval: Duration,
     /// Refreshes running at once in one replica.
     pub concurrency: usize,
+    /// After a failed refresh, the connection is left alone this long (doubling with each
+    /// further failure, up to an hour, and at least the provider's Retry-After).
+    pub backoff_base_seconds: i64,
 }
 
 impl Default for RefresherConfig {
@@ -73,6 +80,7 @@ impl Default for RefresherConfig {
             keepalive_seconds: 86_400,
             interval: Duration::from_secs(30),
             concurrency: 8,
+            backoff_base_seconds: 15,
         }
     }
 }
@@ -103,6 +111,7 @@ struct FileConfig {
     refresh_window_seconds: Option<i64>,
     refresher_interval_seconds: Option<u64>,
     refresher_concurrency: Option<usize>,
+    refresh_backoff_seconds: Option<u64>,
     #[serde(default)]
     connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -245,6 +254,9 @@ impl Config {
         if let Some(v) = file.refresher_concurrency {
             c.refresher.concurrency = v;
         }
+        if let Some(v) = file.refresh_backoff_seconds {
+            c.refresher.backoff_base_seconds = v as i64;
+        }
         c.connector_types = file.connector_types;
 
         for (name, value) in env {
@@ -289,6 +301,9 @@ impl Config {
                 }
                 Some("refresher_interval_seconds") => {
                     c.refresher.interval = Duration::from_secs(parse_secs(value)?)
+                }
+                Some("refresh_backoff_seconds") => {
+                    c.refresher.backoff_base_seconds = parse_secs(value)? as i64
                 }
                 Some("refresher_concurrency") => {
                     c.refresher.concurrency = parse_secs(value)? as usize

@@ -154,6 +154,8 @@ pub struct StoredConnection {
     pub backoff_until: Option<i64>,
     /// Consecutive failed refreshes (reset by a success).
     pub refresh_failures: i64,
+    /// `unavailable`, `provider_error` or `revoked`: what the last failure was.
+    pub last_error_kind: Option<String>,
 }
 
 /// A connect link as stored (its secret is only known to whoever received the URL).

@@ -32,15 +32,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
     let store = open_store(&config).await?;
     let provider = Provider::new(config.provider_timeout)?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let keeper = SecretsKeeper::new(
-        store.clone(),
-        catalog,
-        provider,
-        metrics.clone(),
-        config.cache_ttl,
-        config.refresh_margin_seconds,
-        config.request_timeout,
-    );
+    let keeper = SecretsKeeper::new(store.clone(), catalog, provider, metrics.clone(), &config);
     let public_url = match bound {
         Some(address) => config.public_base_url(address),
         None => config

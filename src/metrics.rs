@@ -40,6 +40,10 @@ pub struct Metrics {
     pub refresh_seconds: Family<TypeLabels, Histogram>,
     /// Stored connections by connector type and status (computed at scrape time).
     pub connections: Family<StatusLabels, Gauge>,
+    /// Requests answered from a connection's back-off, without a provider call.
+    pub backoffs: Counter,
+    /// Connector types whose circuit breaker is open (computed at scrape time).
+    pub open_circuits: Gauge,
 }
 
 impl Default for Metrics {
@@ -71,8 +75,22 @@ impl Default for Metrics {
             "stored connections by connector type and status",
             connections.clone(),
         );
+        let backoffs = Counter::default();
+        let open_circuits = Gauge::default();
+        registry.register(
+            "backoffs",
+            "refreshes skipped because the connection backs off after a failure",
+            backoffs.clone(),
+        );
+        registry.register(
+            "open_circuits",
+            "connector types whose circuit breaker is open",
+            open_circuits.clone(),
+        );
         Self {
             registry,
+            backoffs,
+            open_circuits,
             token_requests,
             refreshes,
             refresh_seconds,
@@ -102,6 +120,10 @@ impl Metrics {
                 connector_type: connector_type.to_string(),
             })
             .observe(seconds);
+    }
+
+    pub fn backoff(&self) {
+        self.backoffs.inc();
     }
 
     /// Replaces the connection counts.

@@ -26,8 +26,11 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     ReauthorizationRequired(String),
-    #[error("{0}")]
-    ProviderError(String),
+    #[error("{message}")]
+    ProviderError {
+        message: String,
+        retry_after: Option<u64>,
+    },
     #[error("{message}")]
     ProviderUnavailable { message: String, retry_after: u64 },
     #[error("the database is unavailable")]
@@ -53,7 +56,7 @@ impl ApiError {
             Self::ReauthorizationRequired(_) | Self::ConnectorNotConfigured(_) => {
                 StatusCode::CONFLICT
             }
-            Self::ProviderError(_) => StatusCode::BAD_GATEWAY,
+            Self::ProviderError { .. } => StatusCode::BAD_GATEWAY,
             Self::ProviderUnavailable { .. } | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -70,7 +73,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ReauthorizationRequired(_) => "reauthorization_required",
-            Self::ProviderError(_) => "provider_error",
+            Self::ProviderError { .. } => "provider_error",
             Self::ProviderUnavailable { .. } => "provider_unavailable",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal_error",
@@ -91,7 +94,11 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer realm=\"tokenbox\""),
                 );
             }
-            Self::ProviderUnavailable { retry_after, .. } => {
+            Self::ProviderUnavailable { retry_after, .. }
+            | Self::ProviderError {
+                retry_after: Some(retry_after),
+                ..
+            } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             Self::Unavailable => {
@@ -139,7 +146,13 @@ impl From<KeeperError> for ApiError {
                 message,
                 retry_after,
             },
-            KeeperError::ProviderError(m) => Self::ProviderError(m),
+            KeeperError::ProviderError {
+                message,
+                retry_after,
+            } => Self::ProviderError {
+                message,
+                retry_after,
+            },
             KeeperError::InvalidRequest(m) => Self::InvalidRequest(m),
             KeeperError::Store(e) => e.into(),
             KeeperError::Internal => Self::Internal,

@@ -37,6 +37,9 @@ pub enum RefreshError {
     Unavailable {
         reason: String,
         retry_after: Option<u64>,
+        /// False when the request may have reached the provider (a timeout): retrying could
+        /// present a rotated refresh token twice.
+        retryable: bool,
     },
     /// The provider answered, but not with a usable token.
     #[error("{0}")]
@@ -48,7 +51,13 @@ pub enum RefreshError {
 
 impl RefreshError {
     fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. })
+        matches!(
+            self,
+            Self::Unavailable {
+                retryable: true,
+                ..
+            }
+        )
     }
 }
 
@@ -316,6 +325,7 @@ impl Provider {
             Err(fault) => Err(RefreshError::Unavailable {
                 reason: fault.to_string(),
                 retry_after: None,
+                retryable: false,
             }),
         }
     }
@@ -524,9 +534,11 @@ fn classify(e: RequestTokenError<Fault, BasicErrorResponse>) -> RefreshError {
             Fault::Status { retry_after, .. } => RefreshError::Unavailable {
                 reason: fault.to_string(),
                 retry_after,
+                retryable: true,
             },
             Fault::Other => RefreshError::Rejected(fault.to_string()),
             Fault::Connect | Fault::Timeout | Fault::NotJson => RefreshError::Unavailable {
+                retryable: !matches!(fault, Fault::Timeout),
                 reason: fault.to_string(),
                 retry_after: None,
             },

@@ -2,6 +2,7 @@
 //! and the background refresher.
 
 pub mod background;
+pub mod breaker;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

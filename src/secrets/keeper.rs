@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{RefreshWrite, SecretsStore, StoreError};
+use crate::config::Config;
 use crate::connectors::{Catalog, ConnectorType, Provider, RefreshError};
 use crate::domain::{now_epoch, ConnectionKey, ConnectionStatus, StoredConnection, TokenSet};
 use crate::metrics::Metrics;
+use crate::refresh::breaker::Breakers;
 use crate::refresh::{Flights, TokenCache};
 
-/// Seconds a caller is asked to wait after a failed refresh.
+/// Seconds a caller is asked to wait when a refresh outlives the request.
 const FAILURE_RETRY_AFTER: u64 = 5;
 
 /// What a caller asks of the token.
@@ -40,8 +42,11 @@ pub enum KeeperError {
     ReauthorizationRequired(String),
     #[error("{message}")]
     ProviderUnavailable { message: String, retry_after: u64 },
-    #[error("{0}")]
-    ProviderError(String),
+    #[error("{message}")]
+    ProviderError {
+        message: String,
+        retry_after: Option<u64>,
+    },
     #[error("{0}")]
     InvalidRequest(String),
     #[error("storage failure")]
@@ -57,8 +62,10 @@ struct Inner {
     provider: Provider,
     cache: TokenCache,
     flights: Flights,
+    breakers: Breakers,
     refresh_margin: i64,
     request_timeout: Duration,
+    backoff_base: i64,
 }
 
 /// Serves and refreshes tokens. Cheap to clone.
@@ -73,9 +80,7 @@ impl SecretsKeeper {
         catalog: Catalog,
         provider: Provider,
         metrics: Arc<Metrics>,
-        cache_ttl: Duration,
-        refresh_margin: i64,
-        request_timeout: Duration,
+        config: &Config,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -83,12 +88,19 @@ impl SecretsKeeper {
                 metrics,
                 catalog,
                 provider,
-                cache: TokenCache::new(cache_ttl),
+                cache: TokenCache::new(config.cache_ttl),
                 flights: Flights::default(),
-                refresh_margin,
-                request_timeout,
+                breakers: Breakers::new(5, Duration::from_secs(30)),
+                refresh_margin: config.refresh_margin_seconds,
+                request_timeout: config.request_timeout,
+                backoff_base: config.refresher.backoff_base_seconds,
             }),
         }
+    }
+
+    /// Connector types whose circuit breaker is open (for metrics).
+    pub fn open_circuits(&self) -> usize {
+        self.inner.breakers.open_count()
     }
 
     pub fn store(&self) -> &Arc<dyn SecretsStore> {
@@ -290,6 +302,21 @@ impl SecretsKeeper {
             });
         }
 
+        // A refresh failed moments ago: answer from the back-off, without calling the provider
+        // again, and say when to retry.
+        if let Some(until) = current.backoff_until.filter(|until| *until > now) {
+            guard.release().await;
+            let connection = inner.cache.put(current);
+            inner.metrics.backoff();
+            if connection.tokens.valid_for(now, hard_min) {
+                return Ok(ServedToken {
+                    connection,
+                    refreshed: false,
+                });
+            }
+            return Err(failure_during_backoff(&connection, (until - now) as u64));
+        }
+
         let Some(refresh_token) = current.tokens.refresh_token.clone() else {
             if current.tokens.valid_for(now, hard_min) {
                 guard.release().await;
@@ -326,15 +353,32 @@ impl SecretsKeeper {
 
         let ct = self.connector_type(key)?.clone();
         let started = std::time::Instant::now();
-        let outcome = inner
-            .provider
-            .refresh(
-                &ct,
-                &refresh_token,
-                &current.tokens.metadata,
-                inner.request_timeout,
-            )
-            .await;
+        let outcome = match inner.breakers.check(ct.name.as_str()) {
+            Err(wait) => Err(RefreshError::Unavailable {
+                reason: format!(
+                    "refreshes of {} are paused after repeated failures (circuit open)",
+                    ct.name
+                ),
+                retry_after: Some(wait),
+                retryable: false,
+            }),
+            Ok(()) => {
+                let outcome = inner
+                    .provider
+                    .refresh(
+                        &ct,
+                        &refresh_token,
+                        &current.tokens.metadata,
+                        inner.request_timeout,
+                    )
+                    .await;
+                inner.breakers.record(
+                    ct.name.as_str(),
+                    matches!(outcome, Err(RefreshError::Unavailable { .. })),
+                );
+                outcome
+            }
+        };
         inner.metrics.refresh(
             ct.name.as_str(),
             match &outcome {
@@ -378,30 +422,33 @@ impl SecretsKeeper {
                     .await
             }
             Err(error) => {
-                let (retry_after, as_error) = match &error {
-                    RefreshError::Unavailable {
-                        reason,
+                let (kind, provider_wait) = match &error {
+                    RefreshError::Unavailable { retry_after, .. } => ("unavailable", *retry_after),
+                    _ => ("provider_error", None),
+                };
+                let backoff = backoff_after(
+                    provider_wait.unwrap_or(0),
+                    current.refresh_failures,
+                    inner.backoff_base,
+                );
+                // Counted from the moment of the failure (the retries took time), rounded up.
+                let retry_after = backoff as u64 + 1;
+                let as_error = match &error {
+                    RefreshError::Unavailable { reason, .. } => KeeperError::ProviderUnavailable {
+                        message: format!("the provider is unavailable: {reason}"),
                         retry_after,
-                    } => {
-                        let retry_after = retry_after.unwrap_or(FAILURE_RETRY_AFTER).clamp(1, 300);
-                        (
-                            retry_after,
-                            KeeperError::ProviderUnavailable {
-                                message: format!("the provider is unavailable: {reason}"),
-                                retry_after,
-                            },
-                        )
-                    }
-                    other => (
-                        FAILURE_RETRY_AFTER,
-                        KeeperError::ProviderError(other.to_string()),
-                    ),
+                    },
+                    other => KeeperError::ProviderError {
+                        message: other.to_string(),
+                        retry_after: Some(retry_after),
+                    },
                 };
                 tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, error = %error, "refresh failed");
                 let written = guard
                     .finish(RefreshWrite::Failed {
                         reason: error.to_string(),
-                        backoff_until: now + backoff_after(retry_after, current.refresh_failures),
+                        kind,
+                        backoff_until: now_epoch() + retry_after as i64,
                     })
                     .await;
                 let connection = match written {
@@ -461,11 +508,30 @@ impl SecretsKeeper {
     }
 }
 
-/// How long the background refresher leaves a failing connection alone: the provider's
-/// `Retry-After`, or an exponential back-off from 15 s up to an hour.
-fn backoff_after(retry_after: u64, failures: i64) -> i64 {
-    let exponential = 15i64 << failures.clamp(0, 8);
-    exponential.min(3600).max(retry_after as i64)
+/// How long a failing connection is left alone (by requests and the background refresher):
+/// `base` doubling with each consecutive failure up to an hour, and at least the provider's
+/// `Retry-After`.
+fn backoff_after(retry_after: u64, failures: i64, base: i64) -> i64 {
+    let exponential = base.max(1).saturating_mul(1 << failures.clamp(0, 12));
+    exponential.min(3600).max(retry_after.min(3600) as i64)
+}
+
+/// The answer to a caller while a connection backs off after a failed refresh.
+fn failure_during_backoff(connection: &StoredConnection, retry_after: u64) -> KeeperError {
+    let reason = connection
+        .last_error
+        .clone()
+        .unwrap_or_else(|| "the last refresh failed".into());
+    match connection.last_error_kind.as_deref() {
+        Some("provider_error") => KeeperError::ProviderError {
+            message: format!("{reason} (retrying in {retry_after} s)"),
+            retry_after: Some(retry_after),
+        },
+        _ => KeeperError::ProviderUnavailable {
+            message: format!("the provider is unavailable: {reason} (retrying in {retry_after} s)"),
+            retry_after,
+        },
+    }
 }
 
 fn not_connected(key: &ConnectionKey) -> KeeperError {

@@ -74,7 +74,12 @@ pub enum RefreshWrite {
     /// The grant is gone: status `reauthorization_required`.
     Revoked { reason: String },
     /// A transient or provider failure, remembered with a back-off.
-    Failed { reason: String, backoff_until: i64 },
+    Failed {
+        reason: String,
+        /// `unavailable` (transient) or `provider_error`.
+        kind: &'static str,
+        backoff_until: i64,
+    },
 }
 
 /// Exclusive hold on one connection during a refresh. On SQLite the in-process single flight

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "refresher",
         include_str!("../../migrations/postgres/0003_refresher.sql"),
     ),
+    (
+        4,
+        "error_kind",
+        include_str!("../../migrations/postgres/0004_error_kind.sql"),
+    ),
 ];
 
 /// How long a refresh waits for another replica's row lock (longer than any provider call).

@@ -5,7 +5,7 @@
 
 pub(crate) const CONNECTION_COLUMNS: &str = "app_id, connector_type, status, access_token, \
      refresh_token, token_type, expires_at, scope, metadata, version, created_at, updated_at, \
-     refreshed_at, last_error, backoff_until, refresh_failures";
+     refreshed_at, last_error, backoff_until, refresh_failures, last_error_kind";
 
 pub(crate) fn select_connection(suffix: &str) -> String {
     format!(
@@ -23,7 +23,8 @@ pub(crate) fn upsert_connection_sql() -> String {
          token_type = excluded.token_type, expires_at = excluded.expires_at, \
          scope = excluded.scope, metadata = excluded.metadata, \
          version = connections.version + 1, updated_at = excluded.updated_at, \
-         last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0 \
+         last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0, \
+         last_error_kind = NULL \
          RETURNING {CONNECTION_COLUMNS}"
     )
 }
@@ -32,16 +33,18 @@ pub(crate) const UPDATE_REFRESHED: &str = "UPDATE connections SET status = 'acti
      access_token = $4, refresh_token = $5, token_type = $6, expires_at = $7, scope = $8, \
      metadata = $9, version = version + 1, updated_at = $10, refreshed_at = $10, \
      last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0, \
-     refresh_claimed_until = NULL \
+     refresh_claimed_until = NULL, last_error_kind = NULL \
      WHERE app_id = $1 AND connector_type = $2 AND version = $3";
 
 pub(crate) const UPDATE_REVOKED: &str = "UPDATE connections SET \
      status = 'reauthorization_required', last_error = $4, last_error_at = $5, \
+     last_error_kind = 'revoked', \
      version = version + 1, updated_at = $5, refresh_claimed_until = NULL \
      WHERE app_id = $1 AND connector_type = $2 AND version = $3";
 
 pub(crate) const UPDATE_FAILED: &str = "UPDATE connections SET last_error = $4, \
      last_error_at = $5, backoff_until = $6, refresh_failures = refresh_failures + 1, \
+     last_error_kind = $7, \
      version = version + 1, updated_at = $5, refresh_claimed_until = NULL \
      WHERE app_id = $1 AND connector_type = $2 AND version = $3";
 
@@ -171,6 +174,7 @@ macro_rules! sql_store {
                 last_error: row.try_get("last_error")?,
                 backoff_until: row.try_get("backoff_until")?,
                 refresh_failures: row.try_get("refresh_failures")?,
+                last_error_kind: row.try_get("last_error_kind")?,
                 key: parse_key(&app, &ct)?,
             })
         }
@@ -208,6 +212,7 @@ macro_rules! sql_store {
                     next.last_error = None;
                     next.backoff_until = None;
                     next.refresh_failures = 0;
+                    next.last_error_kind = None;
                     sqlx::query(sql::UPDATE_REFRESHED)
                         .bind(key.app_id.as_str())
                         .bind(key.connector_type.as_str())
@@ -223,6 +228,7 @@ macro_rules! sql_store {
                 RefreshWrite::Revoked { reason } => {
                     next.status = ConnectionStatus::ReauthorizationRequired;
                     next.last_error = Some(reason.clone());
+                    next.last_error_kind = Some("revoked".into());
                     sqlx::query(sql::UPDATE_REVOKED)
                         .bind(key.app_id.as_str())
                         .bind(key.connector_type.as_str())
@@ -232,11 +238,13 @@ macro_rules! sql_store {
                 }
                 RefreshWrite::Failed {
                     reason,
+                    kind,
                     backoff_until,
                 } => {
                     next.last_error = Some(reason.clone());
                     next.backoff_until = Some(backoff_until);
                     next.refresh_failures += 1;
+                    next.last_error_kind = Some(kind.to_string());
                     sqlx::query(sql::UPDATE_FAILED)
                         .bind(key.app_id.as_str())
                         .bind(key.connector_type.as_str())
@@ -244,6 +252,7 @@ macro_rules! sql_store {
                         .bind(reason)
                         .bind(now)
                         .bind(backoff_until)
+                        .bind(kind)
                 }
             };
             let result = query.execute(executor).await?;

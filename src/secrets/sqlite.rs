@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "refresher",
         include_str!("../../migrations/sqlite/0003_refresher.sql"),
     ),
+    (
+        4,
+        "error_kind",
+        include_str!("../../migrations/sqlite/0004_error_kind.sql"),
+    ),
 ];
 
 #[derive(Clone)]

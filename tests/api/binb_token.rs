@@ -1,6 +1,8 @@
 use serde_json::json;
 
-use crate::helpers::{json_of, now, spawn_app_on, unique, Backend, FakeProvider, Mode};
+use crate::helpers::{
+    json_of, now, spawn_app_on, spawn_app_with, unique, AppOptions, Backend, FakeProvider, Mode,
+};
 
 pub async fn an_imported_connection_is_served_with_the_documented_json_and_headers(
     backend: Backend,
@@ -211,34 +213,62 @@ pub async fn a_provider_that_is_down_gives_503_with_retry_after_when_no_valid_to
     backend: Backend,
 ) {
     let provider = FakeProvider::start().await;
-    let app = spawn_app_on(backend, Some(&provider)).await;
+    let app = spawn_app_with(AppOptions {
+        backend,
+        provider: Some(provider.clone()),
+        extra_config: "refresh_backoff_seconds = 1\n".into(),
+        ..AppOptions::default()
+    })
+    .await;
     app.import_expired("acme").await;
     provider.set_mode(Mode::Down);
 
     let response = app.get_token("acme", "acme", "").await;
     assert_eq!(response.status(), 503);
-    let retry_after: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(retry_after >= 1);
+    let retry_after = retry_after_of(&response);
+    assert!(
+        retry_after >= 2,
+        "the provider's Retry-After (2 s) is honoured"
+    );
     let body = json_of(response).await;
     assert_eq!(body["error"], "provider_unavailable");
     // Bounded retries: more than one attempt, never more than three.
     let calls = provider.calls();
     assert!((2..=3).contains(&calls), "{calls} provider calls");
 
+    // During the back-off, callers get the same answer without a new provider call.
+    let response = app.get_token("acme", "acme", "force_refresh=true").await;
+    assert_eq!(response.status(), 503);
+    let wait = retry_after_of(&response);
+    assert!(wait >= 1);
+    assert_eq!(
+        provider.calls(),
+        calls,
+        "no provider call during the back-off"
+    );
+
     // An HTML page instead of JSON is a provider fault too.
+    tokio::time::sleep(std::time::Duration::from_millis(wait * 1000 + 100)).await;
     provider.set_mode(Mode::Html);
     let response = app.get_token("acme", "acme", "").await;
     assert_eq!(response.status(), 503);
+    let wait = retry_after_of(&response);
     assert_eq!(json_of(response).await["error"], "provider_unavailable");
+    assert!(provider.calls() > calls);
 
     // The connection is not marked revoked: once the provider is back, it refreshes.
+    tokio::time::sleep(std::time::Duration::from_millis(wait * 1000 + 100)).await;
     provider.set_mode(Mode::Rotating);
     let response = app.get_token("acme", "acme", "").await;
     assert_eq!(response.status(), 200);
+}
+
+pub fn retry_after_of(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 pub async fn a_still_valid_token_is_served_while_the_provider_is_down_unless_min_validity_cannot_be_met(

@@ -54,6 +54,18 @@ pub enum Mode {
     Revoked,
     /// Answers 200 with an HTML page.
     Html,
+    /// Answers 429 with Retry-After: 3.
+    TooMany,
+    /// Answers 200 with JSON that is not a token response.
+    NotToken,
+    /// Answers 200 with an error body (Slack's style).
+    ErrorIn200,
+    /// Answers 200 with a token response lacking the access token.
+    NoAccessToken,
+    /// Answers 401 invalid_client (our client secret is wrong).
+    InvalidClient,
+    /// Answers only after 3 seconds.
+    Hang,
 }
 
 pub struct ProviderState {
@@ -170,6 +182,9 @@ async fn token_endpoint(
     Form(form): Form<std::collections::HashMap<String, String>>,
 ) -> Response {
     state.calls.fetch_add(1, Ordering::SeqCst);
+    if *state.mode.lock().unwrap() == Mode::Hang {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let response = token_decision(&state, &headers, &form);
     let delay = *state.delay.lock().unwrap();
     if !delay.is_zero() {
@@ -200,7 +215,7 @@ fn token_decision(
         Mode::Down => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                [("retry-after", "7")],
+                [("retry-after", "2")],
                 "<html>maintenance</html>",
             )
                 .into_response()
@@ -214,6 +229,29 @@ fn token_decision(
                 .into_response()
         }
         Mode::Revoked => return oauth_error("invalid_grant"),
+        Mode::TooMany => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "3")],
+                "slow down",
+            )
+                .into_response()
+        }
+        Mode::NotToken => return Json(json!({"hello": "world"})).into_response(),
+        Mode::ErrorIn200 => {
+            return Json(json!({"ok": false, "error": "invalid_refresh_token"})).into_response()
+        }
+        Mode::NoAccessToken => {
+            return Json(json!({"token_type": "bearer", "expires_in": 3600})).into_response()
+        }
+        Mode::InvalidClient => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "invalid_client"})),
+            )
+                .into_response()
+        }
+        Mode::Hang => return oauth_error("too_late"),
         Mode::Rotating | Mode::NonRotating => {}
     }
     match form.get("grant_type").map(String::as_str) {
@@ -694,7 +732,8 @@ impl TestApp {
         for secret in self.all_secrets() {
             assert!(
                 !logs.contains(&secret),
-                "a secret appeared in the server log"
+                "a secret ({}...) appeared in the server log",
+                &secret[..secret.len().min(8)]
             );
         }
     }
@@ -768,7 +807,12 @@ impl TestApp {
                 }),
             )
             .await;
-        assert!(response.status().is_success(), "import failed");
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "import failed: {status} {}",
+            response.text().await.unwrap_or_default()
+        );
         access
     }
 }

@@ -8,6 +8,7 @@
 mod binb_token;
 mod cli;
 mod e2e;
+mod faults;
 mod helpers;
 mod refresh;
 mod replicas;

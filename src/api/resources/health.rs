@@ -47,6 +47,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     {
         state.metrics.set_connections(&counts);
     }
+    state
+        .metrics
+        .open_circuits
+        .set(state.keeper.open_circuits() as i64);
     (
         [(
             header::CONTENT_TYPE,

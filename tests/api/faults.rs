@@ -1,0 +1,200 @@
+//! Provider faults, each classified, answered without leaking, and backed off.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::binb_token::retry_after_of;
+use crate::helpers::{json_of, spawn_app_with, unique, AppOptions, FakeProvider, Mode, TestApp};
+
+async fn app_with_faults(provider: &FakeProvider) -> TestApp {
+    // A port nobody listens on, for "connection refused".
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    spawn_app_with(AppOptions {
+        provider: Some(provider.clone()),
+        extra_config: format!(
+            "provider_timeout_seconds = 1\nrefresh_backoff_seconds = 30\n\
+             [connector_types.dead]\nauthorization_url = \"http://127.0.0.1:{closed}/authorize\"\n\
+             token_url = \"http://127.0.0.1:{closed}/token\"\nclient_id = \"dead\"\n"
+        ),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+struct Case {
+    mode: Mode,
+    status: u16,
+    error: &'static str,
+    /// Provider calls one request may make (retries included).
+    calls: std::ops::RangeInclusive<usize>,
+    /// A word the message must contain.
+    says: &'static str,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_provider_fault_is_classified_backed_off_and_never_leaks() {
+    let provider = FakeProvider::start().await;
+    let app = app_with_faults(&provider).await;
+    let cases = [
+        Case {
+            mode: Mode::Down,
+            status: 503,
+            error: "provider_unavailable",
+            calls: 2..=3,
+            says: "HTTP 503",
+        },
+        Case {
+            mode: Mode::NotToken,
+            status: 502,
+            error: "provider_error",
+            calls: 1..=1,
+            says: "not a token response",
+        },
+        Case {
+            mode: Mode::TooMany,
+            status: 503,
+            error: "provider_unavailable",
+            calls: 1..=3,
+            says: "HTTP 429",
+        },
+        Case {
+            mode: Mode::NoAccessToken,
+            status: 502,
+            error: "provider_error",
+            calls: 1..=1,
+            says: "token response",
+        },
+        Case {
+            mode: Mode::Hang,
+            status: 503,
+            error: "provider_unavailable",
+            calls: 1..=1,
+            says: "in time",
+        },
+        Case {
+            mode: Mode::InvalidClient,
+            status: 502,
+            error: "provider_error",
+            calls: 1..=1,
+            says: "client_secret",
+        },
+        Case {
+            mode: Mode::Html,
+            status: 503,
+            error: "provider_unavailable",
+            calls: 2..=3,
+            says: "not JSON",
+        },
+        Case {
+            mode: Mode::ErrorIn200,
+            status: 409,
+            error: "reauthorization_required",
+            calls: 1..=1,
+            says: "invalid_refresh_token",
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let app_id = format!("fault-{i}");
+        app.import_expired(&app_id).await;
+        provider.set_mode(case.mode);
+        let before = provider.calls();
+        let response = app.get_token(&app_id, "acme", "").await;
+        let status = response.status().as_u16();
+        let has_retry_after = response.headers().contains_key("retry-after");
+        let body: Value = json_of(response).await;
+        let calls = provider.calls() - before;
+        let label = format!("{:?}: {status} {body}", case.mode);
+        assert_eq!(status, case.status, "{label}");
+        assert_eq!(body["error"], case.error, "{label}");
+        assert!(case.calls.contains(&calls), "{label}: {calls} calls");
+        assert!(
+            body["message"].as_str().unwrap().contains(case.says),
+            "{label}"
+        );
+        if status != 409 {
+            assert!(has_retry_after, "{label}: Retry-After");
+            // During the back-off: the same answer, no provider call.
+            let again = app.get_token(&app_id, "acme", "").await;
+            assert_eq!(again.status().as_u16(), status, "{label} again");
+            assert!(retry_after_of(&again) >= 1);
+            assert_eq!(
+                provider.calls() - before,
+                calls,
+                "{label}: no call during back-off"
+            );
+        }
+        // The hung request may still be in the provider; let it finish before the next case.
+        if case.mode == Mode::Hang {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
+
+    // Connection refused.
+    let response = app
+        .import("refused", "dead", &serde_json::json!({"access_token": unique("refused-at"), "refresh_token": unique("refused-rt"), "expires_at": 1}))
+        .await;
+    assert!(response.status().is_success());
+    let response = app.get_token("refused", "dead", "").await;
+    assert_eq!(response.status(), 503);
+    let body = json_of(response).await;
+    assert_eq!(body["error"], "provider_unavailable");
+    assert!(
+        body["message"].as_str().unwrap().contains("connection"),
+        "{body}"
+    );
+    // Drop guards check the logs for every token and the client secret.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_outage_opens_the_circuit_of_its_connector_type() {
+    let provider = FakeProvider::start().await;
+    let app = app_with_faults(&provider).await;
+    provider.set_mode(Mode::Down);
+    for i in 0..5 {
+        let app_id = format!("outage-{i}");
+        app.import_expired(&app_id).await;
+        assert_eq!(app.get_token(&app_id, "acme", "").await.status(), 503);
+    }
+    let calls = provider.calls();
+    app.import_expired("outage-next").await;
+    let response = app.get_token("outage-next", "acme", "").await;
+    assert_eq!(response.status(), 503);
+    assert!(retry_after_of(&response) >= 1);
+    let body = json_of(response).await;
+    assert!(
+        body["message"].as_str().unwrap().contains("circuit open"),
+        "{body}"
+    );
+    assert_eq!(
+        provider.calls(),
+        calls,
+        "an open circuit makes no provider call"
+    );
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("tokenbox_open_circuits 1"), "{metrics}");
+    // Other connector types are not affected: the "dead" one still tries its provider.
+    app.import(
+        "other-type",
+        "dead",
+        &serde_json::json!({"access_token": unique("other-at"), "refresh_token": unique("other-rt"), "expires_at": 1}),
+    )
+    .await;
+    let body = json_of(app.get_token("other-type", "dead", "").await).await;
+    assert!(
+        !body["message"].as_str().unwrap().contains("circuit open"),
+        "{body}"
+    );
+}
