@@ -43,6 +43,9 @@ enum Command {
     /// Manage connections (token sets).
     #[command(subcommand)]
     Connection(ConnectionCommand),
+    /// Manage encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Manage connect links (the signup URLs sent to tenants).
     #[command(subcommand)]
     ConnectLink(ConnectLinkCommand),
@@ -86,6 +89,20 @@ enum ServiceAccountCommand {
     List,
     /// Delete an account: its token stops working.
     Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Append a new key to the key file. Restart every server (so they encrypt with it), then
+    /// run `keys rotate`.
+    Add,
+    /// Re-encrypt every stored secret under the newest key, in batches, while servers run.
+    /// Safe to interrupt and run again. Afterwards older keys can be removed from the file.
+    Rotate {
+        /// Rows per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -268,6 +285,56 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .expires_at
                     .map(|at| format!(", expires at {at}"))
                     .unwrap_or_default()
+            );
+        }
+        Command::Keys(KeysCommand::Add) => {
+            if config.encryption_key.is_some() {
+                bail!("the keys come from TOKENBOX_ENCRYPTION_KEY: append a new line to its value instead");
+            }
+            let path = &config.encryption_key_file;
+            let mut text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the key file {}", path.display()))?;
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&tokenbox::secrets::crypto::KeyRing::generate_key_line());
+            text.push('\n');
+            tokenbox::secrets::crypto::KeyRing::parse(&text)?;
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write the key file {}", path.display()))?;
+            eprintln!(
+                "added a key to {}; restart every server, then run `tokenbox keys rotate`",
+                path.display()
+            );
+        }
+        Command::Keys(KeysCommand::Rotate { batch }) => {
+            let store = tokenbox::secrets::open_store(&config).await?;
+            let mut total = 0;
+            for pass in 1..=5 {
+                let (mut rotated, mut raced) = (0, 0);
+                let mut after = None;
+                loop {
+                    let progress = store
+                        .reencrypt_connections(after.as_ref(), batch.max(1))
+                        .await?;
+                    rotated += progress.rotated;
+                    raced += progress.raced;
+                    if progress.scanned < batch.max(1) as u64 {
+                        break;
+                    }
+                    after = progress.last;
+                }
+                total += rotated;
+                eprintln!(
+                    "pass {pass}: re-encrypted {rotated} connections, {raced} written meanwhile"
+                );
+                if raced == 0 {
+                    break;
+                }
+            }
+            let meta = store.reencrypt_meta().await?;
+            eprintln!(
+                "done: {total} connections and {meta} other values now use the newest key; older keys can be removed from the key file once every server runs with the newest"
             );
         }
         Command::ConnectLink(ConnectLinkCommand::Create {

@@ -132,6 +132,28 @@ impl KeyRing {
         Self::parse(&line)
     }
 
+    /// Whether a ciphertext is under the newest key (nothing to re-encrypt).
+    pub fn is_current(&self, blob: &[u8]) -> bool {
+        let newest = &self.keys.last().expect("at least one key").id;
+        blob.len() > HEADER_LEN && blob[0] == FORMAT_V1 && &blob[1..1 + KEY_ID_LEN] == newest
+    }
+
+    /// Decrypts with whichever key encrypted it and encrypts again under the newest key.
+    pub fn reencrypt(&self, blob: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        Ok(self.encrypt(&self.decrypt(blob, aad)?, aad))
+    }
+
+    /// The identifier of the newest key, as stored in front of each ciphertext (hex).
+    pub fn current_key_id(&self) -> String {
+        self.keys
+            .last()
+            .expect("at least one key")
+            .id
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let key = self.keys.last().expect("at least one key");
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
@@ -252,6 +274,20 @@ mod tests {
             old_ring.decrypt(&by_new, b"aad"),
             Err(CryptoError::UnknownKey)
         );
+    }
+
+    #[test]
+    fn reencryption_moves_a_value_to_the_newest_key() {
+        let old = KeyRing::generate_key_line();
+        let new = KeyRing::generate_key_line();
+        let old_ring = KeyRing::parse(&old).unwrap();
+        let both = KeyRing::parse(&format!("{old}\n{new}")).unwrap();
+        let new_only = KeyRing::parse(&new).unwrap();
+        let blob = old_ring.encrypt(b"v", b"aad");
+        assert!(!both.is_current(&blob));
+        let moved = both.reencrypt(&blob, b"aad").unwrap();
+        assert!(both.is_current(&moved));
+        assert_eq!(new_only.decrypt(&moved, b"aad").unwrap(), b"v");
     }
 
     #[test]

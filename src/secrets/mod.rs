@@ -66,6 +66,17 @@ pub struct ServiceAccount {
     pub created_at: i64,
 }
 
+/// Progress of one re-encryption batch.
+#[derive(Debug, Default)]
+pub struct Reencrypted {
+    pub scanned: u64,
+    pub rotated: u64,
+    /// Rows written by someone else between read and update (checked again by the next pass).
+    pub raced: u64,
+    /// Where the next batch starts.
+    pub last: Option<ConnectionKey>,
+}
+
 /// What a refresh writes back while it holds the connection.
 #[derive(Debug)]
 pub enum RefreshWrite {
@@ -160,6 +171,16 @@ pub trait SecretsStore: Send + Sync + 'static {
         state_hash: &[u8; 32],
         now: i64,
     ) -> Result<Option<OAuthState>, StoreError>;
+
+    /// Re-encrypts, under the newest key, the connections after `after` (in key order), up to
+    /// `limit` rows. A row written meanwhile is skipped (its writer used the newest key).
+    async fn reencrypt_connections(
+        &self,
+        after: Option<&ConnectionKey>,
+        limit: i64,
+    ) -> Result<Reencrypted, StoreError>;
+    /// Re-encrypts the key check value and the PKCE verifiers in flight.
+    async fn reencrypt_meta(&self) -> Result<u64, StoreError>;
 
     async fn create_service_account(&self, account: &ServiceAccount) -> Result<(), StoreError>;
     async fn list_service_accounts(&self) -> Result<Vec<ServiceAccount>, StoreError>;

@@ -69,6 +69,18 @@ pub(crate) const DUE_WHERE: &str = "status = 'active' AND refresh_token IS NOT N
 pub(crate) const COUNT_CONNECTIONS: &str = "SELECT connector_type, status, COUNT(*) AS n \
      FROM connections GROUP BY connector_type, status";
 
+pub(crate) const SCAN_SECRETS: &str = "SELECT app_id, connector_type, version, access_token, \
+     refresh_token FROM connections WHERE (app_id, connector_type) > ($1, $2) \
+     ORDER BY app_id, connector_type LIMIT $3";
+pub(crate) const REWRITE_SECRETS: &str = "UPDATE connections SET access_token = $4, \
+     refresh_token = $5 WHERE app_id = $1 AND connector_type = $2 AND version = $3";
+pub(crate) const SCAN_STATES: &str = "SELECT state_hash, pkce_verifier FROM oauth_states \
+     WHERE pkce_verifier IS NOT NULL";
+pub(crate) const REWRITE_STATE: &str =
+    "UPDATE oauth_states SET pkce_verifier = $2 WHERE state_hash = $1";
+pub(crate) const REWRITE_KEY_CHECK: &str =
+    "UPDATE tokenbox_meta SET value = $1 WHERE key = 'key_check'";
+
 pub(crate) const INSERT_LINK: &str = "INSERT INTO connect_links (secret_hash, app_id, \
      connector_type, params, return_to, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 pub(crate) const SELECT_LINK: &str = "SELECT app_id, connector_type, params, return_to, \
@@ -498,6 +510,94 @@ macro_rules! sql_store {
                         .transpose()?,
                     expires_at,
                 }))
+            }
+
+            async fn reencrypt_connections(
+                &self,
+                after: Option<&$crate::domain::ConnectionKey>,
+                limit: i64,
+            ) -> Result<$crate::secrets::Reencrypted, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                use $crate::secrets::crypto::connection_aad;
+                let (app, ct) = after
+                    .map(|k| (k.app_id.as_str(), k.connector_type.as_str()))
+                    .unwrap_or(("", ""));
+                let rows = sqlx::query(sql::SCAN_SECRETS)
+                    .bind(app)
+                    .bind(ct)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut progress = $crate::secrets::Reencrypted::default();
+                for row in &rows {
+                    let app: String = row.try_get("app_id")?;
+                    let ct: String = row.try_get("connector_type")?;
+                    let version: i64 = row.try_get("version")?;
+                    let access: Vec<u8> = row.try_get("access_token")?;
+                    let refresh: Option<Vec<u8>> = row.try_get("refresh_token")?;
+                    progress.scanned += 1;
+                    progress.last = Some(parse_key(&app, &ct)?);
+                    if self.keys.is_current(&access)
+                        && refresh.as_deref().is_none_or(|r| self.keys.is_current(r))
+                    {
+                        continue;
+                    }
+                    let access = self
+                        .keys
+                        .reencrypt(&access, &connection_aad(&app, &ct, "access_token"))?;
+                    let refresh = refresh
+                        .map(|r| {
+                            self.keys
+                                .reencrypt(&r, &connection_aad(&app, &ct, "refresh_token"))
+                        })
+                        .transpose()?;
+                    let result = sqlx::query(sql::REWRITE_SECRETS)
+                        .bind(&app)
+                        .bind(&ct)
+                        .bind(version)
+                        .bind(access)
+                        .bind(refresh)
+                        .execute(&self.pool)
+                        .await?;
+                    if result.rows_affected() == 1 {
+                        progress.rotated += 1;
+                    } else {
+                        progress.raced += 1;
+                    }
+                }
+                Ok(progress)
+            }
+
+            async fn reencrypt_meta(&self) -> Result<u64, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                use $crate::secrets::crypto::{oauth_state_aad, KEY_CHECK_AAD};
+                let mut rotated = 0;
+                if let Some(check) = Self::read_key_check(&self.pool).await? {
+                    if !self.keys.is_current(&check) {
+                        let check = self.keys.reencrypt(&check, KEY_CHECK_AAD)?;
+                        sqlx::query(sql::REWRITE_KEY_CHECK)
+                            .bind(check)
+                            .execute(&self.pool)
+                            .await?;
+                        rotated += 1;
+                    }
+                }
+                let rows = sqlx::query(sql::SCAN_STATES).fetch_all(&self.pool).await?;
+                for row in &rows {
+                    let hash = hash32(row.try_get("state_hash")?)?;
+                    let verifier: Vec<u8> = row.try_get("pkce_verifier")?;
+                    if self.keys.is_current(&verifier) {
+                        continue;
+                    }
+                    let verifier = self.keys.reencrypt(&verifier, &oauth_state_aad(&hash))?;
+                    sqlx::query(sql::REWRITE_STATE)
+                        .bind(&hash[..])
+                        .bind(verifier)
+                        .execute(&self.pool)
+                        .await?;
+                    rotated += 1;
+                }
+                Ok(rotated)
             }
 
             async fn create_service_account(

@@ -65,6 +65,7 @@ conformance! {
         a_restarted_server_keeps_serving_the_same_connection,
         a_wrong_or_missing_encryption_key_fails_at_startup_with_a_clear_message,
         migrate_applies_the_schema_and_serve_refuses_an_unknown_one,
+        keys_rotate_under_load_then_the_old_key_can_be_removed,
     }
     signup {
         a_tenant_connects_through_the_link_and_the_job_gets_the_issued_token,
