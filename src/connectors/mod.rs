@@ -82,6 +82,9 @@ pub struct ConnectorTypeSpec {
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
     pub client_secret_env: Option<String>,
+    /// Several secrets during a rotation, the newest last: the newest is used, the older ones
+    /// are tried when the provider answers `invalid_client`.
+    pub client_secrets: Option<Vec<Secret>>,
     pub scopes: Option<Vec<String>>,
     pub scope_separator: Option<String>,
     pub client_auth: Option<ClientAuth>,
@@ -109,7 +112,10 @@ pub struct ConnectorType {
     pub token_url: String,
     pub revocation_url: Option<String>,
     pub client_id: Option<String>,
+    /// The newest client secret.
     pub client_secret: Option<Secret>,
+    /// Older client secrets still accepted during a rotation, newest first.
+    pub older_client_secrets: Vec<Secret>,
     pub scopes: Vec<String>,
     pub scope_separator: String,
     pub client_auth: ClientAuth,
@@ -183,7 +189,16 @@ impl ConnectorType {
         })?;
         let authorization_url = pick!(authorization_url)
             .with_context(|| format!("connector type '{name}' has no authorization_url"))?;
+        if over.client_secrets.is_some()
+            && (over.client_secret.is_some() || over.client_secret_env.is_some())
+        {
+            bail!("connector type '{name}': set one of client_secret, client_secret_env or client_secrets");
+        }
+        let mut older_client_secrets: Vec<Secret> = over.client_secrets.clone().unwrap_or_default();
+        let newest = older_client_secrets.pop();
+        older_client_secrets.reverse();
         let client_secret = match (&over.client_secret, &over.client_secret_env) {
+            _ if newest.is_some() => newest,
             (Some(_), Some(_)) => {
                 bail!("connector type '{name}': set client_secret or client_secret_env, not both")
             }
@@ -210,6 +225,7 @@ impl ConnectorType {
             revocation_url: pick!(revocation_url),
             client_id,
             client_secret,
+            older_client_secrets,
             scopes: pick!(scopes).unwrap_or_default(),
             scope_separator,
             client_auth: pick!(client_auth).unwrap_or_default(),
@@ -372,6 +388,26 @@ mod tests {
             .unwrap();
         assert_eq!(gh.client_secret.as_ref().unwrap().expose(), "from-env");
         assert_eq!(gh.token_url, "https://github.com/login/oauth/access_token");
+    }
+
+    #[test]
+    fn several_client_secrets_mean_the_last_is_the_newest() {
+        let configured: BTreeMap<String, ConnectorTypeSpec> = toml::from_str(
+            "[github]\nclient_id = \"x\"\nclient_secrets = [\"oldest\", \"older\", \"newest\"]",
+        )
+        .unwrap();
+        let catalog = Catalog::build_with_env(&configured, &no_env).unwrap();
+        let gh = catalog
+            .get(&ConnectorTypeName::parse("github").unwrap())
+            .unwrap();
+        assert_eq!(gh.client_secret.as_ref().unwrap().expose(), "newest");
+        let older: Vec<&str> = gh.older_client_secrets.iter().map(|s| s.expose()).collect();
+        assert_eq!(older, ["older", "oldest"]);
+        let both: BTreeMap<String, ConnectorTypeSpec> = toml::from_str(
+            "[github]\nclient_id = \"x\"\nclient_secret = \"a\"\nclient_secrets = [\"b\"]",
+        )
+        .unwrap();
+        assert!(Catalog::build_with_env(&both, &no_env).is_err());
     }
 
     #[test]

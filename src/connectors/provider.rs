@@ -203,7 +203,35 @@ impl Provider {
         metadata: &Metadata,
         budget: Duration,
     ) -> Result<TokenSet, RefreshError> {
-        let client = self.client(ct, metadata)?;
+        let candidates = candidate_secrets(ct);
+        let last = candidates.len() - 1;
+        for (i, secret) in candidates.into_iter().enumerate() {
+            match self
+                .refresh_with(ct, secret, refresh_token, metadata, budget)
+                .await
+            {
+                Err(RefreshError::InvalidClient) if i < last => {
+                    tracing::warn!(connector_type = %ct.name, "a client secret was refused (invalid_client); trying an older one");
+                }
+                Ok(tokens) if i > 0 => {
+                    tracing::warn!(connector_type = %ct.name, "an older client secret was accepted: finish the client-secret rotation");
+                    return Ok(tokens);
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the last candidate always returns")
+    }
+
+    async fn refresh_with(
+        &self,
+        ct: &ConnectorType,
+        secret: Option<&Secret>,
+        refresh_token: &Secret,
+        metadata: &Metadata,
+        budget: Duration,
+    ) -> Result<TokenSet, RefreshError> {
+        let client = self.client(ct, metadata, secret)?;
         let refresh_token = RefreshToken::new(refresh_token.expose().to_string());
         let started = Instant::now();
         let timeout = self.timeout;
@@ -243,7 +271,7 @@ impl Provider {
             .expand_url(&ct.authorization_url, values)
             .map_err(RefreshError::NotConfigured)?;
         let client = self
-            .client(ct, values)?
+            .client(ct, values, ct.client_secret.as_ref())?
             .set_auth_uri(AuthUrl::new(auth_url).map_err(|_| {
                 RefreshError::NotConfigured("the authorization URL is not a valid URL".into())
             })?)
@@ -278,8 +306,33 @@ impl Provider {
         code: &str,
         pkce_verifier: Option<&Secret>,
     ) -> Result<TokenSet, RefreshError> {
+        let candidates = candidate_secrets(ct);
+        let last = candidates.len() - 1;
+        for (i, secret) in candidates.into_iter().enumerate() {
+            match self
+                .exchange_code_with(ct, secret, values, redirect_uri, code, pkce_verifier)
+                .await
+            {
+                Err(RefreshError::InvalidClient) if i < last => {
+                    tracing::warn!(connector_type = %ct.name, "a client secret was refused (invalid_client); trying an older one");
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the last candidate always returns")
+    }
+
+    async fn exchange_code_with(
+        &self,
+        ct: &ConnectorType,
+        secret: Option<&Secret>,
+        values: &Metadata,
+        redirect_uri: &str,
+        code: &str,
+        pkce_verifier: Option<&Secret>,
+    ) -> Result<TokenSet, RefreshError> {
         let client = self
-            .client(ct, values)?
+            .client(ct, values, secret)?
             .set_redirect_uri(redirect_url(redirect_uri)?);
         let code = AuthorizationCode::new(code.to_string());
         let mut request = client.exchange_code(code);
@@ -330,7 +383,12 @@ impl Provider {
         }
     }
 
-    fn client(&self, ct: &ConnectorType, metadata: &Metadata) -> Result<OAuthClient, RefreshError> {
+    fn client(
+        &self,
+        ct: &ConnectorType,
+        metadata: &Metadata,
+        secret: Option<&Secret>,
+    ) -> Result<OAuthClient, RefreshError> {
         let client_id = ct.client_id.as_ref().ok_or_else(|| {
             RefreshError::NotConfigured(format!(
                 "connector type '{}' has no client credentials configured; an operator must set client_id and client_secret",
@@ -348,7 +406,7 @@ impl Provider {
                 ClientAuth::Body => AuthType::RequestBody,
             })
             .set_token_uri(token_url);
-        if let Some(secret) = &ct.client_secret {
+        if let Some(secret) = secret {
             client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
         }
         Ok(client)
@@ -454,6 +512,16 @@ impl Provider {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body)
             .map_err(|_| Fault::Other)
+    }
+}
+
+/// The client secrets to try, newest first (`None` for a public client).
+fn candidate_secrets(ct: &ConnectorType) -> Vec<Option<&Secret>> {
+    match &ct.client_secret {
+        None => vec![None],
+        Some(newest) => std::iter::once(Some(newest))
+            .chain(ct.older_client_secrets.iter().map(Some))
+            .collect(),
     }
 }
 

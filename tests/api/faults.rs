@@ -198,3 +198,36 @@ async fn a_provider_outage_opens_the_circuit_of_its_connector_type() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_client_secret_is_tried_when_the_newest_is_refused() {
+    let provider = FakeProvider::start().await;
+    let newest = unique("not-yet-registered-secret");
+    // The provider still knows only the old secret; the config already lists a newer one.
+    let app = spawn_app_with(AppOptions {
+        provider: Some(provider.clone()),
+        extra_config: format!(
+            "[connector_types.rotating]\nauthorization_url = \"{url}/authorize\"\n\
+             token_url = \"{url}/token\"\nclient_id = \"acme-client\"\nclient_auth = \"basic\"\n\
+             client_secrets = [\"{old}\", \"{newest}\"]\n",
+            url = provider.url,
+            old = provider.state.client_secret,
+        ),
+        ..AppOptions::default()
+    })
+    .await;
+    app.remember_secret(&newest);
+    let refresh = provider.new_refresh_token();
+    let response = app
+        .import("t", "rotating", &serde_json::json!({"access_token": unique("x"), "refresh_token": refresh, "expires_at": 1}))
+        .await;
+    assert!(response.status().is_success());
+    let response = app.get_token("t", "rotating", "").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        provider.calls(),
+        2,
+        "the newest secret, refused, then the older one"
+    );
+    assert!(app.logs().contains("an older client secret was accepted"));
+}
