@@ -158,6 +158,28 @@ pub struct StoredConnection {
     pub last_error_kind: Option<String>,
 }
 
+/// One entry of the audit trail.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditEvent {
+    pub at: i64,
+    /// The service account, `tenant` (signup), `refresher` or `cli`.
+    pub principal: String,
+    /// `token.read`, `token.refresh`, `connection.import`, `connection.connect`,
+    /// `connection.delete`, `connect_link.create`, `service_account.create`, ...
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connector_type: Option<String>,
+    /// `ok` or an error code.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+    /// What the action was about when it is not a connection (a service account's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
 /// A connect link as stored (its secret is only known to whoever received the URL).
 #[derive(Clone, Debug)]
 pub struct ConnectLink {

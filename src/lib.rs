@@ -2,6 +2,7 @@
 //! data-extraction jobs.
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod connectors;
 pub mod domain;
@@ -32,7 +33,15 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
     let store = open_store(&config).await?;
     let provider = Provider::new(config.provider_timeout)?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let keeper = SecretsKeeper::new(store.clone(), catalog, provider, metrics.clone(), &config);
+    let (audit, audit_writer) = audit::Audit::start(store.clone());
+    let keeper = SecretsKeeper::new(
+        store.clone(),
+        catalog,
+        provider,
+        metrics.clone(),
+        audit.clone(),
+        &config,
+    );
     let public_url = match bound {
         Some(address) => config.public_base_url(address),
         None => config
@@ -47,6 +56,8 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         config: Arc::new(config),
         public_url: public_url.into(),
         metrics,
+        audit,
+        audit_writer: Arc::new(std::sync::Mutex::new(Some(audit_writer))),
     })
 }
 
@@ -92,12 +103,23 @@ impl Application {
             ))
         });
         tracing::info!(address = %self.address, "tokenbox listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("server error")?;
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server error")?;
         if let Some(task) = background {
             task.abort();
+            let _ = task.await;
+        }
+        // The last audit events: every sender is gone once the state is dropped.
+        let writer = self.state.audit_writer.lock().expect("poisoned").take();
+        drop(self.state);
+        if let Some(writer) = writer {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
         }
         Ok(())
     }

@@ -37,6 +37,20 @@ enum Command {
     Migrate,
     /// Print the route table (path, methods, access) as JSON.
     Routes,
+    /// Read the audit trail (newest first).
+    Audit {
+        /// Only this app.
+        #[arg(long = "app", value_name = "APP_ID")]
+        app: Option<String>,
+        /// Since this time: epoch seconds, or a duration ago like 30m, 12h, 7d (default 24h).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the service accounts that call the API.
     #[command(subcommand)]
     ServiceAccount(ServiceAccountCommand),
@@ -229,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 ServiceAccountCommand::Create { name, role } => {
                     check_account_name(&name)?;
+                    let name_for_audit = name.clone();
                     let token = generate_token();
                     store
                         .create_service_account(&ServiceAccount {
@@ -241,6 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             created_at: now_epoch(),
                         })
                         .await?;
+                    audit_cli(store, "service_account.create", None, Some(&name_for_audit)).await;
                     println!("{token}");
                 }
                 ServiceAccountCommand::List => {
@@ -253,6 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     if !store.delete_service_account(&name).await? {
                         bail!("no service account named '{name}'");
                     }
+                    audit_cli(store, "service_account.revoke", None, Some(&name)).await;
                     eprintln!("service account '{name}' revoked");
                 }
             }
@@ -278,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .save_connection(&key, &tokens)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            audit_cli(state.keeper.store(), "connection.import", Some(&key), None).await;
             eprintln!(
                 "imported {key} (status active{})",
                 stored
@@ -286,6 +304,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(|at| format!(", expires at {at}"))
                     .unwrap_or_default()
             );
+        }
+        Command::Audit {
+            app,
+            since,
+            limit,
+            json,
+        } => {
+            let since = parse_since(since.as_deref())?;
+            let store = tokenbox::secrets::open_store(&config).await?;
+            let events = store.read_audit(app.as_deref(), since, limit).await?;
+            if json {
+                for e in &events {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            } else {
+                println!(
+                    "{:<11} {:<16} {:<20} {:<24} {:<24} CLIENT",
+                    "AT", "PRINCIPAL", "ACTION", "SUBJECT", "OUTCOME"
+                );
+                for e in &events {
+                    let connection = match (&e.app_id, &e.connector_type) {
+                        (Some(a), Some(c)) => format!("{a}/{c}"),
+                        _ => "-".into(),
+                    };
+                    let target = e.subject.clone().unwrap_or(connection);
+                    println!(
+                        "{:<11} {:<16} {:<20} {:<24} {:<24} {}",
+                        e.at,
+                        e.principal,
+                        e.action,
+                        target,
+                        e.outcome,
+                        e.client_addr.as_deref().unwrap_or("-")
+                    );
+                }
+            }
         }
         Command::Keys(KeysCommand::Add) => {
             if config.encryption_key.is_some() {
@@ -372,6 +426,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+            audit_cli(
+                state.keeper.store(),
+                "connect_link.create",
+                Some(&key),
+                None,
+            )
+            .await;
             println!("{}", created.url);
         }
         Command::ConnectorTypes(ConnectorTypesCommand::List) => {
@@ -394,6 +455,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { .. } | Command::Routes => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--since`: epoch seconds, or a duration ago (`30m`, `12h`, `7d`); default 24 hours ago.
+fn parse_since(since: Option<&str>) -> anyhow::Result<i64> {
+    let Some(since) = since else {
+        return Ok(now_epoch() - 86_400);
+    };
+    if let Ok(epoch) = since.parse::<i64>() {
+        return Ok(epoch);
+    }
+    let (number, unit) = since.split_at(since.len().saturating_sub(1));
+    let number: i64 = number
+        .parse()
+        .with_context(|| format!("--since {since}: expected epoch seconds or 30m, 12h, 7d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("--since {since}: expected epoch seconds or 30m, 12h, 7d"),
+    };
+    Ok(now_epoch() - number * seconds)
+}
+
+/// Records an action taken by the command line.
+async fn audit_cli(
+    store: &std::sync::Arc<dyn tokenbox::secrets::SecretsStore>,
+    action: &str,
+    key: Option<&ConnectionKey>,
+    subject: Option<&str>,
+) {
+    let mut event = tokenbox::audit::event("cli", action, key, "ok", None);
+    event.subject = subject.map(str::to_string);
+    if let Err(e) = store.record_audit(&[event]).await {
+        eprintln!("tokenbox: warning: the audit event could not be written: {e}");
+    }
 }
 
 fn check_account_name(name: &str) -> anyhow::Result<()> {

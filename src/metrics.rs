@@ -44,6 +44,8 @@ pub struct Metrics {
     pub backoffs: Counter,
     /// Connector types whose circuit breaker is open (computed at scrape time).
     pub open_circuits: Gauge,
+    /// Audit events dropped because the writer could not keep up (computed at scrape time).
+    pub audit_dropped: Gauge,
 }
 
 impl Default for Metrics {
@@ -87,8 +89,15 @@ impl Default for Metrics {
             "connector types whose circuit breaker is open",
             open_circuits.clone(),
         );
+        let audit_dropped = Gauge::default();
+        registry.register(
+            "audit_dropped",
+            "audit events dropped because the database could not keep up",
+            audit_dropped.clone(),
+        );
         Self {
             registry,
+            audit_dropped,
             backoffs,
             open_circuits,
             token_requests,

@@ -166,8 +166,11 @@ pub async fn require_role(
         ))
         .into_response();
     }
+    let name = super::PrincipalName(principal.name.clone());
     request.extensions_mut().insert(principal);
-    next.run(request).await
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(name);
+    response
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ pub mod routes;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{FromRequestParts, MatchedPath, Path, Request};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
@@ -31,6 +31,9 @@ pub struct AppState {
     /// The base URL users reach the service at, without a trailing slash.
     pub public_url: Arc<str>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub audit: crate::audit::Audit,
+    /// The audit writer task, awaited at shutdown so that no event is lost.
+    pub audit_writer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 /// The `{app_id}/{connector_type}` part of a small-app route, validated.
@@ -77,9 +80,33 @@ fn request_id(request: &Request) -> String {
         })
 }
 
+/// The connection a request concerned, when its path does not name it (the OAuth callback).
+#[derive(Clone, Debug)]
+pub struct AuditKey(pub ConnectionKey);
+
+/// The caller's name, set on the response by the role check (for the access log and audit).
+#[derive(Clone, Debug)]
+pub struct PrincipalName(pub String);
+
+/// The audited actions: (method, route template) -> action.
+fn audited_action(method: &axum::http::Method, route: &str) -> Option<&'static str> {
+    use axum::http::Method;
+    let action = match (method, route) {
+        (&Method::GET, "/{app_id}/{connector_type}/binb-token") => "token.read",
+        (&Method::PUT, "/{app_id}/{connector_type}/connection") => "connection.import",
+        (&Method::DELETE, "/{app_id}/{connector_type}/connection") => "connection.delete",
+        (&Method::POST, "/{app_id}/{connector_type}/connect-links") => "connect_link.create",
+        (&Method::GET, "/oauth/callback") => "connection.connect",
+        (&Method::GET, "/audit") => "audit.read",
+        _ => return None,
+    };
+    Some(action)
+}
+
 /// One structured log line per request. It names the route template, never the raw path or
 /// query (a connect link's path is a secret), and the app and connector type when valid.
-pub async fn access_log(request: Request, next: Next) -> Response {
+/// Audited actions also go to the audit trail, off the request's path.
+pub async fn access_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&request);
     let method = request.method().clone();
@@ -98,6 +125,10 @@ pub async fn access_log(request: Request, next: Next) -> Response {
         }
         _ => (None, None),
     };
+    let client_addr = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
     let mut response = next.run(request).await;
     let status = response.status().as_u16();
     let (outcome, refreshed) = match response.extensions().get::<Outcome>() {
@@ -124,6 +155,34 @@ pub async fn access_log(request: Request, next: Next) -> Response {
         latency_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         "request"
     );
+    let principal = response
+        .extensions()
+        .get::<PrincipalName>()
+        .map(|p| p.0.clone());
+    if let Some(action) = route.as_deref().and_then(|r| audited_action(&method, r)) {
+        let audit_outcome = if status < 400 { "ok" } else { outcome };
+        let key = match (&app_id, &connector_type) {
+            (Some(a), Some(c)) => Some(ConnectionKey::new(
+                AppId::parse(a).expect("validated"),
+                ConnectorTypeName::parse(c).expect("validated"),
+            )),
+            _ => response.extensions().get::<AuditKey>().map(|k| k.0.clone()),
+        };
+        let principal = principal
+            .as_deref()
+            .unwrap_or(if action == "connection.connect" {
+                "tenant"
+            } else {
+                "anonymous"
+            });
+        state.audit.record(crate::audit::event(
+            principal,
+            action,
+            key.as_ref(),
+            audit_outcome,
+            client_addr,
+        ));
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }

@@ -12,7 +12,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use super::auth::{require_role, Authenticator};
 use super::error::ApiError;
 use super::resources::binb_token::BinBToken;
-use super::resources::{connect, connection, connector_types, health};
+use super::resources::{audit, connect, connection, connector_types, health};
 use super::{access_log, AppState};
 use crate::secrets::Role;
 
@@ -51,6 +51,7 @@ fn declare(t: &mut RouteTable) {
         ADMIN,
         get(connector_types::list),
     );
+    t.add_resource("/audit", &[Get], SUPERADMIN, get(audit::list));
     t.add_resource(
         "/connect/{secret}",
         &[Get, Post],
@@ -149,7 +150,7 @@ pub fn router(state: AppState) -> Router {
     table
         .router
         .fallback(|| async { ApiError::NotFound })
-        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn_with_state(state.clone(), access_log))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .with_state(state)
 }

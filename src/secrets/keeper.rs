@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{RefreshWrite, SecretsStore, StoreError};
+use crate::audit::{self, Audit};
 use crate::config::Config;
 use crate::connectors::{Catalog, ConnectorType, Provider, RefreshError};
 use crate::domain::{now_epoch, ConnectionKey, ConnectionStatus, StoredConnection, TokenSet};
@@ -58,6 +59,7 @@ pub enum KeeperError {
 struct Inner {
     store: Arc<dyn SecretsStore>,
     metrics: Arc<Metrics>,
+    audit: Audit,
     catalog: Catalog,
     provider: Provider,
     cache: TokenCache,
@@ -80,12 +82,14 @@ impl SecretsKeeper {
         catalog: Catalog,
         provider: Provider,
         metrics: Arc<Metrics>,
+        audit: Audit,
         config: &Config,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 metrics,
+                audit,
                 catalog,
                 provider,
                 cache: TokenCache::new(config.cache_ttl),
@@ -379,17 +383,25 @@ impl SecretsKeeper {
                 outcome
             }
         };
+        let outcome_name = match &outcome {
+            Ok(_) => "success",
+            Err(RefreshError::Revoked { .. }) => "revoked",
+            Err(RefreshError::Unavailable { .. }) => "unavailable",
+            Err(RefreshError::InvalidClient) => "invalid_client",
+            Err(_) => "error",
+        };
         inner.metrics.refresh(
             ct.name.as_str(),
-            match &outcome {
-                Ok(_) => "success",
-                Err(RefreshError::Revoked { .. }) => "revoked",
-                Err(RefreshError::Unavailable { .. }) => "unavailable",
-                Err(RefreshError::InvalidClient) => "invalid_client",
-                Err(_) => "error",
-            },
+            outcome_name,
             started.elapsed().as_secs_f64(),
         );
+        inner.audit.record(audit::event(
+            "tokenbox",
+            "token.refresh",
+            Some(key),
+            outcome_name,
+            None,
+        ));
         match outcome {
             Ok(mut tokens) => {
                 // A provider that does not rotate returns no refresh token: keep ours.

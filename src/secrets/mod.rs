@@ -14,7 +14,9 @@ use anyhow::bail;
 use async_trait::async_trait;
 
 use crate::config::Config;
-use crate::domain::{ConnectLink, ConnectionKey, OAuthState, StoredConnection, TokenSet};
+use crate::domain::{
+    AuditEvent, ConnectLink, ConnectionKey, OAuthState, StoredConnection, TokenSet,
+};
 use crypto::{KeyRing, KEY_CHECK_AAD};
 
 pub use keeper::{KeeperError, SecretsKeeper, ServedToken, TokenRequest};
@@ -181,6 +183,16 @@ pub trait SecretsStore: Send + Sync + 'static {
     ) -> Result<Reencrypted, StoreError>;
     /// Re-encrypts the key check value and the PKCE verifiers in flight.
     async fn reencrypt_meta(&self) -> Result<u64, StoreError>;
+
+    /// Appends audit events (one transaction).
+    async fn record_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Reads audit events, newest first.
+    async fn read_audit(
+        &self,
+        app_id: Option<&str>,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
 
     async fn create_service_account(&self, account: &ServiceAccount) -> Result<(), StoreError>;
     async fn list_service_accounts(&self) -> Result<Vec<ServiceAccount>, StoreError>;

@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "error_kind",
         include_str!("../../migrations/postgres/0004_error_kind.sql"),
     ),
+    (
+        5,
+        "audit",
+        include_str!("../../migrations/postgres/0005_audit.sql"),
+    ),
 ];
 
 /// How long a refresh waits for another replica's row lock (longer than any provider call).

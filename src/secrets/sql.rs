@@ -81,6 +81,12 @@ pub(crate) const REWRITE_STATE: &str =
 pub(crate) const REWRITE_KEY_CHECK: &str =
     "UPDATE tokenbox_meta SET value = $1 WHERE key = 'key_check'";
 
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_events (at, principal, action, \
+     app_id, connector_type, outcome, client_addr, subject) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(crate) const READ_AUDIT: &str = "SELECT at, principal, action, app_id, connector_type, \
+     outcome, client_addr, subject FROM audit_events WHERE at >= $1 AND ($2 = '' OR app_id = $2) \
+     ORDER BY id DESC LIMIT $3";
+
 pub(crate) const INSERT_LINK: &str = "INSERT INTO connect_links (secret_hash, app_id, \
      connector_type, params, return_to, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 pub(crate) const SELECT_LINK: &str = "SELECT app_id, connector_type, params, return_to, \
@@ -598,6 +604,57 @@ macro_rules! sql_store {
                     rotated += 1;
                 }
                 Ok(rotated)
+            }
+
+            async fn record_audit(
+                &self,
+                events: &[$crate::domain::AuditEvent],
+            ) -> Result<(), $crate::secrets::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                for e in events {
+                    sqlx::query(sql::INSERT_AUDIT)
+                        .bind(e.at)
+                        .bind(&e.principal)
+                        .bind(&e.action)
+                        .bind(e.app_id.as_deref())
+                        .bind(e.connector_type.as_deref())
+                        .bind(&e.outcome)
+                        .bind(e.client_addr.as_deref())
+                        .bind(e.subject.as_deref())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn read_audit(
+                &self,
+                app_id: Option<&str>,
+                since: i64,
+                limit: i64,
+            ) -> Result<Vec<$crate::domain::AuditEvent>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(sql::READ_AUDIT)
+                    .bind(since)
+                    .bind(app_id.unwrap_or(""))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok($crate::domain::AuditEvent {
+                            at: r.try_get("at")?,
+                            principal: r.try_get("principal")?,
+                            action: r.try_get("action")?,
+                            app_id: r.try_get("app_id")?,
+                            connector_type: r.try_get("connector_type")?,
+                            outcome: r.try_get("outcome")?,
+                            client_addr: r.try_get("client_addr")?,
+                            subject: r.try_get("subject")?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn create_service_account(

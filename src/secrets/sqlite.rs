@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "error_kind",
         include_str!("../../migrations/sqlite/0004_error_kind.sql"),
     ),
+    (
+        5,
+        "audit",
+        include_str!("../../migrations/sqlite/0005_audit.sql"),
+    ),
 ];
 
 #[derive(Clone)]

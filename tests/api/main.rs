@@ -59,6 +59,9 @@ conformance! {
         the_background_refresher_refreshes_ahead_and_skips_what_it_must,
         the_read_path_writes_nothing_while_the_token_is_good,
     }
+    security {
+        the_audit_trail_records_each_action_and_reads_it_back,
+    }
     storage {
         a_ciphertext_moved_to_another_row_fails_to_decrypt,
         tokens_are_stored_as_ciphertexts_bound_to_their_row,

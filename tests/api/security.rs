@@ -133,3 +133,107 @@ async fn metrics_count_requests_refreshes_and_connections_without_tenant_data() 
         .unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+pub async fn the_audit_trail_records_each_action_and_reads_it_back(
+    backend: crate::helpers::Backend,
+) {
+    let provider = crate::helpers::FakeProvider::start().await;
+    let app = crate::helpers::spawn_app_on(backend, Some(&provider)).await;
+    app.import_expired("audited").await; // connection.import (admin)
+    assert_eq!(app.get_token("audited", "acme", "").await.status(), 200); // token.read + token.refresh
+    assert_eq!(app.get_token("nobody", "acme", "").await.status(), 404); // token.read, not_connected
+    let link = app.new_link("audited").await; // connect_link.create
+    assert_eq!(app.run_signup(&link).await.status(), 200); // connection.connect (tenant)
+    let deleted = app
+        .client
+        .delete(format!("{}/audited/acme/connection", app.address))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200); // connection.delete
+
+    let wanted = [
+        ("laputa", "connection.import", "ok"),
+        ("extraction", "token.read", "ok"),
+        ("tokenbox", "token.refresh", "success"),
+        ("laputa", "connect_link.create", "ok"),
+        ("tenant", "connection.connect", "ok"),
+        ("laputa", "connection.delete", "ok"),
+    ];
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let response = app
+            .client
+            .get(format!("{}/audit?app_id=audited&limit=1000", app.address))
+            .bearer_auth(&app.superadmin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        events = response.json::<Vec<Value>>().await.unwrap();
+        if wanted.iter().all(|w| has(&events, *w)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for w in wanted {
+        assert!(has(&events, w), "missing {w:?} in {events:#?}");
+    }
+    assert!(
+        events.iter().all(|e| e["app_id"] == "audited"),
+        "filtered by app"
+    );
+    let read = events.iter().find(|e| e["action"] == "token.read").unwrap();
+    assert_eq!(read["client_addr"], "127.0.0.1");
+    assert_eq!(read["connector_type"], "acme");
+    assert!(read["at"].as_i64().unwrap() > 1_700_000_000);
+    let text = serde_json::to_string(&events).unwrap();
+    for secret in app.all_secrets() {
+        assert!(!text.contains(&secret), "no secret in the audit trail");
+    }
+
+    // The failed read of another app, and the service accounts created by the CLI.
+    let (code, out, _) = cli(
+        &app.config_path,
+        &["audit", "--app", "nobody", "--json"],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("\"outcome\":\"not_connected\""), "{out}");
+    let (code, out, _) = cli(&app.config_path, &["audit", "--since", "1h"], None, &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("service_account.create") && out.contains("extraction"),
+        "{out}"
+    );
+    let (code, out, _) = cli(
+        &app.config_path,
+        &["audit", "--since", "2000000000"],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "only the header: nothing after that time"
+    );
+
+    // Only superadmins read it.
+    let response = app
+        .client
+        .get(format!("{}/audit", app.address))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
+
+fn has(events: &[Value], (principal, action, outcome): (&str, &str, &str)) -> bool {
+    events
+        .iter()
+        .any(|e| e["principal"] == principal && e["action"] == action && e["outcome"] == outcome)
+}

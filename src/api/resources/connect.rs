@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::auth::Principal;
 use crate::api::error::ApiError;
 use crate::api::pages::{connect_page, result_page};
-use crate::api::{AppState, SmallApp};
+use crate::api::{AppState, AuditKey, SmallApp};
 use crate::signup::{self, NewLink, SignupError};
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,25 +176,34 @@ pub async fn callback(
         return error_page(SignupError::StateInvalid);
     };
     match signup::finish(&state.keeper, &state.public_url, &query).await {
-        Ok(done) => match done.return_to {
-            Some(url) => {
-                let mut response = Redirect::to(&url).into_response();
-                response.headers_mut().insert(
-                    header::REFERRER_POLICY,
-                    HeaderValue::from_static("no-referrer"),
-                );
-                response
-            }
-            None => result_page(
-                StatusCode::OK,
-                "connected",
-                &format!("Your {} account is connected", done.display_name),
-                &format!(
-                    "The app {} can now use your {} account. You can close this window.",
-                    done.key.app_id, done.display_name
-                ),
-            ),
-        },
+        Ok(done) => {
+            let key = done.key.clone();
+            let mut response = connected_response(done);
+            response.extensions_mut().insert(AuditKey(key));
+            response
+        }
         Err(e) => error_page(e),
+    }
+}
+
+fn connected_response(done: signup::Connected) -> Response {
+    match done.return_to {
+        Some(url) => {
+            let mut response = Redirect::to(&url).into_response();
+            response.headers_mut().insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
+            response
+        }
+        None => result_page(
+            StatusCode::OK,
+            "connected",
+            &format!("Your {} account is connected", done.display_name),
+            &format!(
+                "The app {} can now use your {} account. You can close this window.",
+                done.key.app_id, done.display_name
+            ),
+        ),
     }
 }

@@ -51,6 +51,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .metrics
         .open_circuits
         .set(state.keeper.open_circuits() as i64);
+    state
+        .metrics
+        .audit_dropped
+        .set(state.audit.dropped() as i64);
     (
         [(
             header::CONTENT_TYPE,
