@@ -29,3 +29,6 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --locked --no-fail-fast
 fi
+
+echo "== Python client, toucan-connectors keeper and extraction example (pytest)"
+bash clients/python/run-tests.sh

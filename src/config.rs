@@ -53,6 +53,9 @@ const OTHER_ENV: &[&str] = &[
     "TOKENBOX_TOKEN",
     "TOKENBOX_LOG",
     "TOKENBOX_ENCRYPTION_KEY",
+    // Read by the test harnesses, not by the server.
+    "TOKENBOX_BIN",
+    "TOKENBOX_TEST_DATABASE_URL",
 ];
 
 /// Settings of the background refresher.
@@ -112,6 +115,7 @@ struct FileConfig {
     refresher_interval_seconds: Option<u64>,
     refresher_concurrency: Option<usize>,
     refresh_backoff_seconds: Option<u64>,
+    allow_insecure_loopback: Option<bool>,
     #[serde(default)]
     connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -140,6 +144,8 @@ pub struct Config {
     pub allowed_return_urls: Vec<String>,
     /// The background refresher (in every replica) keeps tokens fresh ahead of the jobs.
     pub refresher: RefresherConfig,
+    /// Accept plain-http provider URLs on loopback hosts (tests, local development only).
+    pub allow_insecure_loopback: bool,
     /// Connector types from the config file: custom entries or overrides of catalog entries.
     pub connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -178,6 +184,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             allowed_return_urls: Vec::new(),
             refresher: RefresherConfig::default(),
+            allow_insecure_loopback: false,
             connector_types: BTreeMap::new(),
         }
     }
@@ -253,6 +260,9 @@ impl Config {
         }
         if let Some(v) = file.refresher_concurrency {
             c.refresher.concurrency = v;
+        }
+        if let Some(v) = file.allow_insecure_loopback {
+            c.allow_insecure_loopback = v;
         }
         if let Some(v) = file.refresh_backoff_seconds {
             c.refresher.backoff_base_seconds = v as i64;

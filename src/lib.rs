@@ -29,7 +29,7 @@ use secrets::{open_store, SecretsKeeper};
 /// Everything a command needs: the store, the catalog and the keeper built from a config.
 /// `bound` is the server's address, when there is a server, for the default public URL.
 pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::Result<AppState> {
-    let catalog = Catalog::build(&config.connector_types)?;
+    let catalog = Catalog::build(&config.connector_types, config.allow_insecure_loopback)?;
     let store = open_store(&config).await?;
     let provider = Provider::new(config.provider_timeout)?;
     let metrics = Arc::new(metrics::Metrics::default());

@@ -436,7 +436,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", created.url);
         }
         Command::ConnectorTypes(ConnectorTypesCommand::List) => {
-            let catalog = tokenbox::connectors::Catalog::build(&config.connector_types)?;
+            let catalog = tokenbox::connectors::Catalog::build(
+                &config.connector_types,
+                config.allow_insecure_loopback,
+            )?;
             println!(
                 "{:<14} {:<30} {:<8} {:<10} TOKEN URL",
                 "NAME", "DISPLAY NAME", "SOURCE", "CONFIGURED"

@@ -281,14 +281,24 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The built-in catalog merged with the configured entries.
-    pub fn build(configured: &BTreeMap<String, ConnectorTypeSpec>) -> anyhow::Result<Self> {
-        Self::build_with_env(configured, &|var| std::env::var(var).ok())
+    /// The built-in catalog merged with the configured entries. Provider URLs must be https;
+    /// plain http is accepted only for loopback hosts, and only with `allow_insecure_loopback`
+    /// (tests and local development).
+    pub fn build(
+        configured: &BTreeMap<String, ConnectorTypeSpec>,
+        allow_insecure_loopback: bool,
+    ) -> anyhow::Result<Self> {
+        Self::build_with_env(
+            configured,
+            &|var| std::env::var(var).ok(),
+            allow_insecure_loopback,
+        )
     }
 
     pub fn build_with_env(
         configured: &BTreeMap<String, ConnectorTypeSpec>,
         env: &dyn Fn(&str) -> Option<String>,
+        allow_insecure_loopback: bool,
     ) -> anyhow::Result<Self> {
         let builtin = builtin_specs()?;
         let mut types = BTreeMap::new();
@@ -296,6 +306,16 @@ impl Catalog {
             builtin.keys().chain(configured.keys()).collect();
         for name in names {
             let ct = ConnectorType::resolve(name, builtin.get(name), configured.get(name), env)?;
+            for url in [
+                Some(&ct.authorization_url),
+                Some(&ct.token_url),
+                ct.revocation_url.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                check_transport(&ct.name, url, allow_insecure_loopback)?;
+            }
             types.insert(ct.name.clone(), Arc::new(ct));
         }
         Ok(Self {
@@ -312,6 +332,44 @@ impl Catalog {
     }
 }
 
+/// Provider URLs are https. Plain http would send client secrets and refresh tokens in clear:
+/// it is allowed only towards loopback (127.0.0.1, [::1], localhost, *.localhost) and only when
+/// the operator says so.
+fn check_transport(
+    name: &ConnectorTypeName,
+    url: &str,
+    allow_insecure_loopback: bool,
+) -> anyhow::Result<()> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    let host = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split(['/', '?', '#']).next())
+        .map(|authority| authority.rsplit_once('@').map_or(authority, |(_, h)| h))
+        .map(|host_port| {
+            if host_port.starts_with('[') {
+                host_port
+                    .split(']')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches('[')
+            } else {
+                host_port.split(':').next().unwrap_or_default()
+            }
+        })
+        .unwrap_or_default();
+    let loopback =
+        host == "127.0.0.1" || host == "::1" || host == "localhost" || host.ends_with(".localhost");
+    if loopback && allow_insecure_loopback {
+        return Ok(());
+    }
+    if loopback {
+        bail!("connector type '{name}': {url} uses plain http; set allow_insecure_loopback = true to allow it for a provider on this machine (tests, local development)");
+    }
+    bail!("connector type '{name}': {url} must use https (plain http would send client secrets and tokens in clear)");
+}
+
 fn builtin_specs() -> anyhow::Result<BTreeMap<String, ConnectorTypeSpec>> {
     toml::from_str(CATALOG).context("the built-in catalog is invalid")
 }
@@ -326,7 +384,7 @@ mod tests {
 
     #[test]
     fn the_builtin_catalog_carries_the_documented_providers() {
-        let catalog = Catalog::build_with_env(&BTreeMap::new(), &no_env).unwrap();
+        let catalog = Catalog::build_with_env(&BTreeMap::new(), &no_env, true).unwrap();
         let names: Vec<String> = catalog.iter().map(|c| c.name.to_string()).collect();
         for expected in [
             "aircall",
@@ -377,7 +435,7 @@ mod tests {
         )
         .unwrap();
         let env = |v: &str| (v == "GH_SECRET").then(|| "from-env".to_string());
-        let catalog = Catalog::build_with_env(&configured, &env).unwrap();
+        let catalog = Catalog::build_with_env(&configured, &env, true).unwrap();
         let acme = catalog
             .get(&ConnectorTypeName::parse("acme").unwrap())
             .unwrap();
@@ -396,7 +454,7 @@ mod tests {
             "[github]\nclient_id = \"x\"\nclient_secrets = [\"oldest\", \"older\", \"newest\"]",
         )
         .unwrap();
-        let catalog = Catalog::build_with_env(&configured, &no_env).unwrap();
+        let catalog = Catalog::build_with_env(&configured, &no_env, true).unwrap();
         let gh = catalog
             .get(&ConnectorTypeName::parse("github").unwrap())
             .unwrap();
@@ -407,7 +465,60 @@ mod tests {
             "[github]\nclient_id = \"x\"\nclient_secret = \"a\"\nclient_secrets = [\"b\"]",
         )
         .unwrap();
-        assert!(Catalog::build_with_env(&both, &no_env).is_err());
+        assert!(Catalog::build_with_env(&both, &no_env, true).is_err());
+    }
+
+    #[test]
+    fn provider_urls_must_be_https_except_loopback_when_allowed() {
+        let spec = |url: &str| -> BTreeMap<String, ConnectorTypeSpec> {
+            toml::from_str(&format!(
+                "[custom]\nauthorization_url = \"{url}/a\"\ntoken_url = \"{url}/t\"\n"
+            ))
+            .unwrap()
+        };
+        for ok in ["https://auth.example.com", "https://{sub}.example.com"] {
+            let mut s = spec(ok);
+            if ok.contains("{sub}") {
+                s.get_mut("custom").unwrap().placeholders = Some(
+                    [(
+                        "sub".to_string(),
+                        PlaceholderSpec {
+                            pattern: PlaceholderPattern::DnsLabel,
+                            default: None,
+                        },
+                    )]
+                    .into(),
+                );
+            }
+            assert!(Catalog::build_with_env(&s, &no_env, false).is_ok(), "{ok}");
+        }
+        for local in [
+            "http://127.0.0.1:9",
+            "http://localhost:9",
+            "http://[::1]:9",
+            "http://x.localhost:9",
+        ] {
+            let err = Catalog::build_with_env(&spec(local), &no_env, false).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("allow_insecure_loopback"),
+                "{local}"
+            );
+            assert!(
+                Catalog::build_with_env(&spec(local), &no_env, true).is_ok(),
+                "{local}"
+            );
+        }
+        for remote in [
+            "http://auth.example.com",
+            "http://10.0.0.1",
+            "http://127.0.0.1.evil.com",
+            "http://user@127.0.0.1.evil.com",
+        ] {
+            let err = Catalog::build_with_env(&spec(remote), &no_env, true).unwrap_err();
+            assert!(format!("{err:#}").contains("must use https"), "{remote}");
+        }
+        // Every built-in entry is https.
+        assert!(Catalog::build_with_env(&BTreeMap::new(), &no_env, false).is_ok());
     }
 
     #[test]
@@ -415,13 +526,13 @@ mod tests {
         let configured: BTreeMap<String, ConnectorTypeSpec> =
             toml::from_str("[github]\nclient_id = \"x\"\nclient_secret_env = \"NOPE_SECRET\"")
                 .unwrap();
-        let err = Catalog::build_with_env(&configured, &no_env).unwrap_err();
+        let err = Catalog::build_with_env(&configured, &no_env, true).unwrap_err();
         assert!(format!("{err:#}").contains("NOPE_SECRET"));
     }
 
     #[test]
     fn placeholders_cannot_change_the_host() {
-        let catalog = Catalog::build_with_env(&BTreeMap::new(), &no_env).unwrap();
+        let catalog = Catalog::build_with_env(&BTreeMap::new(), &no_env, true).unwrap();
         let zendesk = catalog
             .get(&ConnectorTypeName::parse("zendesk").unwrap())
             .unwrap();
@@ -458,7 +569,7 @@ mod tests {
                 )
             })
             .collect();
-        let catalog = Catalog::build_with_env(&configured, &no_env).unwrap();
+        let catalog = Catalog::build_with_env(&configured, &no_env, true).unwrap();
         let provider = Provider::new(std::time::Duration::from_secs(1)).unwrap();
         let mut values = Metadata::new();
         for (k, v) in [("subdomain", "acme"), ("shop", "acme-shop")] {

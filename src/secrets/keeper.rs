@@ -13,6 +13,10 @@ use crate::metrics::Metrics;
 use crate::refresh::breaker::Breakers;
 use crate::refresh::{Flights, TokenCache};
 
+/// When a refresh fails and the caller gave no `min_validity`, a stored token is served only
+/// if it stays valid at least this long.
+const STALE_FLOOR: i64 = 60;
+
 /// Seconds a caller is asked to wait when a refresh outlives the request.
 const FAILURE_RETRY_AFTER: u64 = 5;
 
@@ -291,7 +295,9 @@ impl SecretsKeeper {
         // The token another caller (or replica) stored while we waited is served as it is.
         let changed_meanwhile = current.version != seen_version;
         let good_enough = current.tokens.valid_for(now, refresh_within);
-        let hard_min = request.min_validity.unwrap_or(1);
+        // What a caller may still be served when the refresh fails: the validity it asked for, or
+        // at least a minute when it asked for none.
+        let hard_min = request.min_validity.unwrap_or(STALE_FLOOR);
         if current.status == ConnectionStatus::ReauthorizationRequired
             || (good_enough && (!request.force_refresh || changed_meanwhile))
         {

@@ -543,7 +543,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         None => format!("sqlite://{}", dir.join("tokenbox.db").display()),
     };
     let mut config = format!(
-        "listen = \"{listen}\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"{database_url}\"\nencryption_key_file = \"{}\"\nrefresher_enabled = {}\n{}\n",
+        "listen = \"{listen}\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"{database_url}\"\nencryption_key_file = \"{}\"\nrefresher_enabled = {}\nallow_insecure_loopback = true\n{}\n",
         dir.join("encryption.key").display(),
         options.refresher,
         options.extra_config,

@@ -1,0 +1,63 @@
+"""Session fixtures: one real tokenbox server (the built binary, a temporary SQLite file) in
+front of one fake provider, shared by every test; each test uses its own app ids."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fakes import CountingProxy, FakeProvider, Tokenbox  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session")
+def tokenbox_bin() -> Path:
+    binary = Path(os.environ.get("TOKENBOX_BIN") or REPO_ROOT / "target" / "debug" / "tokenbox")
+    if not binary.is_absolute():
+        binary = REPO_ROOT / binary
+    if not os.access(binary, os.X_OK):
+        pytest.fail(
+            f"tokenbox binary not found at {binary}: run `cargo build --bin tokenbox` "
+            "(clients/python/run-tests.sh does) or set TOKENBOX_BIN"
+        )
+    return binary
+
+
+@pytest.fixture(scope="session")
+def provider() -> Iterator[FakeProvider]:
+    fake = FakeProvider()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="session")
+def tokenbox(
+    tokenbox_bin: Path, provider: FakeProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Tokenbox]:
+    server = Tokenbox(tokenbox_bin, tmp_path_factory.mktemp("tokenbox"), provider)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def proxy(tokenbox: Tokenbox) -> Iterator[CountingProxy]:
+    """A counting proxy in front of tokenbox: every HTTP request a client makes is seen."""
+    counting = CountingProxy(tokenbox.url)
+    yield counting
+    counting.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_tokenbox_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests pass URL and token explicitly unless they set the environment themselves."""
+    monkeypatch.delenv("TOKENBOX_URL", raising=False)
+    monkeypatch.delenv("TOKENBOX_TOKEN", raising=False)
