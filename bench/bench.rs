@@ -95,7 +95,7 @@ fn write_config(dir: &Path, database_url: &str, provider_url: &str) -> PathBuf {
         format!(
             "listen = \"127.0.0.1:0\"\ndatabase_url = \"{database_url}\"\n\
              encryption_key_file = \"{key}\"\nrefresher_enabled = false\n\
-             allow_insecure_loopback = true\n\
+             allow_insecure_loopback = true\nrate_limit_per_second = 0\n\
              [connector_types.{CONNECTOR}]\nauthorization_url = \"{provider_url}/authorize\"\n\
              token_url = \"{provider_url}/token\"\nclient_id = \"bench\"\nclient_secret = \"bench-secret\"\n",
             key = dir.join("encryption.key").display(),

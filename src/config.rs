@@ -116,6 +116,8 @@ struct FileConfig {
     refresher_concurrency: Option<usize>,
     refresh_backoff_seconds: Option<u64>,
     allow_insecure_loopback: Option<bool>,
+    rate_limit_per_second: Option<u32>,
+    slow_client_timeout_seconds: Option<u64>,
     #[serde(default)]
     connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -146,6 +148,10 @@ pub struct Config {
     pub refresher: RefresherConfig,
     /// Accept plain-http provider URLs on loopback hosts (tests, local development only).
     pub allow_insecure_loopback: bool,
+    /// Requests per second each service account may make (bursts of twice that); 0 = no limit.
+    pub rate_limit_per_second: u32,
+    /// How long a client may take to send its request headers, and then its body.
+    pub slow_client_timeout: Duration,
     /// Connector types from the config file: custom entries or overrides of catalog entries.
     pub connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -185,6 +191,8 @@ impl Default for Config {
             allowed_return_urls: Vec::new(),
             refresher: RefresherConfig::default(),
             allow_insecure_loopback: false,
+            rate_limit_per_second: 1000,
+            slow_client_timeout: Duration::from_secs(10),
             connector_types: BTreeMap::new(),
         }
     }
@@ -261,6 +269,12 @@ impl Config {
         if let Some(v) = file.refresher_concurrency {
             c.refresher.concurrency = v;
         }
+        if let Some(v) = file.slow_client_timeout_seconds {
+            c.slow_client_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = file.rate_limit_per_second {
+            c.rate_limit_per_second = v;
+        }
         if let Some(v) = file.allow_insecure_loopback {
             c.allow_insecure_loopback = v;
         }
@@ -312,6 +326,12 @@ impl Config {
                 Some("refresher_interval_seconds") => {
                     c.refresher.interval = Duration::from_secs(parse_secs(value)?)
                 }
+                Some("slow_client_timeout_seconds") => {
+                    c.slow_client_timeout = Duration::from_secs(parse_secs(value)?)
+                }
+                Some("rate_limit_per_second") => {
+                    c.rate_limit_per_second = parse_secs(value)? as u32
+                }
                 Some("refresh_backoff_seconds") => {
                     c.refresher.backoff_base_seconds = parse_secs(value)? as i64
                 }
@@ -348,8 +368,11 @@ impl Config {
         if self.refresh_margin_seconds < 0 {
             bail!("refresh_margin_seconds must not be negative");
         }
-        if self.request_timeout.is_zero() || self.provider_timeout.is_zero() {
-            bail!("request_timeout_seconds and provider_timeout_seconds must be positive");
+        if self.request_timeout.is_zero()
+            || self.provider_timeout.is_zero()
+            || self.slow_client_timeout.is_zero()
+        {
+            bail!("request_timeout_seconds, provider_timeout_seconds and slow_client_timeout_seconds must be positive");
         }
         if self.refresher.interval.is_zero()
             || self.refresher.concurrency == 0

@@ -52,7 +52,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
     };
     Ok(AppState {
         keeper,
-        auth: Arc::new(Authenticator::new(store)),
+        auth: Arc::new(Authenticator::new(store, config.rate_limit_per_second)),
         config: Arc::new(config),
         public_url: public_url.into(),
         metrics,
@@ -103,14 +103,12 @@ impl Application {
             ))
         });
         tracing::info!(address = %self.address, "tokenbox listening");
-        axum::serve(
+        serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            self.router,
+            self.state.config.slow_client_timeout,
         )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")?;
+        .await;
         if let Some(task) = background {
             task.abort();
             let _ = task.await;
@@ -122,6 +120,62 @@ impl Application {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
         }
         Ok(())
+    }
+}
+
+/// Largest request head (request line and headers) accepted: 431 beyond.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How long the requests in progress may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accepts connections until SIGINT or SIGTERM: HTTP/1.1 with a header-read timeout and a
+/// bounded header size, the peer address given to handlers, and a graceful shutdown.
+async fn serve(listener: TcpListener, router: Router, header_timeout: std::time::Duration) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = router.clone().map_request(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request.map(axum::body::Body::new)
+            },
+        );
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(64 * 1024)
+            .max_header_size(MAX_HEADER_BYTES)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still running after the grace period were cut");
     }
 }
 

@@ -52,10 +52,23 @@ pub struct Authenticator {
     store: Arc<dyn SecretsStore>,
     snapshot: RwLock<Snapshot>,
     reload: tokio::sync::Mutex<()>,
+    limiter: Option<Limiter>,
 }
 
+type Limiter = governor::RateLimiter<
+    String,
+    governor::state::keyed::HashMapStateStore<String>,
+    governor::clock::DefaultClock,
+>;
+
 impl Authenticator {
-    pub fn new(store: Arc<dyn SecretsStore>) -> Self {
+    /// `rate_limit_per_second`: requests each service account may make per second (bursts of
+    /// twice that); 0 disables the limit.
+    pub fn new(store: Arc<dyn SecretsStore>, rate_limit_per_second: u32) -> Self {
+        let limiter = std::num::NonZeroU32::new(rate_limit_per_second).map(|rate| {
+            let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).expect("2 > 0"));
+            governor::RateLimiter::hashmap(governor::Quota::per_second(rate).allow_burst(burst))
+        });
         Self {
             store,
             snapshot: RwLock::new(Snapshot {
@@ -63,7 +76,20 @@ impl Authenticator {
                 loaded: None,
             }),
             reload: tokio::sync::Mutex::new(()),
+            limiter,
         }
+    }
+
+    /// `Err(seconds to wait)` when the account is over its rate.
+    fn check_rate(&self, principal: &Principal) -> Result<(), u64> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter.check_key(&principal.name).map_err(|not_until| {
+            use governor::clock::Clock;
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            wait.as_secs() + 1
+        })
     }
 
     fn current(&self) -> (Accounts, bool) {
@@ -157,6 +183,16 @@ pub async fn require_role(
         Ok(None) => return ApiError::Unauthorized.into_response(),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    if let Err(retry_after) = auth.check_rate(&principal) {
+        return ApiError::RateLimited {
+            message: format!(
+                "service account '{}' exceeded its request rate; retry after {retry_after} s",
+                principal.name
+            ),
+            retry_after,
+        }
+        .into_response();
+    }
     if principal.role < role {
         return ApiError::Forbidden(format!(
             "this route requires the {} role; service account '{}' is {}",

@@ -33,6 +33,12 @@ pub enum ApiError {
     },
     #[error("{message}")]
     ProviderUnavailable { message: String, retry_after: u64 },
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    #[error("the request body is too large")]
+    PayloadTooLarge,
     #[error("the database is unavailable")]
     Unavailable,
     #[error("an internal error occurred; the server log has the details")]
@@ -57,6 +63,9 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             Self::ProviderError { .. } => StatusCode::BAD_GATEWAY,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ProviderUnavailable { .. } | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -74,6 +83,9 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ReauthorizationRequired(_) => "reauthorization_required",
             Self::ProviderError { .. } => "provider_error",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::RequestTimeout => "request_timeout",
+            Self::PayloadTooLarge => "payload_too_large",
             Self::ProviderUnavailable { .. } => "provider_unavailable",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal_error",
@@ -95,6 +107,7 @@ impl IntoResponse for ApiError {
                 );
             }
             Self::ProviderUnavailable { retry_after, .. }
+            | Self::RateLimited { retry_after, .. }
             | Self::ProviderError {
                 retry_after: Some(retry_after),
                 ..

@@ -54,6 +54,32 @@ impl<S: Send + Sync> FromRequestParts<S> for SmallApp {
     }
 }
 
+/// A request body, read with JSON errors: 413 when too large, 408 when too slow.
+pub struct RequestBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RequestBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::body::Bytes::from_request(request, state)
+            .await
+            .map(RequestBody)
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    return ApiError::PayloadTooLarge;
+                }
+                let mut source: Option<&dyn std::error::Error> = Some(&rejection);
+                while let Some(error) = source {
+                    if error.is::<tower_http::timeout::TimeoutError>() {
+                        return ApiError::RequestTimeout;
+                    }
+                    source = error.source();
+                }
+                ApiError::InvalidRequest("the request body could not be read".into())
+            })
+    }
+}
+
 /// What a handler tells the access log about a request.
 #[derive(Clone, Copy, Debug)]
 pub struct Outcome {

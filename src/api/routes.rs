@@ -8,6 +8,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use serde::Serialize;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use super::auth::{require_role, Authenticator};
 use super::error::ApiError;
@@ -152,6 +153,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), access_log))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        // A client that sends its body slowly gets 408 instead of holding the request open.
+        .layer(RequestBodyTimeoutLayer::new(
+            state.config.slow_client_timeout,
+        ))
         .with_state(state)
 }
 

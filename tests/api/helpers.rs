@@ -500,6 +500,8 @@ pub struct AppOptions {
     pub refresher: bool,
     /// The address to listen on (default: a free loopback port).
     pub listen: String,
+    /// Requests per second per service account (0: no limit, the default in tests).
+    pub rate_limit: u32,
     pub provider: Option<FakeProvider>,
     pub extra_config: String,
     pub log_filter: String,
@@ -511,6 +513,7 @@ impl Default for AppOptions {
             backend: Backend::Sqlite,
             refresher: false,
             listen: "127.0.0.1:0".into(),
+            rate_limit: 0,
             provider: None,
             extra_config: String::new(),
             log_filter: "debug,hyper=info,h2=info,tower=info".into(),
@@ -543,9 +546,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         None => format!("sqlite://{}", dir.join("tokenbox.db").display()),
     };
     let mut config = format!(
-        "listen = \"{listen}\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"{database_url}\"\nencryption_key_file = \"{}\"\nrefresher_enabled = {}\nallow_insecure_loopback = true\n{}\n",
+        "listen = \"{listen}\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"{database_url}\"\nencryption_key_file = \"{}\"\nrefresher_enabled = {}\nallow_insecure_loopback = true\nrate_limit_per_second = {}\n{}\n",
         dir.join("encryption.key").display(),
         options.refresher,
+        options.rate_limit,
         options.extra_config,
         listen = options.listen,
     );

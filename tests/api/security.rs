@@ -237,3 +237,133 @@ fn has(events: &[Value], (principal, action, outcome): (&str, &str, &str)) -> bo
         .iter()
         .any(|e| e["principal"] == principal && e["action"] == action && e["outcome"] == outcome)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_account_is_rate_limited_with_retry_after() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+        rate_limit: 5,
+        ..crate::helpers::AppOptions::default()
+    })
+    .await;
+    app.import(
+        "acme",
+        "github",
+        &serde_json::json!({"access_token": crate::helpers::unique("t")}),
+    )
+    .await;
+    let mut limited = None;
+    let mut ok = 0;
+    for _ in 0..40 {
+        let response = app.get_token("acme", "github", "").await;
+        match response.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                limited = Some(response);
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let limited = limited.expect("the 40 requests in a row were limited");
+    assert!(ok >= 10, "the burst (twice the rate) passes: {ok}");
+    assert!(crate::binb_token::retry_after_of(&limited) >= 1);
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    // The limit is per account: the admin still gets through.
+    let other = app
+        .client
+        .get(format!("{}/acme/github/connection", app.address))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_oversized_requests_and_odd_paths_are_cut_short() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+        extra_config: "slow_client_timeout_seconds = 1\n".into(),
+        ..crate::helpers::AppOptions::default()
+    })
+    .await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+
+    // Headers that never finish: the connection is closed after the timeout.
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slow.read_to_end(&mut buf),
+    )
+    .await
+    .expect("the server closed the connection");
+    assert!(read.is_ok());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // A body that never finishes: 408.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /acme/github/connection HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\ncontent-length: 100\r\n\r\n{{\"access",
+        app.admin
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A body over the limit: 413.
+    let big = format!("{{\"access_token\": \"{}\"}}", "x".repeat(100 * 1024));
+    let response = app
+        .client
+        .put(format!("{}/acme/github/connection", app.address))
+        .bearer_auth(&app.admin)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+
+    // Headers over the limit: refused before any handler.
+    let response = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .header("x-padding", "y".repeat(100 * 1024))
+        .send()
+        .await;
+    if let Ok(r) = &response {
+        assert_eq!(r.status().as_u16(), 431, "oversized headers");
+    }
+
+    // Path segments: too long or outside the charset.
+    for path in [
+        format!("/{}/github/binb-token", "a".repeat(64)),
+        "/a%2Fb/github/binb-token".to_string(),
+    ] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .bearer_auth(&app.superadmin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+    }
+    // The server still serves.
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -12,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::auth::Principal;
 use crate::api::error::ApiError;
 use crate::api::pages::{connect_page, result_page};
-use crate::api::{AppState, AuditKey, SmallApp};
+use crate::api::{AppState, AuditKey, RequestBody, SmallApp};
 use crate::signup::{self, NewLink, SignupError};
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,7 +49,7 @@ pub async fn create(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     SmallApp(key): SmallApp,
-    body: Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
     let body: CreateLinkBody = if body.iter().all(u8::is_ascii_whitespace) {
         CreateLinkBody::default()

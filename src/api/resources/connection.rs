@@ -1,6 +1,5 @@
 //! A connection's token set: import (migration from another store).
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -9,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Principal;
 use crate::api::error::ApiError;
-use crate::api::{AppState, Outcome, SmallApp};
+use crate::api::{AppState, Outcome, RequestBody, SmallApp};
 use crate::domain::{now_epoch, Metadata, StoredConnection, TokenSet};
 use crate::secret::Secret;
 
@@ -119,7 +118,7 @@ pub async fn put(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     SmallApp(key): SmallApp,
-    body: Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
     let tokens = ImportTokenSet::from_json(&body)
         .and_then(|t| t.into_token_set(now_epoch()))
