@@ -139,11 +139,23 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Whether the database is unreachable or restarting (a retry later may succeed), as opposed
+/// to a query or data problem.
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    )
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL: connection exceptions (08xxx), operator intervention such as a shutdown
+        // (57Pxx), insufficient resources (53xxx).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")),
+        _ => false,
+    }
 }
 
 impl From<KeeperError> for ApiError {

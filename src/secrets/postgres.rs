@@ -74,7 +74,7 @@ impl PostgresStore {
             .max_connections(16)
             .min_connections(1)
             // Requests fail fast when the database is gone, rather than queueing.
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await
             .with_context(|| {

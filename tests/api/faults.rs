@@ -102,6 +102,10 @@ async fn each_provider_fault_is_classified_backed_off_and_never_leaks() {
         let app_id = format!("fault-{i}");
         app.import_expired(&app_id).await;
         provider.set_mode(case.mode);
+        let stored = format!(
+            "SELECT hex(access_token) || hex(refresh_token) FROM connections WHERE app_id = '{app_id}'"
+        );
+        let tokens_before = app.query_strings(&stored).await;
         let before = provider.calls();
         let response = app.get_token(&app_id, "acme", "").await;
         let status = response.status().as_u16();
@@ -115,6 +119,11 @@ async fn each_provider_fault_is_classified_backed_off_and_never_leaks() {
         assert!(
             body["message"].as_str().unwrap().contains(case.says),
             "{label}"
+        );
+        assert_eq!(
+            app.query_strings(&stored).await,
+            tokens_before,
+            "{label}: the stored token set is unchanged"
         );
         if status != 409 {
             assert!(has_retry_after, "{label}: Retry-After");

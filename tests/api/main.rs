@@ -10,6 +10,7 @@ mod cli;
 mod e2e;
 mod faults;
 mod helpers;
+mod outage;
 mod refresh;
 mod replicas;
 mod security;
