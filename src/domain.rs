@@ -159,7 +159,7 @@ pub struct StoredConnection {
 }
 
 /// One entry of the audit trail.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     pub at: i64,
     /// The service account, `tenant` (signup), `refresher` or `cli`.

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod openapi;
 pub mod pages;
 pub mod resources;
 pub mod routes;

@@ -63,6 +63,12 @@ fn declare(t: &mut RouteTable) {
     t.add_resource("/healthz", &[Get], PUBLIC, get(health::get));
     t.add_resource("/readyz", &[Get], PUBLIC, get(health::ready));
     t.add_resource("/metrics", &[Get], PUBLIC, get(health::metrics));
+    t.add_resource(
+        "/openapi.json",
+        &[Get],
+        PUBLIC,
+        get(super::openapi::openapi_json),
+    );
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]

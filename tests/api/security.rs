@@ -11,6 +11,7 @@ const PUBLIC: &[&str] = &[
     "/healthz",
     "/readyz",
     "/metrics",
+    "/openapi.json",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,4 +367,46 @@ async fn slow_clients_oversized_requests_and_odd_paths_are_cut_short() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route_of_the_table() {
+    let app = spawn_app(None).await;
+    let doc: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let (_, table, _) = cli(&app.config_path, &["routes"], None, &[]);
+    let table: Vec<Value> = serde_json::from_str(&table).unwrap();
+    for route in &table {
+        let path = route["path"].as_str().unwrap();
+        let described = &doc["paths"][path];
+        assert!(
+            described.is_object(),
+            "{path} is not in the OpenAPI document"
+        );
+        for method in route["methods"].as_array().unwrap() {
+            let method = method.as_str().unwrap().to_lowercase();
+            let operation = &described[&method];
+            assert!(operation.is_object(), "{method} {path} is not described");
+            let secured = operation["security"].is_array();
+            assert_eq!(
+                secured,
+                route["access"] != "public",
+                "{method} {path}: security"
+            );
+        }
+    }
+    let documented: usize = doc["paths"].as_object().unwrap().len();
+    assert_eq!(
+        documented,
+        table.len(),
+        "the document describes no route the table lacks"
+    );
 }

@@ -16,6 +16,24 @@ pub struct AuditQuery {
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = "audit",
+    security(("bearer" = [])),
+    params(
+        ("app_id" = Option<String>, Query),
+        ("since" = Option<i64>, Query, description = "epoch seconds; default: 24 hours ago"),
+        ("limit" = Option<i64>, Query, description = "1 to 1000; default 100"),
+    ),
+    responses(
+        (status = 200, description = "events, newest first", body = Vec<crate::domain::AuditEvent>),
+        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "forbidden", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody)
+    )
+)]
 /// `GET /audit?app_id=&since=&limit=` — role superadmin. Newest first; `since` in epoch
 /// seconds (default: the last 24 hours); `limit` at most 1000 (default 100).
 pub async fn list(

@@ -21,7 +21,7 @@ pub struct BinBTokenQuery {
     force_refresh: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BinBTokenResponse {
     pub access_token: String,
     pub token_type: String,
@@ -34,6 +34,7 @@ pub struct BinBTokenResponse {
     pub app_id: String,
     pub connector_type: String,
     #[serde(skip_serializing_if = "Metadata::is_empty")]
+    #[schema(value_type = Object)]
     pub metadata: Metadata,
 }
 
@@ -69,6 +70,33 @@ impl BinBTokenQuery {
         })
     }
 }
+
+#[utoipa::path(
+    get,
+    path = "/{app_id}/{connector_type}/binb-token",
+    tag = "tokens",
+    security(("bearer" = [])),
+    params(
+        ("app_id" = String, Path, description = "the small app, [a-z0-9][a-z0-9_-]{0,62}"),
+        ("connector_type" = String, Path, description = "a connector type of the catalog or the configuration"),
+        ("min_validity" = Option<i64>, Query, description = "seconds the token must stay valid (0 to 31536000)"),
+        ("force_refresh" = Option<bool>, Query, description = "refresh even if the stored token looks valid"),
+    ),
+    responses(
+        (status = 200, description = "a valid access token", body = BinBTokenResponse),
+        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
+    (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
+    (status = 403, description = "forbidden", body = crate::api::openapi::ErrorBody),
+    (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::openapi::ErrorBody),
+    (status = 409, description = "reauthorization_required", body = crate::api::openapi::ErrorBody),
+    (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody),
+    (status = 502, description = "provider_error", body = crate::api::openapi::ErrorBody),
+    (status = 503, description = "provider_unavailable (Retry-After)", body = crate::api::openapi::ErrorBody)
+    )
+)]
+/// The OpenAPI description of `BinBToken::get` (utoipa documents free functions only).
+#[allow(dead_code)]
+pub(crate) fn binb_token_get() {}
 
 impl BinBToken {
     /// `GET /{app_id}/{connector_type}/binb-token` — role superadmin. Returns an access token

@@ -14,7 +14,7 @@ use crate::api::pages::{connect_page, result_page};
 use crate::api::{AppState, AuditKey, RequestBody, SmallApp};
 use crate::signup::{self, NewLink, SignupError};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLinkBody {
     #[serde(default)]
@@ -25,7 +25,7 @@ pub struct CreateLinkBody {
     params: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedLinkBody {
     url: String,
     expires_at: i64,
@@ -43,6 +43,22 @@ impl From<SignupError> for ApiError {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/{app_id}/{connector_type}/connect-links",
+    tag = "signup",
+    security(("bearer" = [])),
+    params(("app_id" = String, Path), ("connector_type" = String, Path)),
+    request_body(content = CreateLinkBody, description = "all fields optional; an empty body is fine"),
+    responses(
+        (status = 201, description = "a single-use, expiring link", body = CreatedLinkBody),
+        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "connector_not_configured", body = crate::api::openapi::ErrorBody)
+    )
+)]
 /// `POST /{app_id}/{connector_type}/connect-links` — role admin or superadmin. Creates a
 /// single-use, expiring link a tenant opens to connect an account.
 pub async fn create(
@@ -132,6 +148,16 @@ fn error_page(error: SignupError) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/connect/{secret}",
+    tag = "signup",
+    params(("secret" = String, Path, description = "the link's secret")),
+    responses(
+        (status = 200, description = "the page naming the app and the provider", content_type = "text/html"),
+        (status = 400, description = "the link is no longer valid", content_type = "text/html")
+    )
+)]
 /// `GET /connect/{secret}` — public (the link's secret is the credential). The page naming the
 /// app and the provider, with one Connect button.
 pub async fn show(State(state): State<AppState>, Path(secret): Path<String>) -> Response {
@@ -146,6 +172,16 @@ pub async fn show(State(state): State<AppState>, Path(secret): Path<String>) -> 
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/connect/{secret}",
+    tag = "signup",
+    params(("secret" = String, Path, description = "the link's secret")),
+    responses(
+        (status = 303, description = "to the provider's authorization URL"),
+        (status = 400, description = "the link is no longer valid", content_type = "text/html")
+    )
+)]
 /// `POST /connect/{secret}` — public. Starts the authorization-code flow (RFC 6749 §4.1) with
 /// a single-use state and PKCE S256 (RFC 7636): 303 to the provider.
 pub async fn start(State(state): State<AppState>, Path(secret): Path<String>) -> Response {
@@ -165,6 +201,23 @@ pub async fn start(State(state): State<AppState>, Path(secret): Path<String>) ->
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/oauth/callback",
+    tag = "signup",
+    params(
+        ("code" = Option<String>, Query),
+        ("state" = Option<String>, Query),
+        ("error" = Option<String>, Query),
+        ("error_description" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, description = "connected, or not connected (access denied)", content_type = "text/html"),
+        (status = 303, description = "to return_to"),
+        (status = 400, description = "the state or the link is no longer valid", content_type = "text/html"),
+        (status = 502, description = "the provider refused the code", content_type = "text/html")
+    )
+)]
 /// `GET /oauth/callback` — public. The provider's redirect (RFC 6749 §4.1.2): checks the state,
 /// exchanges the code, stores the token set, then a success page or 303 to `return_to`.
 pub async fn callback(

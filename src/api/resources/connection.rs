@@ -14,11 +14,13 @@ use crate::secret::Secret;
 
 /// A token set to import, as JSON: `{"access_token", "refresh_token", "expires_at" |
 /// "expires_in", "scope", "token_type", "metadata"}`; only `access_token` is required.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportTokenSet {
+    #[schema(value_type = String)]
     access_token: Secret,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     refresh_token: Option<Secret>,
     #[serde(default)]
     expires_at: Option<i64>,
@@ -29,6 +31,7 @@ pub struct ImportTokenSet {
     #[serde(default)]
     token_type: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Metadata>,
 }
 
@@ -74,7 +77,7 @@ impl ImportTokenSet {
 }
 
 /// A connection as shown to admins: never a token.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConnectionView {
     pub app_id: String,
     pub connector_type: String,
@@ -91,6 +94,7 @@ pub struct ConnectionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "Metadata::is_empty")]
+    #[schema(value_type = Object)]
     pub metadata: Metadata,
 }
 
@@ -112,6 +116,22 @@ impl From<&StoredConnection> for ConnectionView {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/{app_id}/{connector_type}/connection",
+    tag = "connections",
+    security(("bearer" = [])),
+    params(("app_id" = String, Path), ("connector_type" = String, Path)),
+    request_body = ImportTokenSet,
+    responses(
+        (status = 200, description = "replaced", body = ConnectionView),
+        (status = 201, description = "created", body = ConnectionView),
+        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody)
+    )
+)]
 /// `PUT /{app_id}/{connector_type}/connection` — role admin or superadmin. Imports a token set
 /// obtained elsewhere; the connection becomes active. 201 when it is new, 200 when replaced.
 pub async fn put(
@@ -138,6 +158,20 @@ pub async fn put(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/{app_id}/{connector_type}/connection",
+    tag = "connections",
+    security(("bearer" = [])),
+    params(("app_id" = String, Path), ("connector_type" = String, Path)),
+    responses(
+        (status = 200, description = "the connection, never a token", body = ConnectionView),
+        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody)
+    )
+)]
 /// `GET /{app_id}/{connector_type}/connection` — role admin or superadmin. Status, scope,
 /// expiry, times and last error; never a token.
 pub async fn get(
@@ -155,12 +189,26 @@ pub async fn get(
     Ok(Json(ConnectionView::from(&connection)))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Deleted {
     deleted: bool,
     revoked_at_provider: bool,
 }
 
+#[utoipa::path(
+    delete,
+    path = "/{app_id}/{connector_type}/connection",
+    tag = "connections",
+    security(("bearer" = [])),
+    params(("app_id" = String, Path), ("connector_type" = String, Path)),
+    responses(
+        (status = 200, description = "deleted (and revoked at the provider when it can)", body = Deleted),
+        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody)
+    )
+)]
 /// `DELETE /{app_id}/{connector_type}/connection` — role admin or superadmin. Removes the
 /// connection and revokes the grant at the provider (RFC 7009) when the catalog has an endpoint.
 pub async fn delete(

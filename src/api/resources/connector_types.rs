@@ -8,7 +8,7 @@ use crate::api::auth::Principal;
 use crate::api::AppState;
 use crate::connectors::ConnectorType;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConnectorTypeView {
     pub name: String,
     pub display_name: String,
@@ -43,6 +43,17 @@ impl From<&ConnectorType> for ConnectorTypeView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/connector-types",
+    tag = "connections",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "every connector type", body = Vec<ConnectorTypeView>),
+        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody)
+    )
+)]
 /// `GET /connector-types` — role admin or superadmin. Every catalog entry and custom type,
 /// never a client secret.
 pub async fn list(

@@ -11,6 +11,10 @@ use serde_json::{json, Value};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses(
+    (status = 200, description = "the database answers"),
+    (status = 503, description = "it does not", body = crate::api::openapi::ErrorBody)
+))]
 /// `GET /healthz` — no authentication.
 pub async fn get(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.keeper.store().ping().await.map_err(|e| {
@@ -20,6 +24,10 @@ pub async fn get(State(state): State<AppState>) -> Result<Json<Value>, ApiError>
     Ok(Json(json!({ "status": "ok" })))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "ready"),
+    (status = 503, description = "the database does not answer within 2 s", body = crate::api::openapi::ErrorBody)
+))]
 /// `GET /readyz` — no authentication. 200 when the database answers within 2 seconds, so a
 /// load balancer stops sending traffic to a replica that lost its database.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -36,6 +44,9 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")
+))]
 /// `GET /metrics` — no authentication (labels carry connector types and outcomes only).
 /// OpenMetrics text, which Prometheus scrapes.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

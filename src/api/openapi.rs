@@ -1,0 +1,72 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations and types
+//! (`GET /openapi.json`).
+
+use axum::Json;
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::resources::{audit, binb_token, connect, connection, connector_types, health};
+
+/// Every error response: a stable code and a human sentence.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `invalid_request`, `unauthorized`, `forbidden`, `unknown_connector_type`,
+    /// `not_connected`, `reauthorization_required`, `rate_limited`, `provider_error`,
+    /// `provider_unavailable`, ...
+    pub error: String,
+    pub message: String,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "a service-account token (tokenbox service-account create)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tokenbox",
+        description = "Keeps OAuth tokens for many tenants and hands a valid access token to extraction jobs."
+    ),
+    paths(
+        binb_token::binb_token_get,
+        connection::get,
+        connection::put,
+        connection::delete,
+        connect::create,
+        connect::show,
+        connect::start,
+        connect::callback,
+        connector_types::list,
+        audit::list,
+        health::get,
+        health::ready,
+        health::metrics,
+        openapi_json,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses(
+    (status = 200, description = "this document")
+))]
+/// `GET /openapi.json` — no authentication.
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
