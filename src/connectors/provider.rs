@@ -20,6 +20,9 @@ use super::{ClientAuth, ConnectorType, RequestBody};
 use crate::domain::{now_epoch, Metadata, TokenSet};
 use crate::secret::Secret;
 
+/// Ten years: longer lifetimes in a token response are capped.
+const MAX_LIFETIME: u64 = 10 * 365 * 86_400;
+
 /// OAuth error codes that mean the grant is gone and the tenant must reconnect.
 const REVOKED_CODES: &[&str] = &["invalid_grant", "invalid_refresh_token", "token_revoked"];
 
@@ -462,56 +465,7 @@ impl Provider {
                 Fault::Other
             }
         })?;
-        if status.as_u16() == 429 || status.is_server_error() {
-            return Err(Fault::Status {
-                status: status.as_u16(),
-                retry_after,
-            });
-        }
-        if bytes.is_empty() {
-            // Revocation answers 200 with no body; the crate checks the status only.
-            return http::Response::builder()
-                .status(status)
-                .body(Vec::new())
-                .map_err(|_| Fault::Other);
-        }
-        let parsed: Option<Value> = if is_form {
-            Some(Value::Object(
-                oauth2::url::form_urlencoded::parse(&bytes)
-                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-                    .collect(),
-            ))
-        } else {
-            serde_json::from_slice(&bytes).ok()
-        };
-        let Some(Value::Object(mut object)) = parsed else {
-            return Err(if status.is_success() {
-                Fault::NotJson
-            } else {
-                Fault::Status {
-                    status: status.as_u16(),
-                    retry_after,
-                }
-            });
-        };
-        if let Some(path) = &ct.token_path {
-            if let Some(Value::Object(nested)) = object.get(path).cloned() {
-                object.extend(nested);
-            }
-        }
-        let mut status = status;
-        if status.is_success()
-            && !object.contains_key("access_token")
-            && object.get("error").is_some_and(Value::is_string)
-        {
-            status = http::StatusCode::BAD_REQUEST;
-        }
-        let body = serde_json::to_vec(&object).map_err(|_| Fault::Other)?;
-        http::Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .map_err(|_| Fault::Other)
+        normalize(ct, status, is_form, retry_after, &bytes)
     }
 }
 
@@ -575,6 +529,69 @@ fn redirect_url(uri: &str) -> Result<RedirectUrl, RefreshError> {
     })
 }
 
+/// Turns a provider's answer into what the `oauth2` crate expects: JSON with a meaningful
+/// status. Form-encoded bodies become JSON, a nested token set is lifted (`token_path`), and an
+/// error sent with HTTP 200 becomes a 400. Transient failures (429, 5xx, a body that is not
+/// JSON) are faults. Pure, so that it can be tested on arbitrary input.
+fn normalize(
+    ct: &ConnectorType,
+    status: http::StatusCode,
+    is_form: bool,
+    retry_after: Option<u64>,
+    bytes: &[u8],
+) -> Result<HttpResponse, Fault> {
+    if status.as_u16() == 429 || status.is_server_error() {
+        return Err(Fault::Status {
+            status: status.as_u16(),
+            retry_after,
+        });
+    }
+    if bytes.is_empty() {
+        // Revocation answers 200 with no body; the crate checks the status only.
+        return http::Response::builder()
+            .status(status)
+            .body(Vec::new())
+            .map_err(|_| Fault::Other);
+    }
+    let parsed: Option<Value> = if is_form {
+        Some(Value::Object(
+            oauth2::url::form_urlencoded::parse(bytes)
+                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                .collect(),
+        ))
+    } else {
+        serde_json::from_slice(bytes).ok()
+    };
+    let Some(Value::Object(mut object)) = parsed else {
+        return Err(if status.is_success() {
+            Fault::NotJson
+        } else {
+            Fault::Status {
+                status: status.as_u16(),
+                retry_after,
+            }
+        });
+    };
+    if let Some(path) = &ct.token_path {
+        if let Some(Value::Object(nested)) = object.get(path).cloned() {
+            object.extend(nested);
+        }
+    }
+    let mut status = status;
+    if status.is_success()
+        && !object.contains_key("access_token")
+        && object.get("error").is_some_and(Value::is_string)
+    {
+        status = http::StatusCode::BAD_REQUEST;
+    }
+    let body = serde_json::to_vec(&object).map_err(|_| Fault::Other)?;
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .map_err(|_| Fault::Other)
+}
+
 fn classify(e: RequestTokenError<Fault, BasicErrorResponse>) -> RefreshError {
     match e {
         RequestTokenError::ServerResponse(resp) => {
@@ -627,7 +644,8 @@ fn to_token_set(ct: &ConnectorType, r: ProviderTokenResponse, now: i64) -> Token
         None
     } else {
         r.expires_in
-            .map(|s| s as i64)
+            // A lifetime beyond ten years is nonsense (or an overflow): cap it.
+            .map(|s| s.min(MAX_LIFETIME) as i64)
             .or(ct.default_expires_in)
             .map(|s| now.saturating_add(s))
     };
@@ -646,5 +664,119 @@ fn to_token_set(ct: &ConnectorType, r: ProviderTokenResponse, now: i64) -> Token
         expires_at,
         scope: r.scope,
         metadata,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::connectors::{Catalog, ConnectorTypeSpec};
+    use crate::domain::ConnectorTypeName;
+
+    fn slack() -> std::sync::Arc<ConnectorType> {
+        let catalog = Catalog::build_with_env(&BTreeMap::new(), &|_| None, false).unwrap();
+        catalog
+            .get(&ConnectorTypeName::parse("slack").unwrap())
+            .unwrap()
+            .clone()
+    }
+
+    /// The whole parse of a token answer: normalization, then the token response, then ours.
+    fn parse(ct: &ConnectorType, status: u16, is_form: bool, body: &[u8]) -> Option<TokenSet> {
+        let status = http::StatusCode::from_u16(status).ok()?;
+        let normalized = normalize(ct, status, is_form, None, body).ok()?;
+        if normalized.status() != http::StatusCode::OK {
+            return None;
+        }
+        let response: ProviderTokenResponse = serde_json::from_slice(normalized.body()).ok()?;
+        Some(to_token_set(ct, response, 1_000_000))
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("access_token".to_string()),
+                        Just("expires_in".to_string()),
+                        Just("refresh_token".to_string()),
+                        Just("scope".to_string()),
+                        Just("error".to_string()),
+                        Just("authed_user".to_string()),
+                        "[a-z_]{1,8}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(status in 100u16..600, is_form: bool, body in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&slack(), status, is_form, &body);
+        }
+
+        #[test]
+        fn arbitrary_json_answers_parse_to_sane_token_sets(value in json_value()) {
+            let body = serde_json::to_vec(&value).unwrap();
+            if let Some(tokens) = parse(&slack(), 200, false, &body) {
+                // An access token came as a string, and the expiry is never in the past nor
+                // absurdly far.
+                let expected = value.get("access_token").and_then(Value::as_str)
+                    .or_else(|| value.get("authed_user").and_then(|u| u.get("access_token")).and_then(Value::as_str));
+                prop_assert_eq!(Some(tokens.access_token.expose()), expected);
+                if let Some(at) = tokens.expires_at {
+                    prop_assert!(at >= 1_000_000 && at <= 1_000_000 + MAX_LIFETIME as i64);
+                }
+                prop_assert!(tokens.refresh_token.as_ref().is_none_or(|t| !t.is_empty()));
+            }
+        }
+
+        #[test]
+        fn an_error_in_a_200_is_never_a_token(code in "[a-z_]{1,20}") {
+            let body = serde_json::to_vec(&serde_json::json!({"ok": false, "error": code})).unwrap();
+            prop_assert!(parse(&slack(), 200, false, &body).is_none());
+        }
+
+        #[test]
+        fn config_and_catalog_parsers_never_panic(text in "[ -~\n]{0,300}") {
+            let _ = crate::config::Config::from_toml(&text);
+            if let Ok(spec) = toml::from_str::<BTreeMap<String, ConnectorTypeSpec>>(&text) {
+                let _ = Catalog::build_with_env(&spec, &|_| None, true);
+            }
+        }
+
+        #[test]
+        fn placeholder_values_never_move_the_host(value in ".{0,40}") {
+            let catalog = Catalog::build_with_env(&BTreeMap::new(), &|_| None, false).unwrap();
+            let zendesk = catalog.get(&ConnectorTypeName::parse("zendesk").unwrap()).unwrap();
+            let mut values = Metadata::new();
+            values.insert("subdomain".into(), Value::String(value.clone()));
+            if let Ok(url) = zendesk.expand_url(&zendesk.token_url, &values) {
+                let parsed = oauth2::url::Url::parse(&url).unwrap();
+                prop_assert_eq!(parsed.host_str().unwrap(), format!("{}.zendesk.com", value.to_lowercase()));
+                prop_assert_eq!(parsed.path(), "/oauth/tokens");
+                prop_assert!(parsed.username().is_empty() && parsed.port().is_none());
+            }
+        }
     }
 }
