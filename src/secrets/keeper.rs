@@ -363,7 +363,20 @@ impl SecretsKeeper {
 
         let ct = self.connector_type(key)?.clone();
         let started = std::time::Instant::now();
-        let outcome = match inner.breakers.check(ct.name.as_str()) {
+        // One circuit per connector type and token host: a tenant's broken self-hosted
+        // instance (Zendesk, GitLab) does not pause the other tenants of that type.
+        let circuit = match ct.expand_url(&ct.token_url, &current.tokens.metadata) {
+            Ok(url) => format!(
+                "{}|{}",
+                ct.name,
+                oauth2::url::Url::parse(&url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
+            Err(_) => ct.name.to_string(),
+        };
+        let outcome = match inner.breakers.check(&circuit) {
             Err(wait) => Err(RefreshError::Unavailable {
                 reason: format!(
                     "refreshes of {} are paused after repeated failures (circuit open)",
@@ -383,7 +396,7 @@ impl SecretsKeeper {
                     )
                     .await;
                 inner.breakers.record(
-                    ct.name.as_str(),
+                    &circuit,
                     matches!(outcome, Err(RefreshError::Unavailable { .. })),
                 );
                 outcome
