@@ -116,6 +116,8 @@ async fn seed(config_path: &Path, count: usize, expired: bool) -> String {
             role: Role::Superadmin,
             token_hash: hash_token(&token),
             created_at: now_epoch(),
+            scope: None,
+            expires_at: None,
         })
         .await
         .unwrap();

@@ -98,6 +98,15 @@ enum ServiceAccountCommand {
         name: String,
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// Restrict the account to these app-id patterns (`*` wildcard), comma-separated.
+        #[arg(long, value_name = "PATTERNS", value_delimiter = ',')]
+        apps: Vec<String>,
+        /// Restrict the account to these connector types, comma-separated.
+        #[arg(long, value_name = "TYPES", value_delimiter = ',')]
+        connector_types: Vec<String>,
+        /// The account stops working after this long: seconds, or 30m, 12h, 90d.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
     },
     /// List accounts (never their tokens).
     List,
@@ -241,7 +250,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let state = build_state(config, None).await?;
             let store = state.keeper.store();
             match command {
-                ServiceAccountCommand::Create { name, role } => {
+                ServiceAccountCommand::Create {
+                    name,
+                    role,
+                    apps,
+                    connector_types,
+                    expires_in,
+                } => {
+                    for pattern in &apps {
+                        let literal = pattern.replace('*', "a");
+                        AppId::parse(&literal).map_err(|_| {
+                            anyhow::anyhow!("--apps {pattern}: an app-id pattern is an app id with '*' wildcards")
+                        })?;
+                    }
+                    for ct in &connector_types {
+                        ConnectorTypeName::parse(ct).map_err(anyhow::Error::msg)?;
+                    }
+                    let scope = (!apps.is_empty() || !connector_types.is_empty()).then(|| {
+                        tokenbox::secrets::AccountScope {
+                            apps: apps.clone(),
+                            connector_types: connector_types.clone(),
+                        }
+                    });
+                    let expires_at = expires_in
+                        .as_deref()
+                        .map(|d| match parse_duration(d)? {
+                            s if s > 0 => Ok(now_epoch() + s),
+                            _ => bail!("--expires-in must be positive"),
+                        })
+                        .transpose()?;
                     check_account_name(&name)?;
                     let name_for_audit = name.clone();
                     let token = generate_token();
@@ -254,15 +291,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             },
                             token_hash: hash_token(&token),
                             created_at: now_epoch(),
+                            scope,
+                            expires_at,
                         })
                         .await?;
                     audit_cli(store, "service_account.create", None, Some(&name_for_audit)).await;
                     println!("{token}");
                 }
                 ServiceAccountCommand::List => {
-                    println!("{:<32} {:<11} CREATED", "NAME", "ROLE");
+                    println!(
+                        "{:<24} {:<11} {:<11} {:<11} SCOPE",
+                        "NAME", "ROLE", "CREATED", "EXPIRES"
+                    );
                     for a in store.list_service_accounts().await? {
-                        println!("{:<32} {:<11} {}", a.name, a.role.as_str(), a.created_at);
+                        let scope = match &a.scope {
+                            None => "unrestricted".to_string(),
+                            Some(s) => format!(
+                                "apps={} connector_types={}",
+                                if s.apps.is_empty() {
+                                    "*".into()
+                                } else {
+                                    s.apps.join(",")
+                                },
+                                if s.connector_types.is_empty() {
+                                    "*".into()
+                                } else {
+                                    s.connector_types.join(",")
+                                }
+                            ),
+                        };
+                        println!(
+                            "{:<24} {:<11} {:<11} {:<11} {scope}",
+                            a.name,
+                            a.role.as_str(),
+                            a.created_at,
+                            a.expires_at.map_or("never".to_string(), |e| e.to_string()),
+                        );
                     }
                 }
                 ServiceAccountCommand::Revoke { name } => {
@@ -468,18 +532,26 @@ fn parse_since(since: Option<&str>) -> anyhow::Result<i64> {
     if let Ok(epoch) = since.parse::<i64>() {
         return Ok(epoch);
     }
-    let (number, unit) = since.split_at(since.len().saturating_sub(1));
+    Ok(now_epoch() - parse_duration(since)?)
+}
+
+/// A duration in seconds: a number, or a number with `s`, `m`, `h` or `d`.
+fn parse_duration(text: &str) -> anyhow::Result<i64> {
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds);
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
     let number: i64 = number
         .parse()
-        .with_context(|| format!("--since {since}: expected epoch seconds or 30m, 12h, 7d"))?;
+        .with_context(|| format!("{text}: expected seconds or 30m, 12h, 7d"))?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => bail!("--since {since}: expected epoch seconds or 30m, 12h, 7d"),
+        _ => bail!("{text}: expected seconds or 30m, 12h, 7d"),
     };
-    Ok(now_epoch() - number * seconds)
+    Ok(number * seconds)
 }
 
 /// Records an action taken by the command line.

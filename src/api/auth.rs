@@ -14,17 +14,22 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::secrets::{Role, SecretsStore, StoreError};
+use crate::secrets::{AccountScope, Role, SecretsStore, StoreError};
 
 /// How long the in-memory list of service accounts is trusted; a revocation made by another
 /// process takes effect within this time.
 const ACCOUNTS_TTL: Duration = Duration::from_secs(2);
+/// An unknown token makes the accounts be read again, at most this often.
+const MISS_RELOAD_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The caller, as established by the bearer token.
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub name: String,
     pub role: Role,
+    /// What a scoped account may use; `None` is unrestricted.
+    pub scope: Option<AccountScope>,
+    pub expires_at: Option<i64>,
 }
 
 /// A new service-account token: 256 random bits, URL-safe base64, with a recognisable prefix.
@@ -52,6 +57,7 @@ pub struct Authenticator {
     store: Arc<dyn SecretsStore>,
     snapshot: RwLock<Snapshot>,
     reload: tokio::sync::Mutex<()>,
+    last_miss_reload: std::sync::Mutex<Option<Instant>>,
     limiter: Option<Limiter>,
 }
 
@@ -76,6 +82,7 @@ impl Authenticator {
                 loaded: None,
             }),
             reload: tokio::sync::Mutex::new(()),
+            last_miss_reload: std::sync::Mutex::new(None),
             limiter,
         }
     }
@@ -98,10 +105,17 @@ impl Authenticator {
         (s.accounts.clone(), fresh)
     }
 
-    async fn reload(&self) -> Result<Accounts, StoreError> {
+    /// Reloads the accounts unless they were loaded less than `max_age` ago.
+    async fn reload(&self, max_age: Duration) -> Result<Accounts, StoreError> {
         let _one_at_a_time = self.reload.lock().await;
-        let (accounts, fresh) = self.current();
-        if fresh {
+        let (accounts, young) = {
+            let s = self.snapshot.read().expect("auth snapshot poisoned");
+            (
+                s.accounts.clone(),
+                s.loaded.is_some_and(|t| t.elapsed() < max_age),
+            )
+        };
+        if young {
             return Ok(accounts);
         }
         let loaded: Vec<_> = self
@@ -115,6 +129,8 @@ impl Authenticator {
                     Principal {
                         name: a.name,
                         role: a.role,
+                        scope: a.scope,
+                        expires_at: a.expires_at,
                     },
                 )
             })
@@ -141,17 +157,34 @@ impl Authenticator {
         let accounts = if fresh {
             accounts
         } else {
-            self.reload().await?
+            self.reload(ACCOUNTS_TTL).await?
         };
-        // Compare against every account in constant time; no early exit on a match.
-        let mut found = None;
-        for (stored, principal) in accounts.iter() {
-            if bool::from(stored.ct_eq(&hash)) {
-                found = Some(principal.clone());
-            }
+        if let Some(found) = find(&accounts, &hash) {
+            return Ok(Some(found));
         }
-        Ok(found)
+        // Unknown: maybe an account created a moment ago by the CLI. Look again, at most a
+        // few times a second whatever the number of bad tokens.
+        {
+            let mut last = self.last_miss_reload.lock().expect("poisoned");
+            if last.is_some_and(|t| t.elapsed() < MISS_RELOAD_INTERVAL) {
+                return Ok(None);
+            }
+            *last = Some(Instant::now());
+        }
+        let accounts = self.reload(Duration::ZERO).await?;
+        Ok(find(&accounts, &hash))
     }
+}
+
+/// Compares against every account in constant time; no early exit on a match.
+fn find(accounts: &Accounts, hash: &[u8; 32]) -> Option<Principal> {
+    let mut found = None;
+    for (stored, principal) in accounts.iter() {
+        if bool::from(stored.ct_eq(hash)) {
+            found = Some(principal.clone());
+        }
+    }
+    found
 }
 
 fn bearer(request: &Request) -> Option<&str> {
@@ -183,6 +216,12 @@ pub async fn require_role(
         Ok(None) => return ApiError::Unauthorized.into_response(),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    if principal
+        .expires_at
+        .is_some_and(|at| at <= crate::domain::now_epoch())
+    {
+        return ApiError::Unauthorized.into_response();
+    }
     if let Err(retry_after) = auth.check_rate(&principal) {
         return ApiError::RateLimited {
             message: format!(
@@ -201,6 +240,26 @@ pub async fn require_role(
             principal.role.as_str()
         ))
         .into_response();
+    }
+    if let Some(scope) = &principal.scope {
+        // A scoped account may use the per-app routes of its apps and connector types only.
+        let mut segments = request.uri().path().split('/').skip(1);
+        let (app, connector_type) = (segments.next(), segments.next());
+        let per_app = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|p| p.as_str().starts_with("/{app_id}/{connector_type}/"));
+        let verdict = match (per_app, app, connector_type) {
+            (true, Some(app), Some(ct)) => scope.allows(app, ct),
+            _ => Err("a scoped account may only call the per-app routes of its scope".into()),
+        };
+        if let Err(reason) = verdict {
+            return ApiError::Forbidden(format!(
+                "service account '{}' may not do this: {reason}",
+                principal.name
+            ))
+            .into_response();
+        }
     }
     let name = super::PrincipalName(principal.name.clone());
     request.extensions_mut().insert(principal);

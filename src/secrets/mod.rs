@@ -66,6 +66,89 @@ pub struct ServiceAccount {
     pub role: Role,
     pub token_hash: [u8; 32],
     pub created_at: i64,
+    /// What the account may use; `None` is unrestricted.
+    pub scope: Option<AccountScope>,
+    /// After this (epoch seconds) the account is refused.
+    pub expires_at: Option<i64>,
+}
+
+/// The apps and connector types a scoped service account may use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccountScope {
+    /// App-id patterns: `*` matches any run of characters (`acme-*`). Empty: any app.
+    pub apps: Vec<String>,
+    /// Connector types. Empty: any type.
+    pub connector_types: Vec<String>,
+}
+
+impl AccountScope {
+    /// `Err(reason)` when the connection is outside the scope.
+    pub fn allows(&self, app_id: &str, connector_type: &str) -> Result<(), String> {
+        if !self.apps.is_empty() && !self.apps.iter().any(|p| glob_match(p, app_id)) {
+            return Err(format!(
+                "app '{app_id}' is outside the account's apps ({})",
+                self.apps.join(", ")
+            ));
+        }
+        if !self.connector_types.is_empty()
+            && !self.connector_types.iter().any(|c| c == connector_type)
+        {
+            return Err(format!(
+                "connector type '{connector_type}' is outside the account's connector types ({})",
+                self.connector_types.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Matches `text` against `pattern`, where `*` stands for any run of characters.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    #[test]
+    fn app_patterns_use_stars_and_types_are_exact() {
+        assert!(glob_match("acme-*", "acme-prod"));
+        assert!(glob_match("acme-*", "acme-"));
+        assert!(!glob_match("acme-*", "acme"));
+        assert!(!glob_match("acme-*", "beta-acme-x"));
+        assert!(glob_match("*-prod", "acme-prod"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxcyyb"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("exact", "exact") && !glob_match("exact", "exactly"));
+        assert!(!glob_match("ab*ba", "aba"), "the two ends must not overlap");
+        let scope = AccountScope {
+            apps: vec!["acme-*".into()],
+            connector_types: vec!["github".into(), "hubspot".into()],
+        };
+        assert!(scope.allows("acme-1", "github").is_ok());
+        assert!(scope.allows("beta", "github").unwrap_err().contains("apps"));
+        assert!(scope
+            .allows("acme-1", "slack")
+            .unwrap_err()
+            .contains("connector types"));
+    }
 }
 
 /// Progress of one re-encryption batch.

@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit",
         include_str!("../../migrations/postgres/0005_audit.sql"),
     ),
+    (
+        6,
+        "scoped_accounts",
+        include_str!("../../migrations/postgres/0006_scoped_accounts.sql"),
+    ),
 ];
 
 /// How long a refresh waits for another replica's row lock (longer than any provider call).

@@ -101,9 +101,10 @@ pub(crate) const INSERT_STATE: &str = "INSERT INTO oauth_states (state_hash, lin
 pub(crate) const TAKE_STATE: &str = "DELETE FROM oauth_states WHERE state_hash = $1 \
      RETURNING link_hash, pkce_verifier, expires_at";
 pub(crate) const INSERT_ACCOUNT: &str = "INSERT INTO service_accounts (name, role, token_hash, \
-     created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING";
-pub(crate) const LIST_ACCOUNTS: &str =
-    "SELECT name, role, token_hash, created_at FROM service_accounts ORDER BY name";
+     created_at, apps, connector_types, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (name) DO NOTHING";
+pub(crate) const LIST_ACCOUNTS: &str = "SELECT name, role, token_hash, created_at, apps, \
+     connector_types, expires_at FROM service_accounts ORDER BY name";
 pub(crate) const DELETE_ACCOUNT: &str = "DELETE FROM service_accounts WHERE name = $1";
 pub(crate) const SELECT_KEY_CHECK: &str = "SELECT value FROM tokenbox_meta WHERE key = 'key_check'";
 pub(crate) const INSERT_KEY_CHECK: &str = "INSERT INTO tokenbox_meta (key, value) \
@@ -666,6 +667,19 @@ macro_rules! sql_store {
                     .bind(account.role.as_str())
                     .bind(&account.token_hash[..])
                     .bind(account.created_at)
+                    .bind(
+                        account
+                            .scope
+                            .as_ref()
+                            .map(|s| serde_json::to_string(&s.apps).unwrap_or_default()),
+                    )
+                    .bind(
+                        account
+                            .scope
+                            .as_ref()
+                            .map(|s| serde_json::to_string(&s.connector_types).unwrap_or_default()),
+                    )
+                    .bind(account.expires_at)
                     .execute(&self.pool)
                     .await?;
                 if result.rows_affected() == 0 {
@@ -687,7 +701,21 @@ macro_rules! sql_store {
                 rows.iter()
                     .map(|row| {
                         let role: String = row.try_get("role")?;
+                        let apps: Option<String> = row.try_get("apps")?;
+                        let types: Option<String> = row.try_get("connector_types")?;
+                        let list = |v: Option<String>| -> Vec<String> {
+                            v.and_then(|v| serde_json::from_str(&v).ok())
+                                .unwrap_or_default()
+                        };
+                        let scope = (apps.is_some() || types.is_some()).then(|| {
+                            $crate::secrets::AccountScope {
+                                apps: list(apps),
+                                connector_types: list(types),
+                            }
+                        });
                         Ok($crate::secrets::ServiceAccount {
+                            scope,
+                            expires_at: row.try_get("expires_at")?,
                             name: row.try_get("name")?,
                             role: $crate::secrets::Role::parse(&role).ok_or_else(|| {
                                 $crate::secrets::StoreError::Corrupt(format!("unknown role {role}"))

@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit",
         include_str!("../../migrations/sqlite/0005_audit.sql"),
     ),
+    (
+        6,
+        "scoped_accounts",
+        include_str!("../../migrations/sqlite/0006_scoped_accounts.sql"),
+    ),
 ];
 
 #[derive(Clone)]

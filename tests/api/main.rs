@@ -62,6 +62,7 @@ conformance! {
     }
     security {
         the_audit_trail_records_each_action_and_reads_it_back,
+        scoped_and_expiring_service_accounts_are_held_to_their_scope,
     }
     storage {
         a_ciphertext_moved_to_another_row_fails_to_decrypt,

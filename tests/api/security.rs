@@ -410,3 +410,110 @@ async fn the_openapi_document_describes_every_route_of_the_table() {
         "the document describes no route the table lacks"
     );
 }
+
+pub async fn scoped_and_expiring_service_accounts_are_held_to_their_scope(
+    backend: crate::helpers::Backend,
+) {
+    let app = crate::helpers::spawn_app_on(backend, None).await;
+    for (app_id, ct) in [
+        ("acme-1", "github"),
+        ("beta", "github"),
+        ("acme-1", "hubspot"),
+    ] {
+        app.import(
+            app_id,
+            ct,
+            &serde_json::json!({"access_token": crate::helpers::unique("t")}),
+        )
+        .await;
+    }
+    let scoped = cli_ok(
+        &app.config_path,
+        &[
+            "service-account",
+            "create",
+            "acme-jobs",
+            "--role",
+            "superadmin",
+            "--apps",
+            "acme-*",
+            "--connector-types",
+            "github",
+        ],
+        None,
+    )
+    .trim()
+    .to_string();
+    app.remember_secret(&scoped);
+    let (_, listing, _) = cli(&app.config_path, &["service-account", "list"], None, &[]);
+    assert!(
+        listing.contains("apps=acme-* connector_types=github"),
+        "{listing}"
+    );
+
+    assert_eq!(
+        app.get_token_as(&scoped, "acme-1", "github", "")
+            .await
+            .status(),
+        200
+    );
+    for (app_id, ct, reason) in [
+        ("beta", "github", "outside the account's apps"),
+        ("acme-1", "hubspot", "outside the account's connector types"),
+    ] {
+        let response = app.get_token_as(&scoped, app_id, ct, "").await;
+        assert_eq!(response.status(), 403, "{app_id}/{ct}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "forbidden");
+        assert!(body["message"].as_str().unwrap().contains(reason), "{body}");
+    }
+    for path in ["/audit", "/connector-types"] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .bearer_auth(&scoped)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{path}");
+    }
+    // The unrestricted superadmin still reads everything.
+    assert_eq!(app.get_token("beta", "github", "").await.status(), 200);
+
+    // An expired account is refused.
+    let expiring = cli_ok(
+        &app.config_path,
+        &[
+            "service-account",
+            "create",
+            "short-lived",
+            "--role",
+            "superadmin",
+            "--expires-in",
+            "1",
+        ],
+        None,
+    )
+    .trim()
+    .to_string();
+    app.remember_secret(&expiring);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let response = app.get_token_as(&expiring, "beta", "github", "").await;
+    assert_eq!(response.status(), 401);
+    let (code, _, stderr) = cli(
+        &app.config_path,
+        &[
+            "service-account",
+            "create",
+            "x",
+            "--role",
+            "admin",
+            "--apps",
+            "Not/Valid",
+        ],
+        None,
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--apps"), "{stderr}");
+}
