@@ -118,6 +118,9 @@ struct FileConfig {
     allow_insecure_loopback: Option<bool>,
     rate_limit_per_second: Option<u32>,
     slow_client_timeout_seconds: Option<u64>,
+    jwt_lifetime_seconds: Option<u64>,
+    jwt_key_overlap_seconds: Option<u64>,
+    jwt_audience: Option<String>,
     #[serde(default)]
     connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -152,6 +155,12 @@ pub struct Config {
     pub rate_limit_per_second: u32,
     /// How long a client may take to send its request headers, and then its body.
     pub slow_client_timeout: Duration,
+    /// Lifetime of the JWTs of the client-credentials grant.
+    pub jwt_lifetime_seconds: i64,
+    /// How long a rotated-out signing key keeps verifying.
+    pub jwt_key_overlap_seconds: i64,
+    /// The `aud` of the JWTs.
+    pub jwt_audience: String,
     /// Connector types from the config file: custom entries or overrides of catalog entries.
     pub connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -193,6 +202,9 @@ impl Default for Config {
             allow_insecure_loopback: false,
             rate_limit_per_second: 1000,
             slow_client_timeout: Duration::from_secs(10),
+            jwt_lifetime_seconds: 900,
+            jwt_key_overlap_seconds: 1800,
+            jwt_audience: "tokenbox".into(),
             connector_types: BTreeMap::new(),
         }
     }
@@ -269,6 +281,15 @@ impl Config {
         if let Some(v) = file.refresher_concurrency {
             c.refresher.concurrency = v;
         }
+        if let Some(v) = file.jwt_lifetime_seconds {
+            c.jwt_lifetime_seconds = v as i64;
+        }
+        if let Some(v) = file.jwt_key_overlap_seconds {
+            c.jwt_key_overlap_seconds = v as i64;
+        }
+        if let Some(v) = file.jwt_audience {
+            c.jwt_audience = v;
+        }
         if let Some(v) = file.slow_client_timeout_seconds {
             c.slow_client_timeout = Duration::from_secs(v);
         }
@@ -325,6 +346,10 @@ impl Config {
                 }
                 Some("refresher_interval_seconds") => {
                     c.refresher.interval = Duration::from_secs(parse_secs(value)?)
+                }
+                Some("jwt_lifetime_seconds") => c.jwt_lifetime_seconds = parse_secs(value)? as i64,
+                Some("jwt_key_overlap_seconds") => {
+                    c.jwt_key_overlap_seconds = parse_secs(value)? as i64
                 }
                 Some("slow_client_timeout_seconds") => {
                     c.slow_client_timeout = Duration::from_secs(parse_secs(value)?)

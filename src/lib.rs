@@ -6,6 +6,7 @@ pub mod audit;
 pub mod config;
 pub mod connectors;
 pub mod domain;
+pub mod jwt;
 pub mod metrics;
 pub mod refresh;
 pub mod secret;
@@ -50,9 +51,21 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
             .map(|u| u.trim_end_matches('/').to_string())
             .unwrap_or_else(|| format!("http://{}", config.listen)),
     };
+    let jwt = Arc::new(jwt::JwtIssuer::new(
+        store.clone(),
+        public_url.clone(),
+        config.jwt_audience.clone(),
+        config.jwt_lifetime_seconds,
+        config.jwt_key_overlap_seconds,
+    ));
     Ok(AppState {
         keeper,
-        auth: Arc::new(Authenticator::new(store, config.rate_limit_per_second)),
+        auth: Arc::new(Authenticator::new(
+            store,
+            config.rate_limit_per_second,
+            jwt.clone(),
+        )),
+        jwt,
         config: Arc::new(config),
         public_url: public_url.into(),
         metrics,

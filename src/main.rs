@@ -126,6 +126,9 @@ enum KeysCommand {
         #[arg(long, default_value_t = 500)]
         batch: i64,
     },
+    /// Start signing JWTs with a new key; the previous one keeps verifying for
+    /// jwt_key_overlap_seconds. Servers pick the new key up within 5 seconds.
+    RotateSigning,
 }
 
 #[derive(Subcommand)]
@@ -404,6 +407,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+        }
+        Command::Keys(KeysCommand::RotateSigning) => {
+            let state = build_state(config, None).await?;
+            let kid = state.jwt.rotate().await?;
+            audit_cli(state.keeper.store(), "jwt_key.rotate", None, Some(&kid)).await;
+            eprintln!(
+                "JWTs are now signed with key {kid}; the previous key verifies for {} more seconds",
+                state.config.jwt_key_overlap_seconds
+            );
         }
         Command::Keys(KeysCommand::Add) => {
             if config.encryption_key.is_some() {

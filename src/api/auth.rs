@@ -59,6 +59,7 @@ pub struct Authenticator {
     reload: tokio::sync::Mutex<()>,
     last_miss_reload: std::sync::Mutex<Option<Instant>>,
     limiter: Option<Limiter>,
+    jwt: Arc<crate::jwt::JwtIssuer>,
 }
 
 type Limiter = governor::RateLimiter<
@@ -70,7 +71,11 @@ type Limiter = governor::RateLimiter<
 impl Authenticator {
     /// `rate_limit_per_second`: requests each service account may make per second (bursts of
     /// twice that); 0 disables the limit.
-    pub fn new(store: Arc<dyn SecretsStore>, rate_limit_per_second: u32) -> Self {
+    pub fn new(
+        store: Arc<dyn SecretsStore>,
+        rate_limit_per_second: u32,
+        jwt: Arc<crate::jwt::JwtIssuer>,
+    ) -> Self {
         let limiter = std::num::NonZeroU32::new(rate_limit_per_second).map(|rate| {
             let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).expect("2 > 0"));
             governor::RateLimiter::hashmap(governor::Quota::per_second(rate).allow_burst(burst))
@@ -84,6 +89,7 @@ impl Authenticator {
             reload: tokio::sync::Mutex::new(()),
             last_miss_reload: std::sync::Mutex::new(None),
             limiter,
+            jwt,
         }
     }
 
@@ -152,6 +158,9 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, StoreError> {
+        if crate::jwt::looks_like_jwt(token) {
+            return self.authenticate_jwt(token).await;
+        }
         let hash = hash_token(token);
         let (accounts, fresh) = self.current();
         let accounts = if fresh {
@@ -173,6 +182,51 @@ impl Authenticator {
         }
         let accounts = self.reload(Duration::ZERO).await?;
         Ok(find(&accounts, &hash))
+    }
+}
+
+impl Authenticator {
+    /// A JWT of the client-credentials grant: valid signature, key, expiry and audience, and
+    /// an account that still exists (a revoked account's tokens stop working too).
+    async fn authenticate_jwt(&self, token: &str) -> Result<Option<Principal>, StoreError> {
+        let claims = match self.jwt.verify(token).await? {
+            Ok(claims) => claims,
+            Err(e) => {
+                tracing::debug!(reason = %e, "JWT refused");
+                return Ok(None);
+            }
+        };
+        let (accounts, fresh) = self.current();
+        let accounts = if fresh {
+            accounts
+        } else {
+            self.reload(ACCOUNTS_TTL).await?
+        };
+        Ok(accounts
+            .iter()
+            .find(|(_, p)| p.name == claims.sub)
+            .map(|(_, account)| Principal {
+                name: claims.sub.clone(),
+                role: claims.role.min(account.role),
+                scope: claims.scope.clone().or_else(|| account.scope.clone()),
+                expires_at: Some(claims.exp),
+            }))
+    }
+
+    /// The account behind client credentials (RFC 6749 §2.3.1): its name and its secret.
+    pub async fn client_credentials(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<Option<Principal>, StoreError> {
+        Ok(self
+            .authenticate(client_secret)
+            .await?
+            .filter(|p| p.name == client_id && !crate::jwt::looks_like_jwt(client_secret))
+            .filter(|p| {
+                p.expires_at
+                    .is_none_or(|at| at > crate::domain::now_epoch())
+            }))
     }
 }
 

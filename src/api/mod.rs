@@ -28,6 +28,7 @@ use error::{ApiError, ErrorCode};
 pub struct AppState {
     pub keeper: SecretsKeeper,
     pub auth: Arc<Authenticator>,
+    pub jwt: Arc<crate::jwt::JwtIssuer>,
     pub config: Arc<Config>,
     /// The base URL users reach the service at, without a trailing slash.
     pub public_url: Arc<str>,
@@ -125,6 +126,7 @@ fn audited_action(method: &axum::http::Method, route: &str) -> Option<&'static s
         (&Method::POST, "/{app_id}/{connector_type}/connect-links") => "connect_link.create",
         (&Method::GET, "/oauth/callback") => "connection.connect",
         (&Method::GET, "/audit") => "audit.read",
+        (&Method::POST, "/oauth/token") => "client_credentials.token",
         _ => return None,
     };
     Some(action)

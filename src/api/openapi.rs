@@ -6,7 +6,9 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::resources::{audit, binb_token, connect, connection, connector_types, health};
+use super::resources::{
+    audit, binb_token, connect, connection, connector_types, health, oauth_token,
+};
 
 /// Every error response: a stable code and a human sentence.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -54,6 +56,8 @@ impl Modify for BearerAuth {
         connect::callback,
         connector_types::list,
         audit::list,
+        oauth_token::token,
+        oauth_token::jwks,
         health::get,
         health::ready,
         health::metrics,

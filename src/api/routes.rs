@@ -13,7 +13,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use super::auth::{require_role, Authenticator};
 use super::error::ApiError;
 use super::resources::binb_token::BinBToken;
-use super::resources::{audit, connect, connection, connector_types, health};
+use super::resources::{audit, connect, connection, connector_types, health, oauth_token};
 use super::{access_log, AppState};
 use crate::secrets::Role;
 
@@ -60,6 +60,13 @@ fn declare(t: &mut RouteTable) {
         get(connect::show).post(connect::start),
     );
     t.add_resource("/oauth/callback", &[Get], PUBLIC, get(connect::callback));
+    t.add_resource("/oauth/token", &[Post], PUBLIC, post(oauth_token::token));
+    t.add_resource(
+        "/.well-known/jwks.json",
+        &[Get],
+        PUBLIC,
+        get(oauth_token::jwks),
+    );
     t.add_resource("/healthz", &[Get], PUBLIC, get(health::get));
     t.add_resource("/readyz", &[Get], PUBLIC, get(health::ready));
     t.add_resource("/metrics", &[Get], PUBLIC, get(health::metrics));

@@ -221,6 +221,11 @@ pub fn oauth_state_aad(state_hash: &[u8; 32]) -> Vec<u8> {
     aad
 }
 
+/// Associated data of a JWT signing key's private part.
+pub fn jwt_key_aad(kid: &str) -> Vec<u8> {
+    format!("tokenbox/v1\0jwt_keys\0{kid}\0private_key").into_bytes()
+}
+
 /// Associated data of the key check value stored in the database.
 pub const KEY_CHECK_AAD: &[u8] = b"tokenbox/v1\0meta\0key_check";
 

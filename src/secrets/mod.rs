@@ -36,7 +36,9 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
@@ -148,6 +150,28 @@ mod scope_tests {
             .allows("acme-1", "slack")
             .unwrap_err()
             .contains("connector types"));
+    }
+}
+
+/// A JWT signing key as stored.
+#[derive(Clone)]
+pub struct JwtKeyRecord {
+    pub kid: String,
+    /// PKCS#8 document of the Ed25519 key pair.
+    pub pkcs8: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub created_at: i64,
+    /// Verifies until then; `None` while it is the signing key.
+    pub retire_at: Option<i64>,
+}
+
+impl std::fmt::Debug for JwtKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKeyRecord")
+            .field("kid", &self.kid)
+            .field("pkcs8", &"[redacted]")
+            .field("retire_at", &self.retire_at)
+            .finish()
     }
 }
 
@@ -276,6 +300,11 @@ pub trait SecretsStore: Send + Sync + 'static {
         since: i64,
         limit: i64,
     ) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// The JWT signing keys (private keys decrypted), oldest first.
+    async fn jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError>;
+    /// Adds a signing key and retires, at `retire_at`, the ones that were active.
+    async fn rotate_jwt_key(&self, key: &JwtKeyRecord, retire_at: i64) -> Result<(), StoreError>;
 
     async fn create_service_account(&self, account: &ServiceAccount) -> Result<(), StoreError>;
     async fn list_service_accounts(&self) -> Result<Vec<ServiceAccount>, StoreError>;

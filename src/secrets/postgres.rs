@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "scoped_accounts",
         include_str!("../../migrations/postgres/0006_scoped_accounts.sql"),
     ),
+    (
+        7,
+        "jwt_keys",
+        include_str!("../../migrations/postgres/0007_jwt_keys.sql"),
+    ),
 ];
 
 /// How long a refresh waits for another replica's row lock (longer than any provider call).

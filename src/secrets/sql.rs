@@ -87,6 +87,13 @@ pub(crate) const READ_AUDIT: &str = "SELECT at, principal, action, app_id, conne
      outcome, client_addr, subject FROM audit_events WHERE at >= $1 AND ($2 = '' OR app_id = $2) \
      ORDER BY id DESC LIMIT $3";
 
+pub(crate) const LIST_JWT_KEYS: &str = "SELECT kid, private_key, public_key, created_at, \
+     retire_at FROM jwt_keys ORDER BY created_at, kid";
+pub(crate) const RETIRE_JWT_KEYS: &str =
+    "UPDATE jwt_keys SET retire_at = $1 WHERE retire_at IS NULL";
+pub(crate) const INSERT_JWT_KEY: &str = "INSERT INTO jwt_keys (kid, private_key, public_key, \
+     created_at) VALUES ($1, $2, $3, $4)";
+
 pub(crate) const INSERT_LINK: &str = "INSERT INTO connect_links (secret_hash, app_id, \
      connector_type, params, return_to, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 pub(crate) const SELECT_LINK: &str = "SELECT app_id, connector_type, params, return_to, \
@@ -589,6 +596,23 @@ macro_rules! sql_store {
                         rotated += 1;
                     }
                 }
+                let keys = sqlx::query("SELECT kid, private_key FROM jwt_keys")
+                    .fetch_all(&self.pool)
+                    .await?;
+                for row in &keys {
+                    let kid: String = row.try_get("kid")?;
+                    let private: Vec<u8> = row.try_get("private_key")?;
+                    if self.keys.is_current(&private) {
+                        continue;
+                    }
+                    let aad = $crate::secrets::crypto::jwt_key_aad(&kid);
+                    sqlx::query("UPDATE jwt_keys SET private_key = $2 WHERE kid = $1")
+                        .bind(&kid)
+                        .bind(self.keys.reencrypt(&private, &aad)?)
+                        .execute(&self.pool)
+                        .await?;
+                    rotated += 1;
+                }
                 let rows = sqlx::query(sql::SCAN_STATES).fetch_all(&self.pool).await?;
                 for row in &rows {
                     let hash = hash32(row.try_get("state_hash")?)?;
@@ -656,6 +680,51 @@ macro_rules! sql_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn jwt_keys(
+                &self,
+            ) -> Result<Vec<$crate::secrets::JwtKeyRecord>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                use $crate::secrets::crypto::jwt_key_aad;
+                let rows = sqlx::query(sql::LIST_JWT_KEYS)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let kid: String = r.try_get("kid")?;
+                        let private: Vec<u8> = r.try_get("private_key")?;
+                        Ok($crate::secrets::JwtKeyRecord {
+                            pkcs8: self.keys.decrypt(&private, &jwt_key_aad(&kid))?,
+                            public_key: r.try_get("public_key")?,
+                            created_at: r.try_get("created_at")?,
+                            retire_at: r.try_get("retire_at")?,
+                            kid,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn rotate_jwt_key(
+                &self,
+                key: &$crate::secrets::JwtKeyRecord,
+                retire_at: i64,
+            ) -> Result<(), $crate::secrets::StoreError> {
+                use $crate::secrets::crypto::jwt_key_aad;
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(sql::RETIRE_JWT_KEYS)
+                    .bind(retire_at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql::INSERT_JWT_KEY)
+                    .bind(&key.kid)
+                    .bind(self.keys.encrypt(&key.pkcs8, &jwt_key_aad(&key.kid)))
+                    .bind(&key.public_key)
+                    .bind(key.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn create_service_account(

@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "scoped_accounts",
         include_str!("../../migrations/sqlite/0006_scoped_accounts.sql"),
     ),
+    (
+        7,
+        "jwt_keys",
+        include_str!("../../migrations/sqlite/0007_jwt_keys.sql"),
+    ),
 ];
 
 #[derive(Clone)]

@@ -7,6 +7,7 @@
 
 mod binb_token;
 mod cli;
+mod clients;
 mod e2e;
 mod faults;
 mod helpers;
@@ -59,6 +60,9 @@ conformance! {
         min_validity_longer_than_the_remaining_lifetime_triggers_a_refresh,
         the_background_refresher_refreshes_ahead_and_skips_what_it_must,
         the_read_path_writes_nothing_while_the_token_is_good,
+    }
+    clients {
+        a_service_account_obtains_a_jwt_and_uses_it_on_the_token_routes,
     }
     security {
         the_audit_trail_records_each_action_and_reads_it_back,

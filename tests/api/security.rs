@@ -12,6 +12,8 @@ const PUBLIC: &[&str] = &[
     "/readyz",
     "/metrics",
     "/openapi.json",
+    "/oauth/token",
+    "/.well-known/jwks.json",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,3 +6,4 @@ pub mod connect;
 pub mod connection;
 pub mod connector_types;
 pub mod health;
+pub mod oauth_token;

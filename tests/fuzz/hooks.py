@@ -1,0 +1,199 @@
+"""Schemathesis hooks for the tokenbox fuzz run (loaded through SCHEMATHESIS_HOOKS by fuzz.py).
+
+- `before_generate_path_parameters`: about three cases in four use valid, seeded ids (app ids,
+  connector types, connect-link secrets) so that requests reach real handlers; the rest keep
+  schemathesis's own values (mostly invalid ids, which must get a 4xx).
+- `after_call` / `after_network_error`: one line per request in FUZZ_REQUESTS_LOG, which fuzz.py
+  counts (requests made, status histogram, 5xx, requests that got no response).
+- `no_secret_leak` (a check, enabled with `--checks ...,no_secret_leak`): no response body or
+  header may hold a stored secret, except the access token of the requested connection in the
+  body of a 200 from GET /{app_id}/{connector_type}/binb-token.
+- `filter_failure`: tolerates one known server issue (see KNOWN ISSUE below) unless FUZZ_STRICT=1.
+
+The secrets and the id pools come from FUZZ_STATE, a JSON file fuzz.py rewrites whenever its
+token endpoint issues tokens: {"secrets": {value: {"kind", "owner"}}, "pool": {...}}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import urllib.parse
+
+from hypothesis import strategies as st
+
+import schemathesis
+
+STATE_PATH = os.environ["FUZZ_STATE"]
+REQUESTS_LOG = os.environ["FUZZ_REQUESTS_LOG"]
+LEAKS_LOG = os.environ["FUZZ_LEAKS_LOG"]
+STRICT = os.environ.get("FUZZ_STRICT") == "1"
+BINB_TOKEN = "GET /{app_id}/{connector_type}/binb-token"
+
+_lock = threading.Lock()
+_state: dict = {"secrets": {}, "pool": {}}
+_state_stamp: tuple | None = None
+# Tokens issued for a refresh token the fuzzer imported itself have no known owner; the first
+# connection that serves one claims it, and any other connection serving it later is a leak.
+_claims: dict[str, str] = {}
+
+
+def _load_state() -> dict:
+    global _state, _state_stamp
+    with _lock:
+        st_ = os.stat(STATE_PATH)
+        stamp = (st_.st_mtime_ns, st_.st_size, st_.st_ino)
+        if stamp != _state_stamp:
+            with open(STATE_PATH) as f:
+                _state = json.load(f)
+            _state_stamp = stamp
+        return _state
+
+
+def _append(path: str, record: dict) -> None:
+    line = json.dumps(record) + "\n"
+    with _lock, open(path, "a") as f:
+        f.write(line)
+
+
+# --- Valid ids, often ---------------------------------------------------------------------------
+
+
+@schemathesis.hook
+def before_generate_path_parameters(context, strategy):
+    operation = context.operation
+    if operation is None:
+        return strategy
+    pool = _load_state()["pool"]
+    path = operation.path
+    if path.startswith("/{app_id}/{connector_type}/"):
+        valid = st.fixed_dictionaries(
+            {
+                "app_id": st.one_of(
+                    st.sampled_from(pool["app_id"]),
+                    st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z"),
+                ),
+                "connector_type": st.sampled_from(pool["connector_type"]),
+            }
+        )
+    elif path == "/connect/{secret}":
+        valid = st.fixed_dictionaries({"secret": st.sampled_from(pool["secret"])})
+    else:
+        return strategy
+    return st.integers(min_value=0, max_value=3).flatmap(lambda n: strategy if n == 0 else valid)
+
+
+# --- Request accounting -------------------------------------------------------------------------
+
+
+def _known_issue(case, response) -> bool:
+    """KNOWN ISSUE (reported to the team, not fixed here): a refresh of a connector type that has
+    no client credentials configured (github, hubspot in this run: catalog types without
+    client_id/client_secret) answers 502 `provider_error` ("connector type 'X' has no client
+    credentials configured"), although no provider was called; a configuration problem, which
+    the API elsewhere reports as 409 `connector_not_configured`. Reproduce: import an expired
+    token set with a refresh token for <app>/github, then GET /<app>/github/binb-token.
+    Tolerated so that the rest of the run stays useful; FUZZ_STRICT=1 makes it fail."""
+    if STRICT or response.status_code != 502 or case.operation.label != BINB_TOKEN:
+        return False
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return False
+    return body.get("error") == "provider_error" and "has no client credentials configured" in body.get(
+        "message", ""
+    )
+
+
+@schemathesis.hook
+def after_call(context, case, response):
+    record = {
+        "operation": case.operation.label,
+        "method": case.method,
+        "path": urllib.parse.urlsplit(response.request.url).path,
+        "status": response.status_code,
+        "elapsed": round(response.elapsed, 4),
+    }
+    if response.status_code >= 500:
+        record["body"] = response.content[:500].decode("utf-8", "replace")
+        record["query"] = case.query
+        record["known_issue"] = _known_issue(case, response)
+    _append(REQUESTS_LOG, record)
+
+
+@schemathesis.hook
+def after_network_error(context, case, request):
+    _append(
+        REQUESTS_LOG,
+        {
+            "operation": case.operation.label,
+            "method": case.method,
+            "path": urllib.parse.urlsplit(request.url).path,
+            "status": None,
+            "error": "no response (timeout or connection error)",
+        },
+    )
+
+
+@schemathesis.hook
+def filter_failure(context, failure, case, response):
+    # Drop only the known issue's 502; every other failure stays.
+    return not (failure.code == "ST101" and _known_issue(case, response))
+
+
+# --- No stored secret in any response -----------------------------------------------------------
+
+
+@schemathesis.check
+def no_secret_leak(ctx, response, case):
+    """No response body or header holds a stored secret (tokens, client secret, bearer tokens,
+    connect-link secrets, the encryption key), except the requested connection's access token in
+    the body of a 200 from GET /{app_id}/{connector_type}/binb-token."""
+    secrets = _load_state()["secrets"]
+    body = response.content.decode("utf-8", "replace")
+    headers = "\n".join(f"{k}: {v}" for k, values in response.headers.items() for v in values)
+    requested = None
+    if case.operation.label == BINB_TOKEN and response.status_code == 200:
+        params = case.path_parameters or {}
+        requested = f"{params.get('app_id')}/{params.get('connector_type')}"
+    problems = []
+    for value, item in secrets.items():
+        in_body, in_headers = value in body, value in headers
+        if not (in_body or in_headers):
+            continue
+        where = " and ".join(w for w, hit in (("body", in_body), ("headers", in_headers)) if hit)
+        if requested is not None and item["kind"] == "access_token" and in_body and not in_headers:
+            owner = item["owner"]
+            if owner is None:
+                with _lock:
+                    owner = _claims.setdefault(value, requested)
+            served = _json_field(response.content, "access_token")
+            if owner == requested and served == value and body.count(value) == 1:
+                continue
+            problems.append(
+                f"the access token of {owner} was served for {requested} (in the {where})"
+                if owner != requested
+                else f"the access token of {owner} appears outside its access_token field"
+            )
+            continue
+        problems.append(f"a {item['kind']} (owner: {item['owner'] or '-'}) is in the response {where}")
+    if problems:
+        _append(
+            LEAKS_LOG,
+            {
+                "operation": case.operation.label,
+                "path": urllib.parse.urlsplit(response.request.url).path,
+                "status": response.status_code,
+                "problems": sorted(problems),
+            },
+        )
+        raise AssertionError("stored secret in the response: " + "; ".join(sorted(problems)))
+
+
+def _json_field(content: bytes, name: str):
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return None
+    return data.get(name) if isinstance(data, dict) else None
