@@ -122,6 +122,8 @@ struct FileConfig {
     jwt_key_overlap_seconds: Option<u64>,
     jwt_audience: Option<String>,
     #[serde(default)]
+    webhooks: Vec<crate::webhooks::WebhookSpec>,
+    #[serde(default)]
     connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
 
@@ -161,6 +163,8 @@ pub struct Config {
     pub jwt_key_overlap_seconds: i64,
     /// The `aud` of the JWTs.
     pub jwt_audience: String,
+    /// Endpoints that receive connection events.
+    pub webhooks: Vec<crate::webhooks::WebhookSpec>,
     /// Connector types from the config file: custom entries or overrides of catalog entries.
     pub connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -205,6 +209,7 @@ impl Default for Config {
             jwt_lifetime_seconds: 900,
             jwt_key_overlap_seconds: 1800,
             jwt_audience: "tokenbox".into(),
+            webhooks: Vec::new(),
             connector_types: BTreeMap::new(),
         }
     }
@@ -290,6 +295,7 @@ impl Config {
         if let Some(v) = file.jwt_audience {
             c.jwt_audience = v;
         }
+        c.webhooks = file.webhooks;
         if let Some(v) = file.slow_client_timeout_seconds {
             c.slow_client_timeout = Duration::from_secs(v);
         }

@@ -13,6 +13,7 @@ pub mod secret;
 pub mod secrets;
 pub mod signup;
 pub mod telemetry;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,12 +36,19 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
     let provider = Provider::new(config.provider_timeout)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let (audit, audit_writer) = audit::Audit::start(store.clone());
+    let endpoints = config
+        .webhooks
+        .iter()
+        .map(|w| webhooks::Endpoint::resolve(w, config.allow_insecure_loopback))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let webhooks = webhooks::Webhooks::new(store.clone(), endpoints)?;
     let keeper = SecretsKeeper::new(
         store.clone(),
         catalog,
         provider,
         metrics.clone(),
         audit.clone(),
+        webhooks.clone(),
         &config,
     );
     let public_url = match bound {
@@ -71,6 +79,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         metrics,
         audit,
         audit_writer: Arc::new(std::sync::Mutex::new(Some(audit_writer))),
+        webhooks,
     })
 }
 
@@ -115,6 +124,7 @@ impl Application {
                 refresher,
             ))
         });
+        let deliverer = tokio::spawn(self.state.webhooks.clone().run());
         tracing::info!(address = %self.address, "tokenbox listening");
         serve(
             self.listener,
@@ -126,6 +136,8 @@ impl Application {
             task.abort();
             let _ = task.await;
         }
+        deliverer.abort();
+        let _ = deliverer.await;
         // The last audit events: every sender is gone once the state is dropped.
         let writer = self.state.audit_writer.lock().expect("poisoned").take();
         drop(self.state);

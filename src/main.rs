@@ -37,6 +37,9 @@ enum Command {
     Migrate,
     /// Print the route table (path, methods, access) as JSON.
     Routes,
+    /// Show webhook deliveries (newest first): what was delivered, what failed and why.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Read the audit trail (newest first).
     Audit {
         /// Only this app.
@@ -112,6 +115,18 @@ enum ServiceAccountCommand {
     List,
     /// Delete an account: its token stops working.
     Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// List deliveries.
+    List {
+        /// Only the ones not delivered yet.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -406,6 +421,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         e.client_addr.as_deref().unwrap_or("-")
                     );
                 }
+            }
+        }
+        Command::Webhooks(WebhooksCommand::List { failed, limit }) => {
+            let store = tokenbox::secrets::open_store(&config).await?;
+            println!(
+                "{:<6} {:<38} {:<9} {:<11} {:<8} {:<11} ENDPOINT",
+                "ID", "EVENT", "ATTEMPTS", "DELIVERED", "STATUS", "NEXT"
+            );
+            for d in store.list_webhooks(failed, limit).await? {
+                println!(
+                    "{:<6} {:<38} {:<9} {:<11} {:<8} {:<11} {}{}",
+                    d.id,
+                    d.event_type,
+                    d.attempts,
+                    d.delivered_at.map_or("no".to_string(), |t| t.to_string()),
+                    d.last_status.map_or("-".to_string(), |s| s.to_string()),
+                    if d.delivered_at.is_some() {
+                        "-".to_string()
+                    } else {
+                        d.next_attempt_at.to_string()
+                    },
+                    d.endpoint_url,
+                    d.last_error.map(|e| format!(" ({e})")).unwrap_or_default()
+                );
             }
         }
         Command::Keys(KeysCommand::RotateSigning) => {

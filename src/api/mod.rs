@@ -36,6 +36,7 @@ pub struct AppState {
     pub audit: crate::audit::Audit,
     /// The audit writer task, awaited at shutdown so that no event is lost.
     pub audit_writer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// The `{app_id}/{connector_type}` part of a small-app route, validated.

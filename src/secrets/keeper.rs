@@ -12,6 +12,7 @@ use crate::domain::{now_epoch, ConnectionKey, ConnectionStatus, StoredConnection
 use crate::metrics::Metrics;
 use crate::refresh::breaker::Breakers;
 use crate::refresh::{Flights, TokenCache};
+use crate::webhooks::Webhooks;
 
 /// When a refresh fails and the caller gave no `min_validity`, a stored token is served only
 /// if it stays valid at least this long.
@@ -64,6 +65,7 @@ struct Inner {
     store: Arc<dyn SecretsStore>,
     metrics: Arc<Metrics>,
     audit: Audit,
+    webhooks: Webhooks,
     catalog: Catalog,
     provider: Provider,
     cache: TokenCache,
@@ -87,6 +89,7 @@ impl SecretsKeeper {
         provider: Provider,
         metrics: Arc<Metrics>,
         audit: Audit,
+        webhooks: Webhooks,
         config: &Config,
     ) -> Self {
         Self {
@@ -94,6 +97,7 @@ impl SecretsKeeper {
                 store,
                 metrics,
                 audit,
+                webhooks,
                 catalog,
                 provider,
                 cache: TokenCache::new(config.cache_ttl),
@@ -173,6 +177,12 @@ impl SecretsKeeper {
     ) -> Result<Arc<StoredConnection>, KeeperError> {
         self.connector_type(key)?;
         let stored = self.inner.store.upsert_connection(key, tokens).await?;
+        if stored.version == 1 {
+            self.inner
+                .webhooks
+                .emit("connection.created", key, None)
+                .await;
+        }
         Ok(self.inner.cache.put(stored))
     }
 
@@ -435,6 +445,9 @@ impl SecretsKeeper {
                 }
                 match guard.finish(RefreshWrite::Refreshed(tokens)).await? {
                     Some(stored) => {
+                        if current.refresh_failures > 0 {
+                            inner.webhooks.emit("connection.recovered", key, None).await;
+                        }
                         tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, "token refreshed");
                         Ok(ServedToken {
                             connection: inner.cache.put(stored),
@@ -449,8 +462,21 @@ impl SecretsKeeper {
                 let reason = format!(
                     "the provider refused the refresh token ({code}): the tenant must reconnect"
                 );
-                self.write_revoked(key, guard.finish(RefreshWrite::Revoked { reason }))
-                    .await
+                let result = self
+                    .write_revoked(
+                        key,
+                        guard.finish(RefreshWrite::Revoked {
+                            reason: reason.clone(),
+                        }),
+                    )
+                    .await;
+                if matches!(result, Err(KeeperError::ReauthorizationRequired(_))) {
+                    inner
+                        .webhooks
+                        .emit("connection.reauthorization_required", key, Some(&reason))
+                        .await;
+                }
+                result
             }
             Err(error) => {
                 let (kind, provider_wait) = match &error {
@@ -482,6 +508,13 @@ impl SecretsKeeper {
                         backoff_until: now_epoch() + retry_after as i64,
                     })
                     .await;
+                if current.refresh_failures == 0 {
+                    // The first failure after a success; a recovery event will follow it.
+                    inner
+                        .webhooks
+                        .emit("connection.refresh_failed", key, Some(&error.to_string()))
+                        .await;
+                }
                 let connection = match written {
                     Ok(Some(stored)) => inner.cache.put(stored),
                     Ok(None) => return self.reread(key, hard_min).await,

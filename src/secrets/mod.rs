@@ -153,6 +153,21 @@ mod scope_tests {
     }
 }
 
+/// A webhook delivery as stored.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WebhookDelivery {
+    pub id: i64,
+    pub endpoint_url: String,
+    pub event_type: String,
+    pub body: String,
+    pub created_at: i64,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub delivered_at: Option<i64>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+}
+
 /// A JWT signing key as stored.
 #[derive(Clone)]
 pub struct JwtKeyRecord {
@@ -300,6 +315,37 @@ pub trait SecretsStore: Send + Sync + 'static {
         since: i64,
         limit: i64,
     ) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Queues a webhook delivery.
+    async fn enqueue_webhook(
+        &self,
+        endpoint_url: &str,
+        event_type: &str,
+        body: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Claims due deliveries until `lease_until` (other replicas skip them).
+    async fn claim_webhooks(
+        &self,
+        now: i64,
+        limit: i64,
+        lease_until: i64,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+    /// Records an attempt: delivered, or the next attempt's time.
+    async fn finish_webhook(
+        &self,
+        id: i64,
+        delivered_at: Option<i64>,
+        next_attempt_at: i64,
+        status: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// Recent deliveries, newest first (`failed_only`: not delivered yet).
+    async fn list_webhooks(
+        &self,
+        failed_only: bool,
+        limit: i64,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
 
     /// The JWT signing keys (private keys decrypted), oldest first.
     async fn jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError>;

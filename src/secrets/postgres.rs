@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "jwt_keys",
         include_str!("../../migrations/postgres/0007_jwt_keys.sql"),
     ),
+    (
+        8,
+        "webhooks",
+        include_str!("../../migrations/postgres/0008_webhooks.sql"),
+    ),
 ];
 
 /// How long a refresh waits for another replica's row lock (longer than any provider call).
@@ -144,6 +149,16 @@ impl PostgresStore {
             keys: self.keys.clone(),
             current,
         })))
+    }
+
+    fn claim_webhooks_sql() -> String {
+        format!(
+            "UPDATE webhook_deliveries SET claimed_until = $3 WHERE id IN \
+             (SELECT id FROM webhook_deliveries WHERE {} ORDER BY id LIMIT $2 \
+              FOR UPDATE SKIP LOCKED) RETURNING {}",
+            sql::WEBHOOK_DUE,
+            sql::WEBHOOK_COLUMNS
+        )
     }
 
     fn claim_due_sql() -> String {

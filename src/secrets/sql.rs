@@ -94,6 +94,17 @@ pub(crate) const RETIRE_JWT_KEYS: &str =
 pub(crate) const INSERT_JWT_KEY: &str = "INSERT INTO jwt_keys (kid, private_key, public_key, \
      created_at) VALUES ($1, $2, $3, $4)";
 
+pub(crate) const WEBHOOK_COLUMNS: &str = "id, endpoint_url, event_type, body, created_at, \
+     attempts, next_attempt_at, delivered_at, last_status, last_error";
+pub(crate) const INSERT_WEBHOOK: &str = "INSERT INTO webhook_deliveries (endpoint_url, \
+     event_type, body, created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $4)";
+/// Due: not delivered, attempt time reached, not claimed by another worker, under 20 attempts.
+pub(crate) const WEBHOOK_DUE: &str = "delivered_at IS NULL AND next_attempt_at <= $1 \
+     AND (claimed_until IS NULL OR claimed_until <= $1) AND attempts < 20";
+pub(crate) const FINISH_WEBHOOK: &str = "UPDATE webhook_deliveries SET attempts = attempts + 1, \
+     delivered_at = $2, next_attempt_at = $3, last_status = $4, last_error = $5, \
+     claimed_until = NULL WHERE id = $1";
+
 pub(crate) const INSERT_LINK: &str = "INSERT INTO connect_links (secret_hash, app_id, \
      connector_type, params, return_to, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 pub(crate) const SELECT_LINK: &str = "SELECT app_id, connector_type, params, return_to, \
@@ -202,6 +213,24 @@ macro_rules! sql_store {
                 refresh_failures: row.try_get("refresh_failures")?,
                 last_error_kind: row.try_get("last_error_kind")?,
                 key: parse_key(&app, &ct)?,
+            })
+        }
+
+        fn decode_webhook(
+            row: &$row,
+        ) -> Result<$crate::secrets::WebhookDelivery, $crate::secrets::StoreError> {
+            use sqlx::Row;
+            Ok($crate::secrets::WebhookDelivery {
+                id: row.try_get("id")?,
+                endpoint_url: row.try_get("endpoint_url")?,
+                event_type: row.try_get("event_type")?,
+                body: row.try_get("body")?,
+                created_at: row.try_get("created_at")?,
+                attempts: row.try_get("attempts")?,
+                next_attempt_at: row.try_get("next_attempt_at")?,
+                delivered_at: row.try_get("delivered_at")?,
+                last_status: row.try_get("last_status")?,
+                last_error: row.try_get("last_error")?,
             })
         }
 
@@ -680,6 +709,77 @@ macro_rules! sql_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn enqueue_webhook(
+                &self,
+                endpoint_url: &str,
+                event_type: &str,
+                body: &str,
+                now: i64,
+            ) -> Result<(), $crate::secrets::StoreError> {
+                sqlx::query(sql::INSERT_WEBHOOK)
+                    .bind(endpoint_url)
+                    .bind(event_type)
+                    .bind(body)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn claim_webhooks(
+                &self,
+                now: i64,
+                limit: i64,
+                lease_until: i64,
+            ) -> Result<Vec<$crate::secrets::WebhookDelivery>, $crate::secrets::StoreError> {
+                let rows = sqlx::query(&Self::claim_webhooks_sql())
+                    .bind(now)
+                    .bind(limit)
+                    .bind(lease_until)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(decode_webhook).collect()
+            }
+
+            async fn finish_webhook(
+                &self,
+                id: i64,
+                delivered_at: Option<i64>,
+                next_attempt_at: i64,
+                status: Option<i64>,
+                error: Option<&str>,
+            ) -> Result<(), $crate::secrets::StoreError> {
+                sqlx::query(sql::FINISH_WEBHOOK)
+                    .bind(id)
+                    .bind(delivered_at)
+                    .bind(next_attempt_at)
+                    .bind(status)
+                    .bind(error)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn list_webhooks(
+                &self,
+                failed_only: bool,
+                limit: i64,
+            ) -> Result<Vec<$crate::secrets::WebhookDelivery>, $crate::secrets::StoreError> {
+                let filter = if failed_only {
+                    "WHERE delivered_at IS NULL"
+                } else {
+                    ""
+                };
+                let rows = sqlx::query(&format!(
+                    "SELECT {} FROM webhook_deliveries {filter} ORDER BY id DESC LIMIT $1",
+                    sql::WEBHOOK_COLUMNS
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(decode_webhook).collect()
             }
 
             async fn jwt_keys(

@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "jwt_keys",
         include_str!("../../migrations/sqlite/0007_jwt_keys.sql"),
     ),
+    (
+        8,
+        "webhooks",
+        include_str!("../../migrations/sqlite/0008_webhooks.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -117,6 +122,15 @@ impl SqliteStore {
                 current,
             }) as Box<dyn RefreshGuard>
         }))
+    }
+
+    fn claim_webhooks_sql() -> String {
+        format!(
+            "UPDATE webhook_deliveries SET claimed_until = $3 WHERE id IN \
+             (SELECT id FROM webhook_deliveries WHERE {} ORDER BY id LIMIT $2) RETURNING {}",
+            sql::WEBHOOK_DUE,
+            sql::WEBHOOK_COLUMNS
+        )
     }
 
     fn claim_due_sql() -> String {

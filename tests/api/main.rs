@@ -17,6 +17,7 @@ mod replicas;
 mod security;
 mod signup;
 mod storage;
+mod webhooks;
 
 /// Instantiates every scenario once per backend.
 macro_rules! conformance {

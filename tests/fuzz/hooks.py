@@ -1,8 +1,10 @@
 """Schemathesis hooks for the tokenbox fuzz run (loaded through SCHEMATHESIS_HOOKS by fuzz.py).
 
-- `before_generate_path_parameters`: about three cases in four use valid, seeded ids (app ids,
-  connector types, connect-link secrets) so that requests reach real handlers; the rest keep
-  schemathesis's own values (mostly invalid ids, which must get a 4xx).
+- `before_generate_path_parameters`, `before_generate_query`: about three cases in four use
+  valid, seeded ids (app ids, connector types, connect-link secrets) and valid query values
+  (binb-token's min_validity/force_refresh, audit's filters) so that requests reach real
+  handlers and refreshes; the rest keep schemathesis's own values (mostly invalid, which must
+  get a 4xx).
 - `after_call` / `after_network_error`: one line per request in FUZZ_REQUESTS_LOG, which fuzz.py
   counts (requests made, status histogram, 5xx, requests that got no response).
 - `no_secret_leak` (a check, enabled with `--checks ...,no_secret_leak`): no response body or
@@ -70,7 +72,8 @@ def before_generate_path_parameters(context, strategy):
     if path.startswith("/{app_id}/{connector_type}/"):
         valid = st.fixed_dictionaries(
             {
-                "app_id": st.one_of(
+                # Seeded app ids (which have connections) three times in four, else any valid id.
+                "app_id": _mostly(
                     st.sampled_from(pool["app_id"]),
                     st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z"),
                 ),
@@ -81,7 +84,41 @@ def before_generate_path_parameters(context, strategy):
         valid = st.fixed_dictionaries({"secret": st.sampled_from(pool["secret"])})
     else:
         return strategy
-    return st.integers(min_value=0, max_value=3).flatmap(lambda n: strategy if n == 0 else valid)
+    return _mostly(valid, strategy)
+
+
+@schemathesis.hook
+def before_generate_query(context, strategy):
+    operation = context.operation
+    if operation is None:
+        return strategy
+    if operation.label == BINB_TOKEN:
+        valid = st.fixed_dictionaries(
+            {},
+            optional={
+                # Mostly below the tokens' lifetime (3600 s), so that refreshes succeed.
+                "min_validity": st.one_of(st.integers(0, 4000), st.integers(0, 31_536_000)),
+                # As strings: a Python bool would be sent as "True", which the API rejects (400).
+                "force_refresh": st.sampled_from(["true", "false"]),
+            },
+        )
+    elif operation.label == "GET /audit":
+        valid = st.fixed_dictionaries(
+            {},
+            optional={
+                "app_id": st.sampled_from(_load_state()["pool"]["app_id"]),
+                "since": st.integers(0, 4_000_000_000),
+                "limit": st.integers(1, 1000),
+            },
+        )
+    else:
+        return strategy
+    return _mostly(valid, strategy)
+
+
+def _mostly(valid, generated):
+    """Three cases in four from `valid`, one from schemathesis's own strategy."""
+    return st.integers(min_value=0, max_value=3).flatmap(lambda n: generated if n == 0 else valid)
 
 
 # --- Request accounting -------------------------------------------------------------------------
@@ -114,10 +151,10 @@ def after_call(context, case, response):
         "path": urllib.parse.urlsplit(response.request.url).path,
         "status": response.status_code,
         "elapsed": round(response.elapsed, 4),
+        "query": case.query,
     }
     if response.status_code >= 500:
         record["body"] = response.content[:500].decode("utf-8", "replace")
-        record["query"] = case.query
         record["known_issue"] = _known_issue(case, response)
     _append(REQUESTS_LOG, record)
 

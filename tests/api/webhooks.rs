@@ -1,0 +1,202 @@
+//! Webhooks: signed, delivered at least once, retried, and kept across a restart.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use serde_json::Value;
+
+use crate::helpers::{cli, spawn_app_with, unique, AppOptions, FakeProvider, Mode, TestApp};
+
+struct Receiver {
+    secret: String,
+    /// Requests to fail (500) before succeeding.
+    fail_first: AtomicUsize,
+    attempts: AtomicUsize,
+    /// Delivered events: (type, body), signatures checked.
+    events: Mutex<Vec<(String, Value)>>,
+    bad_signatures: AtomicUsize,
+}
+
+async fn hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> StatusCode {
+    r.attempts.fetch_add(1, Ordering::SeqCst);
+    let timestamp = headers["tokenbox-timestamp"].to_str().unwrap();
+    let signature = headers["tokenbox-signature"].to_str().unwrap();
+    let expected = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(r.secret.as_bytes()).unwrap();
+        mac.update(format!("{timestamp}.{body}").as_bytes());
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("v1={hex}")
+    };
+    if signature != expected {
+        r.bad_signatures.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::UNAUTHORIZED;
+    }
+    if r.fail_first
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let event = headers["tokenbox-event"].to_str().unwrap().to_string();
+    r.events
+        .lock()
+        .unwrap()
+        .push((event, serde_json::from_str(&body).unwrap()));
+    StatusCode::NO_CONTENT
+}
+
+async fn receiver(fail_first: usize) -> (String, Arc<Receiver>) {
+    let state = Arc::new(Receiver {
+        secret: unique("whsec"),
+        fail_first: AtomicUsize::new(fail_first),
+        attempts: AtomicUsize::new(0),
+        events: Mutex::new(Vec::new()),
+        bad_signatures: AtomicUsize::new(0),
+    });
+    let app = Router::new()
+        .route("/hook", post(hook))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, state)
+}
+
+async fn app_with_hook(provider: &FakeProvider, url: &str, secret: &str) -> TestApp {
+    let app = spawn_app_with(AppOptions {
+        provider: Some(provider.clone()),
+        extra_config: format!(
+            "refresh_backoff_seconds = 1\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{secret}\"\n"
+        ),
+        ..AppOptions::default()
+    })
+    .await;
+    app.remember_secret(secret);
+    app
+}
+
+async fn wait_for(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_event_is_delivered_once_with_a_valid_signature() {
+    let provider = FakeProvider::start().await;
+    let (url, hooks) = receiver(0).await;
+    let app = app_with_hook(&provider, &url, &hooks.secret.clone()).await;
+
+    app.import_expired("acme").await; // connection.created
+    provider.set_mode(Mode::Down);
+    assert_eq!(app.get_token("acme", "acme", "").await.status(), 503); // refresh_failed
+    tokio::time::sleep(Duration::from_millis(3200)).await; // past the back-off
+    provider.set_mode(Mode::Rotating);
+    assert_eq!(app.get_token("acme", "acme", "").await.status(), 200); // recovered
+    assert_eq!(app.get_token("acme", "acme", "").await.status(), 200); // no event
+    provider.set_mode(Mode::Revoked);
+    assert_eq!(
+        app.get_token("acme", "acme", "force_refresh=true")
+            .await
+            .status(),
+        409
+    ); // reauthorization_required
+
+    wait_for("four events", 20, || {
+        hooks.events.lock().unwrap().len() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = hooks.events.lock().unwrap().clone();
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "connection.created",
+            "connection.refresh_failed",
+            "connection.recovered",
+            "connection.reauthorization_required"
+        ],
+        "each event once, in order"
+    );
+    assert_eq!(hooks.bad_signatures.load(Ordering::SeqCst), 0);
+    let ids: std::collections::HashSet<&str> = events
+        .iter()
+        .map(|(_, b)| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    for (kind, body) in &events {
+        assert_eq!(body["type"], kind.as_str());
+        assert_eq!(body["data"]["app_id"], "acme");
+        assert_eq!(body["data"]["connector_type"], "acme");
+        let text = body.to_string();
+        for secret in app.all_secrets() {
+            assert!(!text.contains(&secret), "no secret in a webhook body");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_gets_the_event_on_the_third_try_even_across_a_restart() {
+    let provider = FakeProvider::start().await;
+    let (url, hooks) = receiver(2).await;
+    let mut app = app_with_hook(&provider, &url, &hooks.secret.clone()).await;
+    app.import(
+        "acme",
+        "github",
+        &serde_json::json!({"access_token": unique("t")}),
+    )
+    .await;
+
+    // The first attempt fails; tokenbox restarts before the retry.
+    wait_for("a first attempt", 10, || {
+        hooks.attempts.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    app.restart();
+    wait_for("the delivery", 20, || {
+        !hooks.events.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        hooks.attempts.load(Ordering::SeqCst),
+        3,
+        "two failures, then delivered"
+    );
+    let events = hooks.events.lock().unwrap().clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "connection.created");
+
+    // The operator sees the history.
+    let (code, out, _) = cli(&app.config_path, &["webhooks", "list"], None, &[]);
+    assert_eq!(code, 0);
+    let line = out.lines().nth(1).unwrap();
+    assert!(
+        line.contains("connection.created") && line.contains(" 3 "),
+        "{out}"
+    );
+    let (_, failed, _) = cli(
+        &app.config_path,
+        &["webhooks", "list", "--failed"],
+        None,
+        &[],
+    );
+    assert_eq!(
+        failed.lines().count(),
+        1,
+        "nothing left undelivered: {failed}"
+    );
+}
