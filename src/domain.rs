@@ -158,6 +158,33 @@ pub struct StoredConnection {
     pub last_error_kind: Option<String>,
 }
 
+/// Which connections a listing returns.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionFilter {
+    pub status: Option<ConnectionStatus>,
+    pub connector_type: Option<ConnectorTypeName>,
+    pub app_id_prefix: Option<String>,
+    /// Only connections that expire before this time (epoch seconds).
+    pub expiring_before: Option<i64>,
+    /// Keyset pagination: connections after this one.
+    pub after: Option<ConnectionKey>,
+    pub limit: i64,
+}
+
+/// A connection without its secrets, for listings.
+#[derive(Clone, Debug)]
+pub struct ConnectionSummary {
+    pub key: ConnectionKey,
+    pub status: ConnectionStatus,
+    pub expires_at: Option<i64>,
+    pub scope: Option<String>,
+    pub has_refresh_token: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub refreshed_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
 /// One entry of the audit trail.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {

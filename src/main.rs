@@ -170,8 +170,28 @@ enum ConnectorTypesCommand {
     List,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum ConnectionCommand {
+    /// List connections (never a token): app, connector type, status, expiry, last refresh,
+    /// last error.
+    List {
+        /// active or reauthorization_required
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        connector_type: Option<String>,
+        /// Only apps whose id starts with this.
+        #[arg(long)]
+        app_prefix: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
     /// Import a JSON token set read on stdin:
     /// {"access_token", "refresh_token", "expires_at" | "expires_in", "scope"}.
     Import {
@@ -354,6 +374,74 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     audit_cli(store, "service_account.revoke", None, Some(&name)).await;
                     eprintln!("service account '{name}' revoked");
                 }
+            }
+        }
+        Command::Connection(ConnectionCommand::List {
+            status,
+            connector_type,
+            app_prefix,
+            format,
+        }) => {
+            let store = tokenbox::secrets::open_store(&config).await?;
+            let mut filter = tokenbox::domain::ConnectionFilter {
+                status: status
+                    .map(|s| {
+                        tokenbox::domain::ConnectionStatus::parse(&s)
+                            .context("--status must be active or reauthorization_required")
+                    })
+                    .transpose()?,
+                connector_type: connector_type
+                    .map(|c| ConnectorTypeName::parse(&c).map_err(anyhow::Error::msg))
+                    .transpose()?,
+                app_id_prefix: app_prefix,
+                expiring_before: None,
+                after: None,
+                limit: 1000,
+            };
+            let now = now_epoch();
+            if let OutputFormat::Table = format {
+                println!(
+                    "{:<24} {:<14} {:<25} {:<12} {:<12} LAST ERROR",
+                    "APP", "CONNECTOR", "STATUS", "EXPIRES IN", "REFRESHED"
+                );
+            }
+            loop {
+                let page = store.list_connections(&filter).await?;
+                for c in &page {
+                    match format {
+                        OutputFormat::Json => println!(
+                            "{}",
+                            serde_json::json!({
+                                "app_id": c.key.app_id,
+                                "connector_type": c.key.connector_type,
+                                "status": c.status.as_str(),
+                                "expires_at": c.expires_at,
+                                "refreshed_at": c.refreshed_at,
+                                "last_error": c.last_error,
+                            })
+                        ),
+                        OutputFormat::Table => println!(
+                            "{:<24} {:<14} {:<25} {:<12} {:<12} {}",
+                            c.key.app_id.as_str(),
+                            c.key.connector_type.as_str(),
+                            c.status.as_str(),
+                            c.expires_at
+                                .map_or("never".into(), |at| human_duration(at - now)),
+                            c.refreshed_at.map_or("-".into(), |at| format!(
+                                "{} ago",
+                                human_duration(now - at)
+                            )),
+                            c.last_error
+                                .as_deref()
+                                .map(|e| e.chars().take(60).collect::<String>())
+                                .unwrap_or_default()
+                        ),
+                    }
+                }
+                if (page.len() as i64) < filter.limit {
+                    break;
+                }
+                filter.after = page.last().map(|c| c.key.clone());
             }
         }
         Command::Connection(ConnectionCommand::Import {
@@ -573,6 +661,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { .. } | Command::Routes => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// "3h 12m", "45s", "expired" for a number of seconds.
+fn human_duration(seconds: i64) -> String {
+    if seconds <= 0 {
+        return "expired".into();
+    }
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
 }
 
 /// `--since`: epoch seconds, or a duration ago (`30m`, `12h`, `7d`); default 24 hours ago.

@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::resources::{
-    audit, binb_token, connect, connection, connector_types, health, oauth_token,
+    audit, binb_token, connect, connection, connections, connector_types, health, oauth_token,
 };
 
 /// Every error response: a stable code and a human sentence.
@@ -55,6 +55,7 @@ impl Modify for BearerAuth {
         connect::start,
         connect::callback,
         connector_types::list,
+        connections::list,
         audit::list,
         oauth_token::token,
         oauth_token::jwks,

@@ -13,7 +13,9 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use super::auth::{require_role, Authenticator};
 use super::error::ApiError;
 use super::resources::binb_token::BinBToken;
-use super::resources::{audit, connect, connection, connector_types, health, oauth_token};
+use super::resources::{
+    audit, connect, connection, connections, connector_types, health, oauth_token,
+};
 use super::{access_log, AppState};
 use crate::secrets::Role;
 
@@ -53,6 +55,7 @@ fn declare(t: &mut RouteTable) {
         get(connector_types::list),
     );
     t.add_resource("/audit", &[Get], SUPERADMIN, get(audit::list));
+    t.add_resource("/connections", &[Get], ADMIN, get(connections::list));
     t.add_resource(
         "/connect/{secret}",
         &[Get, Post],

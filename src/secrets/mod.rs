@@ -15,7 +15,8 @@ use async_trait::async_trait;
 
 use crate::config::Config;
 use crate::domain::{
-    AuditEvent, ConnectLink, ConnectionKey, OAuthState, StoredConnection, TokenSet,
+    AuditEvent, ConnectLink, ConnectionFilter, ConnectionKey, ConnectionSummary, OAuthState,
+    StoredConnection, TokenSet,
 };
 use crypto::{KeyRing, KEY_CHECK_AAD};
 
@@ -262,6 +263,12 @@ pub trait SecretsStore: Send + Sync + 'static {
         limit: i64,
         lease_until: i64,
     ) -> Result<Vec<StoredConnection>, StoreError>;
+
+    /// Connections matching the filter, in (app_id, connector_type) order, without secrets.
+    async fn list_connections(
+        &self,
+        filter: &ConnectionFilter,
+    ) -> Result<Vec<ConnectionSummary>, StoreError>;
 
     /// Connections by (connector type, status), for metrics.
     async fn count_connections(&self) -> Result<Vec<(String, String, i64)>, StoreError>;

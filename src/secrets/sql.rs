@@ -66,6 +66,15 @@ pub(crate) const DUE_WHERE: &str = "status = 'active' AND refresh_token IS NOT N
            AND (refreshed_at IS NULL OR (expires_at - $1) * 2 <= expires_at - refreshed_at)) \
           OR COALESCE(refreshed_at, created_at) <= $3)";
 
+pub(crate) const LIST_CONNECTIONS: &str = "SELECT app_id, connector_type, status, expires_at, \
+     scope, refresh_token IS NOT NULL AS has_refresh_token, created_at, updated_at, refreshed_at, \
+     last_error FROM connections \
+     WHERE (app_id, connector_type) > ($1, $2) \
+     AND ($3 = '' OR status = $3) AND ($4 = '' OR connector_type = $4) \
+     AND ($5 = '' OR substr(app_id, 1, length($5)) = $5) \
+     AND ($6 = 0 OR (expires_at IS NOT NULL AND expires_at <= $6)) \
+     ORDER BY app_id, connector_type LIMIT $7";
+
 pub(crate) const COUNT_CONNECTIONS: &str = "SELECT connector_type, status, COUNT(*) AS n \
      FROM connections GROUP BY connector_type, status";
 
@@ -400,6 +409,59 @@ macro_rules! sql_store {
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map(|r| decode(&self.keys, r)).collect()
+            }
+
+            async fn list_connections(
+                &self,
+                filter: &$crate::domain::ConnectionFilter,
+            ) -> Result<Vec<$crate::domain::ConnectionSummary>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                let (app, ct) = filter
+                    .after
+                    .as_ref()
+                    .map(|k| (k.app_id.to_string(), k.connector_type.to_string()))
+                    .unwrap_or_default();
+                let rows = sqlx::query(sql::LIST_CONNECTIONS)
+                    .bind(app)
+                    .bind(ct)
+                    .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
+                    .bind(
+                        filter
+                            .connector_type
+                            .as_ref()
+                            .map(|c| c.as_str())
+                            .unwrap_or(""),
+                    )
+                    .bind(filter.app_id_prefix.as_deref().unwrap_or(""))
+                    .bind(filter.expiring_before.unwrap_or(0))
+                    .bind(filter.limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let status: String = r.try_get("status")?;
+                        Ok($crate::domain::ConnectionSummary {
+                            key: parse_key(
+                                &r.try_get::<String, _>("app_id")?,
+                                &r.try_get::<String, _>("connector_type")?,
+                            )?,
+                            status: $crate::domain::ConnectionStatus::parse(&status).ok_or_else(
+                                || {
+                                    $crate::secrets::StoreError::Corrupt(format!(
+                                        "unknown connection status {status}"
+                                    ))
+                                },
+                            )?,
+                            expires_at: r.try_get("expires_at")?,
+                            scope: r.try_get("scope")?,
+                            has_refresh_token: r.try_get("has_refresh_token")?,
+                            created_at: r.try_get("created_at")?,
+                            updated_at: r.try_get("updated_at")?,
+                            refreshed_at: r.try_get("refreshed_at")?,
+                            last_error: r.try_get("last_error")?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn count_connections(

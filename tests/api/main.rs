@@ -11,6 +11,7 @@ mod clients;
 mod e2e;
 mod faults;
 mod helpers;
+mod listing;
 mod outage;
 mod refresh;
 mod replicas;
@@ -64,6 +65,9 @@ conformance! {
     }
     clients {
         a_service_account_obtains_a_jwt_and_uses_it_on_the_token_routes,
+    }
+    listing {
+        the_listing_filters_pages_without_gaps_and_shows_no_secret,
     }
     security {
         the_audit_trail_records_each_action_and_reads_it_back,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::auth::Principal;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Outcome, RequestBody, SmallApp};
-use crate::domain::{now_epoch, Metadata, StoredConnection, TokenSet};
+use crate::domain::{now_epoch, ConnectionSummary, Metadata, StoredConnection, TokenSet};
 use crate::secret::Secret;
 
 /// A token set to import, as JSON: `{"access_token", "refresh_token", "expires_at" |
@@ -112,6 +112,24 @@ impl From<&StoredConnection> for ConnectionView {
             refreshed_at: c.refreshed_at,
             last_error: c.last_error.clone(),
             metadata: c.tokens.metadata.clone(),
+        }
+    }
+}
+
+impl From<&ConnectionSummary> for ConnectionView {
+    fn from(c: &ConnectionSummary) -> Self {
+        Self {
+            app_id: c.key.app_id.to_string(),
+            connector_type: c.key.connector_type.to_string(),
+            status: c.status.as_str(),
+            expires_at: c.expires_at,
+            scope: c.scope.clone(),
+            has_refresh_token: c.has_refresh_token,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            refreshed_at: c.refreshed_at,
+            last_error: c.last_error.clone(),
+            metadata: Metadata::new(),
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod binb_token;
 pub mod connect;
 pub mod connection;
+pub mod connections;
 pub mod connector_types;
 pub mod health;
 pub mod oauth_token;
