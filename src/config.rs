@@ -123,6 +123,7 @@ struct FileConfig {
     jwt_audience: Option<String>,
     #[serde(default)]
     webhooks: Vec<crate::webhooks::WebhookSpec>,
+    sandbox: Option<bool>,
     #[serde(default)]
     connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -165,6 +166,8 @@ pub struct Config {
     pub jwt_audience: String,
     /// Endpoints that receive connection events.
     pub webhooks: Vec<crate::webhooks::WebhookSpec>,
+    /// Mount the built-in sandbox OAuth provider under /sandbox/ (demo, local development).
+    pub sandbox: bool,
     /// Connector types from the config file: custom entries or overrides of catalog entries.
     pub connector_types: BTreeMap<String, ConnectorTypeSpec>,
 }
@@ -210,6 +213,7 @@ impl Default for Config {
             jwt_key_overlap_seconds: 1800,
             jwt_audience: "tokenbox".into(),
             webhooks: Vec::new(),
+            sandbox: false,
             connector_types: BTreeMap::new(),
         }
     }
@@ -296,6 +300,7 @@ impl Config {
             c.jwt_audience = v;
         }
         c.webhooks = file.webhooks;
+        c.sandbox = file.sandbox.unwrap_or(false);
         if let Some(v) = file.slow_client_timeout_seconds {
             c.slow_client_timeout = Duration::from_secs(v);
         }

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod jwt;
 pub mod metrics;
 pub mod refresh;
+pub mod sandbox;
 pub mod secret;
 pub mod secrets;
 pub mod signup;
@@ -31,7 +32,34 @@ use secrets::{open_store, SecretsKeeper};
 /// Everything a command needs: the store, the catalog and the keeper built from a config.
 /// `bound` is the server's address, when there is a server, for the default public URL.
 pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::Result<AppState> {
-    let catalog = Catalog::build(&config.connector_types, config.allow_insecure_loopback)?;
+    let public_url = match bound {
+        Some(address) => config.public_base_url(address),
+        None => config
+            .public_url
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("http://{}", config.listen)),
+    };
+    // The sandbox provider is a connector type pointing at this very server.
+    let mut connector_types = config.connector_types.clone();
+    let sandbox_secret = config.sandbox.then(|| {
+        let secret = api::auth::generate_token();
+        connector_types.insert(
+            "sandbox".to_string(),
+            connectors::ConnectorTypeSpec {
+                display_name: Some("Sandbox (built into tokenbox)".into()),
+                authorization_url: Some(format!("{public_url}/sandbox/authorize")),
+                token_url: Some(format!("{public_url}/sandbox/token")),
+                client_id: Some(sandbox::CLIENT_ID.into()),
+                client_secret: Some(secret::Secret::new(secret.clone())),
+                scopes: Some(vec!["profile".into()]),
+                client_auth: Some(connectors::ClientAuth::Basic),
+                ..Default::default()
+            },
+        );
+        secret
+    });
+    let catalog = Catalog::build(&connector_types, config.allow_insecure_loopback)?;
     let store = open_store(&config).await?;
     let provider = Provider::new(config.provider_timeout)?;
     let metrics = Arc::new(metrics::Metrics::default());
@@ -51,14 +79,6 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         webhooks.clone(),
         &config,
     );
-    let public_url = match bound {
-        Some(address) => config.public_base_url(address),
-        None => config
-            .public_url
-            .clone()
-            .map(|u| u.trim_end_matches('/').to_string())
-            .unwrap_or_else(|| format!("http://{}", config.listen)),
-    };
     let jwt = Arc::new(jwt::JwtIssuer::new(
         store.clone(),
         public_url.clone(),
@@ -80,6 +100,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         audit,
         audit_writer: Arc::new(std::sync::Mutex::new(Some(audit_writer))),
         webhooks,
+        sandbox_secret,
     })
 }
 
@@ -97,6 +118,14 @@ impl Application {
         let listener = TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        Self::build_with_listener(config, listener).await
+    }
+
+    /// Builds on a listener bound beforehand (the demo needs its address for its config).
+    pub async fn build_with_listener(
+        config: Config,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
         let address = listener.local_addr()?;
         let state = build_state(config, Some(address)).await?;
         Ok(Self {
@@ -105,6 +134,10 @@ impl Application {
             state,
             address,
         })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     pub fn address(&self) -> SocketAddr {

@@ -33,6 +33,15 @@ struct Cli {
 enum Command {
     /// Run the HTTP service (applies pending migrations first).
     Serve,
+    /// Try tokenbox in one minute: a server with a built-in sandbox provider, a superadmin
+    /// account and a connect link, and the commands that fetch the token afterwards.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Where the demo keeps its database and key (delete it to start afresh).
+        #[arg(long, default_value = "tokenbox-demo")]
+        data_dir: PathBuf,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Print the route table (path, methods, access) as JSON.
@@ -258,6 +267,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&tokenbox::api::routes::describe())?
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Demo { listen, data_dir } = &cli.command {
+        return demo(listen, data_dir).await;
     }
     let (config, warnings) = Config::load(cli.config.as_deref())?;
     let serving = matches!(cli.command, Command::Serve);
@@ -658,7 +670,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Token { .. } | Command::Routes => unreachable!("handled above"),
+        Command::Token { .. } | Command::Routes | Command::Demo { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -718,6 +732,74 @@ async fn audit_cli(
     if let Err(e) = store.record_audit(&[event]).await {
         eprintln!("tokenbox: warning: the audit event could not be written: {e}");
     }
+}
+
+/// `tokenbox demo`: the one-minute tour.
+async fn demo(listen: &str, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    telemetry::init(tokenbox::config::LogFormat::Text, "warn,sqlx=warn");
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (try --listen 127.0.0.1:8081)"))?;
+    let address = listener.local_addr()?;
+    let dir = data_dir.display();
+    let config = Config {
+        listen: address.to_string(),
+        public_url: Some(format!("http://{address}")),
+        database_url: format!("sqlite://{dir}/tokenbox.db"),
+        encryption_key_file: data_dir.join("encryption.key"),
+        sandbox: true,
+        allow_insecure_loopback: true,
+        ..Config::default()
+    };
+    let app = Application::build_with_listener(config, listener).await?;
+    let state = app.state().clone();
+    let token = generate_token();
+    state
+        .keeper
+        .store()
+        .create_service_account(&ServiceAccount {
+            name: format!("demo-{}", now_epoch()),
+            role: Role::Superadmin,
+            token_hash: hash_token(&token),
+            created_at: now_epoch(),
+            scope: None,
+            expires_at: None,
+        })
+        .await?;
+    let key = ConnectionKey::new(
+        AppId::parse("demo").expect("valid"),
+        ConnectorTypeName::parse("sandbox").expect("valid"),
+    );
+    let link = tokenbox::signup::create_link(
+        &state.keeper,
+        &state.config,
+        &state.public_url,
+        &key,
+        tokenbox::signup::NewLink::default(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let base = &state.public_url;
+    let me = std::env::current_exe()
+        .ok()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "tokenbox".into());
+    println!(
+        "\ntokenbox demo is running at {base} (data in {dir}; Ctrl-C stops it)\n\n\
+         1. Open this link in a browser, click Connect, then Approve at the sandbox provider:\n\
+         \x20  {url}\n\n\
+         2. Fetch the token, as an extraction job would:\n\
+         \x20  curl -s -H 'Authorization: Bearer {token}' {base}/demo/sandbox/binb-token\n\
+         \x20  TOKENBOX_URL={base} TOKENBOX_TOKEN={token} {me} token demo sandbox\n\n\
+         3. The sandbox's API accepts it (tokens last {lifetime} s; tokenbox refreshes them):\n\
+         \x20  curl -s -H \"Authorization: Bearer $(TOKENBOX_URL={base} TOKENBOX_TOKEN={token} {me} token demo sandbox)\" {base}/sandbox/api/me\n",
+        url = link.url,
+        lifetime = tokenbox::sandbox::ACCESS_TOKEN_LIFETIME,
+    );
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    app.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check_account_name(name: &str) -> anyhow::Result<()> {

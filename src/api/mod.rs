@@ -37,6 +37,8 @@ pub struct AppState {
     /// The audit writer task, awaited at shutdown so that no event is lost.
     pub audit_writer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     pub webhooks: crate::webhooks::Webhooks,
+    /// The sandbox provider's client secret, when the sandbox is mounted.
+    pub sandbox_secret: Option<String>,
 }
 
 /// The `{app_id}/{connector_type}` part of a small-app route, validated.

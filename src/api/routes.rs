@@ -164,6 +164,11 @@ pub fn router(state: AppState) -> Router {
         entries: Vec::new(),
     };
     declare(&mut table);
+    let sandbox = state
+        .sandbox_secret
+        .as_deref()
+        .map(crate::sandbox::router)
+        .unwrap_or_default();
     table
         .router
         .fallback(|| async { ApiError::NotFound })
@@ -174,6 +179,7 @@ pub fn router(state: AppState) -> Router {
             state.config.slow_client_timeout,
         ))
         .with_state(state)
+        .merge(sandbox)
 }
 
 /// The table without a server, for `tokenbox routes` and documentation.

@@ -8,6 +8,7 @@
 mod binb_token;
 mod cli;
 mod clients;
+mod demo;
 mod e2e;
 mod faults;
 mod helpers;

@@ -1,0 +1,152 @@
+//! `tokenbox demo`: the one-minute tour, followed as a newcomer would.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::helpers::{json_of, location, query_param, spawn_app, unique, BIN};
+
+fn result_status(html: &str) -> Option<String> {
+    let start = html.find("data-status=\"")? + "data-status=\"".len();
+    Some(html[start..].split('"').next()?.to_string())
+}
+
+/// Clicks Connect on the link, then Approve or Deny at the sandbox; returns the result page.
+async fn signup(client: &reqwest::Client, link: &str, decision: &str) -> (u16, String) {
+    let page = client.get(link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let to_provider = client.post(link).send().await.unwrap();
+    assert_eq!(to_provider.status(), 303);
+    let authorize = location(&to_provider);
+    assert!(authorize.contains("/sandbox/authorize?"), "{authorize}");
+    let provider_page = client
+        .get(&authorize)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(provider_page.contains("id=\"approve\"") && provider_page.contains("id=\"deny\""));
+    let form = [
+        ("decision", decision.to_string()),
+        (
+            "redirect_uri",
+            query_param(&authorize, "redirect_uri").unwrap(),
+        ),
+        ("state", query_param(&authorize, "state").unwrap()),
+        (
+            "code_challenge",
+            query_param(&authorize, "code_challenge").unwrap_or_default(),
+        ),
+    ];
+    let back = client.post(&authorize).form(&form).send().await.unwrap();
+    assert_eq!(back.status(), 303);
+    let done = client.get(location(&back)).send().await.unwrap();
+    let status = done.status().as_u16();
+    (status, done.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_connects_the_sandbox_and_its_printed_commands_fetch_a_working_token() {
+    let dir = std::env::temp_dir().join(unique("tokenbox-demo"));
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env_remove("TOKENBOX_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut printed = Vec::new();
+    for line in BufReader::new(demo.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let last = line.contains("/sandbox/api/me");
+        printed.push(line);
+        if last {
+            break;
+        }
+    }
+    let find = |needle: &str| {
+        printed
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle} in {printed:#?}"))
+            .trim()
+            .to_string()
+    };
+    let link = find("/connect/");
+    let curl = find("curl -s -H 'Authorization");
+    let base = link.split("/connect/").next().unwrap().to_string();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // Deny first: nothing connected, a clear page; the link can be used again.
+    let (status, html) = signup(&client, &link, "deny").await;
+    assert_eq!(status, 200);
+    assert_eq!(result_status(&html).as_deref(), Some("denied"), "{html}");
+    assert!(html.contains("not connected"));
+    let (_, out) = run(&format!("{curl} -o /dev/null -w '%{{http_code}}'"));
+    assert_eq!(out.trim(), "404", "the app is not connected");
+
+    // Approve.
+    let (status, html) = signup(&client, &link, "approve").await;
+    assert_eq!(status, 200);
+    assert_eq!(result_status(&html).as_deref(), Some("connected"), "{html}");
+
+    // The printed curl command gets a token that the sandbox's API accepts.
+    let (code, out) = run(&curl);
+    assert_eq!(code, 0);
+    let body: Value = serde_json::from_str(&out).expect("the token JSON");
+    let token = body["access_token"].as_str().unwrap();
+    assert!(token.starts_with("sbx-at-"));
+    let me = client
+        .get(format!("{base}/sandbox/api/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    assert_eq!(json_of(me).await["user"], "sandbox-user");
+
+    // And so does the printed `tokenbox token` command.
+    let (code, out) = run(&find("token demo sandbox"));
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), token);
+
+    let _ = demo.kill();
+    let _ = demo.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn run(command: &str) -> (i32, String) {
+    let out = Command::new("sh").arg("-c").arg(command).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_sandbox_answers_404_under_sandbox() {
+    let app = spawn_app(None).await;
+    for path in ["/sandbox/authorize", "/sandbox/api/me"] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+    }
+    let response = app
+        .client
+        .post(format!("{}/sandbox/token", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
