@@ -44,6 +44,16 @@ const SERVER_ENV: &[(&str, &str)] = &[
         "TOKENBOX_REFRESH_BACKOFF_SECONDS",
         "refresh_backoff_seconds",
     ),
+    ("TOKENBOX_RATE_LIMIT_PER_SECOND", "rate_limit_per_second"),
+    (
+        "TOKENBOX_SLOW_CLIENT_TIMEOUT_SECONDS",
+        "slow_client_timeout_seconds",
+    ),
+    ("TOKENBOX_JWT_LIFETIME_SECONDS", "jwt_lifetime_seconds"),
+    (
+        "TOKENBOX_JWT_KEY_OVERLAP_SECONDS",
+        "jwt_key_overlap_seconds",
+    ),
 ];
 
 /// Other `TOKENBOX_*` variables that are known (read by the CLI or the logger), so not reported.
@@ -410,6 +420,12 @@ impl Config {
         {
             bail!("request_timeout_seconds, provider_timeout_seconds and slow_client_timeout_seconds must be positive");
         }
+        if self.jwt_lifetime_seconds <= 0 || self.jwt_key_overlap_seconds < 0 {
+            bail!("jwt_lifetime_seconds must be positive and jwt_key_overlap_seconds not negative");
+        }
+        if self.jwt_audience.trim().is_empty() {
+            bail!("jwt_audience must not be empty");
+        }
         if self.refresher.interval.is_zero()
             || self.refresher.concurrency == 0
             || self.refresher.window_seconds < 0
@@ -475,6 +491,27 @@ mod tests {
         assert_eq!(c.refresh_margin_seconds, 60);
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("TOKENBOX_LISTN"));
+    }
+
+    #[test]
+    fn every_documented_variable_is_read() {
+        let (c, warnings) = Config::resolve(
+            FileConfig::default(),
+            &env(&[
+                ("TOKENBOX_RATE_LIMIT_PER_SECOND", "7"),
+                ("TOKENBOX_SLOW_CLIENT_TIMEOUT_SECONDS", "3"),
+                ("TOKENBOX_JWT_LIFETIME_SECONDS", "60"),
+                ("TOKENBOX_JWT_KEY_OVERLAP_SECONDS", "120"),
+                ("TOKENBOX_REFRESH_BACKOFF_SECONDS", "2"),
+            ]),
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.rate_limit_per_second, 7);
+        assert_eq!(c.slow_client_timeout, Duration::from_secs(3));
+        assert_eq!(c.jwt_lifetime_seconds, 60);
+        assert_eq!(c.jwt_key_overlap_seconds, 120);
+        assert_eq!(c.refresher.backoff_base_seconds, 2);
     }
 
     #[test]

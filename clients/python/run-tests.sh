@@ -4,10 +4,10 @@
 #   clients/python/run-tests.sh [pytest arguments...]
 #
 # Creates (or reuses) the virtualenv clients/python/.venv, installs the package in editable
-# mode with its test extras (pytest, mypy, ruff, toucan-connectors[base,github]==9.2.*) when
-# pyproject.toml changed since the last install, uses $TOKENBOX_BIN or target/debug/tokenbox
-# (under $CARGO_TARGET_DIR when set; built with `cargo build --bin tokenbox` when missing), and
-# runs pytest. Non-interactive and idempotent; the exit code is pytest's.
+# mode with its test extras (pytest, mypy, ruff, toucan-connectors[base,github]==9.2.*,
+# PyJWT[crypto]==2.*, cryptography==50.*) when pyproject.toml changed since the last install,
+# uses $TOKENBOX_BIN or target/debug/tokenbox (under $CARGO_TARGET_DIR when set; built with
+# `cargo build --bin tokenbox` when missing), and runs pytest. Non-interactive and idempotent; the exit code is pytest's.
 # $PYTHON picks the interpreter for a new virtualenv (default: python3; 3.11 or newer).
 set -euo pipefail
 

@@ -208,7 +208,8 @@ impl Authenticator {
             .map(|(_, account)| Principal {
                 name: claims.sub.clone(),
                 role: claims.role.min(account.role),
-                scope: claims.scope.clone().or_else(|| account.scope.clone()),
+                // The account's scope as it is now wins over the one in the token.
+                scope: account.scope.clone().or_else(|| claims.scope.clone()),
                 expires_at: Some(claims.exp),
             }))
     }

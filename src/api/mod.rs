@@ -130,6 +130,8 @@ fn audited_action(method: &axum::http::Method, route: &str) -> Option<&'static s
         (&Method::GET, "/oauth/callback") => "connection.connect",
         (&Method::GET, "/audit") => "audit.read",
         (&Method::POST, "/oauth/token") => "client_credentials.token",
+        (&Method::POST, "/admin/login") => "admin.login",
+        (&Method::POST, "/admin/connect-links") => "connect_link.create",
         _ => return None,
     };
     Some(action)

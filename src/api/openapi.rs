@@ -7,7 +7,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::resources::{
-    audit, binb_token, connect, connection, connections, connector_types, health, oauth_token,
+    admin, audit, binb_token, connect, connection, connections, connector_types, health,
+    oauth_token,
 };
 
 /// Every error response: a stable code and a human sentence.
@@ -57,6 +58,11 @@ impl Modify for BearerAuth {
         connector_types::list,
         connections::list,
         audit::list,
+        admin::status,
+        admin::login_form,
+        admin::login,
+        admin::logout,
+        admin::new_link,
         oauth_token::token,
         oauth_token::jwks,
         health::get,

@@ -14,7 +14,7 @@ use super::auth::{require_role, Authenticator};
 use super::error::ApiError;
 use super::resources::binb_token::BinBToken;
 use super::resources::{
-    audit, connect, connection, connections, connector_types, health, oauth_token,
+    admin, audit, connect, connection, connections, connector_types, health, oauth_token,
 };
 use super::{access_log, AppState};
 use crate::secrets::Role;
@@ -69,6 +69,21 @@ fn declare(t: &mut RouteTable) {
         &[Get],
         PUBLIC,
         get(oauth_token::jwks),
+    );
+    // The status page authenticates with its own cookie (an admin token), not a bearer.
+    t.add_resource("/admin", &[Get], PUBLIC, get(admin::status));
+    t.add_resource(
+        "/admin/login",
+        &[Get, Post],
+        PUBLIC,
+        get(admin::login_form).post(admin::login),
+    );
+    t.add_resource("/admin/logout", &[Post], PUBLIC, post(admin::logout));
+    t.add_resource(
+        "/admin/connect-links",
+        &[Post],
+        PUBLIC,
+        post(admin::new_link),
     );
     t.add_resource("/healthz", &[Get], PUBLIC, get(health::get));
     t.add_resource("/readyz", &[Get], PUBLIC, get(health::ready));

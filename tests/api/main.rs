@@ -5,6 +5,7 @@
 //! against SQLite (`sqlite::...`) and against PostgreSQL (`postgres::...`). Backend-specific
 //! tests are plain `#[tokio::test]`s in their modules.
 
+mod admin;
 mod binb_token;
 mod cli;
 mod clients;

@@ -14,6 +14,10 @@ const PUBLIC: &[&str] = &[
     "/openapi.json",
     "/oauth/token",
     "/.well-known/jwks.json",
+    "/admin",
+    "/admin/login",
+    "/admin/logout",
+    "/admin/connect-links",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,23 @@ def tokenbox(
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def short_jwt_tokenbox(
+    tokenbox_bin: Path, provider: FakeProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Tokenbox]:
+    """A second tokenbox whose JWTs live 3 seconds (for the client's renewal)."""
+    server = Tokenbox(
+        tokenbox_bin,
+        tmp_path_factory.mktemp("tokenbox-short-jwt"),
+        provider,
+        extra_config="jwt_lifetime_seconds = 3",
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def proxy(tokenbox: Tokenbox) -> Iterator[CountingProxy]:
     """A counting proxy in front of tokenbox: every HTTP request a client makes is seen."""
@@ -61,3 +78,5 @@ def _no_tokenbox_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests pass URL and token explicitly unless they set the environment themselves."""
     monkeypatch.delenv("TOKENBOX_URL", raising=False)
     monkeypatch.delenv("TOKENBOX_TOKEN", raising=False)
+    monkeypatch.delenv("TOKENBOX_CLIENT_ID", raising=False)
+    monkeypatch.delenv("TOKENBOX_CLIENT_SECRET", raising=False)

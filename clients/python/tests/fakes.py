@@ -210,10 +210,11 @@ class _ProviderHandler(_QuietHandler):
 
 
 class CountingProxy:
-    """Forwards GET requests to tokenbox and records each (path, status) it relays.
+    """Forwards GET and POST requests to tokenbox and records each (path, status) it relays.
 
-    ``inject`` holds canned replies returned *instead of* forwarding, in order (a fake
-    tokenbox-like 503); ``on_reply(status)`` runs after each relayed answer."""
+    ``inject`` holds canned replies returned to GET requests *instead of* forwarding, in order
+    (a fake tokenbox-like 503); ``post_inject`` the same for POST requests (``/oauth/token``);
+    ``on_reply(status)`` runs after each relayed answer."""
 
     def __init__(self, target: str) -> None:
         parsed = urllib.parse.urlsplit(target)
@@ -223,6 +224,7 @@ class CountingProxy:
         #: (path, status, monotonic time, Retry-After) of each answer
         self.requests: list[tuple[str, int, float, float | None]] = []
         self.inject: list[Reply] = []
+        self.post_inject: list[Reply] = []
         self.on_reply: Callable[[int], None] | None = None
         self.server = _serve(_ProxyHandler, self)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -237,10 +239,16 @@ class CountingProxy:
         with self.lock:
             return [r[1] for r in self.requests]
 
+    def paths(self, prefix: str = "/") -> list[str]:
+        """The paths requested (query string included) that start with ``prefix``."""
+        with self.lock:
+            return [r[0] for r in self.requests if r[0].startswith(prefix)]
+
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self.inject.clear()
+            self.post_inject.clear()
         self.on_reply = None
 
     def close(self) -> None:
@@ -250,9 +258,17 @@ class CountingProxy:
 
 class _ProxyHandler(_QuietHandler):
     def do_GET(self) -> None:  # noqa: N802
+        self._relay("GET", None)
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        self._relay("POST", self.rfile.read(length))
+
+    def _relay(self, method: str, data: bytes | None) -> None:
         owner: CountingProxy = self.server.owner  # type: ignore[attr-defined]
         with owner.lock:
-            injected = owner.inject.pop(0) if owner.inject else None
+            queue = owner.inject if method == "GET" else owner.post_inject
+            injected = queue.pop(0) if queue else None
         if injected is not None:
             status, body, headers = injected.status, injected.body, injected.headers
         else:
@@ -261,16 +277,17 @@ class _ProxyHandler(_QuietHandler):
                 fwd = {
                     k: v
                     for k, v in self.headers.items()
-                    if k.lower() in ("authorization", "accept", "user-agent")
+                    if k.lower() in ("authorization", "accept", "user-agent", "content-type")
                 }
-                conn.request("GET", self.path, headers=fwd)
+                conn.request(method, self.path, body=data, headers=fwd)
                 resp = conn.getresponse()
                 data = resp.read()
                 status = resp.status
                 keep = {
                     k: v
                     for k, v in resp.getheaders()
-                    if k.lower() in ("content-type", "retry-after", "x-request-id", "cache-control")
+                    if k.lower()
+                    in ("content-type", "retry-after", "x-request-id", "cache-control", "www-authenticate")
                 }
             finally:
                 conn.close()
@@ -307,9 +324,14 @@ def _server_env(log: str) -> dict[str, str]:
 
 
 class Tokenbox:
-    """The real tokenbox binary serving a fresh SQLite database on a loopback port."""
+    """The real tokenbox binary serving a fresh SQLite database on a loopback port.
 
-    def __init__(self, binary: Path, workdir: Path, provider: FakeProvider) -> None:
+    ``extra_config``: more top-level TOML keys (e.g. ``jwt_lifetime_seconds = 3``), which must
+    not repeat the keys written here. Two service accounts are created: a superadmin
+    (``superadmin_name``/``superadmin_token``, also usable as client credentials) and an admin.
+    """
+
+    def __init__(self, binary: Path, workdir: Path, provider: FakeProvider, extra_config: str = "") -> None:
         self.binary = binary
         self.workdir = workdir
         self.config = workdir / "tokenbox.toml"
@@ -322,6 +344,7 @@ encryption_key_file = "{workdir}/encryption.key"
 refresher_enabled = false
 refresh_margin_seconds = 300
 allow_insecure_loopback = true
+{extra_config}
 
 [connector_types.acme]
 authorization_url = "{provider.url}/authorize"
@@ -360,10 +383,12 @@ token_url = "{provider.url}/token"
             cwd=workdir,
         )
         self.url = self._wait_listening()
+        self.superadmin_name = unique("extraction")
         self.superadmin_token = self.cli(
-            "service-account", "create", unique("extraction"), "--role", "superadmin"
+            "service-account", "create", self.superadmin_name, "--role", "superadmin"
         )
-        self.admin_token = self.cli("service-account", "create", unique("backend"), "--role", "admin")
+        self.admin_name = unique("backend")
+        self.admin_token = self.cli("service-account", "create", self.admin_name, "--role", "admin")
 
     def _wait_listening(self, timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout

@@ -1,5 +1,6 @@
 //! One module per resource: its handlers and its request and response types.
 
+pub mod admin;
 pub mod audit;
 pub mod binb_token;
 pub mod connect;

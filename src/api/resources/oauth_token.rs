@@ -96,6 +96,14 @@ pub async fn token(
             )
         }
     }
+    let basic = headers.contains_key(header::AUTHORIZATION);
+    if basic && form.iter().any(|(k, _)| k == "client_secret") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "use one client authentication method: HTTP Basic or the form body, not both",
+        );
+    }
     let Some((client_id, client_secret)) = credentials(&headers, &form) else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,

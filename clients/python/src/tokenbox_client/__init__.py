@@ -2,7 +2,7 @@
 
     from tokenbox_client import TokenboxClient, ReauthorizationRequired
 
-    client = TokenboxClient()              # TOKENBOX_URL, TOKENBOX_TOKEN
+    client = TokenboxClient()              # TOKENBOX_URL, TOKENBOX_TOKEN (or TOKENBOX_CLIENT_ID/_SECRET)
     token = client.get_token("acme", "github", min_validity=600)
     headers = {"Authorization": f"Bearer {token.access_token}"}
 
@@ -15,6 +15,7 @@ from .errors import (
     ConnectorNotConfigured,
     Forbidden,
     InternalError,
+    InvalidClient,
     InvalidRequest,
     NotConnected,
     NotFound,
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidRequest",
     "Unauthorized",
+    "InvalidClient",
     "Forbidden",
     "UnknownConnectorType",
     "NotConnected",

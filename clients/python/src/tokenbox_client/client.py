@@ -1,8 +1,12 @@
 """The tokenbox HTTP client: ``GET /{app_id}/{connector_type}/binb-token`` with the standard
-library only (urllib), bounded retries on 503 and an in-process token cache."""
+library only (urllib), bounded retries on 503 and an in-process token cache. It authenticates
+with a service account's static bearer token, or with client credentials: a JWT from
+``POST /oauth/token`` (RFC 6749 §4.4), cached and renewed before it expires."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.utils
 import http.client
 import json
@@ -14,10 +18,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
-from typing import Any
+from typing import Any, TypeVar
 
 from . import errors
 from .errors import TokenboxError
@@ -31,6 +35,8 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 USER_AGENT = "tokenbox-client-python/0.1.0"
 
 log = logging.getLogger("tokenbox_client")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,17 @@ class TokenboxClient:
     variables (``TOKENBOX_URL`` itself defaults to ``http://127.0.0.1:8080``, like the CLI).
     The token must belong to a *superadmin* service account.
 
+    Client credentials instead of a static token: ``client_id`` (the service account's name)
+    and ``client_secret`` (its bearer token), or the ``TOKENBOX_CLIENT_ID`` and
+    ``TOKENBOX_CLIENT_SECRET`` environment variables when neither ``token`` nor
+    ``TOKENBOX_TOKEN`` is set. The client then sends a short-lived JWT obtained from
+    ``POST /oauth/token`` (HTTP Basic authentication), reuses it, and renews it when less than
+    ``max(renew_margin, 10 % of its lifetime)`` is left (at most half its lifetime). Renewals are
+    serialized: concurrent callers wait for the one in progress. When tokenbox answers 401 to a
+    JWT (e.g. its signing key was retired), the JWT is renewed once and the request retried.
+    Refused credentials raise :class:`~tokenbox_client.errors.InvalidClient` (an
+    ``Unauthorized``) with the server's description.
+
     Retries: a 503 (``provider_unavailable``, or tokenbox/its proxy unavailable), a gateway
     error without a tokenbox body and a connection failure are retried at most ``max_retries``
     times, waiting what ``Retry-After`` says (else an exponential back-off from 0.5 s), and
@@ -106,30 +123,35 @@ class TokenboxClient:
         self,
         url: str | None = None,
         token: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
         *,
         timeout: float = 40.0,
         max_retries: int = 3,
         retry_budget: float = 60.0,
         cache_max_age: float = 300.0,
         default_min_validity: int = 60,
+        renew_margin: float = 60.0,
     ) -> None:
         resolved_url = url if url is not None else os.environ.get("TOKENBOX_URL") or DEFAULT_URL
-        resolved_token = token if token is not None else os.environ.get("TOKENBOX_TOKEN")
-        if not resolved_token:
-            raise errors.ConfigurationError(
-                "no tokenbox service-account token: pass token= or set TOKENBOX_TOKEN"
-            )
+        resolved_token, credentials = _resolve_credentials(token, client_id, client_secret)
         parsed = urllib.parse.urlsplit(resolved_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise errors.ConfigurationError(
                 f"TOKENBOX_URL must be an http(s) URL such as {DEFAULT_URL}, got {resolved_url!r}"
             )
-        if max_retries < 0 or retry_budget < 0 or timeout <= 0 or cache_max_age < 0:
+        if max_retries < 0 or retry_budget < 0 or timeout <= 0 or cache_max_age < 0 or renew_margin < 0:
             raise errors.ConfigurationError(
-                "timeout must be positive; max_retries, retry_budget and cache_max_age must not be negative"
+                "timeout must be positive; max_retries, retry_budget, cache_max_age and "
+                "renew_margin must not be negative"
             )
         self.url = resolved_url.rstrip("/")
         self._token = resolved_token
+        #: the client id (service account name) when authenticating with client credentials
+        self.client_id = credentials[0] if credentials else None
+        self._jwt: _JwtSource | None = (
+            _JwtSource(self, credentials[0], credentials[1], renew_margin) if credentials else None
+        )
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_budget = retry_budget
@@ -141,6 +163,8 @@ class TokenboxClient:
         self._opener = urllib.request.build_opener(_NoRedirect)
 
     def __repr__(self) -> str:
+        if self.client_id is not None:
+            return f"TokenboxClient(url={self.url!r}, client_id={self.client_id!r})"
         return f"TokenboxClient(url={self.url!r})"
 
     # ------------------------------------------------------------------ public API
@@ -163,7 +187,8 @@ class TokenboxClient:
 
         Raises a :class:`~tokenbox_client.errors.TokenboxError` subclass:
         ``ReauthorizationRequired`` (the tenant must reconnect), ``NotConnected``,
-        ``UnknownConnectorType``, ``Forbidden``, ``Unauthorized``, ``InvalidRequest``,
+        ``UnknownConnectorType``, ``Forbidden``, ``Unauthorized`` (``InvalidClient`` when the
+        client credentials are refused), ``InvalidRequest``,
         ``ProviderError``, ``ProviderUnavailable`` (after the retries), ``TokenboxUnavailable``,
         ``InternalError``, ``UnexpectedResponse``.
         """
@@ -193,6 +218,17 @@ class TokenboxClient:
     def clear_cache(self) -> None:
         """Forget every cached token."""
         self._cache.clear()
+
+    def access_token(self) -> str:
+        """The bearer token this client sends to tokenbox: the static token, or a JWT of the
+        client-credentials grant that is not due for renewal (obtained or renewed now when
+        needed, with the client's retries on 503 and connection failures; while tokenbox cannot
+        renew it, the current JWT is returned as long as it stays valid for a few seconds).
+        Also usable to call tokenbox's other routes with ``Authorization: Bearer ...``."""
+        if self._jwt is None:
+            return self._token
+        jwt = self._jwt
+        return self._retrying(jwt.current, "the client-credentials grant")
 
     # ------------------------------------------------------------------ internals
 
@@ -224,29 +260,56 @@ class TokenboxClient:
         if force_refresh:
             query["force_refresh"] = "true"
         url = f"{self.url}{path}?{urllib.parse.urlencode(query)}"
+        return self._retrying(
+            lambda: self._fetch_once(url, app_id, connector_type), f"{app_id}/{connector_type}"
+        )
 
-        budget_start = time.monotonic()
-        attempt = 0
+    def _fetch_once(self, url: str, app_id: str, connector_type: str) -> tuple[TokenInfo, float]:
+        """One attempt (two requests when a JWT is refused and renewed); raises ``_Retry`` for
+        what is worth retrying."""
+        renewed = False
         while True:
+            bearer = self._token if self._jwt is None else self._jwt.current()
             started_mono = time.monotonic()
             started_wall = time.time()
             try:
-                status, headers, body = self._get(url)
+                status, headers, body = self._send(url, bearer)
             except _TransportError as exc:
-                error: TokenboxError = errors.TokenboxUnavailable(
-                    f"cannot reach tokenbox at {self.url}: {exc.reason}",
-                    app_id=app_id,
-                    connector_type=connector_type,
-                )
-                retryable = True
-            else:
-                if status == 200:
-                    return (
-                        _parse_token(body, headers, app_id, connector_type, started_wall),
-                        started_mono,
+                raise _Retry(
+                    errors.TokenboxUnavailable(
+                        f"cannot reach tokenbox at {self.url}: {exc.reason}",
+                        app_id=app_id,
+                        connector_type=connector_type,
                     )
-                error, retryable = _parse_error(status, headers, body, app_id, connector_type)
-            if not retryable or attempt >= self.max_retries:
+                ) from None
+            if status == 200:
+                return (
+                    _parse_token(body, headers, app_id, connector_type, started_wall),
+                    started_mono,
+                )
+            if status == 401 and self._jwt is not None and not renewed:
+                # The JWT was refused before its time (a retired signing key, a restored
+                # database...): renew it once and try again.
+                log.info("tokenbox refused the JWT (401); renewing it and retrying once")
+                self._jwt.discard(bearer)
+                renewed = True
+                continue
+            error, retryable = _parse_error(status, headers, body, app_id, connector_type)
+            if retryable:
+                raise _Retry(error)
+            raise error
+
+    def _retrying(self, attempt_once: Callable[[], _T], what: str) -> _T:
+        """Runs ``attempt_once`` until it returns, raises a final error, or the retries (count
+        and time budget) are spent; it raises ``_Retry`` for what is worth another try."""
+        budget_start = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return attempt_once()
+            except _Retry as retry:
+                error = retry.error
+            if attempt >= self.max_retries:
                 raise error
             wait = (
                 error.retry_after
@@ -256,36 +319,41 @@ class TokenboxClient:
             elapsed = time.monotonic() - budget_start
             if elapsed + wait > self.retry_budget:
                 log.warning(
-                    "tokenbox: %s for %s/%s; not retrying: waiting %.1f s would exceed the "
+                    "tokenbox: %s for %s; not retrying: waiting %.1f s would exceed the "
                     "retry budget of %.0f s",
                     error.code,
-                    app_id,
-                    connector_type,
+                    what,
                     wait,
                     self.retry_budget,
                 )
                 raise error
             attempt += 1
             log.warning(
-                "tokenbox: %s for %s/%s; retry %d/%d in %.1f s",
+                "tokenbox: %s for %s; retry %d/%d in %.1f s",
                 error.code,
-                app_id,
-                connector_type,
+                what,
                 attempt,
                 self.max_retries,
                 wait,
             )
             time.sleep(wait)
 
-    def _get(self, url: str) -> tuple[int, Headers, bytes]:
+    def _send(
+        self,
+        url: str,
+        bearer: str | None,
+        *,
+        data: bytes | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Headers, bytes]:
+        """One HTTP request (GET, or POST when ``data`` is given); any HTTP status is returned,
+        a transport failure raises ``_TransportError``."""
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if bearer is not None:
+            headers["Authorization"] = f"Bearer {bearer}"
+        headers.update(extra_headers or {})
         request = urllib.request.Request(
-            url,
-            method="GET",
-            headers={
-                "Authorization": f"Bearer {self._token}",
-                "Accept": "application/json",
-                "User-Agent": USER_AGENT,
-            },
+            url, data=data, method="GET" if data is None else "POST", headers=headers
         )
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
@@ -301,6 +369,110 @@ class TokenboxClient:
             raise _TransportError(str(exc.reason)) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise _TransportError(str(exc) or type(exc).__name__) from exc
+
+
+class _JwtSource:
+    """The client-credentials grant: one cached JWT, renewed ahead of its expiry, one renewal
+    at a time (callers needing a renewal wait for the one in progress)."""
+
+    #: a JWT still valid this long is used when its early renewal fails transiently
+    _GRACE_SECONDS = 5.0
+
+    def __init__(self, client: TokenboxClient, client_id: str, client_secret: str, margin: float) -> None:
+        self._client = client
+        self._client_id = client_id
+        self._margin = margin
+        # RFC 6749 §2.3.1: id and secret form-url-encoded, then HTTP Basic.
+        pair = (
+            f"{urllib.parse.quote_plus(client_id, safe='')}:{urllib.parse.quote_plus(client_secret, safe='')}"
+        )
+        self._basic = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        self._lock = threading.Lock()
+        self._jwt: str | None = None
+        #: monotonic time of the request that obtained it + expires_in
+        self._deadline = 0.0
+        #: monotonic time from which it is renewed
+        self._renew_at = 0.0
+        #: number of JWTs obtained (for logs and tests)
+        self.issued = 0
+
+    def current(self) -> str:
+        """A JWT that is not due for renewal (raises ``_Retry`` or a final error)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._jwt is not None and now < self._renew_at:
+                return self._jwt
+            try:
+                return self._obtain()
+            except _Retry:
+                if self._jwt is not None and self._deadline - now >= self._GRACE_SECONDS:
+                    log.warning("tokenbox: cannot renew the JWT yet; using the current one meanwhile")
+                    return self._jwt
+                raise
+
+    def discard(self, jwt: str) -> None:
+        """Forget ``jwt`` (tokenbox refused it) unless it was already replaced."""
+        with self._lock:
+            if self._jwt == jwt:
+                self._jwt = None
+
+    def _obtain(self) -> str:
+        client = self._client
+        started = time.monotonic()
+        try:
+            status, headers, body = client._send(
+                f"{client.url}/oauth/token",
+                None,
+                data=b"grant_type=client_credentials",
+                extra_headers={
+                    "Authorization": self._basic,
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
+            )
+        except _TransportError as exc:
+            raise _Retry(
+                errors.TokenboxUnavailable(f"cannot reach tokenbox at {client.url}: {exc.reason}")
+            ) from None
+        if status != 200:
+            error, retryable = _parse_oauth_error(status, headers, body)
+            if retryable:
+                raise _Retry(error)
+            raise error
+        payload = _json_object(body)
+        jwt = payload.get("access_token") if payload else None
+        if payload is None or not isinstance(jwt, str) or not jwt:
+            raise errors.UnexpectedResponse(
+                "POST /oauth/token answered 200 without an access_token",
+                status=200,
+                request_id=headers.get("X-Request-Id"),
+            )
+        lifetime = _jwt_lifetime(payload.get("expires_in"), jwt)
+        if lifetime is None:
+            raise errors.UnexpectedResponse(
+                "POST /oauth/token answered 200 without expires_in (nor a JWT with exp and iat)",
+                status=200,
+                request_id=headers.get("X-Request-Id"),
+            )
+        margin = min(max(self._margin, 0.1 * lifetime), 0.5 * lifetime)
+        self._jwt = jwt
+        self._deadline = started + lifetime
+        self._renew_at = self._deadline - margin
+        self.issued += 1
+        log.debug(
+            "tokenbox: JWT obtained for client %s, valid %.0f s, renewed in %.0f s",
+            self._client_id,
+            lifetime,
+            lifetime - margin,
+        )
+        return jwt
+
+
+class _Retry(Exception):
+    """An error worth another attempt (within the client's retry policy)."""
+
+    def __init__(self, error: TokenboxError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _TransportError(Exception):
@@ -406,3 +578,84 @@ def _parse_token(
         expires_in=expires_in,
         fetched_at=fetched_at,
     )
+
+
+def _resolve_credentials(
+    token: str | None, client_id: str | None, client_secret: str | None
+) -> tuple[str, tuple[str, str] | None]:
+    """The static token, or ``("", (client_id, client_secret))``, from the arguments or else
+    the environment (``TOKENBOX_TOKEN`` first, then ``TOKENBOX_CLIENT_ID``/``_SECRET``)."""
+    if token is not None and (client_id is not None or client_secret is not None):
+        raise errors.ConfigurationError("give either token= or client_id=/client_secret=, not both")
+    if token is None and client_id is None and client_secret is None:
+        token = os.environ.get("TOKENBOX_TOKEN") or None
+        if token is None:
+            client_id = os.environ.get("TOKENBOX_CLIENT_ID") or None
+            client_secret = os.environ.get("TOKENBOX_CLIENT_SECRET") or None
+    if token is not None:
+        if not token:
+            raise errors.ConfigurationError("the tokenbox service-account token is empty")
+        return token, None
+    if client_id and client_secret:
+        return "", (client_id, client_secret)
+    if client_id or client_secret:
+        raise errors.ConfigurationError(
+            "client credentials need both a client id and a client secret "
+            "(client_id=/client_secret= or TOKENBOX_CLIENT_ID/TOKENBOX_CLIENT_SECRET)"
+        )
+    raise errors.ConfigurationError(
+        "no tokenbox credentials: pass token= or set TOKENBOX_TOKEN (a service-account token), "
+        "or pass client_id=/client_secret= or set TOKENBOX_CLIENT_ID/TOKENBOX_CLIENT_SECRET"
+    )
+
+
+def _parse_oauth_error(status: int, headers: Headers, body: bytes) -> tuple[TokenboxError, bool]:
+    """An error of ``POST /oauth/token``: RFC 6749 §5.2 (``error``, ``error_description``), or
+    tokenbox's usual shape for a server-side failure."""
+    payload = _json_object(body)
+    code = payload.get("error") if payload else None
+    description = None
+    if payload:
+        for name in ("error_description", "message"):
+            value = payload.get(name)
+            if isinstance(value, str) and value:
+                description = value
+                break
+    is_tokenbox_error = isinstance(code, str)
+    if not isinstance(code, str):
+        code = None
+    if description is None:
+        snippet = body[:200].decode("utf-8", "replace").strip()
+        description = f"POST /oauth/token answered HTTP {status}" + (f": {snippet}" if snippet else "")
+    if code == "invalid_client":
+        description = f"client credentials refused: {description}"
+    cls = errors.error_class_for(code, status)
+    error = cls(
+        description,
+        code=code,
+        status=status,
+        retry_after=_retry_after(headers),
+        request_id=headers.get("X-Request-Id"),
+    )
+    retryable = status == 503 or (status in (502, 504) and not is_tokenbox_error)
+    return error, retryable
+
+
+def _jwt_lifetime(expires_in: Any, jwt: str) -> float | None:
+    """Seconds the JWT is valid for: ``expires_in``, else its ``exp - iat`` (read, not verified:
+    only to schedule the renewal)."""
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in >= 0:
+        return float(expires_in)
+    parts = jwt.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if isinstance(exp, int | float) and isinstance(iat, int | float) and exp >= iat:
+        return float(exp - iat)
+    return None

@@ -1,6 +1,7 @@
 """Exceptions raised by the tokenbox client, one per tokenbox error code.
 
-Every tokenbox error response is JSON ``{"error": "<code>", "message": "<sentence>"}``; the
+Every tokenbox error response is JSON ``{"error": "<code>", "message": "<sentence>"}`` (the
+OAuth token endpoint's follow RFC 6749 §5.2: ``{"error", "error_description"}``); the
 exception carries both, plus the HTTP status, the ``Retry-After`` delay when there is one and
 the ``X-Request-Id`` to quote in a support request. ``str(exc)`` is ``"<code>: <message>"``.
 """
@@ -12,6 +13,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidRequest",
     "Unauthorized",
+    "InvalidClient",
     "Forbidden",
     "UnknownConnectorType",
     "NotConnected",
@@ -81,6 +83,14 @@ class Unauthorized(TokenboxError):
     """401 ``unauthorized``: no or unknown service-account token."""
 
     code_name = "unauthorized"
+
+
+class InvalidClient(Unauthorized):
+    """401 ``invalid_client`` from ``POST /oauth/token``: the client credentials were refused
+    (unknown client id, wrong secret, or an expired or deleted service account). ``message`` is
+    the server's ``error_description``. Retrying will not help."""
+
+    code_name = "invalid_client"
 
 
 class Forbidden(TokenboxError):
@@ -158,6 +168,7 @@ _BY_CODE: dict[str, type[TokenboxError]] = {
     for cls in (
         InvalidRequest,
         Unauthorized,
+        InvalidClient,
         Forbidden,
         UnknownConnectorType,
         NotConnected,

@@ -75,8 +75,9 @@ def parse_auth_flow_id(key: str) -> tuple[str, str]:
 class TokenboxSecretsKeeper:
     """A read-only toucan-connectors ``SecretsKeeper`` backed by tokenbox.
 
-    Build it with ``url``/``token`` (default: ``TOKENBOX_URL``/``TOKENBOX_TOKEN``) or with a
-    ready ``client``. ``key_map`` maps an ``auth_flow_id`` to ``(app_id, connector_type)``: a
+    Build it with ``url``/``token`` (default: ``TOKENBOX_URL``/``TOKENBOX_TOKEN``), with
+    ``url``/``client_id``/``client_secret`` (client credentials: see :class:`TokenboxClient`) or
+    with a ready ``client``. ``key_map`` maps an ``auth_flow_id`` to ``(app_id, connector_type)``: a
     callable, or a mapping (keys it lacks fall back to the default ``"<app_id>/<connector_type>"``
     form); with ``connector_type`` set, a key without ``/`` is taken as the app id.
     """
@@ -87,6 +88,8 @@ class TokenboxSecretsKeeper:
         token: str | None = None,
         *,
         client: TokenboxClient | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
         key_map: KeyMap | None = None,
         connector_type: str | None = None,
         min_validity: int = 300,
@@ -94,8 +97,10 @@ class TokenboxSecretsKeeper:
         reuse_seconds: float = 5.0,
         service_connector_types: Mapping[str, str] | None = None,
     ) -> None:
-        if client is not None and (url is not None or token is not None):
-            raise ConfigurationError("give either client= or url=/token=, not both")
+        if client is not None and any(v is not None for v in (url, token, client_id, client_secret)):
+            raise ConfigurationError(
+                "give either client= or url=/token= (or client_id=/client_secret=), not both"
+            )
         if min_validity <= 0 or expiry_margin < 0 or reuse_seconds < 0:
             raise ConfigurationError(
                 "min_validity must be positive, expiry_margin and reuse_seconds not negative"
@@ -105,7 +110,11 @@ class TokenboxSecretsKeeper:
                 "expiry_margin + reuse_seconds must stay below min_validity, or a freshly loaded "
                 "token could look expired to toucan-connectors"
             )
-        self.client = client if client is not None else TokenboxClient(url=url, token=token)
+        self.client = (
+            client
+            if client is not None
+            else TokenboxClient(url=url, token=token, client_id=client_id, client_secret=client_secret)
+        )
         self.key_map = key_map
         self.connector_type = connector_type
         self.min_validity = min_validity
