@@ -35,3 +35,6 @@ cargo nextest run --locked --run-ignored only -E 'test(/postgresql_restart/)'
 
 echo "== Python client, toucan-connectors keeper and extraction example (pytest)"
 bash clients/python/run-tests.sh
+
+echo "== Fuzzing: schemathesis against /openapi.json (at least 2,000 requests)"
+FUZZ_STRICT=1 bash tests/fuzz/run-fuzz.sh

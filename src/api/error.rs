@@ -179,6 +179,9 @@ impl From<KeeperError> for ApiError {
                 retry_after,
             },
             KeeperError::InvalidRequest(m) => Self::InvalidRequest(m),
+            KeeperError::ConnectorNotConfigured(_) => {
+                Self::ConnectorNotConfigured(error.to_string())
+            }
             KeeperError::Store(e) => e.into(),
             KeeperError::Internal => Self::Internal,
         }

@@ -55,6 +55,8 @@ pub enum KeeperError {
     },
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("connector type '{0}' has no client credentials configured, so its tokens cannot be refreshed; an operator must set client_id and client_secret")]
+    ConnectorNotConfigured(String),
     #[error("storage failure")]
     Store(#[from] StoreError),
     #[error("internal failure")]
@@ -372,6 +374,17 @@ impl SecretsKeeper {
         }
 
         let ct = self.connector_type(key)?.clone();
+        if !ct.has_credentials() {
+            // An operator problem, not the provider's: no call, no back-off.
+            guard.release().await;
+            if current.tokens.valid_for(now, hard_min) {
+                return Ok(ServedToken {
+                    connection: inner.cache.put(current),
+                    refreshed: false,
+                });
+            }
+            return Err(KeeperError::ConnectorNotConfigured(ct.name.to_string()));
+        }
         let started = std::time::Instant::now();
         // One circuit per connector type and token host: a tenant's broken self-hosted
         // instance (Zendesk, GitLab) does not pause the other tenants of that type.

@@ -298,3 +298,33 @@ pub async fn a_still_valid_token_is_served_while_the_provider_is_down_unless_min
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
 }
+
+pub async fn an_expired_token_of_an_unconfigured_connector_type_is_an_operator_problem(
+    backend: Backend,
+) {
+    let app = spawn_app_on(backend, None).await;
+    app.import(
+        "acme",
+        "github",
+        &serde_json::json!({"access_token": unique("gh"), "refresh_token": unique("rt"), "expires_at": 1}),
+    )
+    .await;
+    for _ in 0..2 {
+        let response = app.get_token("acme", "github", "").await;
+        assert_eq!(response.status(), 409);
+        let body = json_of(response).await;
+        assert_eq!(body["error"], "connector_not_configured");
+        assert!(body["message"].as_str().unwrap().contains("client_id"));
+    }
+    // No back-off was recorded: it is not the provider's failure.
+    let view = json_of(
+        app.client
+            .get(format!("{}/acme/github/connection", app.address))
+            .bearer_auth(&app.admin)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(view.get("last_error").is_none(), "{view}");
+}

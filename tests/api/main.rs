@@ -55,6 +55,7 @@ conformance! {
         a_revoked_grant_answers_409_and_the_provider_is_not_called_again,
         a_provider_that_is_down_gives_503_with_retry_after_when_no_valid_token_remains,
         a_still_valid_token_is_served_while_the_provider_is_down_unless_min_validity_cannot_be_met,
+        an_expired_token_of_an_unconfigured_connector_type_is_an_operator_problem,
     }
     refresh {
         an_expired_token_is_refreshed_once_for_fifty_concurrent_requests,

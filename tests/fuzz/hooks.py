@@ -10,7 +10,10 @@
 - `no_secret_leak` (a check, enabled with `--checks ...,no_secret_leak`): no response body or
   header may hold a stored secret, except the access token of the requested connection in the
   body of a 200 from GET /{app_id}/{connector_type}/binb-token.
-- `filter_failure`: tolerates one known server issue (see KNOWN ISSUE below) unless FUZZ_STRICT=1.
+- `before_generate_body`: PUT .../connection bodies often carry a refresh token (and sometimes an
+  expired access token), so that refreshes also happen on connections the fuzzer imported.
+- `filter_failure`, `filter_query`: tolerate two known server issues (KNOWN ISSUE 1 and 2 below)
+  unless FUZZ_STRICT=1.
 
 The secrets and the id pools come from FUZZ_STATE, a JSON file fuzz.py rewrites whenever its
 token endpoint issues tokens: {"secrets": {value: {"kind", "owner"}}, "pool": {...}}.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import urllib.parse
 
 from hypothesis import strategies as st
@@ -30,8 +34,14 @@ import schemathesis
 STATE_PATH = os.environ["FUZZ_STATE"]
 REQUESTS_LOG = os.environ["FUZZ_REQUESTS_LOG"]
 LEAKS_LOG = os.environ["FUZZ_LEAKS_LOG"]
+KNOWN_LOG = os.environ["FUZZ_KNOWN_LOG"]
 STRICT = os.environ.get("FUZZ_STRICT") == "1"
 BINB_TOKEN = "GET /{app_id}/{connector_type}/binb-token"
+PUT_CONNECTION = "PUT /{app_id}/{connector_type}/connection"
+# Every refresh token of this run starts with this (fuzz.py's and the ones added below): one may
+# never appear in a response, whoever it belongs to.
+REFRESH_TOKEN_PREFIX = "fuzz-rt-"
+IMPORTED_REFRESH_TOKEN_PREFIX = REFRESH_TOKEN_PREFIX + "import-"
 
 _lock = threading.Lock()
 _state: dict = {"secrets": {}, "pool": {}}
@@ -116,8 +126,30 @@ def before_generate_query(context, strategy):
     return _mostly(valid, strategy)
 
 
+@schemathesis.hook
+def before_generate_body(context, strategy):
+    """PUT .../connection: three bodies in four that are objects get a refresh token (fuzz-rt-…,
+    which must never appear in a response), one in four of those an expired access token, so
+    that binb-token refreshes connections the fuzzer imported itself, not only seeded ones."""
+    operation = context.operation
+    if operation is None or operation.label != PUT_CONNECTION:
+        return strategy
+    return st.tuples(strategy, st.integers(0, 3), st.binary(min_size=16, max_size=16)).map(_with_refresh_token)
+
+
+def _with_refresh_token(drawn):
+    body, n, raw = drawn
+    if n == 0 or not isinstance(body, dict):
+        return body
+    body = {**body, "refresh_token": IMPORTED_REFRESH_TOKEN_PREFIX + raw.hex()}
+    if n == 1:
+        body.pop("expires_in", None)
+        body["expires_at"] = 1
+    return body
+
+
 def _mostly(valid, generated):
-    """Three cases in four from `valid`, one from schemathesis's own strategy."""
+    """Three cases in four from `valid`, else from `generated` (e.g. schemathesis's own strategy)."""
     return st.integers(min_value=0, max_value=3).flatmap(lambda n: generated if n == 0 else valid)
 
 
@@ -125,7 +157,7 @@ def _mostly(valid, generated):
 
 
 def _known_issue(case, response) -> bool:
-    """KNOWN ISSUE (reported to the team, not fixed here): a refresh of a connector type that has
+    """KNOWN ISSUE 1 (reported to the team, not fixed here): a refresh of a connector type that has
     no client credentials configured (github, hubspot in this run: catalog types without
     client_id/client_secret) answers 502 `provider_error` ("connector type 'X' has no client
     credentials configured"), although no provider was called; a configuration problem, which
@@ -141,6 +173,30 @@ def _known_issue(case, response) -> bool:
     return body.get("error") == "provider_error" and "has no client credentials configured" in body.get(
         "message", ""
     )
+
+
+I64_MAX = 2**63 - 1
+
+
+@schemathesis.hook("filter_query")
+def _skip_connections_overflow(context, query):
+    """KNOWN ISSUE 2 (reported to the team, not fixed here): GET /connections?expiring_within=N
+    computes `now_epoch() + N` unchecked (src/api/resources/connections.rs, filter_of), so an N
+    above i64::MAX - now panics ("attempt to add with overflow") in a debug build: the connection
+    is closed without a response. (A release build wraps around silently.) Reproduce:
+    curl -H 'Authorization: Bearer <superadmin>' '<server>/connections?expiring_within=9223372036854775807'
+    Those queries are not sent unless FUZZ_STRICT=1, so that the rest of the run stays useful."""
+    if STRICT or context.operation is None or context.operation.label != "GET /connections":
+        return True
+    value = (query or {}).get("expiring_within") if isinstance(query, dict) else None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return True
+    if I64_MAX - int(time.time()) - 86_400 < number <= I64_MAX:
+        _append(KNOWN_LOG, {"known_issue": "connections_overflow", "query": {"expiring_within": str(value)}})
+        return False
+    return True
 
 
 @schemathesis.hook
@@ -215,6 +271,8 @@ def no_secret_leak(ctx, response, case):
             )
             continue
         problems.append(f"a {item['kind']} (owner: {item['owner'] or '-'}) is in the response {where}")
+    if REFRESH_TOKEN_PREFIX in body or REFRESH_TOKEN_PREFIX in headers:
+        problems.append(f"a refresh token ({REFRESH_TOKEN_PREFIX}…) is in the response")
     if problems:
         _append(
             LEAKS_LOG,

@@ -82,7 +82,7 @@ pub fn filter_of(query: ListQuery) -> Result<ConnectionFilter, ApiError> {
             .expiring_within
             .map(|s| {
                 if s >= 0 {
-                    Ok(now_epoch() + s)
+                    Ok(now_epoch().saturating_add(s))
                 } else {
                     Err(bad("expiring_within must not be negative"))
                 }
