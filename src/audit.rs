@@ -13,7 +13,7 @@ use crate::domain::{now_epoch, AuditEvent, ConnectionKey};
 use crate::secrets::SecretsStore;
 
 const CHANNEL: usize = 50_000;
-const BATCH: usize = 500;
+const BATCH: usize = 2000;
 
 #[derive(Clone)]
 pub struct Audit {

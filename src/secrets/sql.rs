@@ -90,8 +90,8 @@ pub(crate) const REWRITE_STATE: &str =
 pub(crate) const REWRITE_KEY_CHECK: &str =
     "UPDATE tokenbox_meta SET value = $1 WHERE key = 'key_check'";
 
-pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_events (at, principal, action, \
-     app_id, connector_type, outcome, client_addr, subject) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(crate) const INSERT_AUDIT_HEAD: &str = "INSERT INTO audit_events (at, principal, action, \
+     app_id, connector_type, outcome, client_addr, subject)";
 pub(crate) const READ_AUDIT: &str = "SELECT at, principal, action, app_id, connector_type, \
      outcome, client_addr, subject FROM audit_events WHERE at >= $1 AND ($2 = '' OR app_id = $2) \
      ORDER BY id DESC LIMIT $3";
@@ -726,19 +726,43 @@ macro_rules! sql_store {
                 &self,
                 events: &[$crate::domain::AuditEvent],
             ) -> Result<(), $crate::secrets::StoreError> {
+                // Multi-row inserts: one statement per 500 events.
                 let mut tx = self.pool.begin().await?;
-                for e in events {
-                    sqlx::query(sql::INSERT_AUDIT)
-                        .bind(e.at)
-                        .bind(&e.principal)
-                        .bind(&e.action)
-                        .bind(e.app_id.as_deref())
-                        .bind(e.connector_type.as_deref())
-                        .bind(&e.outcome)
-                        .bind(e.client_addr.as_deref())
-                        .bind(e.subject.as_deref())
-                        .execute(&mut *tx)
-                        .await?;
+                for chunk in events.chunks(500) {
+                    let placeholders: Vec<String> = (0..chunk.len())
+                        .map(|i| {
+                            let b = i * 8;
+                            format!(
+                                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                                b + 1,
+                                b + 2,
+                                b + 3,
+                                b + 4,
+                                b + 5,
+                                b + 6,
+                                b + 7,
+                                b + 8
+                            )
+                        })
+                        .collect();
+                    let statement = format!(
+                        "{} VALUES {}",
+                        sql::INSERT_AUDIT_HEAD,
+                        placeholders.join(", ")
+                    );
+                    let mut query = sqlx::query(&statement);
+                    for e in chunk {
+                        query = query
+                            .bind(e.at)
+                            .bind(&e.principal)
+                            .bind(&e.action)
+                            .bind(e.app_id.as_deref())
+                            .bind(e.connector_type.as_deref())
+                            .bind(&e.outcome)
+                            .bind(e.client_addr.as_deref())
+                            .bind(e.subject.as_deref());
+                    }
+                    query.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())

@@ -821,6 +821,39 @@ impl TestApp {
     }
 }
 
+/// Runs `$body` with `$c` bound to a fresh connection to the app's database, whichever the
+/// backend.
+macro_rules! with_db {
+    ($app:expr, |$c:ident| $body:expr) => {{
+        use sqlx::{ConnectOptions, Connection};
+        match &$app.pg {
+            Some(db) => {
+                let mut $c =
+                    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url)
+                        .unwrap()
+                        .connect()
+                        .await
+                        .unwrap();
+                let out = $body;
+                $c.close().await.unwrap();
+                out
+            }
+            None => {
+                let mut $c = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(
+                    &format!("sqlite://{}", $app.db_path().display()),
+                )
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+                let out = $body;
+                $c.close().await.unwrap();
+                out
+            }
+        }
+    }};
+}
+
 impl TestApp {
     /// A second server process on the same database, key and configuration.
     pub fn replica(&self) -> TestApp {
@@ -853,113 +886,28 @@ impl TestApp {
 
     /// Runs a statement directly on the database (to age or tamper with rows).
     pub async fn execute_sql(&self, statement: &str) -> u64 {
-        use sqlx::{ConnectOptions, Connection};
-        match &self.pg {
-            Some(db) => {
-                let mut c =
-                    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url)
-                        .unwrap()
-                        .connect()
-                        .await
-                        .unwrap();
-                let n = sqlx::query(statement)
-                    .execute(&mut c)
-                    .await
-                    .unwrap()
-                    .rows_affected();
-                c.close().await.unwrap();
-                n
-            }
-            None => {
-                let mut c = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(
-                    &format!("sqlite://{}", self.db_path().display()),
-                )
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-                let n = sqlx::query(statement)
-                    .execute(&mut c)
-                    .await
-                    .unwrap()
-                    .rows_affected();
-                c.close().await.unwrap();
-                n
-            }
-        }
+        with_db!(self, |c| sqlx::query(statement)
+            .execute(&mut c)
+            .await
+            .unwrap()
+            .rows_affected())
     }
 
     /// The first column of a query's rows, as text (for state checks).
     pub async fn query_strings(&self, statement: &str) -> Vec<String> {
-        use sqlx::{ConnectOptions, Connection};
-        match &self.pg {
-            Some(db) => {
-                let mut c =
-                    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url)
-                        .unwrap()
-                        .connect()
-                        .await
-                        .unwrap();
-                let rows: Vec<String> = sqlx::query_scalar(statement)
-                    .fetch_all(&mut c)
-                    .await
-                    .unwrap();
-                c.close().await.unwrap();
-                rows
-            }
-            None => {
-                let mut c = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(
-                    &format!("sqlite://{}", self.db_path().display()),
-                )
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-                let rows: Vec<String> = sqlx::query_scalar(statement)
-                    .fetch_all(&mut c)
-                    .await
-                    .unwrap();
-                c.close().await.unwrap();
-                rows
-            }
-        }
+        with_db!(self, |c| sqlx::query_scalar::<_, String>(statement)
+            .fetch_all(&mut c)
+            .await
+            .unwrap())
     }
 
     /// The raw bytes of a column of the connections table, as stored.
     pub async fn raw_column(&self, column: &str) -> Vec<Vec<u8>> {
-        use sqlx::{ConnectOptions, Connection};
         let statement = format!("SELECT {column} FROM connections WHERE {column} IS NOT NULL");
-        match &self.pg {
-            Some(db) => {
-                let mut c =
-                    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url)
-                        .unwrap()
-                        .connect()
-                        .await
-                        .unwrap();
-                let rows: Vec<Vec<u8>> = sqlx::query_scalar(&statement)
-                    .fetch_all(&mut c)
-                    .await
-                    .unwrap();
-                c.close().await.unwrap();
-                rows
-            }
-            None => {
-                let mut c = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(
-                    &format!("sqlite://{}", self.db_path().display()),
-                )
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-                let rows: Vec<Vec<u8>> = sqlx::query_scalar(&statement)
-                    .fetch_all(&mut c)
-                    .await
-                    .unwrap();
-                c.close().await.unwrap();
-                rows
-            }
-        }
+        with_db!(self, |c| sqlx::query_scalar::<_, Vec<u8>>(&statement)
+            .fetch_all(&mut c)
+            .await
+            .unwrap())
     }
 }
 
