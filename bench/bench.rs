@@ -294,7 +294,16 @@ async fn main() {
             let server = start_server(&config);
             println!("{} {}", server.url, token);
             let seconds = number("--seconds", 120) as u64;
-            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            // Stop the server (dropped below) on SIGTERM too, so none is left behind.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            drop(server);
         }
         "storm" => {
             let replicas = number("--replicas", 1);
