@@ -413,6 +413,68 @@ fn resolve_keys(
     }
 }
 
+/// The migrations of one backend's folder (`migrations/<backend>/`), compiled in. Both folders
+/// carry the same versions; a new migration is added here once, as a file in each folder.
+macro_rules! embedded_migrations {
+    ($backend:literal) => {
+        [
+            (
+                1,
+                "initial",
+                include_str!(concat!("../../migrations/", $backend, "/0001_initial.sql")),
+            ),
+            (
+                2,
+                "signup",
+                include_str!(concat!("../../migrations/", $backend, "/0002_signup.sql")),
+            ),
+            (
+                3,
+                "refresher",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0003_refresher.sql"
+                )),
+            ),
+            (
+                4,
+                "error_kind",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0004_error_kind.sql"
+                )),
+            ),
+            (
+                5,
+                "audit",
+                include_str!(concat!("../../migrations/", $backend, "/0005_audit.sql")),
+            ),
+            (
+                6,
+                "scoped_accounts",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0006_scoped_accounts.sql"
+                )),
+            ),
+            (
+                7,
+                "jwt_keys",
+                include_str!(concat!("../../migrations/", $backend, "/0007_jwt_keys.sql")),
+            ),
+            (
+                8,
+                "webhooks",
+                include_str!(concat!("../../migrations/", $backend, "/0008_webhooks.sql")),
+            ),
+        ]
+    };
+}
+pub(crate) use embedded_migrations;
+
 /// Migrations compiled into the binary, handed to sqlx's migrator (which records them in
 /// `_sqlx_migrations` and refuses a database that has migrations this binary does not know).
 #[derive(Debug)]

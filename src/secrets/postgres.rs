@@ -17,48 +17,7 @@ use crate::config::Config;
 use crate::domain::{ConnectionKey, StoredConnection};
 use crate::secret::redact_url;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "initial",
-        include_str!("../../migrations/postgres/0001_initial.sql"),
-    ),
-    (
-        2,
-        "signup",
-        include_str!("../../migrations/postgres/0002_signup.sql"),
-    ),
-    (
-        3,
-        "refresher",
-        include_str!("../../migrations/postgres/0003_refresher.sql"),
-    ),
-    (
-        4,
-        "error_kind",
-        include_str!("../../migrations/postgres/0004_error_kind.sql"),
-    ),
-    (
-        5,
-        "audit",
-        include_str!("../../migrations/postgres/0005_audit.sql"),
-    ),
-    (
-        6,
-        "scoped_accounts",
-        include_str!("../../migrations/postgres/0006_scoped_accounts.sql"),
-    ),
-    (
-        7,
-        "jwt_keys",
-        include_str!("../../migrations/postgres/0007_jwt_keys.sql"),
-    ),
-    (
-        8,
-        "webhooks",
-        include_str!("../../migrations/postgres/0008_webhooks.sql"),
-    ),
-];
+const MIGRATIONS: &[(i64, &str, &str)] = &super::embedded_migrations!("postgres");
 
 /// How long a refresh waits for another replica's row lock (longer than any provider call).
 const LOCK_TIMEOUT: &str = "35s";

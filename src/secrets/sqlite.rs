@@ -19,48 +19,7 @@ use super::{
 use crate::config::Config;
 use crate::domain::{ConnectionKey, StoredConnection};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "initial",
-        include_str!("../../migrations/sqlite/0001_initial.sql"),
-    ),
-    (
-        2,
-        "signup",
-        include_str!("../../migrations/sqlite/0002_signup.sql"),
-    ),
-    (
-        3,
-        "refresher",
-        include_str!("../../migrations/sqlite/0003_refresher.sql"),
-    ),
-    (
-        4,
-        "error_kind",
-        include_str!("../../migrations/sqlite/0004_error_kind.sql"),
-    ),
-    (
-        5,
-        "audit",
-        include_str!("../../migrations/sqlite/0005_audit.sql"),
-    ),
-    (
-        6,
-        "scoped_accounts",
-        include_str!("../../migrations/sqlite/0006_scoped_accounts.sql"),
-    ),
-    (
-        7,
-        "jwt_keys",
-        include_str!("../../migrations/sqlite/0007_jwt_keys.sql"),
-    ),
-    (
-        8,
-        "webhooks",
-        include_str!("../../migrations/sqlite/0008_webhooks.sql"),
-    ),
-];
+const MIGRATIONS: &[(i64, &str, &str)] = &super::embedded_migrations!("sqlite");
 
 #[derive(Clone)]
 pub struct SqliteStore {
