@@ -54,6 +54,16 @@ const SERVER_ENV: &[(&str, &str)] = &[
         "TOKENBOX_JWT_KEY_OVERLAP_SECONDS",
         "jwt_key_overlap_seconds",
     ),
+    ("TOKENBOX_REFRESH_LEASE_SECONDS", "refresh_lease_seconds"),
+    (
+        "TOKENBOX_MAX_CONCURRENT_REFRESHES",
+        "max_concurrent_refreshes",
+    ),
+    (
+        "TOKENBOX_MAX_CONCURRENT_REFRESHES_PER_HOST",
+        "max_concurrent_refreshes_per_host",
+    ),
+    ("TOKENBOX_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds"),
 ];
 
 /// Other `TOKENBOX_*` variables that are known (read by the CLI or the logger), so not reported.
@@ -131,6 +141,10 @@ struct FileConfig {
     jwt_lifetime_seconds: Option<u64>,
     jwt_key_overlap_seconds: Option<u64>,
     jwt_audience: Option<String>,
+    refresh_lease_seconds: Option<u64>,
+    max_concurrent_refreshes: Option<usize>,
+    max_concurrent_refreshes_per_host: Option<usize>,
+    shutdown_grace_seconds: Option<u64>,
     #[serde(default)]
     webhooks: Vec<crate::webhooks::WebhookSpec>,
     sandbox: Option<bool>,
@@ -174,6 +188,15 @@ pub struct Config {
     pub jwt_key_overlap_seconds: i64,
     /// The `aud` of the JWTs.
     pub jwt_audience: String,
+    /// How long a refresh holds its connection's lease; a refresh (waiting for a provider-call
+    /// slot, then the provider call) is cut a few seconds before it ends.
+    pub refresh_lease_seconds: i64,
+    /// Provider calls for refreshes running at once in this process, all hosts together.
+    pub max_concurrent_refreshes: usize,
+    /// Provider calls for refreshes running at once in this process toward one token host.
+    pub max_concurrent_refreshes_per_host: usize,
+    /// After SIGTERM, how long requests and refreshes in flight may take to finish.
+    pub shutdown_grace: Duration,
     /// Endpoints that receive connection events.
     pub webhooks: Vec<crate::webhooks::WebhookSpec>,
     /// Mount the built-in sandbox OAuth provider under /sandbox/ (demo, local development).
@@ -196,6 +219,13 @@ impl fmt::Debug for Config {
             .field("provider_timeout", &self.provider_timeout)
             .field("allowed_return_urls", &self.allowed_return_urls)
             .field("refresher", &self.refresher)
+            .field("refresh_lease_seconds", &self.refresh_lease_seconds)
+            .field("max_concurrent_refreshes", &self.max_concurrent_refreshes)
+            .field(
+                "max_concurrent_refreshes_per_host",
+                &self.max_concurrent_refreshes_per_host,
+            )
+            .field("shutdown_grace", &self.shutdown_grace)
             .field("connector_types", &self.connector_types.keys())
             .finish()
     }
@@ -222,6 +252,10 @@ impl Default for Config {
             jwt_lifetime_seconds: 900,
             jwt_key_overlap_seconds: 1800,
             jwt_audience: "tokenbox".into(),
+            refresh_lease_seconds: 60,
+            max_concurrent_refreshes: 64,
+            max_concurrent_refreshes_per_host: 16,
+            shutdown_grace: Duration::from_secs(30),
             webhooks: Vec::new(),
             sandbox: false,
             connector_types: BTreeMap::new(),
@@ -309,6 +343,18 @@ impl Config {
         if let Some(v) = file.jwt_audience {
             c.jwt_audience = v;
         }
+        if let Some(v) = file.refresh_lease_seconds {
+            c.refresh_lease_seconds = v.min(86_400) as i64;
+        }
+        if let Some(v) = file.max_concurrent_refreshes {
+            c.max_concurrent_refreshes = v;
+        }
+        if let Some(v) = file.max_concurrent_refreshes_per_host {
+            c.max_concurrent_refreshes_per_host = v;
+        }
+        if let Some(v) = file.shutdown_grace_seconds {
+            c.shutdown_grace = Duration::from_secs(v);
+        }
         c.webhooks = file.webhooks;
         c.sandbox = file.sandbox.unwrap_or(false);
         if let Some(v) = file.slow_client_timeout_seconds {
@@ -381,6 +427,18 @@ impl Config {
                 Some("refresh_backoff_seconds") => {
                     c.refresher.backoff_base_seconds = parse_secs(value)? as i64
                 }
+                Some("refresh_lease_seconds") => {
+                    c.refresh_lease_seconds = parse_secs(value)?.min(86_400) as i64
+                }
+                Some("max_concurrent_refreshes") => {
+                    c.max_concurrent_refreshes = parse_secs(value)? as usize
+                }
+                Some("max_concurrent_refreshes_per_host") => {
+                    c.max_concurrent_refreshes_per_host = parse_secs(value)? as usize
+                }
+                Some("shutdown_grace_seconds") => {
+                    c.shutdown_grace = Duration::from_secs(parse_secs(value)?)
+                }
                 Some("refresher_concurrency") => {
                     c.refresher.concurrency = parse_secs(value)? as usize
                 }
@@ -411,6 +469,14 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if self.refresh_lease_seconds < 2 {
+            bail!("refresh_lease_seconds must be at least 2");
+        }
+        if self.max_concurrent_refreshes == 0 || self.max_concurrent_refreshes_per_host == 0 {
+            bail!(
+                "max_concurrent_refreshes and max_concurrent_refreshes_per_host must be at least 1"
+            );
+        }
         if self.refresh_margin_seconds < 0 {
             bail!("refresh_margin_seconds must not be negative");
         }

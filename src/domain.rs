@@ -156,6 +156,10 @@ pub struct StoredConnection {
     pub refresh_failures: i64,
     /// `unavailable`, `provider_error` or `revoked`: what the last failure was.
     pub last_error_kind: Option<String>,
+    /// When a refresh of this connection was found interrupted (its holder stopped mid-call,
+    /// its lease expired): the provider may have rotated the refresh token we still hold.
+    /// Cleared by the next successful refresh or import.
+    pub refresh_interrupted_at: Option<i64>,
 }
 
 /// Which connections a listing returns.

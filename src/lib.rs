@@ -148,26 +148,45 @@ impl Application {
         self.address.port()
     }
 
-    /// Serves until SIGINT or SIGTERM, then finishes the requests in progress.
+    /// Serves until SIGINT or SIGTERM, then finishes the requests in progress and the
+    /// refreshes in flight (their rotated refresh tokens must be stored), within
+    /// `shutdown_grace_seconds`.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let refresher = self.state.config.refresher;
+        let grace = self.state.config.shutdown_grace;
+        let stop = tokio_util::sync::CancellationToken::new();
         let background = refresher.enabled.then(|| {
             tokio::spawn(refresh::background::run(
                 self.state.keeper.clone(),
                 refresher,
+                stop.clone(),
             ))
         });
         let deliverer = tokio::spawn(self.state.webhooks.clone().run());
         tracing::info!(address = %self.address, "tokenbox listening");
-        serve(
+        let deadline = serve(
             self.listener,
             self.router,
             self.state.config.slow_client_timeout,
+            grace,
         )
         .await;
-        if let Some(task) = background {
-            task.abort();
-            let _ = task.await;
+        // Requests are answered; what they started, and the background refresher's pass, may
+        // still wait on a provider. Nothing is aborted: each refresh ends (stored, or given up
+        // before its lease ends) or the grace period does.
+        stop.cancel();
+        let keeper = self.state.keeper.clone();
+        let drained = tokio::time::timeout_at(deadline, async {
+            if let Some(task) = background {
+                let _ = task.await;
+            }
+            keeper.drain(grace).await
+        })
+        .await;
+        if !matches!(drained, Ok(true)) {
+            tracing::warn!("refreshes still running after the grace period were cut");
+        } else {
+            tracing::info!("refreshes in flight finished");
         }
         deliverer.abort();
         let _ = deliverer.await;
@@ -183,12 +202,15 @@ impl Application {
 
 /// Largest request head (request line and headers) accepted: 431 beyond.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// How long the requests in progress may take to finish after a shutdown signal.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Accepts connections until SIGINT or SIGTERM: HTTP/1.1 with a header-read timeout and a
-/// bounded header size, the peer address given to handlers, and a graceful shutdown.
-async fn serve(listener: TcpListener, router: Router, header_timeout: std::time::Duration) {
+/// bounded header size, the peer address given to handlers, and a graceful shutdown within
+/// `grace`. Returns the end of the grace period.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: std::time::Duration,
+    grace: std::time::Duration,
+) -> tokio::time::Instant {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
@@ -229,12 +251,14 @@ async fn serve(listener: TcpListener, router: Router, header_timeout: std::time:
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("requests still running after the grace period were cut");
     }
+    deadline
 }
 
 async fn shutdown_signal() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::RefresherConfig;
 use crate::domain::now_epoch;
@@ -17,14 +18,19 @@ use crate::secrets::SecretsKeeper;
 /// request timeout; the row lock, not this lease, is what prevents double refreshes).
 const LEASE_SECONDS: i64 = 120;
 
-/// Runs until the task is dropped.
-pub async fn run(keeper: SecretsKeeper, config: RefresherConfig) {
+/// Runs until `stop` is cancelled. A pass in progress then claims nothing more, but the
+/// refreshes it started run to their end (a provider may already have rotated the refresh
+/// token: the new one must be stored), so it is never aborted: await the task instead.
+pub async fn run(keeper: SecretsKeeper, config: RefresherConfig, stop: CancellationToken) {
     let semaphore = Arc::new(Semaphore::new(config.concurrency));
     // The first pass comes soon after start, spread across replicas.
     let mut wait = jittered(config.interval.min(Duration::from_secs(5)), 0.0, 1.0);
     loop {
-        tokio::time::sleep(wait).await;
-        if let Err(e) = pass(&keeper, &config, &semaphore).await {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = pass(&keeper, &config, &semaphore, &stop).await {
             tracing::warn!(error = %e, "background refresh pass failed");
         }
         wait = jittered(config.interval, 0.8, 1.2);
@@ -40,9 +46,13 @@ async fn pass(
     keeper: &SecretsKeeper,
     config: &RefresherConfig,
     semaphore: &Arc<Semaphore>,
+    stop: &CancellationToken,
 ) -> Result<(), crate::secrets::StoreError> {
     let batch = (config.concurrency * 4) as i64;
     loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
         let now = now_epoch();
         let keepalive_before = now - config.keepalive_seconds;
         let claimed = keeper
@@ -61,6 +71,10 @@ async fn pass(
         let full = claimed.len() as i64 == batch;
         let mut tasks = JoinSet::new();
         for connection in claimed {
+            if stop.is_cancelled() {
+                // The rest of the batch keeps its claim until the claim expires.
+                break;
+            }
             let permit = semaphore
                 .clone()
                 .acquire_owned()

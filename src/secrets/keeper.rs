@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+
 use super::{RefreshWrite, SecretsStore, StoreError};
 use crate::audit::{self, Audit};
 use crate::config::Config;
@@ -63,6 +66,43 @@ pub enum KeeperError {
     Internal,
 }
 
+/// Slots for provider calls: one pool for all hosts, one per token host, so that a hanging
+/// provider cannot take every socket and task of the process.
+struct ProviderSlots {
+    global: Arc<Semaphore>,
+    per_host: usize,
+    hosts: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+}
+
+impl ProviderSlots {
+    fn new(global: usize, per_host: usize) -> Self {
+        Self {
+            global: Arc::new(Semaphore::new(global)),
+            per_host,
+            hosts: Default::default(),
+        }
+    }
+
+    /// Waits for a slot toward `host` (then one of the global pool).
+    async fn acquire(&self, host: &str) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let host = {
+            let mut hosts = self.hosts.lock().expect("slots poisoned");
+            hosts
+                .entry(host.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
+                .clone()
+        };
+        let host = host.acquire_owned().await.expect("never closed");
+        let global = self
+            .global
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        (host, global)
+    }
+}
+
 struct Inner {
     store: Arc<dyn SecretsStore>,
     metrics: Arc<Metrics>,
@@ -76,6 +116,11 @@ struct Inner {
     refresh_margin: i64,
     request_timeout: Duration,
     backoff_base: i64,
+    lease_seconds: i64,
+    slots: ProviderSlots,
+    /// Refreshes started by requests: a shutdown waits for them (a rotated refresh token must
+    /// be stored before the process exits).
+    tasks: TaskTracker,
 }
 
 /// Serves and refreshes tokens. Cheap to clone.
@@ -108,7 +153,40 @@ impl SecretsKeeper {
                 refresh_margin: config.refresh_margin_seconds,
                 request_timeout: config.request_timeout,
                 backoff_base: config.refresher.backoff_base_seconds,
+                lease_seconds: config.refresh_lease_seconds,
+                slots: ProviderSlots::new(
+                    config.max_concurrent_refreshes,
+                    config.max_concurrent_refreshes_per_host,
+                ),
+                tasks: TaskTracker::new(),
             }),
+        }
+    }
+
+    /// Waits (up to `grace`) for the refreshes in flight, after which no new one starts.
+    /// Returns whether they all finished.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.inner.tasks.close();
+        tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_ok()
+    }
+
+    /// The refresh margin for this connection: the configured margin, but never more than half
+    /// the lifetime of its access tokens, so that short-lived tokens (Keycloak's five minutes,
+    /// one-minute tokens) are not refreshed on every request.
+    fn margin_for(&self, connection: &StoredConnection) -> i64 {
+        let margin = self.inner.refresh_margin;
+        match connection.tokens.expires_at {
+            Some(at) => {
+                let lifetime = at - connection.refreshed_at.unwrap_or(connection.updated_at);
+                if lifetime > 0 {
+                    margin.min(lifetime / 2)
+                } else {
+                    margin
+                }
+            }
+            None => margin,
         }
     }
 
@@ -207,10 +285,6 @@ impl SecretsKeeper {
                 ));
             }
         }
-        let refresh_within = request
-            .min_validity
-            .unwrap_or(0)
-            .max(self.inner.refresh_margin);
         let seen = match self.inner.cache.get(key) {
             Some(hit) => Some(hit),
             None => self
@@ -226,6 +300,11 @@ impl SecretsKeeper {
         if seen.status == ConnectionStatus::ReauthorizationRequired {
             return Err(reauthorization(&seen));
         }
+        let refresh_within = request
+            .min_validity
+            .unwrap_or(0)
+            .max(self.margin_for(&seen))
+            .max(1);
         if !request.force_refresh && seen.tokens.valid_for(now_epoch(), refresh_within) {
             return Ok(ServedToken {
                 connection: seen,
@@ -236,7 +315,13 @@ impl SecretsKeeper {
         let keeper = self.clone();
         let task_key = key.clone();
         let seen_version = seen.version;
-        let task = tokio::spawn(async move {
+        if self.inner.tasks.is_closed() {
+            return Err(KeeperError::ProviderUnavailable {
+                message: "the server is shutting down; retry on another replica".into(),
+                retry_after: 1,
+            });
+        }
+        let task = self.inner.tasks.spawn(async move {
             keeper
                 .refresh_flow(&task_key, request, refresh_within, seen_version)
                 .await
@@ -298,20 +383,31 @@ impl SecretsKeeper {
     ) -> Result<ServedToken, KeeperError> {
         let inner = &self.inner;
         let _flight = inner.flights.acquire(key).await;
-        let Some(guard) = inner.store.begin_refresh(key).await? else {
+        let Some(guard) = inner.store.begin_refresh(key, inner.lease_seconds).await? else {
             inner.cache.remove(key);
             return Err(not_connected(key));
         };
         let current = guard.current().clone();
         let now = now_epoch();
-        // The token another caller (or replica) stored while we waited is served as it is.
+        // The token another caller (or replica) stored while we waited is served as it is:
+        // a waiter takes what the flight it waited on produced, as long as it is valid for what
+        // the caller asked (never an expired one).
         let changed_meanwhile = current.version != seen_version;
         let good_enough = current.tokens.valid_for(now, refresh_within);
+        let from_the_flight = changed_meanwhile
+            && current
+                .tokens
+                .valid_for(now, request.min_validity.unwrap_or(0).max(1));
         // What a caller may still be served when the refresh fails: the validity it asked for, or
-        // at least a minute when it asked for none.
-        let hard_min = request.min_validity.unwrap_or(STALE_FLOOR);
+        // at least a minute (half the token's lifetime for short-lived tokens) when it asked
+        // for none.
+        let hard_min = request
+            .min_validity
+            .unwrap_or(STALE_FLOOR.min(self.margin_for(&current)))
+            .max(1);
         if current.status == ConnectionStatus::ReauthorizationRequired
             || (good_enough && (!request.force_refresh || changed_meanwhile))
+            || from_the_flight
         {
             guard.release().await;
             let connection = inner.cache.put(current);
@@ -399,6 +495,12 @@ impl SecretsKeeper {
             ),
             Err(_) => ct.name.to_string(),
         };
+        // The refresh must end (written or given up) before its lease does: the slot wait and
+        // the provider call together get the lease less a safety margin.
+        let deadline = Duration::from_secs(
+            (inner.lease_seconds - (inner.lease_seconds / 4).min(5)).max(1) as u64,
+        );
+        let host = circuit.split_once('|').map_or("", |(_, h)| h).to_string();
         let outcome = match inner.breakers.check(&circuit) {
             Err(wait) => Err(RefreshError::Unavailable {
                 reason: format!(
@@ -409,15 +511,39 @@ impl SecretsKeeper {
                 retryable: false,
             }),
             Ok(()) => {
-                let outcome = inner
-                    .provider
-                    .refresh(
-                        &ct,
-                        &refresh_token,
-                        &current.tokens.metadata,
-                        inner.request_timeout,
-                    )
-                    .await;
+                let slots = tokio::time::timeout(
+                    deadline.min(inner.request_timeout),
+                    inner.slots.acquire(&host),
+                )
+                .await;
+                let Ok(_slots) = slots else {
+                    // Too many refreshes toward this host in this process: nothing reached the
+                    // provider, so no back-off and no breaker count.
+                    guard.release().await;
+                    inner.metrics.backoff();
+                    return Err(KeeperError::ProviderUnavailable {
+                        message: format!(
+                            "too many refreshes toward {} are in progress; retry shortly",
+                            ct.name
+                        ),
+                        retry_after: FAILURE_RETRY_AFTER,
+                    });
+                };
+                let budget = deadline.saturating_sub(started.elapsed());
+                let call = inner.provider.refresh(
+                    &ct,
+                    &refresh_token,
+                    &current.tokens.metadata,
+                    inner.request_timeout.min(budget),
+                );
+                let outcome = match tokio::time::timeout(budget, call).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(RefreshError::Unavailable {
+                        reason: "the provider did not answer before the refresh lease ended".into(),
+                        retry_after: None,
+                        retryable: false,
+                    }),
+                };
                 inner.breakers.record(
                     &circuit,
                     matches!(outcome, Err(RefreshError::Unavailable { .. })),
@@ -462,6 +588,14 @@ impl SecretsKeeper {
                             inner.webhooks.emit("connection.recovered", key, None).await;
                         }
                         tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, "token refreshed");
+                        if !stored.tokens.is_valid(now_epoch()) {
+                            // Stored anyway: a rotated refresh token must never be lost.
+                            inner.cache.put(stored);
+                            return Err(KeeperError::ProviderError {
+                                message: "the provider issued an access token that has already expired (expires_in of zero or less)".into(),
+                                retry_after: Some(FAILURE_RETRY_AFTER),
+                            });
+                        }
                         Ok(ServedToken {
                             connection: inner.cache.put(stored),
                             refreshed: true,
@@ -471,10 +605,17 @@ impl SecretsKeeper {
                 }
             }
             Err(RefreshError::Revoked { code }) => {
-                tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, code = %code, "grant revoked: reauthorization required");
-                let reason = format!(
-                    "the provider refused the refresh token ({code}): the tenant must reconnect"
-                );
+                let interrupted = current.refresh_interrupted_at.is_some();
+                tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, code = %code, after_interrupted_refresh = interrupted, "grant revoked: reauthorization required");
+                let reason = if interrupted {
+                    format!(
+                        "the provider refused the refresh token ({code}): an earlier refresh of this connection was interrupted (a process stopped while the provider answered) and most likely spent it; the tenant must reconnect"
+                    )
+                } else {
+                    format!(
+                        "the provider refused the refresh token ({code}): the tenant must reconnect"
+                    )
+                };
                 let result = self
                     .write_revoked(
                         key,

@@ -218,9 +218,10 @@ pub enum RefreshWrite {
     },
 }
 
-/// Exclusive hold on one connection during a refresh. On SQLite the in-process single flight
-/// gives exclusivity and the write checks the row's version; on PostgreSQL the row is locked
-/// (`SELECT ... FOR UPDATE`) until the write commits.
+/// Exclusive hold on one connection during a refresh: a lease (owner, expiry) in the row, so
+/// that no database connection or transaction is held while the provider answers (a hanging
+/// provider cannot exhaust the pool). The write checks the row's version and clears the lease;
+/// a lease whose holder died expires by itself and is then noted as an interrupted refresh.
 #[async_trait]
 pub trait RefreshGuard: Send {
     /// The connection as read under the hold.
@@ -233,6 +234,14 @@ pub trait RefreshGuard: Send {
     ) -> Result<Option<StoredConnection>, StoreError>;
     /// Releases the hold without writing.
     async fn release(self: Box<Self>);
+}
+
+/// A name for this process as the holder of refresh leases: unique per start, so a lease left
+/// by a previous run of the same host is recognised as interrupted.
+pub(crate) fn lease_owner() -> Arc<str> {
+    use rand::Rng;
+    let nonce: u64 = rand::thread_rng().gen();
+    format!("{}-{nonce:016x}", std::process::id()).into()
 }
 
 /// Storage of connections and service accounts. One implementation per database.
@@ -248,9 +257,12 @@ pub trait SecretsStore: Send + Sync + 'static {
         tokens: &TokenSet,
     ) -> Result<StoredConnection, StoreError>;
     /// Takes the hold for a refresh; `None` when the connection does not exist.
+    /// Takes the connection's refresh lease for `lease_seconds`, waiting while another holder
+    /// (this process or another replica) has it; `None` when the connection does not exist.
     async fn begin_refresh(
         &self,
         key: &ConnectionKey,
+        lease_seconds: i64,
     ) -> Result<Option<Box<dyn RefreshGuard>>, StoreError>;
 
     /// Claims up to `limit` connections due for a background refresh (see `sql::DUE_WHERE`)
@@ -469,6 +481,15 @@ macro_rules! embedded_migrations {
                 8,
                 "webhooks",
                 include_str!(concat!("../../migrations/", $backend, "/0008_webhooks.sql")),
+            ),
+            (
+                9,
+                "refresh_lease",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0009_refresh_lease.sql"
+                )),
             ),
         ]
     };

@@ -5,27 +5,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Postgres, Transaction};
+use sqlx::{ConnectOptions, Postgres};
 
 use super::crypto::KeyRing;
-use super::{
-    migrate_error, resolve_keys, EmbeddedMigrations, RefreshGuard, RefreshWrite, StoreError,
-};
+use super::{migrate_error, resolve_keys, EmbeddedMigrations};
 use crate::config::Config;
-use crate::domain::{ConnectionKey, StoredConnection};
 use crate::secret::redact_url;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &super::embedded_migrations!("postgres");
-
-/// How long a refresh waits for another replica's row lock (longer than any provider call).
-const LOCK_TIMEOUT: &str = "35s";
 
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
     keys: Arc<KeyRing>,
+    /// This process, as the holder of refresh leases.
+    owner: Arc<str>,
 }
 
 super::sql::sql_store!(PostgresStore, Postgres, PgRow);
@@ -40,9 +35,7 @@ impl PostgresStore {
                 )
             })?
             .application_name("tokenbox")
-            // A refresh may wait on another replica's row lock for as long as a provider call:
-            // that is expected, not a slow statement worth a warning.
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(40))
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(10))
             .log_statements(tracing::log::LevelFilter::Trace);
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -79,35 +72,8 @@ impl PostgresStore {
         Ok(Self {
             pool,
             keys: Arc::new(keys),
+            owner: super::lease_owner(),
         })
-    }
-
-    /// Locks the connection's row (`SELECT ... FOR UPDATE`) in a transaction that lives until
-    /// the outcome is written: another replica waits, then re-reads what this one stored.
-    /// A crashed replica's lock goes with its connection; it can never expire mid-refresh.
-    async fn hold_for_refresh(
-        &self,
-        key: &ConnectionKey,
-    ) -> Result<Option<Box<dyn RefreshGuard>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-            .execute(&mut *tx)
-            .await?;
-        let row = sqlx::query(&sql::select_connection(" FOR UPDATE"))
-            .bind(key.app_id.as_str())
-            .bind(key.connector_type.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let current = decode(&self.keys, &row)?;
-        Ok(Some(Box::new(PgRefresh {
-            tx,
-            keys: self.keys.clone(),
-            current,
-        })))
     }
 
     fn claim_webhooks_sql() -> String {
@@ -134,36 +100,5 @@ impl PostgresStore {
                 .collect::<Vec<_>>()
                 .join(", ")
         )
-    }
-}
-
-struct PgRefresh {
-    tx: Transaction<'static, Postgres>,
-    keys: Arc<KeyRing>,
-    current: StoredConnection,
-}
-
-#[async_trait]
-impl RefreshGuard for PgRefresh {
-    fn current(&self) -> &StoredConnection {
-        &self.current
-    }
-
-    async fn finish(
-        self: Box<Self>,
-        write: RefreshWrite,
-    ) -> Result<Option<StoredConnection>, StoreError> {
-        let PgRefresh {
-            mut tx,
-            keys,
-            current,
-        } = *self;
-        let written = write_refresh(&mut *tx, &keys, &current, write).await?;
-        tx.commit().await?;
-        Ok(written)
-    }
-
-    async fn release(self: Box<Self>) {
-        let _ = self.tx.rollback().await;
     }
 }

@@ -5,7 +5,8 @@
 
 pub(crate) const CONNECTION_COLUMNS: &str = "app_id, connector_type, status, access_token, \
      refresh_token, token_type, expires_at, scope, metadata, version, created_at, updated_at, \
-     refreshed_at, last_error, backoff_until, refresh_failures, last_error_kind";
+     refreshed_at, last_error, backoff_until, refresh_failures, last_error_kind, \
+     refresh_interrupted_at";
 
 pub(crate) fn select_connection(suffix: &str) -> String {
     format!(
@@ -24,7 +25,7 @@ pub(crate) fn upsert_connection_sql() -> String {
          scope = excluded.scope, metadata = excluded.metadata, \
          version = connections.version + 1, updated_at = excluded.updated_at, \
          last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0, \
-         last_error_kind = NULL \
+         last_error_kind = NULL, refresh_interrupted_at = NULL \
          RETURNING {CONNECTION_COLUMNS}"
     )
 }
@@ -33,20 +34,46 @@ pub(crate) const UPDATE_REFRESHED: &str = "UPDATE connections SET status = 'acti
      access_token = $4, refresh_token = $5, token_type = $6, expires_at = $7, scope = $8, \
      metadata = $9, version = version + 1, updated_at = $10, refreshed_at = $10, \
      last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0, \
-     refresh_claimed_until = NULL, last_error_kind = NULL \
+     refresh_claimed_until = NULL, last_error_kind = NULL, refresh_interrupted_at = NULL, \
+     refresh_lease_owner = NULL, refresh_lease_until = NULL \
      WHERE app_id = $1 AND connector_type = $2 AND version = $3";
 
 pub(crate) const UPDATE_REVOKED: &str = "UPDATE connections SET \
      status = 'reauthorization_required', last_error = $4, last_error_at = $5, \
      last_error_kind = 'revoked', \
-     version = version + 1, updated_at = $5, refresh_claimed_until = NULL \
+     version = version + 1, updated_at = $5, refresh_claimed_until = NULL, \
+     refresh_lease_owner = NULL, refresh_lease_until = NULL \
      WHERE app_id = $1 AND connector_type = $2 AND version = $3";
 
 pub(crate) const UPDATE_FAILED: &str = "UPDATE connections SET last_error = $4, \
      last_error_at = $5, backoff_until = $6, refresh_failures = refresh_failures + 1, \
      last_error_kind = $7, \
-     version = version + 1, updated_at = $5, refresh_claimed_until = NULL \
+     version = version + 1, updated_at = $5, refresh_claimed_until = NULL, \
+     refresh_lease_owner = NULL, refresh_lease_until = NULL \
      WHERE app_id = $1 AND connector_type = $2 AND version = $3";
+
+/// Takes the refresh lease of a connection when it is free, expired, or already ours.
+/// An expired lease of another holder means that holder stopped mid-refresh: noted in
+/// `refresh_interrupted_at`. Parameters: $1 app, $2 type, $3 owner, $4 now, $5 lease end.
+pub(crate) fn take_lease_sql() -> String {
+    format!(
+        "UPDATE connections SET refresh_lease_owner = $3, refresh_lease_until = $5, \
+         refresh_interrupted_at = CASE WHEN refresh_lease_until IS NOT NULL \
+         AND refresh_lease_owner <> $3 THEN $4 ELSE refresh_interrupted_at END \
+         WHERE app_id = $1 AND connector_type = $2 \
+         AND (refresh_lease_until IS NULL OR refresh_lease_until <= $4 OR refresh_lease_owner = $3) \
+         RETURNING {CONNECTION_COLUMNS}"
+    )
+}
+
+/// Whether the connection exists (when the lease could not be taken: it is held elsewhere).
+pub(crate) const CONNECTION_EXISTS: &str =
+    "SELECT version FROM connections WHERE app_id = $1 AND connector_type = $2";
+
+/// Gives the lease back without writing anything else. $3 owner.
+pub(crate) const RELEASE_LEASE: &str = "UPDATE connections SET refresh_lease_owner = NULL, \
+     refresh_lease_until = NULL WHERE app_id = $1 AND connector_type = $2 \
+     AND refresh_lease_owner = $3";
 
 pub(crate) fn delete_connection_sql() -> String {
     format!(
@@ -62,6 +89,7 @@ pub(crate) fn delete_connection_sql() -> String {
 pub(crate) const DUE_WHERE: &str = "status = 'active' AND refresh_token IS NOT NULL \
      AND (backoff_until IS NULL OR backoff_until <= $1) \
      AND (refresh_claimed_until IS NULL OR refresh_claimed_until <= $1) \
+     AND (refresh_lease_until IS NULL OR refresh_lease_until <= $1) \
      AND ((expires_at IS NOT NULL AND expires_at - $1 <= $2 \
            AND (refreshed_at IS NULL OR (expires_at - $1) * 2 <= expires_at - refreshed_at)) \
           OR COALESCE(refreshed_at, created_at) <= $3)";
@@ -221,6 +249,7 @@ macro_rules! sql_store {
                 backoff_until: row.try_get("backoff_until")?,
                 refresh_failures: row.try_get("refresh_failures")?,
                 last_error_kind: row.try_get("last_error_kind")?,
+                refresh_interrupted_at: row.try_get("refresh_interrupted_at")?,
                 key: parse_key(&app, &ct)?,
             })
         }
@@ -323,6 +352,56 @@ macro_rules! sql_store {
             Ok((result.rows_affected() == 1).then_some(next))
         }
 
+        /// The lease on one connection during a refresh: no database connection or
+        /// transaction is held while the provider answers; the write is conditional on the
+        /// version read, and clears the lease.
+        struct LeaseRefresh {
+            pool: sqlx::Pool<$db>,
+            keys: std::sync::Arc<$crate::secrets::crypto::KeyRing>,
+            owner: std::sync::Arc<str>,
+            current: Option<$crate::domain::StoredConnection>,
+        }
+
+        impl LeaseRefresh {
+            async fn give_back(&self, key: &$crate::domain::ConnectionKey) {
+                let released = sqlx::query(sql::RELEASE_LEASE)
+                    .bind(key.app_id.as_str())
+                    .bind(key.connector_type.as_str())
+                    .bind(&*self.owner)
+                    .execute(&self.pool)
+                    .await;
+                if let Err(e) = released {
+                    // The lease then ends by itself at its expiry.
+                    tracing::warn!(error = %e, "cannot release a refresh lease");
+                }
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::secrets::RefreshGuard for LeaseRefresh {
+            fn current(&self) -> &$crate::domain::StoredConnection {
+                self.current.as_ref().expect("a guard holds its connection")
+            }
+
+            async fn finish(
+                self: Box<Self>,
+                write: $crate::secrets::RefreshWrite,
+            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError>
+            {
+                let current = self.current();
+                let written = write_refresh(&self.pool, &self.keys, current, write).await;
+                if !matches!(written, Ok(Some(_))) {
+                    // Not written (a lost race or an error): the lease is ours to give back.
+                    self.give_back(&current.key).await;
+                }
+                written
+            }
+
+            async fn release(self: Box<Self>) {
+                self.give_back(&self.current().key).await;
+            }
+        }
+
         impl $store {
             async fn read_key_check(
                 pool: &sqlx::Pool<$db>,
@@ -387,9 +466,52 @@ macro_rules! sql_store {
             async fn begin_refresh(
                 &self,
                 key: &$crate::domain::ConnectionKey,
+                lease_seconds: i64,
             ) -> Result<Option<Box<dyn $crate::secrets::RefreshGuard>>, $crate::secrets::StoreError>
             {
-                self.hold_for_refresh(key).await
+                let (app, ct) = (key.app_id.as_str(), key.connector_type.as_str());
+                // Another holder's lease ends by itself within `lease_seconds`: this loop is
+                // bounded by it (plus one poll).
+                let mut pause = std::time::Duration::from_millis(20);
+                loop {
+                    let now = $crate::domain::now_epoch();
+                    let row = sqlx::query(&sql::take_lease_sql())
+                        .bind(app)
+                        .bind(ct)
+                        .bind(&*self.owner)
+                        .bind(now)
+                        .bind(now.saturating_add(lease_seconds))
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    if let Some(row) = row {
+                        let guard = LeaseRefresh {
+                            pool: self.pool.clone(),
+                            keys: self.keys.clone(),
+                            owner: self.owner.clone(),
+                            current: None,
+                        };
+                        return match decode(&self.keys, &row) {
+                            Ok(current) => Ok(Some(Box::new(LeaseRefresh {
+                                current: Some(current),
+                                ..guard
+                            }))),
+                            Err(e) => {
+                                guard.give_back(key).await;
+                                Err(e)
+                            }
+                        };
+                    }
+                    let exists: Option<i64> = sqlx::query_scalar(sql::CONNECTION_EXISTS)
+                        .bind(app)
+                        .bind(ct)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    if exists.is_none() {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(250));
+                }
             }
 
             async fn claim_due(

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -13,11 +12,8 @@ use sqlx::sqlite::{
 use sqlx::Sqlite;
 
 use super::crypto::{create_private_dir, KeyRing};
-use super::{
-    migrate_error, resolve_keys, EmbeddedMigrations, RefreshGuard, RefreshWrite, StoreError,
-};
+use super::{migrate_error, resolve_keys, EmbeddedMigrations};
 use crate::config::Config;
-use crate::domain::{ConnectionKey, StoredConnection};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &super::embedded_migrations!("sqlite");
 
@@ -25,6 +21,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &super::embedded_migrations!("sqlite");
 pub struct SqliteStore {
     pool: SqlitePool,
     keys: Arc<KeyRing>,
+    /// This process, as the holder of refresh leases.
+    owner: Arc<str>,
 }
 
 super::sql::sql_store!(SqliteStore, Sqlite, SqliteRow);
@@ -65,22 +63,8 @@ impl SqliteStore {
         Ok(Self {
             pool,
             keys: Arc::new(keys),
+            owner: super::lease_owner(),
         })
-    }
-
-    /// One process owns a SQLite database: the in-process single flight gives exclusivity,
-    /// and the write is conditional on the version read (a concurrent import wins).
-    async fn hold_for_refresh(
-        &self,
-        key: &ConnectionKey,
-    ) -> Result<Option<Box<dyn RefreshGuard>>, StoreError> {
-        use super::SecretsStore;
-        Ok(self.load(key).await?.map(|current| {
-            Box::new(SqliteRefresh {
-                store: self.clone(),
-                current,
-            }) as Box<dyn RefreshGuard>
-        }))
     }
 
     fn claim_webhooks_sql() -> String {
@@ -101,25 +85,4 @@ impl SqliteStore {
             sql::CONNECTION_COLUMNS
         )
     }
-}
-
-struct SqliteRefresh {
-    store: SqliteStore,
-    current: StoredConnection,
-}
-
-#[async_trait]
-impl RefreshGuard for SqliteRefresh {
-    fn current(&self) -> &StoredConnection {
-        &self.current
-    }
-
-    async fn finish(
-        self: Box<Self>,
-        write: RefreshWrite,
-    ) -> Result<Option<StoredConnection>, StoreError> {
-        write_refresh(&self.store.pool, &self.store.keys, &self.current, write).await
-    }
-
-    async fn release(self: Box<Self>) {}
 }

@@ -140,6 +140,11 @@ impl FakeProvider {
         *self.state.delay.lock().unwrap() = delay;
     }
 
+    /// The `expires_in` of the tokens issued from now on (`None`: the field is left out).
+    pub fn set_expires_in(&self, expires_in: Option<i64>) {
+        *self.state.expires_in.lock().unwrap() = expires_in;
+    }
+
     /// A refresh token this provider will accept once.
     pub fn new_refresh_token(&self) -> String {
         let token = unique("fake-rt");
@@ -707,6 +712,32 @@ impl TestApp {
         }
     }
 
+    /// Sends SIGTERM and waits (at most `deadline`, a guard against a hang) for the process to
+    /// exit; returns its exit code. Panics when it is still running then.
+    pub fn terminate(&mut self, deadline: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("the server is running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let until = Instant::now() + deadline;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the server did not exit after SIGTERM: {}", self.logs());
+    }
+
+    /// Starts the server again (after `terminate` or `kill`).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.start();
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.start();
@@ -818,6 +849,15 @@ impl TestApp {
             response.text().await.unwrap_or_default()
         );
         access
+    }
+}
+
+/// Waits until `done` holds, polling; the deadline only guards against a hang.
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

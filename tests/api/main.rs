@@ -18,6 +18,7 @@ mod outage;
 mod refresh;
 mod replicas;
 mod security;
+mod shutdown;
 mod signup;
 mod storage;
 mod webhooks;
@@ -65,6 +66,13 @@ conformance! {
         min_validity_longer_than_the_remaining_lifetime_triggers_a_refresh,
         the_background_refresher_refreshes_ahead_and_skips_what_it_must,
         the_read_path_writes_nothing_while_the_token_is_good,
+        one_minute_tokens_are_refreshed_once_for_concurrent_and_sequential_callers,
+        a_token_shorter_than_the_refresh_margin_is_not_refreshed_on_every_request,
+        an_access_token_issued_already_expired_is_never_served,
+    }
+    shutdown {
+        sigterm_during_a_refresh_stores_the_rotated_token_before_exit,
+        sigterm_during_a_background_refresh_stores_the_rotated_token,
     }
     clients {
         a_service_account_obtains_a_jwt_and_uses_it_on_the_token_routes,

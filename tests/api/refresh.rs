@@ -289,3 +289,81 @@ pub async fn the_read_path_writes_nothing_while_the_token_is_good(backend: Backe
     assert_eq!(before, after, "the row was not written by reads");
     assert_eq!(provider.calls(), 1);
 }
+
+/// Issue 11, item 5: with one-minute tokens (shorter than the five-minute refresh margin), the
+/// waiters of a flight take what it produced, and later calls do not refresh again.
+pub async fn one_minute_tokens_are_refreshed_once_for_concurrent_and_sequential_callers(
+    backend: Backend,
+) {
+    let provider = FakeProvider::start().await;
+    provider.set_expires_in(Some(60));
+    // Slow enough that the twenty callers queue behind one flight.
+    provider.set_delay(Duration::from_millis(300));
+    let app = spawn_app_on(backend, Some(&provider)).await;
+    app.import_expired("acme").await;
+
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let request = app
+            .client
+            .get(format!("{}/acme/acme/binb-token", app.address))
+            .bearer_auth(&app.superadmin);
+        requests.spawn(async move { request.send().await.unwrap() });
+    }
+    let mut tokens = Vec::new();
+    while let Some(response) = requests.join_next().await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = json_of(response).await;
+        tokens.push(body["access_token"].as_str().unwrap().to_string());
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1, "twenty callers, one token");
+    assert_eq!(provider.calls(), 1, "twenty callers, one provider call");
+
+    for _ in 0..5 {
+        let body = json_of(app.get_token("acme", "acme", "").await).await;
+        assert_eq!(body["access_token"], tokens[0].as_str());
+        assert!(body["expires_in"].as_i64().unwrap() > 0);
+    }
+    assert_eq!(
+        provider.calls(),
+        1,
+        "sequential calls reuse the fresh token"
+    );
+}
+
+/// Issue 11, item 5: a token whose whole lifetime (30 s) is shorter than the refresh margin is
+/// not refreshed on every request.
+pub async fn a_token_shorter_than_the_refresh_margin_is_not_refreshed_on_every_request(
+    backend: Backend,
+) {
+    let provider = FakeProvider::start().await;
+    provider.set_expires_in(Some(30));
+    let app = spawn_app_on(backend, Some(&provider)).await;
+    app.import_expired("acme").await;
+    for _ in 0..5 {
+        assert_eq!(app.get_token("acme", "acme", "").await.status(), 200);
+    }
+    assert_eq!(provider.calls(), 1, "five requests, one refresh");
+}
+
+/// Issue 11, item 5: an access token the provider issues already expired (a negative
+/// `expires_in`) is never served; the refresh token it rotated is kept all the same.
+pub async fn an_access_token_issued_already_expired_is_never_served(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_expires_in(Some(-30));
+    let app = spawn_app_on(backend, Some(&provider)).await;
+    app.import_expired("acme").await;
+    let response = app.get_token("acme", "acme", "").await;
+    assert_eq!(response.status(), 502, "an expired token is not a token");
+    let body = json_of(response).await;
+    assert_eq!(body["error"], "provider_error");
+    assert!(body.get("access_token").is_none());
+
+    provider.set_expires_in(Some(3600));
+    let response = app.get_token("acme", "acme", "").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(provider.calls(), 2);
+    assert_eq!(provider.reuses(), 0, "the rotated refresh token was stored");
+}

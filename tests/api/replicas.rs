@@ -60,7 +60,14 @@ async fn two_replicas_and_a_hundred_callers_cause_one_provider_call() {
 async fn a_replica_killed_during_a_refresh_loses_nothing() {
     let provider = FakeProvider::start().await;
     provider.set_delay(Duration::from_millis(1500));
-    let mut first = spawn_app_on(Backend::Postgres, Some(&provider)).await;
+    // The dead replica's lease ends after four seconds; the survivor waits for it.
+    let mut first = spawn_app_with(AppOptions {
+        backend: Backend::Postgres,
+        provider: Some(provider.clone()),
+        extra_config: "refresh_lease_seconds = 4\n".into(),
+        ..AppOptions::default()
+    })
+    .await;
     let second = first.replica();
     first.import_expired("acme").await;
 
@@ -81,7 +88,7 @@ async fn a_replica_killed_during_a_refresh_loses_nothing() {
     // Let the provider finish the request the dead replica sent (it rotates the token).
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // The row lock died with the replica's connection: the survivor is not blocked.
+    // The dead replica's lease expires: the survivor takes it over (and notes the interruption).
     provider.set_delay(Duration::ZERO);
     let response = second.get_token("acme", "acme", "").await;
     // The provider had rotated the refresh token before the replica died, and the new one was
@@ -90,7 +97,12 @@ async fn a_replica_killed_during_a_refresh_loses_nothing() {
     // vaguely. (No database can save a token that never reached it; the row lock guarantees
     // only that no second refresh ran concurrently.)
     assert_eq!(response.status(), 409);
-    assert_eq!(json_of(response).await["error"], "reauthorization_required");
+    let body = json_of(response).await;
+    assert_eq!(body["error"], "reauthorization_required");
+    assert!(
+        body["message"].as_str().unwrap().contains("interrupted"),
+        "the answer names the likely cause: {body}"
+    );
     assert_eq!(provider.calls(), 2);
     assert_eq!(
         provider.reuses(),
@@ -180,4 +192,63 @@ async fn two_replicas_split_the_background_refreshes_and_refresh_each_connection
     .await;
     assert!(body["expires_in"].as_i64().unwrap() > 3000);
     assert_eq!(provider.calls(), 200);
+}
+
+/// Issue 11, item 4: a provider that hangs holds no database connection. Fifty refreshes of fifty
+/// connections wait on it while another app's token (read from the database on every request:
+/// no cache) and `/healthz` keep answering 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_provider_does_not_starve_the_database_pool() {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app_with(AppOptions {
+        backend: Backend::Postgres,
+        provider: Some(provider.clone()),
+        extra_config: "cache_ttl_seconds = 0\n".into(),
+        ..AppOptions::default()
+    })
+    .await;
+    let steady = unique("steady-at");
+    app.import(
+        "steady",
+        "acme",
+        &serde_json::json!({"access_token": steady, "expires_in": 3600}),
+    )
+    .await;
+    for i in 0..50 {
+        app.import_expired(&format!("hang-{i}")).await;
+    }
+    // The provider now takes longer to answer than the whole test.
+    provider.set_delay(Duration::from_secs(600));
+    let mut hanging = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let request = app
+            .client
+            .get(format!("{}/hang-{i}/acme/binb-token", app.address))
+            .bearer_auth(&app.superadmin);
+        hanging.spawn(async move { request.send().await });
+    }
+    // More refreshes wait on the provider than the pool has connections (16).
+    crate::helpers::wait_until("refreshes to reach the hanging provider", || {
+        provider.calls() >= 16
+    })
+    .await;
+    for _ in 0..40 {
+        let response = app.get_token("steady", "acme", "").await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        let body = json_of(response).await;
+        assert_eq!(body["access_token"], steady.as_str());
+        let health = app
+            .client
+            .get(format!("{}/healthz", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+    }
+    assert_eq!(hanging.len(), 50);
+    assert!(
+        hanging.try_join_next().is_none(),
+        "the hanging refreshes were still pending throughout"
+    );
+    hanging.abort_all();
 }

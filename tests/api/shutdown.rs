@@ -1,0 +1,84 @@
+//! Issue 11, item 1: a deploy (SIGTERM) never costs a tenant its grant. A refresh that reached a
+//! rotating provider finishes and stores the new refresh token before the process exits.
+
+use std::time::Duration;
+
+use crate::helpers::{json_of, spawn_app_on, wait_until, Backend, FakeProvider};
+
+pub async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exit(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    // The provider rotates at once and answers two seconds later, as a slow provider does.
+    provider.set_delay(Duration::from_secs(2));
+    let mut app = spawn_app_on(backend, Some(&provider)).await;
+    app.import_expired("acme").await;
+
+    let request = app
+        .client
+        .get(format!("{}/acme/acme/binb-token", app.address))
+        .bearer_auth(&app.superadmin)
+        .send();
+    let in_flight = tokio::spawn(request);
+    wait_until("the refresh to reach the provider", || {
+        provider.calls() == 1
+    })
+    .await;
+    // The provider has now spent the stored refresh token; the new one is on its way.
+    let code = tokio::task::block_in_place(|| app.terminate(Duration::from_secs(60)));
+    assert_eq!(code, Some(0), "a graceful shutdown exits 0");
+    let answered = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight was answered");
+    assert_eq!(answered.status(), 200);
+    let served = json_of(answered).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        app.logs().contains("refreshes in flight finished"),
+        "{}",
+        app.logs()
+    );
+
+    // After the restart, the token that was served is the stored one, and a new refresh
+    // presents the rotated refresh token: the provider sees no reuse.
+    provider.set_delay(Duration::ZERO);
+    app.start_again();
+    let body = json_of(app.get_token("acme", "acme", "").await).await;
+    assert_eq!(body["access_token"], served.as_str());
+    let response = app.get_token("acme", "acme", "force_refresh=true").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(provider.calls(), 2);
+    assert_eq!(
+        provider.reuses(),
+        0,
+        "the spent refresh token was never presented again"
+    );
+}
+
+/// The background refresher's refresh in flight is not aborted either.
+pub async fn sigterm_during_a_background_refresh_stores_the_rotated_token(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_delay(Duration::from_secs(2));
+    let mut app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+        backend,
+        refresher: true,
+        provider: Some(provider.clone()),
+        extra_config: "refresher_interval_seconds = 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    app.import_expired("acme").await;
+    wait_until("the background refresh to reach the provider", || {
+        provider.calls() == 1
+    })
+    .await;
+    let code = tokio::task::block_in_place(|| app.terminate(Duration::from_secs(60)));
+    assert_eq!(code, Some(0));
+
+    provider.set_delay(Duration::ZERO);
+    app.start_again();
+    let response = app.get_token("acme", "acme", "force_refresh=true").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(provider.reuses(), 0, "the rotated refresh token was stored");
+}
