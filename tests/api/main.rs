@@ -72,6 +72,7 @@ conformance! {
     }
     shutdown {
         sigterm_during_a_refresh_stores_the_rotated_token_before_exit,
+        sigterm_answers_the_request_waiting_on_a_refresh,
         sigterm_during_a_background_refresh_stores_the_rotated_token,
     }
     clients {

@@ -3,11 +3,58 @@
 
 use std::time::Duration;
 
-use crate::helpers::{json_of, spawn_app_on, wait_until, Backend, FakeProvider};
+use crate::helpers::{
+    json_of, spawn_app_on, spawn_app_with, wait_until, AppOptions, Backend, FakeProvider,
+};
 
 pub async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exit(backend: Backend) {
     let provider = FakeProvider::start().await;
-    // The provider rotates at once and answers two seconds later, as a slow provider does.
+    // The provider rotates at once and answers seven seconds later (longer than any other
+    // shutdown step waits); the job gives up after one second (request_timeout), so no request
+    // is in progress when SIGTERM comes: only the refresh.
+    provider.set_delay(Duration::from_secs(7));
+    let mut app = spawn_app_with(AppOptions {
+        backend,
+        provider: Some(provider.clone()),
+        extra_config: "request_timeout_seconds = 1\n".into(),
+        ..AppOptions::default()
+    })
+    .await;
+    app.import_expired("acme").await;
+
+    let response = app.get_token("acme", "acme", "").await;
+    assert_eq!(response.status(), 503, "the refresh outlived the request");
+    assert_eq!(provider.calls(), 1, "and it reached the provider");
+    // The provider has spent the stored refresh token; the new one is on its way.
+    let code = tokio::task::block_in_place(|| app.terminate(Duration::from_secs(60)));
+    assert_eq!(code, Some(0), "a graceful shutdown exits 0");
+
+    // After the restart the refreshed token is served without a provider call, and a new
+    // refresh presents the rotated refresh token: the provider sees no reuse.
+    provider.set_delay(Duration::ZERO);
+    app.start_again();
+    let response = app.get_token("acme", "acme", "").await;
+    assert_eq!(response.status(), 200);
+    let body = json_of(response).await;
+    assert_eq!(
+        provider.issued_access_tokens(),
+        vec![body["access_token"].as_str().unwrap().to_string()],
+        "the token issued before the shutdown was stored"
+    );
+    assert_eq!(provider.calls(), 1);
+    let response = app.get_token("acme", "acme", "force_refresh=true").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(provider.calls(), 2);
+    assert_eq!(
+        provider.reuses(),
+        0,
+        "the spent refresh token was never presented again"
+    );
+}
+
+/// A request still waiting on its refresh at SIGTERM is answered before the process exits.
+pub async fn sigterm_answers_the_request_waiting_on_a_refresh(backend: Backend) {
+    let provider = FakeProvider::start().await;
     provider.set_delay(Duration::from_secs(2));
     let mut app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("acme").await;
@@ -22,7 +69,6 @@ pub async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exit(backe
         provider.calls() == 1
     })
     .await;
-    // The provider has now spent the stored refresh token; the new one is on its way.
     let code = tokio::task::block_in_place(|| app.terminate(Duration::from_secs(60)));
     assert_eq!(code, Some(0), "a graceful shutdown exits 0");
     let answered = in_flight
@@ -30,37 +76,18 @@ pub async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exit(backe
         .unwrap()
         .expect("the request in flight was answered");
     assert_eq!(answered.status(), 200);
-    let served = json_of(answered).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        app.logs().contains("refreshes in flight finished"),
-        "{}",
-        app.logs()
-    );
-
-    // After the restart, the token that was served is the stored one, and a new refresh
-    // presents the rotated refresh token: the provider sees no reuse.
     provider.set_delay(Duration::ZERO);
     app.start_again();
-    let body = json_of(app.get_token("acme", "acme", "").await).await;
-    assert_eq!(body["access_token"], served.as_str());
     let response = app.get_token("acme", "acme", "force_refresh=true").await;
     assert_eq!(response.status(), 200);
-    assert_eq!(provider.calls(), 2);
-    assert_eq!(
-        provider.reuses(),
-        0,
-        "the spent refresh token was never presented again"
-    );
+    assert_eq!(provider.reuses(), 0);
 }
 
 /// The background refresher's refresh in flight is not aborted either.
 pub async fn sigterm_during_a_background_refresh_stores_the_rotated_token(backend: Backend) {
     let provider = FakeProvider::start().await;
     provider.set_delay(Duration::from_secs(2));
-    let mut app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+    let mut app = spawn_app_with(AppOptions {
         backend,
         refresher: true,
         provider: Some(provider.clone()),
