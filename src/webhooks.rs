@@ -99,6 +99,11 @@ pub fn signature(secret: &Secret, timestamp: i64, body: &str) -> String {
         .collect()
 }
 
+/// How long one delivery attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a claimed batch stays with the worker that claimed it.
+const CLAIM_SECONDS: u64 = 60;
+
 #[derive(Clone)]
 pub struct Webhooks {
     store: Arc<dyn SecretsStore>,
@@ -114,7 +119,7 @@ impl Webhooks {
             endpoints: Arc::new(endpoints),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(10))
+                .timeout(ATTEMPT_TIMEOUT)
                 .build()?,
             wake: Arc::new(Notify::new()),
         })
@@ -160,17 +165,49 @@ impl Webhooks {
         loop {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
             let now = now_epoch();
-            let claimed = match self.store.claim_webhooks(now, 50, now + 60).await {
+            let lease = CLAIM_SECONDS as i64;
+            let claimed = match self.store.claim_webhooks(now, 50, now + lease).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook deliveries could not be claimed");
                     continue;
                 }
             };
-            for delivery in claimed {
-                self.deliver(delivery).await;
+            self.deliver_claimed(claimed).await;
+        }
+    }
+
+    /// Delivers a claimed batch: the endpoints side by side (a slow endpoint delays only its
+    /// own events), each endpoint's events in order. No attempt starts unless it can end before
+    /// the claim does, so another replica never re-claims a delivery still being attempted;
+    /// what is left keeps its claim until it expires and is claimed again then.
+    async fn deliver_claimed(&self, claimed: Vec<WebhookDelivery>) {
+        let started = tokio::time::Instant::now();
+        let mut per_endpoint: Vec<(String, Vec<WebhookDelivery>)> = Vec::new();
+        for delivery in claimed {
+            match per_endpoint
+                .iter_mut()
+                .find(|(url, _)| *url == delivery.endpoint_url)
+            {
+                Some((_, queue)) => queue.push(delivery),
+                None => per_endpoint.push((delivery.endpoint_url.clone(), vec![delivery])),
             }
         }
+        let mut endpoints = tokio::task::JoinSet::new();
+        for (_, queue) in per_endpoint {
+            let this = self.clone();
+            endpoints.spawn(async move {
+                let last_start = Duration::from_secs(CLAIM_SECONDS)
+                    .saturating_sub(ATTEMPT_TIMEOUT + Duration::from_secs(5));
+                for delivery in queue {
+                    if started.elapsed() > last_start {
+                        break;
+                    }
+                    this.deliver(delivery).await;
+                }
+            });
+        }
+        while endpoints.join_next().await.is_some() {}
     }
 
     async fn deliver(&self, delivery: WebhookDelivery) {

@@ -200,3 +200,68 @@ async fn a_failing_receiver_gets_the_event_on_the_third_try_even_across_a_restar
         "nothing left undelivered: {failed}"
     );
 }
+
+/// A receiver that never answers; it records whether tokenbox gave up on the request (the
+/// handler is dropped when the client closes the connection).
+struct Stuck {
+    attempts: AtomicUsize,
+    abandoned: std::sync::atomic::AtomicBool,
+}
+
+struct DropFlag(Arc<Stuck>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.abandoned.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn stuck_hook(State(s): State<Arc<Stuck>>) -> StatusCode {
+    s.attempts.fetch_add(1, Ordering::SeqCst);
+    let _flag = DropFlag(s.clone());
+    std::future::pending::<()>().await;
+    StatusCode::NO_CONTENT
+}
+
+/// Issue 11 (from reading): deliveries were serial, so one slow endpoint delayed every other
+/// endpoint by its whole timeout. The endpoints are now served side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_does_not_delay_the_others() {
+    let provider = FakeProvider::start().await;
+    let stuck = Arc::new(Stuck {
+        attempts: AtomicUsize::new(0),
+        abandoned: std::sync::atomic::AtomicBool::new(false),
+    });
+    let router = Router::new()
+        .route("/hook", post(stuck_hook))
+        .with_state(stuck.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (url, hooks) = receiver(0).await;
+    let stuck_secret = unique("whsec");
+    // The stuck endpoint comes first: its delivery is claimed first.
+    let app = spawn_app_with(AppOptions {
+        provider: Some(provider.clone()),
+        extra_config: format!(
+            "[[webhooks]]\nurl = \"{stuck_url}\"\nsecret = \"{stuck_secret}\"\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{}\"\n",
+            hooks.secret
+        ),
+        ..AppOptions::default()
+    })
+    .await;
+    app.remember_secret(&stuck_secret);
+    app.remember_secret(&hooks.secret);
+
+    app.import_expired("acme").await; // connection.created, for both endpoints
+    wait_for("the fast endpoint's event", 60, || {
+        hooks.events.lock().unwrap().len() == 1
+    })
+    .await;
+    assert_eq!(stuck.attempts.load(Ordering::SeqCst), 1);
+    assert!(
+        !stuck.abandoned.load(Ordering::SeqCst),
+        "the fast endpoint got its event while the slow one's attempt was still running"
+    );
+    app.assert_logs_clean();
+}
