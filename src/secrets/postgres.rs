@@ -26,6 +26,10 @@ pub struct PostgresStore {
 super::sql::sql_store!(PostgresStore, Postgres, PgRow);
 
 impl PostgresStore {
+    /// The current epoch second in refresh-lease statements: replicas share the database's
+    /// clock, so their own clocks need not agree.
+    const NOW_SQL: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT)";
+
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
         let options = PgConnectOptions::from_str(&config.database_url)
             .with_context(|| {

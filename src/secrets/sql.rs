@@ -54,14 +54,18 @@ pub(crate) const UPDATE_FAILED: &str = "UPDATE connections SET last_error = $4, 
 
 /// Takes the refresh lease of a connection when it is free, expired, or already ours.
 /// An expired lease of another holder means that holder stopped mid-refresh: noted in
-/// `refresh_interrupted_at`. Parameters: $1 app, $2 type, $3 owner, $4 now, $5 lease end.
-pub(crate) fn take_lease_sql() -> String {
+/// `refresh_interrupted_at`. `now` is the backend's expression for the current epoch second
+/// (the database's clock where several replicas share it, so their clocks need not agree).
+/// Parameters: $1 app, $2 type, $3 owner, $4 this process's time (SQLite's `now`), $5 lease
+/// length in seconds.
+pub(crate) fn take_lease_sql(now: &str) -> String {
     format!(
-        "UPDATE connections SET refresh_lease_owner = $3, refresh_lease_until = $5, \
+        "UPDATE connections SET refresh_lease_owner = $3, refresh_lease_until = {now} + $5, \
          refresh_interrupted_at = CASE WHEN refresh_lease_until IS NOT NULL \
-         AND refresh_lease_owner <> $3 THEN $4 ELSE refresh_interrupted_at END \
+         AND refresh_lease_owner <> $3 THEN {now} ELSE refresh_interrupted_at END \
          WHERE app_id = $1 AND connector_type = $2 \
-         AND (refresh_lease_until IS NULL OR refresh_lease_until <= $4 OR refresh_lease_owner = $3) \
+         AND (refresh_lease_until IS NULL OR refresh_lease_until <= {now} \
+              OR refresh_lease_owner = $3) \
          RETURNING {CONNECTION_COLUMNS}"
     )
 }
@@ -475,12 +479,12 @@ macro_rules! sql_store {
                 let mut pause = std::time::Duration::from_millis(20);
                 loop {
                     let now = $crate::domain::now_epoch();
-                    let row = sqlx::query(&sql::take_lease_sql())
+                    let row = sqlx::query(&sql::take_lease_sql(Self::NOW_SQL))
                         .bind(app)
                         .bind(ct)
                         .bind(&*self.owner)
                         .bind(now)
-                        .bind(now.saturating_add(lease_seconds))
+                        .bind(lease_seconds)
                         .fetch_optional(&self.pool)
                         .await?;
                     if let Some(row) = row {

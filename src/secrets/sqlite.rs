@@ -28,6 +28,10 @@ pub struct SqliteStore {
 super::sql::sql_store!(SqliteStore, Sqlite, SqliteRow);
 
 impl SqliteStore {
+    /// The current epoch second in refresh-lease statements: one process owns a SQLite
+    /// database, so its clock is the clock.
+    const NOW_SQL: &str = "$4";
+
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(&config.database_url)
             .context("database_url is not a valid sqlite:// URL")?
