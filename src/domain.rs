@@ -138,6 +138,33 @@ impl TokenSet {
     }
 }
 
+/// What kind of failure a connection's last refresh met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Transient: the provider is down, slow or rate-limiting (503 to callers).
+    Unavailable,
+    /// The provider answered something unusable (502 to callers).
+    ProviderError,
+    /// The provider refused the grant: the tenant must reconnect (409).
+    Revoked,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::ProviderError => "provider_error",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Unavailable, Self::ProviderError, Self::Revoked]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
 /// A connection as stored, decrypted.
 #[derive(Clone, Debug)]
 pub struct StoredConnection {
@@ -154,8 +181,8 @@ pub struct StoredConnection {
     pub backoff_until: Option<i64>,
     /// Consecutive failed refreshes (reset by a success).
     pub refresh_failures: i64,
-    /// `unavailable`, `provider_error` or `revoked`: what the last failure was.
-    pub last_error_kind: Option<String>,
+    /// What the last failure was.
+    pub last_error_kind: Option<FailureKind>,
     /// When a refresh of this connection was found interrupted (its holder stopped mid-call,
     /// its lease expired): the provider may have rotated the refresh token we still hold.
     /// Cleared by the next successful refresh or import.

@@ -19,11 +19,40 @@ use crate::domain::{now_epoch, ConnectionKey};
 use crate::secret::Secret;
 use crate::secrets::{SecretsStore, WebhookDelivery};
 
-pub const EVENTS: &[&str] = &[
-    "connection.created",
-    "connection.refresh_failed",
-    "connection.reauthorization_required",
-    "connection.recovered",
+/// The connection events a webhook endpoint can receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    Created,
+    RefreshFailed,
+    ReauthorizationRequired,
+    Recovered,
+}
+
+impl ConnectionEvent {
+    pub const ALL: [Self; 4] = [
+        Self::Created,
+        Self::RefreshFailed,
+        Self::ReauthorizationRequired,
+        Self::Recovered,
+    ];
+
+    /// The event's name on the wire (`type` in the body, `tokenbox-event` header).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "connection.created",
+            Self::RefreshFailed => "connection.refresh_failed",
+            Self::ReauthorizationRequired => "connection.reauthorization_required",
+            Self::Recovered => "connection.recovered",
+        }
+    }
+}
+
+/// The names of every event, as an operator writes them in `events = [...]`.
+pub const EVENTS: [&str; 4] = [
+    ConnectionEvent::Created.as_str(),
+    ConnectionEvent::RefreshFailed.as_str(),
+    ConnectionEvent::ReauthorizationRequired.as_str(),
+    ConnectionEvent::Recovered.as_str(),
 ];
 
 /// An endpoint as written in the config file (`[[webhooks]]`).
@@ -126,7 +155,8 @@ impl Webhooks {
     }
 
     /// Queues an event for every endpoint that wants it. Never carries a token.
-    pub async fn emit(&self, event: &str, key: &ConnectionKey, detail: Option<&str>) {
+    pub async fn emit(&self, event: ConnectionEvent, key: &ConnectionKey, detail: Option<&str>) {
+        let event = event.as_str();
         let wanted: Vec<&Endpoint> = self.endpoints.iter().filter(|e| e.wants(event)).collect();
         if wanted.is_empty() {
             return;

@@ -3,6 +3,7 @@
 
 pub mod background;
 pub mod breaker;
+pub mod decision;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

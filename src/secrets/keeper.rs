@@ -7,31 +7,23 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use super::{RefreshWrite, SecretsStore, StoreError};
+use super::{RefreshGuard, RefreshWrite, SecretsStore, StoreError};
 use crate::audit::{self, Audit};
 use crate::config::Config;
 use crate::connectors::{Catalog, ConnectorType, Provider, RefreshError};
-use crate::domain::{now_epoch, ConnectionKey, ConnectionStatus, StoredConnection, TokenSet};
+use crate::domain::{
+    now_epoch, ConnectionKey, ConnectionStatus, FailureKind, StoredConnection, TokenSet,
+};
 use crate::metrics::Metrics;
 use crate::refresh::breaker::Breakers;
+use crate::refresh::decision::{self, decide, Decision, Refusal, Situation};
 use crate::refresh::{Flights, TokenCache};
-use crate::webhooks::Webhooks;
+use crate::webhooks::{ConnectionEvent, Webhooks};
 
-/// When a refresh fails and the caller gave no `min_validity`, a stored token is served only
-/// if it stays valid at least this long.
-const STALE_FLOOR: i64 = 60;
+pub use crate::refresh::decision::TokenRequest;
 
 /// Seconds a caller is asked to wait when a refresh outlives the request.
 const FAILURE_RETRY_AFTER: u64 = 5;
-
-/// What a caller asks of the token.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TokenRequest {
-    /// The token must stay valid at least this long (seconds).
-    pub min_validity: Option<i64>,
-    /// Refresh even if the stored token looks valid (the caller saw it rejected).
-    pub force_refresh: bool,
-}
 
 /// A token served to a caller.
 #[derive(Clone, Debug)]
@@ -172,24 +164,6 @@ impl SecretsKeeper {
             .is_ok()
     }
 
-    /// The refresh margin for this connection: the configured margin, but never more than half
-    /// the lifetime of its access tokens, so that short-lived tokens (Keycloak's five minutes,
-    /// one-minute tokens) are not refreshed on every request.
-    fn margin_for(&self, connection: &StoredConnection) -> i64 {
-        let margin = self.inner.refresh_margin;
-        match connection.tokens.expires_at {
-            Some(at) => {
-                let lifetime = at - connection.refreshed_at.unwrap_or(connection.updated_at);
-                if lifetime > 0 {
-                    margin.min(lifetime / 2)
-                } else {
-                    margin
-                }
-            }
-            None => margin,
-        }
-    }
-
     /// Connector types whose circuit breaker is open (for metrics).
     pub fn open_circuits(&self) -> usize {
         self.inner.breakers.open_count()
@@ -260,7 +234,7 @@ impl SecretsKeeper {
         if stored.version == 1 {
             self.inner
                 .webhooks
-                .emit("connection.created", key, None)
+                .emit(ConnectionEvent::Created, key, None)
                 .await;
         }
         Ok(self.inner.cache.put(stored))
@@ -300,12 +274,7 @@ impl SecretsKeeper {
         if seen.status == ConnectionStatus::ReauthorizationRequired {
             return Err(reauthorization(&seen));
         }
-        let refresh_within = request
-            .min_validity
-            .unwrap_or(0)
-            .max(self.margin_for(&seen))
-            .max(1);
-        if !request.force_refresh && seen.tokens.valid_for(now_epoch(), refresh_within) {
+        if decision::fresh_enough(self.inner.refresh_margin, &seen, request, now_epoch()) {
             return Ok(ServedToken {
                 connection: seen,
                 refreshed: false,
@@ -323,7 +292,7 @@ impl SecretsKeeper {
         }
         let task = self.inner.tasks.spawn(async move {
             keeper
-                .refresh_flow(&task_key, request, refresh_within, seen_version)
+                .refresh_flow(&task_key, request, None, seen_version)
                 .await
         });
         match tokio::time::timeout(self.inner.request_timeout, task).await {
@@ -343,7 +312,7 @@ impl SecretsKeeper {
     }
 
     /// Refreshes a connection claimed by the background refresher, through the same flight,
-    /// row lock and re-read as a request. Skips it when someone refreshed it since the claim.
+    /// lease and re-read as a request. Skips it when someone refreshed it since the claim.
     pub async fn refresh_claimed(
         &self,
         claimed: &StoredConnection,
@@ -368,139 +337,128 @@ impl SecretsKeeper {
             force_refresh: keepalive,
         };
         let served = self
-            .refresh_flow(&claimed.key, request, refresh_within, claimed.version)
+            .refresh_flow(&claimed.key, request, Some(refresh_within), claimed.version)
             .await?;
         Ok(served.connection.tokens.access_token != claimed.tokens.access_token)
     }
 
-    /// The slow path, one flight per connection at a time.
+    /// The slow path, one flight per connection at a time: take the lease, decide, act. Every
+    /// branch gives the lease back exactly once: `release` without a write, or `finish` with
+    /// one.
     async fn refresh_flow(
         &self,
         key: &ConnectionKey,
         request: TokenRequest,
-        refresh_within: i64,
+        refresh_within: Option<i64>,
         seen_version: i64,
     ) -> Result<ServedToken, KeeperError> {
         let inner = &self.inner;
+        let ct = self.connector_type(key)?.clone();
         let _flight = inner.flights.acquire(key).await;
         let Some(guard) = inner.store.begin_refresh(key, inner.lease_seconds).await? else {
             inner.cache.remove(key);
             return Err(not_connected(key));
         };
         let current = guard.current().clone();
-        let now = now_epoch();
-        // The token another caller (or replica) stored while we waited is served as it is:
-        // a waiter takes what the flight it waited on produced, as long as it is valid for what
-        // the caller asked (never an expired one).
-        let changed_meanwhile = current.version != seen_version;
-        let good_enough = current.tokens.valid_for(now, refresh_within);
-        let from_the_flight = changed_meanwhile
-            && current
-                .tokens
-                .valid_for(now, request.min_validity.unwrap_or(0).max(1));
-        // What a caller may still be served when the refresh fails: the validity it asked for, or
-        // at least a minute (half the token's lifetime for short-lived tokens) when it asked
-        // for none.
-        let hard_min = request
-            .min_validity
-            .unwrap_or(STALE_FLOOR.min(self.margin_for(&current)))
-            .max(1);
-        if current.status == ConnectionStatus::ReauthorizationRequired
-            || (good_enough && (!request.force_refresh || changed_meanwhile))
-            || from_the_flight
-        {
-            guard.release().await;
-            let connection = inner.cache.put(current);
-            if connection.status == ConnectionStatus::ReauthorizationRequired {
-                return Err(reauthorization(&connection));
-            }
-            return Ok(ServedToken {
-                connection,
-                refreshed: true,
-            });
-        }
-
-        // A refresh failed moments ago: answer from the back-off, without calling the provider
-        // again, and say when to retry.
-        if let Some(until) = current.backoff_until.filter(|until| *until > now) {
-            guard.release().await;
-            let connection = inner.cache.put(current);
-            inner.metrics.backoff();
-            if connection.tokens.valid_for(now, hard_min) {
-                return Ok(ServedToken {
-                    connection,
-                    refreshed: false,
-                });
-            }
-            return Err(failure_during_backoff(&connection, (until - now) as u64));
-        }
-
-        let Some(refresh_token) = current.tokens.refresh_token.clone() else {
-            if current.tokens.valid_for(now, hard_min) {
+        let decision = decide(&Situation {
+            current: &current,
+            seen_version,
+            request,
+            margin: inner.refresh_margin,
+            refresh_within,
+            has_credentials: ct.has_credentials(),
+            now: now_epoch(),
+        });
+        match decision {
+            Decision::Serve | Decision::ServeStale { .. } => {
                 guard.release().await;
-                return Ok(ServedToken {
+                if decision == (Decision::ServeStale { backing_off: true }) {
+                    inner.metrics.backoff();
+                }
+                Ok(ServedToken {
                     connection: inner.cache.put(current),
-                    refreshed: false,
-                });
+                    refreshed: decision == Decision::Serve,
+                })
             }
-            let reason = "the access token expired and the provider issued no refresh token";
-            return self
-                .write_revoked(
-                    key,
-                    guard.finish(RefreshWrite::Revoked {
-                        reason: reason.into(),
-                    }),
-                )
-                .await;
-        };
-
-        // A job asking for more than the provider's token lifetime would refresh on every call.
-        if let (Some(min), Some(expires_at), Some(refreshed_at)) = (
-            request.min_validity,
-            current.tokens.expires_at,
-            current.refreshed_at,
-        ) {
-            let lifetime = expires_at - refreshed_at;
-            if lifetime > 0 && min > lifetime {
+            Decision::Refuse(refusal) => {
                 guard.release().await;
-                return Err(KeeperError::InvalidRequest(format!(
-                    "min_validity={min} exceeds the lifetime of this provider's access tokens ({lifetime} seconds)"
-                )));
+                let connection = inner.cache.put(current);
+                Err(self.refusal(refusal, &connection, &ct))
             }
-        }
-
-        let ct = self.connector_type(key)?.clone();
-        if !ct.has_credentials() {
-            // An operator problem, not the provider's: no call, no back-off.
-            guard.release().await;
-            if current.tokens.valid_for(now, hard_min) {
-                return Ok(ServedToken {
-                    connection: inner.cache.put(current),
-                    refreshed: false,
+            Decision::MarkRevoked => {
+                let reason = "the access token expired and the provider issued no refresh token";
+                let write = guard.finish(RefreshWrite::Revoked {
+                    reason: reason.into(),
                 });
+                self.write_revoked(key, write).await
             }
-            return Err(KeeperError::ConnectorNotConfigured(ct.name.to_string()));
+            Decision::CallProvider => {
+                let hard_min = decision::hard_min(inner.refresh_margin, &current, request);
+                let Some(refresh_token) = current.tokens.refresh_token.clone() else {
+                    guard.release().await;
+                    return Err(KeeperError::Internal);
+                };
+                match self.call_provider(&ct, &current, &refresh_token).await {
+                    Ok(outcome) => {
+                        self.settle(guard, current, refresh_token, outcome, hard_min)
+                            .await
+                    }
+                    Err(busy) => {
+                        guard.release().await;
+                        Err(busy)
+                    }
+                }
+            }
         }
+    }
+
+    /// The answer to a caller refused without a provider call.
+    fn refusal(
+        &self,
+        refusal: Refusal,
+        connection: &StoredConnection,
+        ct: &ConnectorType,
+    ) -> KeeperError {
+        match refusal {
+            Refusal::ReauthorizationRequired => reauthorization(connection),
+            Refusal::BackingOff { retry_after } => {
+                self.inner.metrics.backoff();
+                failure_during_backoff(connection, retry_after)
+            }
+            Refusal::MinValidityTooLong {
+                min_validity,
+                lifetime,
+            } => KeeperError::InvalidRequest(format!(
+                "min_validity={min_validity} exceeds the lifetime of this provider's access tokens ({lifetime} seconds)"
+            )),
+            Refusal::ConnectorNotConfigured => {
+                KeeperError::ConnectorNotConfigured(ct.name.to_string())
+            }
+        }
+    }
+
+    /// Calls the provider for a fresh credential, within the lease: through the circuit breaker
+    /// of the connector type and token host, a provider-call slot, and a deadline a few seconds
+    /// before the lease ends. `Err` when no slot could be had (nothing reached the provider).
+    async fn call_provider(
+        &self,
+        ct: &Arc<ConnectorType>,
+        current: &StoredConnection,
+        refresh_token: &crate::secret::Secret,
+    ) -> Result<Result<TokenSet, RefreshError>, KeeperError> {
+        let inner = &self.inner;
         let started = std::time::Instant::now();
         // One circuit per connector type and token host: a tenant's broken self-hosted
         // instance (Zendesk, GitLab) does not pause the other tenants of that type.
-        let circuit = match ct.expand_url(&ct.token_url, &current.tokens.metadata) {
-            Ok(url) => format!(
-                "{}|{}",
-                ct.name,
-                oauth2::url::Url::parse(&url)
-                    .ok()
-                    .and_then(|u| u.host_str().map(str::to_string))
-                    .unwrap_or_default()
-            ),
-            Err(_) => ct.name.to_string(),
-        };
-        // The refresh must end (written or given up) before its lease does: the slot wait and
-        // the provider call together get the lease less a safety margin.
-        let deadline = Duration::from_secs(
-            (inner.lease_seconds - (inner.lease_seconds / 4).min(5)).max(1) as u64,
-        );
-        let host = circuit.split_once('|').map_or("", |(_, h)| h).to_string();
+        let host = ct
+            .expand_url(&ct.token_url, &current.tokens.metadata)
+            .ok()
+            .and_then(|url| oauth2::url::Url::parse(&url).ok())
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
+        let circuit = format!("{}|{host}", ct.name);
+        let lease = inner.lease_seconds;
+        let deadline = Duration::from_secs((lease - (lease / 4).min(5)).max(1) as u64);
         let outcome = match inner.breakers.check(&circuit) {
             Err(wait) => Err(RefreshError::Unavailable {
                 reason: format!(
@@ -511,15 +469,11 @@ impl SecretsKeeper {
                 retryable: false,
             }),
             Ok(()) => {
-                let slots = tokio::time::timeout(
-                    deadline.min(inner.request_timeout),
-                    inner.slots.acquire(&host),
-                )
-                .await;
-                let Ok(_slots) = slots else {
+                let wait = deadline.min(inner.request_timeout);
+                let Ok(_slots) = tokio::time::timeout(wait, inner.slots.acquire(&host)).await
+                else {
                     // Too many refreshes toward this host in this process: nothing reached the
                     // provider, so no back-off and no breaker count.
-                    guard.release().await;
                     inner.metrics.backoff();
                     return Err(KeeperError::ProviderUnavailable {
                         message: format!(
@@ -531,19 +485,21 @@ impl SecretsKeeper {
                 };
                 let budget = deadline.saturating_sub(started.elapsed());
                 let call = inner.provider.refresh(
-                    &ct,
-                    &refresh_token,
+                    ct,
+                    refresh_token,
                     &current.tokens.metadata,
                     inner.request_timeout.min(budget),
                 );
-                let outcome = match tokio::time::timeout(budget, call).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(RefreshError::Unavailable {
-                        reason: "the provider did not answer before the refresh lease ended".into(),
-                        retry_after: None,
-                        retryable: false,
-                    }),
-                };
+                let outcome = tokio::time::timeout(budget, call)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(RefreshError::Unavailable {
+                            reason: "the provider did not answer before the refresh lease ended"
+                                .into(),
+                            retry_after: None,
+                            retryable: false,
+                        })
+                    });
                 inner.breakers.record(
                     &circuit,
                     matches!(outcome, Err(RefreshError::Unavailable { .. })),
@@ -554,7 +510,7 @@ impl SecretsKeeper {
         let outcome_name = match &outcome {
             Ok(_) => "success",
             Err(RefreshError::Revoked { .. }) => "revoked",
-            Err(RefreshError::Unavailable { .. }) => "unavailable",
+            Err(RefreshError::Unavailable { .. }) => FailureKind::Unavailable.as_str(),
             Err(RefreshError::InvalidClient) => "invalid_client",
             Err(_) => "error",
         };
@@ -566,10 +522,24 @@ impl SecretsKeeper {
         inner.audit.record(audit::event(
             "tokenbox",
             "token.refresh",
-            Some(key),
+            Some(&current.key),
             outcome_name,
             None,
         ));
+        Ok(outcome)
+    }
+
+    /// Writes the provider's answer (which gives the lease back) and answers the caller.
+    async fn settle(
+        &self,
+        guard: Box<dyn RefreshGuard>,
+        current: StoredConnection,
+        refresh_token: crate::secret::Secret,
+        outcome: Result<TokenSet, RefreshError>,
+        hard_min: i64,
+    ) -> Result<ServedToken, KeeperError> {
+        let inner = &self.inner;
+        let key = &current.key;
         match outcome {
             Ok(mut tokens) => {
                 // A provider that does not rotate returns no refresh token: keep ours.
@@ -582,27 +552,28 @@ impl SecretsKeeper {
                 if tokens.scope.is_none() {
                     tokens.scope = current.tokens.scope.clone();
                 }
-                match guard.finish(RefreshWrite::Refreshed(tokens)).await? {
-                    Some(stored) => {
-                        if current.refresh_failures > 0 {
-                            inner.webhooks.emit("connection.recovered", key, None).await;
-                        }
-                        tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, "token refreshed");
-                        if !stored.tokens.is_valid(now_epoch()) {
-                            // Stored anyway: a rotated refresh token must never be lost.
-                            inner.cache.put(stored);
-                            return Err(KeeperError::ProviderError {
-                                message: "the provider issued an access token that has already expired (expires_in of zero or less)".into(),
-                                retry_after: Some(FAILURE_RETRY_AFTER),
-                            });
-                        }
-                        Ok(ServedToken {
-                            connection: inner.cache.put(stored),
-                            refreshed: true,
-                        })
-                    }
-                    None => self.reread(key, hard_min).await,
+                let Some(stored) = guard.finish(RefreshWrite::Refreshed(tokens)).await? else {
+                    return self.reread(key, hard_min).await;
+                };
+                if current.refresh_failures > 0 {
+                    inner
+                        .webhooks
+                        .emit(ConnectionEvent::Recovered, key, None)
+                        .await;
                 }
+                tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, "token refreshed");
+                let connection = inner.cache.put(stored);
+                if !connection.tokens.is_valid(now_epoch()) {
+                    // Stored all the same: a rotated refresh token must never be lost.
+                    return Err(KeeperError::ProviderError {
+                        message: "the provider issued an access token that has already expired (expires_in of zero or less)".into(),
+                        retry_after: Some(FAILURE_RETRY_AFTER),
+                    });
+                }
+                Ok(ServedToken {
+                    connection,
+                    refreshed: true,
+                })
             }
             Err(RefreshError::Revoked { code }) => {
                 let interrupted = current.refresh_interrupted_at.is_some();
@@ -616,78 +587,92 @@ impl SecretsKeeper {
                         "the provider refused the refresh token ({code}): the tenant must reconnect"
                     )
                 };
-                let result = self
-                    .write_revoked(
-                        key,
-                        guard.finish(RefreshWrite::Revoked {
-                            reason: reason.clone(),
-                        }),
-                    )
-                    .await;
+                let write = guard.finish(RefreshWrite::Revoked {
+                    reason: reason.clone(),
+                });
+                let result = self.write_revoked(key, write).await;
                 if matches!(result, Err(KeeperError::ReauthorizationRequired(_))) {
                     inner
                         .webhooks
-                        .emit("connection.reauthorization_required", key, Some(&reason))
+                        .emit(ConnectionEvent::ReauthorizationRequired, key, Some(&reason))
                         .await;
                 }
                 result
             }
-            Err(error) => {
-                let (kind, provider_wait) = match &error {
-                    RefreshError::Unavailable { retry_after, .. } => ("unavailable", *retry_after),
-                    _ => ("provider_error", None),
-                };
-                let backoff = backoff_after(
-                    provider_wait.unwrap_or(0),
-                    current.refresh_failures,
-                    inner.backoff_base,
-                );
-                // Counted from the moment of the failure (the retries took time), rounded up.
-                let retry_after = backoff as u64 + 1;
-                let as_error = match &error {
-                    RefreshError::Unavailable { reason, .. } => KeeperError::ProviderUnavailable {
-                        message: format!("the provider is unavailable: {reason}"),
-                        retry_after,
-                    },
-                    other => KeeperError::ProviderError {
-                        message: other.to_string(),
-                        retry_after: Some(retry_after),
-                    },
-                };
-                tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, error = %error, "refresh failed");
-                let written = guard
-                    .finish(RefreshWrite::Failed {
-                        reason: error.to_string(),
-                        kind,
-                        backoff_until: now_epoch() + retry_after as i64,
-                    })
-                    .await;
-                if current.refresh_failures == 0 {
-                    // The first failure after a success; a recovery event will follow it.
-                    inner
-                        .webhooks
-                        .emit("connection.refresh_failed", key, Some(&error.to_string()))
-                        .await;
-                }
-                let connection = match written {
-                    Ok(Some(stored)) => inner.cache.put(stored),
-                    Ok(None) => return self.reread(key, hard_min).await,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot record a refresh failure");
-                        Arc::new(current)
-                    }
-                };
-                // Serve a token that is still valid rather than fail, unless it cannot meet
-                // what the caller asked for.
-                if connection.tokens.valid_for(now_epoch(), hard_min) {
-                    Ok(ServedToken {
-                        connection,
-                        refreshed: false,
-                    })
-                } else {
-                    Err(as_error)
-                }
+            Err(error) => self.settle_failure(guard, current, error, hard_min).await,
+        }
+    }
+
+    /// Records a failed refresh and its back-off; serves the stored token when it still meets
+    /// what the caller needs.
+    async fn settle_failure(
+        &self,
+        guard: Box<dyn RefreshGuard>,
+        current: StoredConnection,
+        error: RefreshError,
+        hard_min: i64,
+    ) -> Result<ServedToken, KeeperError> {
+        let inner = &self.inner;
+        let key = &current.key;
+        let (kind, provider_wait) = match &error {
+            RefreshError::Unavailable { retry_after, .. } => {
+                (FailureKind::Unavailable, *retry_after)
             }
+            _ => (FailureKind::ProviderError, None),
+        };
+        let backoff = backoff_after(
+            provider_wait.unwrap_or(0),
+            current.refresh_failures,
+            inner.backoff_base,
+        );
+        // Counted from the moment of the failure (the retries took time), rounded up.
+        let retry_after = backoff as u64 + 1;
+        let as_error = match &error {
+            RefreshError::Unavailable { reason, .. } => KeeperError::ProviderUnavailable {
+                message: format!("the provider is unavailable: {reason}"),
+                retry_after,
+            },
+            other => KeeperError::ProviderError {
+                message: other.to_string(),
+                retry_after: Some(retry_after),
+            },
+        };
+        tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, error = %error, "refresh failed");
+        let written = guard
+            .finish(RefreshWrite::Failed {
+                reason: error.to_string(),
+                kind,
+                backoff_until: now_epoch() + retry_after as i64,
+            })
+            .await;
+        if current.refresh_failures == 0 {
+            // The first failure after a success; a recovery event will follow it.
+            inner
+                .webhooks
+                .emit(
+                    ConnectionEvent::RefreshFailed,
+                    key,
+                    Some(&error.to_string()),
+                )
+                .await;
+        }
+        let connection = match written {
+            Ok(Some(stored)) => inner.cache.put(stored),
+            Ok(None) => return self.reread(key, hard_min).await,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a refresh failure");
+                Arc::new(current)
+            }
+        };
+        // Serve a token that is still valid rather than fail, unless it cannot meet what the
+        // caller asked for.
+        if connection.tokens.valid_for(now_epoch(), hard_min) {
+            Ok(ServedToken {
+                connection,
+                refreshed: false,
+            })
+        } else {
+            Err(as_error)
         }
     }
 
@@ -740,8 +725,8 @@ fn failure_during_backoff(connection: &StoredConnection, retry_after: u64) -> Ke
         .last_error
         .clone()
         .unwrap_or_else(|| "the last refresh failed".into());
-    match connection.last_error_kind.as_deref() {
-        Some("provider_error") => KeeperError::ProviderError {
+    match connection.last_error_kind {
+        Some(FailureKind::ProviderError) => KeeperError::ProviderError {
             message: format!("{reason} (retrying in {retry_after} s)"),
             retry_after: Some(retry_after),
         },

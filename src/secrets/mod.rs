@@ -213,7 +213,7 @@ pub enum RefreshWrite {
     Failed {
         reason: String,
         /// `unavailable` (transient) or `provider_error`.
-        kind: &'static str,
+        kind: crate::domain::FailureKind,
         backoff_until: i64,
     },
 }

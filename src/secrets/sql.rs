@@ -252,7 +252,10 @@ macro_rules! sql_store {
                 last_error: row.try_get("last_error")?,
                 backoff_until: row.try_get("backoff_until")?,
                 refresh_failures: row.try_get("refresh_failures")?,
-                last_error_kind: row.try_get("last_error_kind")?,
+                last_error_kind: row
+                    .try_get::<Option<String>, _>("last_error_kind")?
+                    .as_deref()
+                    .and_then($crate::domain::FailureKind::parse),
                 refresh_interrupted_at: row.try_get("refresh_interrupted_at")?,
                 key: parse_key(&app, &ct)?,
             })
@@ -325,7 +328,7 @@ macro_rules! sql_store {
                 RefreshWrite::Revoked { reason } => {
                     next.status = ConnectionStatus::ReauthorizationRequired;
                     next.last_error = Some(reason.clone());
-                    next.last_error_kind = Some("revoked".into());
+                    next.last_error_kind = Some($crate::domain::FailureKind::Revoked);
                     sqlx::query(sql::UPDATE_REVOKED)
                         .bind(key.app_id.as_str())
                         .bind(key.connector_type.as_str())
@@ -341,7 +344,7 @@ macro_rules! sql_store {
                     next.last_error = Some(reason.clone());
                     next.backoff_until = Some(backoff_until);
                     next.refresh_failures += 1;
-                    next.last_error_kind = Some(kind.to_string());
+                    next.last_error_kind = Some(kind);
                     sqlx::query(sql::UPDATE_FAILED)
                         .bind(key.app_id.as_str())
                         .bind(key.connector_type.as_str())
@@ -349,7 +352,7 @@ macro_rules! sql_store {
                         .bind(reason)
                         .bind(now)
                         .bind(backoff_until)
-                        .bind(kind)
+                        .bind(kind.as_str())
                 }
             };
             let result = query.execute(executor).await?;
