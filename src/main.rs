@@ -569,8 +569,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             text.push_str(&tokenbox::secrets::crypto::KeyRing::generate_key_line());
             text.push('\n');
             tokenbox::secrets::crypto::KeyRing::parse(&text)?;
-            std::fs::write(path, text)
-                .with_context(|| format!("cannot write the key file {}", path.display()))?;
+            tokenbox::secrets::crypto::replace_key_file(path, &text)?;
             eprintln!(
                 "added a key to {}; restart every server, then run `tokenbox keys rotate`",
                 path.display()

@@ -1,0 +1,109 @@
+//! The HTTP layer under attack: encoded paths, stolen JWTs, slow clients, connection floods,
+//! anonymous request floods, and the retention of the audit trail and the webhook outbox.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::{cli, cli_ok, json_of, unique, Backend, TestApp};
+
+/// Polls `check` until it returns `Some`; the deadline only guards against a hang.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn client_credentials(app: &TestApp, id: &str, secret: &str) -> reqwest::Response {
+    app.client
+        .post(format!("{}/oauth/token", app.address))
+        .basic_auth(id, Some(secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap()
+}
+
+fn create_account(app: &TestApp, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["service-account", "create", name, "--role", "superadmin"];
+    args.extend_from_slice(extra);
+    let token = cli_ok(&app.config_path, &args, None).trim().to_string();
+    app.remember_secret(&token);
+    token
+}
+
+/// Item 8: a JWT stolen from an account stays dead when the account is revoked and created
+/// again under the same name (the name is the client id).
+pub async fn a_stolen_jwt_stays_dead_when_its_account_is_recreated_under_the_same_name(
+    backend: Backend,
+) {
+    let app = crate::helpers::spawn_app_on(backend, None).await;
+    app.import("acme", "github", &json!({"access_token": unique("t")}))
+        .await;
+    let first = create_account(&app, "jobs", &[]);
+    let response = eventually("the new account to be known", || async {
+        let r = client_credentials(&app, "jobs", &first).await;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    let stolen = json_of(response).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.remember_secret(&stolen);
+    assert_eq!(
+        app.get_token_as(&stolen, "acme", "github", "").await.status(),
+        200
+    );
+
+    // The account is revoked, then created again under the same name.
+    let (code, _, stderr) = cli(
+        &app.config_path,
+        &["service-account", "revoke", "jobs"],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let second = create_account(&app, "jobs", &[]);
+    let response = eventually("the re-created account to be known", || async {
+        let r = client_credentials(&app, "jobs", &second).await;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    let fresh = json_of(response).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.remember_secret(&fresh);
+
+    // The re-created account's JWT works; the stolen one is refused (the server re-reads the
+    // accounts within seconds).
+    assert_eq!(
+        app.get_token_as(&fresh, "acme", "github", "").await.status(),
+        200
+    );
+    eventually("the stolen JWT to be refused", || async {
+        let status = app.get_token_as(&stolen, "acme", "github", "").await.status();
+        (status == 401).then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.get_token_as(&fresh, "acme", "github", "").await.status(),
+        200
+    );
+    assert_eq!(
+        app.get_token_as(&stolen, "acme", "github", "").await.status(),
+        401
+    );
+}
