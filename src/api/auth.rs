@@ -222,9 +222,10 @@ impl Authenticator {
             .iter()
             .find(|(_, p)| p.name == claims.sub)
             .filter(|(_, account)| {
-                let same = claims.gen.as_deref().is_some_and(|g| {
-                    bool::from(g.as_bytes().ct_eq(account.generation.as_bytes()))
-                });
+                let same = claims
+                    .gen
+                    .as_deref()
+                    .is_some_and(|g| bool::from(g.as_bytes().ct_eq(account.generation.as_bytes())));
                 if !same {
                     tracing::debug!("JWT refused: issued to an earlier account of that name");
                 }
@@ -323,16 +324,13 @@ pub async fn require_role(
         .into_response();
     }
     if let Some(scope) = &principal.scope {
-        // A scoped account may use the per-app routes of its apps and connector types only.
-        let mut segments = request.uri().path().split('/').skip(1);
-        let (app, connector_type) = (segments.next(), segments.next());
-        let per_app = request
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .is_some_and(|p| p.as_str().starts_with("/{app_id}/{connector_type}/"));
-        let verdict = match (per_app, app, connector_type) {
-            (true, Some(app), Some(ct)) => scope.allows(app, ct),
-            _ => Err("a scoped account may only call the per-app routes of its scope".into()),
+        // A scoped account may use the per-app routes of its apps and connector types only,
+        // judged on the decoded, validated path parameters the handler will use.
+        let (routed, key) = super::route_key(request).await;
+        request = routed;
+        let verdict = match key {
+            Some(key) => scope.allows(key.app_id.as_str(), key.connector_type.as_str()),
+            None => Err("a scoped account may only call the per-app routes of its scope".into()),
         };
         if let Err(reason) = verdict {
             return ApiError::Forbidden(format!(

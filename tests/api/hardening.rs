@@ -63,7 +63,9 @@ pub async fn a_stolen_jwt_stays_dead_when_its_account_is_recreated_under_the_sam
         .to_string();
     app.remember_secret(&stolen);
     assert_eq!(
-        app.get_token_as(&stolen, "acme", "github", "").await.status(),
+        app.get_token_as(&stolen, "acme", "github", "")
+            .await
+            .status(),
         200
     );
 
@@ -90,20 +92,92 @@ pub async fn a_stolen_jwt_stays_dead_when_its_account_is_recreated_under_the_sam
     // The re-created account's JWT works; the stolen one is refused (the server re-reads the
     // accounts within seconds).
     assert_eq!(
-        app.get_token_as(&fresh, "acme", "github", "").await.status(),
+        app.get_token_as(&fresh, "acme", "github", "")
+            .await
+            .status(),
         200
     );
     eventually("the stolen JWT to be refused", || async {
-        let status = app.get_token_as(&stolen, "acme", "github", "").await.status();
+        let status = app
+            .get_token_as(&stolen, "acme", "github", "")
+            .await
+            .status();
         (status == 401).then_some(())
     })
     .await;
     assert_eq!(
-        app.get_token_as(&fresh, "acme", "github", "").await.status(),
+        app.get_token_as(&fresh, "acme", "github", "")
+            .await
+            .status(),
         200
     );
     assert_eq!(
-        app.get_token_as(&stolen, "acme", "github", "").await.status(),
+        app.get_token_as(&stolen, "acme", "github", "")
+            .await
+            .status(),
         401
+    );
+}
+
+/// Item 3: a percent-encoded path is the same connection to the audit trail, the access log
+/// and the scope check as to the handler.
+pub async fn percent_encoded_paths_are_audited_and_scoped_like_plain_ones(backend: Backend) {
+    let app = crate::helpers::spawn_app_on(backend, None).await;
+    for app_id in ["acme-1", "foomev", "foodev"] {
+        let response = app
+            .import(app_id, "github", &json!({"access_token": unique("t")}))
+            .await;
+        assert!(response.status().is_success());
+    }
+
+    // The attack on the audit trail: the encoded path reads acme-1's token...
+    let response = app.get_token("%61cme-1", "%67ithub", "").await;
+    let status = response.status();
+    assert!(status == 200 || status == 400, "{status}");
+    // ...and is audited as a read of acme-1's github connection (or refused).
+    let event = eventually("the audit event of the encoded read", || async {
+        let events = json_of(
+            app.client
+                .get(format!("{}/audit?limit=1000", app.address))
+                .bearer_auth(&app.superadmin)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == "token.read")
+            .cloned()
+    })
+    .await;
+    if status == 200 {
+        assert_eq!(event["app_id"], "acme-1", "{event}");
+        assert_eq!(event["connector_type"], "github", "{event}");
+    }
+
+    // The attack on the scope: an account limited to apps ending in "dev".
+    let scoped = create_account(&app, "dev-jobs", &["--apps", "*dev"]);
+    eventually("the scoped account to be known", || async {
+        let status = app
+            .get_token_as(&scoped, "foodev", "github", "")
+            .await
+            .status();
+        (status == 200).then_some(())
+    })
+    .await;
+    for path in ["foomev", "foo%6dev", "foo%6Dev", "%66oomev"] {
+        let response = app.get_token_as(&scoped, path, "github", "").await;
+        assert_eq!(response.status(), 403, "/{path}/github/binb-token");
+        assert_eq!(json_of(response).await["error"], "forbidden");
+    }
+    // What the scope allows still works when encoded.
+    assert_eq!(
+        app.get_token_as(&scoped, "foo%64ev", "github", "")
+            .await
+            .status(),
+        200
     );
 }

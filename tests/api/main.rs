@@ -72,6 +72,7 @@ conformance! {
     }
     hardening {
         a_stolen_jwt_stays_dead_when_its_account_is_recreated_under_the_same_name,
+        percent_encoded_paths_are_audited_and_scoped_like_plain_ones,
     }
     listing {
         the_listing_filters_pages_without_gaps_and_shows_no_secret,
