@@ -49,6 +49,8 @@ const SERVER_ENV: &[(&str, &str)] = &[
         "TOKENBOX_SLOW_CLIENT_TIMEOUT_SECONDS",
         "slow_client_timeout_seconds",
     ),
+    ("TOKENBOX_BODY_TIMEOUT_SECONDS", "body_timeout_seconds"),
+    ("TOKENBOX_MAX_CONNECTIONS", "max_connections"),
     ("TOKENBOX_JWT_LIFETIME_SECONDS", "jwt_lifetime_seconds"),
     (
         "TOKENBOX_JWT_KEY_OVERLAP_SECONDS",
@@ -128,6 +130,8 @@ struct FileConfig {
     allow_insecure_loopback: Option<bool>,
     rate_limit_per_second: Option<u32>,
     slow_client_timeout_seconds: Option<u64>,
+    body_timeout_seconds: Option<u64>,
+    max_connections: Option<usize>,
     jwt_lifetime_seconds: Option<u64>,
     jwt_key_overlap_seconds: Option<u64>,
     jwt_audience: Option<String>,
@@ -168,6 +172,10 @@ pub struct Config {
     pub rate_limit_per_second: u32,
     /// How long a client may take to send its request headers, and then its body.
     pub slow_client_timeout: Duration,
+    /// How long a client may take to send its whole request body (counted from its headers).
+    pub body_timeout: Duration,
+    /// Connections served at once; further ones are answered 503 and closed. 0 = no limit.
+    pub max_connections: usize,
     /// Lifetime of the JWTs of the client-credentials grant.
     pub jwt_lifetime_seconds: i64,
     /// How long a rotated-out signing key keeps verifying.
@@ -219,6 +227,8 @@ impl Default for Config {
             allow_insecure_loopback: false,
             rate_limit_per_second: 1000,
             slow_client_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(20),
+            max_connections: 1000,
             jwt_lifetime_seconds: 900,
             jwt_key_overlap_seconds: 1800,
             jwt_audience: "tokenbox".into(),
@@ -314,6 +324,12 @@ impl Config {
         if let Some(v) = file.slow_client_timeout_seconds {
             c.slow_client_timeout = Duration::from_secs(v);
         }
+        if let Some(v) = file.body_timeout_seconds {
+            c.body_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = file.max_connections {
+            c.max_connections = v;
+        }
         if let Some(v) = file.rate_limit_per_second {
             c.rate_limit_per_second = v;
         }
@@ -375,6 +391,15 @@ impl Config {
                 Some("slow_client_timeout_seconds") => {
                     c.slow_client_timeout = Duration::from_secs(parse_secs(value)?)
                 }
+                Some("body_timeout_seconds") => {
+                    c.body_timeout = Duration::from_secs(parse_secs(value)?)
+                }
+                Some("max_connections") => {
+                    c.max_connections = value
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("{name} must be a whole number"))?
+                }
                 Some("rate_limit_per_second") => {
                     c.rate_limit_per_second = parse_secs(value)? as u32
                 }
@@ -417,8 +442,9 @@ impl Config {
         if self.request_timeout.is_zero()
             || self.provider_timeout.is_zero()
             || self.slow_client_timeout.is_zero()
+            || self.body_timeout.is_zero()
         {
-            bail!("request_timeout_seconds, provider_timeout_seconds and slow_client_timeout_seconds must be positive");
+            bail!("request_timeout_seconds, provider_timeout_seconds, slow_client_timeout_seconds and body_timeout_seconds must be positive");
         }
         if self.jwt_lifetime_seconds <= 0 || self.jwt_key_overlap_seconds < 0 {
             bail!("jwt_lifetime_seconds must be positive and jwt_key_overlap_seconds not negative");
@@ -503,6 +529,8 @@ mod tests {
                 ("TOKENBOX_JWT_LIFETIME_SECONDS", "60"),
                 ("TOKENBOX_JWT_KEY_OVERLAP_SECONDS", "120"),
                 ("TOKENBOX_REFRESH_BACKOFF_SECONDS", "2"),
+                ("TOKENBOX_BODY_TIMEOUT_SECONDS", "4"),
+                ("TOKENBOX_MAX_CONNECTIONS", "5"),
             ]),
         )
         .unwrap();
@@ -512,6 +540,8 @@ mod tests {
         assert_eq!(c.jwt_lifetime_seconds, 60);
         assert_eq!(c.jwt_key_overlap_seconds, 120);
         assert_eq!(c.refresher.backoff_base_seconds, 2);
+        assert_eq!(c.body_timeout, Duration::from_secs(4));
+        assert_eq!(c.max_connections, 5);
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl Application {
             self.listener,
             self.router,
             self.state.config.slow_client_timeout,
+            self.state.config.max_connections,
         )
         .await;
         if let Some(task) = background {
@@ -186,15 +187,28 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// How long the requests in progress may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Connections beyond the cap being answered at once; beyond that they are simply closed.
+const MAX_REFUSALS: usize = 64;
+
 /// Accepts connections until SIGINT or SIGTERM: HTTP/1.1 with a header-read timeout and a
-/// bounded header size, the peer address given to handlers, and a graceful shutdown.
-async fn serve(listener: TcpListener, router: Router, header_timeout: std::time::Duration) {
+/// bounded header size, the peer address given to handlers, and a graceful shutdown. At most
+/// `max_connections` (0: no limit) are served at once; a connection beyond that is answered
+/// `503` at once and closed, rather than left waiting unseen in the accept queue.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: std::time::Duration,
+    max_connections: usize,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
     use tower::ServiceExt;
 
     let graceful = GracefulShutdown::new();
+    let slots =
+        (max_connections > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max_connections)));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         let (stream, peer) = tokio::select! {
@@ -208,6 +222,22 @@ async fn serve(listener: TcpListener, router: Router, header_timeout: std::time:
                 }
             },
             _ = &mut shutdown => break,
+        };
+        let slot = match &slots {
+            None => None,
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    tracing::debug!("connection refused: max_connections reached");
+                    if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                        tokio::spawn(async move {
+                            api::limits::refuse_connection(stream).await;
+                            drop(refusal);
+                        });
+                    }
+                    continue;
+                }
+            },
         };
         let service = router.clone().map_request(
             move |mut request: axum::extract::Request<hyper::body::Incoming>| {
@@ -226,6 +256,7 @@ async fn serve(listener: TcpListener, router: Router, header_timeout: std::time:
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = connection.await;
+            drop(slot);
         });
     }
     drop(listener);

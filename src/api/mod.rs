@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod openapi;
 pub mod pages;
 pub mod resources;
@@ -95,7 +96,9 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for RequestBody {
                 }
                 let mut source: Option<&dyn std::error::Error> = Some(&rejection);
                 while let Some(error) = source {
-                    if error.is::<tower_http::timeout::TimeoutError>() {
+                    if error.is::<tower_http::timeout::TimeoutError>()
+                        || error.is::<limits::BodyDeadlineElapsed>()
+                    {
                         return ApiError::RequestTimeout;
                     }
                     source = error.source();

@@ -181,3 +181,125 @@ pub async fn percent_encoded_paths_are_audited_and_scoped_like_plain_ones(backen
         200
     );
 }
+
+fn host_port(app: &TestApp) -> String {
+    app.address.trim_start_matches("http://").to_string()
+}
+
+/// Reads until the server closes the connection (or resets it); the deadline only guards
+/// against a hang.
+async fn read_to_close(stream: &mut tokio::net::tcp::OwnedReadHalf) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the server neither answered nor closed the connection");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// Item 10: a client that trickles its body, one byte at a time, well within the gap allowed
+/// between two chunks, is cut off by the whole-body deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_body_is_cut_off() {
+    let backend = Backend::Sqlite;
+    use tokio::io::AsyncWriteExt;
+    let app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+        backend,
+        extra_config: "body_timeout_seconds = 1\nslow_client_timeout_seconds = 30\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(host_port(&app))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(
+            b"POST /oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 60000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // The attack: one byte every 100 ms, never finishing (an hour and a half of body, under the size limit).
+    let trickle = tokio::spawn(async move {
+        loop {
+            if writer.write_all(b"a").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let answer = read_to_close(&mut reader).await;
+    trickle.abort();
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "cut off with 408 or a closed connection, got: {answer}"
+    );
+    if !answer.is_empty() {
+        assert!(answer.contains("\"request_timeout\""), "{answer}");
+    }
+}
+
+async fn healthz_over(stream: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncWriteExt;
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    read_to_close(&mut reader).await
+}
+
+/// Item 10: with `max_connections` = 3, three idle connections held open leave no room for a
+/// fourth, which is told so at once (503) and closed; once one is released, new connections
+/// are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused_until_one_is_released() {
+    let backend = Backend::Sqlite;
+    let app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+        backend,
+        // Idle connections are not cut off during the test.
+        extra_config: "max_connections = 3\nslow_client_timeout_seconds = 600\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let address = host_port(&app);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    // The server accepts in order: the fourth connection finds the three slots taken.
+    let fourth = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let answer = healthz_over(fourth).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+        "refused, got: {answer}"
+    );
+    if !answer.is_empty() {
+        assert!(answer.contains("\"too_many_connections\""), "{answer}");
+        assert!(!answer.contains("\"status\":\"ok\""), "{answer}");
+    }
+
+    // One of the held connections goes away: a new connection is served.
+    drop(held.pop());
+    let served = eventually("a connection to be served after one was released", || {
+        let address = address.clone();
+        async move {
+            let stream = tokio::net::TcpStream::connect(&address).await.ok()?;
+            let answer = healthz_over(stream).await;
+            answer.starts_with("HTTP/1.1 200").then_some(answer)
+        }
+    })
+    .await;
+    assert!(served.contains("\"status\":\"ok\""), "{served}");
+    drop(held);
+}
