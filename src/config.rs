@@ -51,6 +51,9 @@ const SERVER_ENV: &[(&str, &str)] = &[
     ),
     ("TOKENBOX_BODY_TIMEOUT_SECONDS", "body_timeout_seconds"),
     ("TOKENBOX_MAX_CONNECTIONS", "max_connections"),
+    ("TOKENBOX_AUDIT_RETENTION_DAYS", "audit_retention_days"),
+    ("TOKENBOX_WEBHOOK_RETENTION_DAYS", "webhook_retention_days"),
+    ("TOKENBOX_PRUNE_INTERVAL_SECONDS", "prune_interval_seconds"),
     ("TOKENBOX_JWT_LIFETIME_SECONDS", "jwt_lifetime_seconds"),
     (
         "TOKENBOX_JWT_KEY_OVERLAP_SECONDS",
@@ -132,6 +135,9 @@ struct FileConfig {
     slow_client_timeout_seconds: Option<u64>,
     body_timeout_seconds: Option<u64>,
     max_connections: Option<usize>,
+    audit_retention_days: Option<u64>,
+    webhook_retention_days: Option<u64>,
+    prune_interval_seconds: Option<u64>,
     jwt_lifetime_seconds: Option<u64>,
     jwt_key_overlap_seconds: Option<u64>,
     jwt_audience: Option<String>,
@@ -176,6 +182,12 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Connections served at once; further ones are answered 503 and closed. 0 = no limit.
     pub max_connections: usize,
+    /// Audit events older than this many days are deleted (0: kept for ever).
+    pub audit_retention_days: u64,
+    /// Delivered webhooks older than this many days are deleted (0: kept for ever).
+    pub webhook_retention_days: u64,
+    /// How often old audit events and webhook deliveries are pruned.
+    pub prune_interval: Duration,
     /// Lifetime of the JWTs of the client-credentials grant.
     pub jwt_lifetime_seconds: i64,
     /// How long a rotated-out signing key keeps verifying.
@@ -229,6 +241,9 @@ impl Default for Config {
             slow_client_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(20),
             max_connections: 1000,
+            audit_retention_days: 365,
+            webhook_retention_days: 30,
+            prune_interval: Duration::from_secs(3600),
             jwt_lifetime_seconds: 900,
             jwt_key_overlap_seconds: 1800,
             jwt_audience: "tokenbox".into(),
@@ -330,6 +345,15 @@ impl Config {
         if let Some(v) = file.max_connections {
             c.max_connections = v;
         }
+        if let Some(v) = file.audit_retention_days {
+            c.audit_retention_days = v;
+        }
+        if let Some(v) = file.webhook_retention_days {
+            c.webhook_retention_days = v;
+        }
+        if let Some(v) = file.prune_interval_seconds {
+            c.prune_interval = Duration::from_secs(v);
+        }
         if let Some(v) = file.rate_limit_per_second {
             c.rate_limit_per_second = v;
         }
@@ -400,6 +424,21 @@ impl Config {
                         .parse()
                         .with_context(|| format!("{name} must be a whole number"))?
                 }
+                Some("audit_retention_days") => {
+                    c.audit_retention_days = value
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("{name} must be a whole number of days"))?
+                }
+                Some("webhook_retention_days") => {
+                    c.webhook_retention_days = value
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("{name} must be a whole number of days"))?
+                }
+                Some("prune_interval_seconds") => {
+                    c.prune_interval = Duration::from_secs(parse_secs(value)?)
+                }
                 Some("rate_limit_per_second") => {
                     c.rate_limit_per_second = parse_secs(value)? as u32
                 }
@@ -443,8 +482,9 @@ impl Config {
             || self.provider_timeout.is_zero()
             || self.slow_client_timeout.is_zero()
             || self.body_timeout.is_zero()
+            || self.prune_interval.is_zero()
         {
-            bail!("request_timeout_seconds, provider_timeout_seconds, slow_client_timeout_seconds and body_timeout_seconds must be positive");
+            bail!("request_timeout_seconds, provider_timeout_seconds, slow_client_timeout_seconds, body_timeout_seconds and prune_interval_seconds must be positive");
         }
         if self.jwt_lifetime_seconds <= 0 || self.jwt_key_overlap_seconds < 0 {
             bail!("jwt_lifetime_seconds must be positive and jwt_key_overlap_seconds not negative");
@@ -531,6 +571,9 @@ mod tests {
                 ("TOKENBOX_REFRESH_BACKOFF_SECONDS", "2"),
                 ("TOKENBOX_BODY_TIMEOUT_SECONDS", "4"),
                 ("TOKENBOX_MAX_CONNECTIONS", "5"),
+                ("TOKENBOX_AUDIT_RETENTION_DAYS", "7"),
+                ("TOKENBOX_WEBHOOK_RETENTION_DAYS", "0"),
+                ("TOKENBOX_PRUNE_INTERVAL_SECONDS", "60"),
             ]),
         )
         .unwrap();
@@ -542,6 +585,9 @@ mod tests {
         assert_eq!(c.refresher.backoff_base_seconds, 2);
         assert_eq!(c.body_timeout, Duration::from_secs(4));
         assert_eq!(c.max_connections, 5);
+        assert_eq!(c.audit_retention_days, 7);
+        assert_eq!(c.webhook_retention_days, 0);
+        assert_eq!(c.prune_interval, Duration::from_secs(60));
     }
 
     #[test]

@@ -158,6 +158,13 @@ impl Application {
             ))
         });
         let deliverer = tokio::spawn(self.state.webhooks.clone().run());
+        let config = &self.state.config;
+        let pruner = tokio::spawn(audit::prune_periodically(
+            self.state.keeper.store().clone(),
+            config.audit_retention_days,
+            config.webhook_retention_days,
+            config.prune_interval,
+        ));
         tracing::info!(address = %self.address, "tokenbox listening");
         serve(
             self.listener,
@@ -172,6 +179,7 @@ impl Application {
         }
         deliverer.abort();
         let _ = deliverer.await;
+        pruner.abort();
         // The last audit events: every sender is gone once the state is dropped.
         let writer = self.state.audit_writer.lock().expect("poisoned").take();
         drop(self.state);

@@ -511,13 +511,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         _ => "-".into(),
                     };
                     let target = e.subject.clone().unwrap_or(connection);
+                    let outcome = if e.count == 1 {
+                        e.outcome.clone()
+                    } else {
+                        format!("{} x{}", e.outcome, e.count)
+                    };
                     println!(
                         "{:<11} {:<16} {:<20} {:<24} {:<24} {}",
                         e.at,
                         e.principal,
                         e.action,
                         target,
-                        e.outcome,
+                        outcome,
                         e.client_addr.as_deref().unwrap_or("-")
                     );
                 }

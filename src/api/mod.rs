@@ -216,7 +216,7 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
             .unwrap_or(if action == "connection.connect" {
                 "tenant"
             } else {
-                "anonymous"
+                crate::audit::ANONYMOUS
             });
         state.audit.record(crate::audit::event(
             principal,

@@ -303,3 +303,118 @@ async fn connections_beyond_the_cap_are_refused_until_one_is_released() {
     assert!(served.contains("\"status\":\"ok\""), "{served}");
     drop(held);
 }
+
+fn count_of(rows: &[String]) -> i64 {
+    rows.first().unwrap().parse().unwrap()
+}
+
+/// Item 12: fifty anonymous requests (no token, a wrong token) cost a couple of audit rows,
+/// and the count of refusals is still recorded.
+pub async fn anonymous_refusals_are_aggregated_in_the_audit_trail(backend: Backend) {
+    let mut app = crate::helpers::spawn_app_on(backend, None).await;
+    for i in 0..50 {
+        let mut request = app
+            .client
+            .get(format!("{}/acme-{i}/github/binb-token", app.address));
+        if i % 2 == 0 {
+            request = request.bearer_auth("tbx_not-a-real-token");
+        }
+        assert_eq!(request.send().await.unwrap().status(), 401);
+    }
+    // One authenticated, audited action is written as its own row, as before.
+    assert_eq!(app.get_token("acme", "github", "").await.status(), 404);
+    // A graceful stop writes what the audit writer counted.
+    app.stop();
+    let rows = app
+        .query_strings(
+            "SELECT CAST(count AS TEXT) FROM audit_events \
+             WHERE principal = 'anonymous' AND action = 'token.read'",
+        )
+        .await;
+    assert!(
+        !rows.is_empty() && rows.len() <= 2,
+        "50 anonymous refusals in {} rows",
+        rows.len()
+    );
+    let total: i64 = rows.iter().map(|c| c.parse::<i64>().unwrap()).sum();
+    assert_eq!(total, 50, "every refusal is counted");
+    let outcome = app
+        .query_strings(
+            "SELECT outcome FROM audit_events WHERE principal = 'anonymous' AND action = 'token.read'",
+        )
+        .await;
+    assert!(outcome.iter().all(|o| o == "unauthorized"), "{outcome:?}");
+    assert_eq!(
+        count_of(
+            &app.query_strings(
+                "SELECT CAST(COUNT(*) AS TEXT) FROM audit_events WHERE principal = 'extraction'"
+            )
+            .await
+        ),
+        1
+    );
+}
+
+/// Item 12: audit events and delivered webhooks past their retention are pruned; recent ones
+/// and webhooks still to deliver are kept.
+pub async fn old_audit_events_and_delivered_webhooks_are_pruned(backend: Backend) {
+    let app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+        backend,
+        extra_config:
+            "audit_retention_days = 7\nwebhook_retention_days = 3\nprune_interval_seconds = 1\n"
+                .into(),
+        ..Default::default()
+    })
+    .await;
+    let now = crate::helpers::now();
+    let day = 86_400;
+    let (old_audit, recent_audit) = (now - 8 * day, now - 6 * day);
+    app.execute_sql(&format!(
+        "INSERT INTO audit_events (at, principal, action, outcome) VALUES \
+         ({old_audit}, 'old', 'token.read', 'ok'), ({old_audit}, 'old', 'token.read', 'ok'), \
+         ({recent_audit}, 'recent', 'token.read', 'ok')"
+    ))
+    .await;
+    let (old_hook, recent_hook) = (now - 4 * day, now - 2 * day);
+    app.execute_sql(&format!(
+        "INSERT INTO webhook_deliveries (endpoint_url, event_type, body, created_at, \
+         next_attempt_at, delivered_at) VALUES \
+         ('https://old.example.com/', 'connection.created', '{{}}', {old_hook}, {old_hook}, {old_hook}), \
+         ('https://recent.example.com/', 'connection.created', '{{}}', {recent_hook}, {recent_hook}, {recent_hook}), \
+         ('https://pending.example.com/', 'connection.created', '{{}}', {old_hook}, {now}, NULL)"
+    ))
+    .await;
+    eventually("the old rows to be pruned", || async {
+        let audit = count_of(
+            &app.query_strings(
+                "SELECT CAST(COUNT(*) AS TEXT) FROM audit_events WHERE principal = 'old'",
+            )
+            .await,
+        );
+        let hooks = count_of(
+            &app.query_strings(
+                "SELECT CAST(COUNT(*) AS TEXT) FROM webhook_deliveries \
+                 WHERE endpoint_url = 'https://old.example.com/'",
+            )
+            .await,
+        );
+        (audit == 0 && hooks == 0).then_some(())
+    })
+    .await;
+    let kept = app
+        .query_strings("SELECT principal FROM audit_events WHERE principal = 'recent'")
+        .await;
+    assert_eq!(kept.len(), 1, "a recent audit event is kept");
+    let mut hooks = app
+        .query_strings("SELECT endpoint_url FROM webhook_deliveries")
+        .await;
+    hooks.sort();
+    assert_eq!(
+        hooks,
+        [
+            "https://pending.example.com/",
+            "https://recent.example.com/"
+        ],
+        "recent and undelivered webhooks are kept"
+    );
+}
