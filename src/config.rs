@@ -49,6 +49,11 @@ const SERVER_ENV: &[(&str, &str)] = &[
         "TOKENBOX_SLOW_CLIENT_TIMEOUT_SECONDS",
         "slow_client_timeout_seconds",
     ),
+    ("TOKENBOX_BODY_TIMEOUT_SECONDS", "body_timeout_seconds"),
+    ("TOKENBOX_MAX_CONNECTIONS", "max_connections"),
+    ("TOKENBOX_AUDIT_RETENTION_DAYS", "audit_retention_days"),
+    ("TOKENBOX_WEBHOOK_RETENTION_DAYS", "webhook_retention_days"),
+    ("TOKENBOX_PRUNE_INTERVAL_SECONDS", "prune_interval_seconds"),
     ("TOKENBOX_JWT_LIFETIME_SECONDS", "jwt_lifetime_seconds"),
     (
         "TOKENBOX_JWT_KEY_OVERLAP_SECONDS",
@@ -138,6 +143,11 @@ struct FileConfig {
     allow_insecure_loopback: Option<bool>,
     rate_limit_per_second: Option<u32>,
     slow_client_timeout_seconds: Option<u64>,
+    body_timeout_seconds: Option<u64>,
+    max_connections: Option<usize>,
+    audit_retention_days: Option<u64>,
+    webhook_retention_days: Option<u64>,
+    prune_interval_seconds: Option<u64>,
     jwt_lifetime_seconds: Option<u64>,
     jwt_key_overlap_seconds: Option<u64>,
     jwt_audience: Option<String>,
@@ -182,6 +192,16 @@ pub struct Config {
     pub rate_limit_per_second: u32,
     /// How long a client may take to send its request headers, and then its body.
     pub slow_client_timeout: Duration,
+    /// How long a client may take to send its whole request body (counted from its headers).
+    pub body_timeout: Duration,
+    /// Connections served at once; further ones are answered 503 and closed. 0 = no limit.
+    pub max_connections: usize,
+    /// Audit events older than this many days are deleted (0: kept for ever).
+    pub audit_retention_days: u64,
+    /// Delivered webhooks older than this many days are deleted (0: kept for ever).
+    pub webhook_retention_days: u64,
+    /// How often old audit events and webhook deliveries are pruned.
+    pub prune_interval: Duration,
     /// Lifetime of the JWTs of the client-credentials grant.
     pub jwt_lifetime_seconds: i64,
     /// How long a rotated-out signing key keeps verifying.
@@ -249,6 +269,11 @@ impl Default for Config {
             allow_insecure_loopback: false,
             rate_limit_per_second: 1000,
             slow_client_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(20),
+            max_connections: 1000,
+            audit_retention_days: 365,
+            webhook_retention_days: 30,
+            prune_interval: Duration::from_secs(3600),
             jwt_lifetime_seconds: 900,
             jwt_key_overlap_seconds: 1800,
             jwt_audience: "tokenbox".into(),
@@ -360,6 +385,21 @@ impl Config {
         if let Some(v) = file.slow_client_timeout_seconds {
             c.slow_client_timeout = Duration::from_secs(v);
         }
+        if let Some(v) = file.body_timeout_seconds {
+            c.body_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = file.max_connections {
+            c.max_connections = v;
+        }
+        if let Some(v) = file.audit_retention_days {
+            c.audit_retention_days = v;
+        }
+        if let Some(v) = file.webhook_retention_days {
+            c.webhook_retention_days = v;
+        }
+        if let Some(v) = file.prune_interval_seconds {
+            c.prune_interval = Duration::from_secs(v);
+        }
         if let Some(v) = file.rate_limit_per_second {
             c.rate_limit_per_second = v;
         }
@@ -420,6 +460,30 @@ impl Config {
                 }
                 Some("slow_client_timeout_seconds") => {
                     c.slow_client_timeout = Duration::from_secs(parse_secs(value)?)
+                }
+                Some("body_timeout_seconds") => {
+                    c.body_timeout = Duration::from_secs(parse_secs(value)?)
+                }
+                Some("max_connections") => {
+                    c.max_connections = value
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("{name} must be a whole number"))?
+                }
+                Some("audit_retention_days") => {
+                    c.audit_retention_days = value
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("{name} must be a whole number of days"))?
+                }
+                Some("webhook_retention_days") => {
+                    c.webhook_retention_days = value
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("{name} must be a whole number of days"))?
+                }
+                Some("prune_interval_seconds") => {
+                    c.prune_interval = Duration::from_secs(parse_secs(value)?)
                 }
                 Some("rate_limit_per_second") => {
                     c.rate_limit_per_second = parse_secs(value)? as u32
@@ -483,8 +547,10 @@ impl Config {
         if self.request_timeout.is_zero()
             || self.provider_timeout.is_zero()
             || self.slow_client_timeout.is_zero()
+            || self.body_timeout.is_zero()
+            || self.prune_interval.is_zero()
         {
-            bail!("request_timeout_seconds, provider_timeout_seconds and slow_client_timeout_seconds must be positive");
+            bail!("request_timeout_seconds, provider_timeout_seconds, slow_client_timeout_seconds, body_timeout_seconds and prune_interval_seconds must be positive");
         }
         if self.jwt_lifetime_seconds <= 0 || self.jwt_key_overlap_seconds < 0 {
             bail!("jwt_lifetime_seconds must be positive and jwt_key_overlap_seconds not negative");
@@ -569,6 +635,11 @@ mod tests {
                 ("TOKENBOX_JWT_LIFETIME_SECONDS", "60"),
                 ("TOKENBOX_JWT_KEY_OVERLAP_SECONDS", "120"),
                 ("TOKENBOX_REFRESH_BACKOFF_SECONDS", "2"),
+                ("TOKENBOX_BODY_TIMEOUT_SECONDS", "4"),
+                ("TOKENBOX_MAX_CONNECTIONS", "5"),
+                ("TOKENBOX_AUDIT_RETENTION_DAYS", "7"),
+                ("TOKENBOX_WEBHOOK_RETENTION_DAYS", "0"),
+                ("TOKENBOX_PRUNE_INTERVAL_SECONDS", "60"),
             ]),
         )
         .unwrap();
@@ -578,6 +649,11 @@ mod tests {
         assert_eq!(c.jwt_lifetime_seconds, 60);
         assert_eq!(c.jwt_key_overlap_seconds, 120);
         assert_eq!(c.refresher.backoff_base_seconds, 2);
+        assert_eq!(c.body_timeout, Duration::from_secs(4));
+        assert_eq!(c.max_connections, 5);
+        assert_eq!(c.audit_retention_days, 7);
+        assert_eq!(c.webhook_retention_days, 0);
+        assert_eq!(c.prune_interval, Duration::from_secs(60));
     }
 
     #[test]

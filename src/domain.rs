@@ -236,6 +236,14 @@ pub struct AuditEvent {
     /// What the action was about when it is not a connection (a service account's name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// How many events this row stands for: anonymous refusals are aggregated per window,
+    /// action, outcome and client address (absent when 1).
+    #[serde(skip_serializing_if = "is_one")]
+    pub count: i64,
+}
+
+fn is_one(n: &i64) -> bool {
+    *n == 1
 }
 
 /// A connect link as stored (its secret is only known to whoever received the URL).

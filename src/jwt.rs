@@ -29,6 +29,10 @@ pub struct Claims {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<AccountScope>,
+    /// The generation of the account the token was issued to (see
+    /// `api::auth::account_generation`); a token without one is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -150,6 +154,7 @@ impl JwtIssuer {
         role: Role,
         scope: Option<AccountScope>,
         expires_at: Option<i64>,
+        generation: &str,
     ) -> Result<(String, i64), StoreError> {
         let keys = self.keys().await?;
         let key = keys.last().expect("a signing key");
@@ -170,6 +175,7 @@ impl JwtIssuer {
             jti: B64.encode(jti),
             role,
             scope,
+            gen: Some(generation.to_string()),
         };
         let header = Header {
             alg: "EdDSA".into(),
@@ -294,6 +300,7 @@ mod tests {
             jti: "x".into(),
             role: Role::Superadmin,
             scope: None,
+            gen: Some("g".into()),
         }
     }
 

@@ -163,11 +163,19 @@ impl Application {
             ))
         });
         let deliverer = tokio::spawn(self.state.webhooks.clone().run());
+        let config = &self.state.config;
+        let pruner = tokio::spawn(audit::prune_periodically(
+            self.state.keeper.store().clone(),
+            config.audit_retention_days,
+            config.webhook_retention_days,
+            config.prune_interval,
+        ));
         tracing::info!(address = %self.address, "tokenbox listening");
         let deadline = serve(
             self.listener,
             self.router,
             self.state.config.slow_client_timeout,
+            self.state.config.max_connections,
             grace,
         )
         .await;
@@ -190,6 +198,7 @@ impl Application {
         }
         deliverer.abort();
         let _ = deliverer.await;
+        pruner.abort();
         // The last audit events: every sender is gone once the state is dropped.
         let writer = self.state.audit_writer.lock().expect("poisoned").take();
         drop(self.state);
@@ -202,13 +211,19 @@ impl Application {
 
 /// Largest request head (request line and headers) accepted: 431 beyond.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Connections beyond the cap being answered at once; beyond that they are simply closed.
+const MAX_REFUSALS: usize = 64;
+
 /// Accepts connections until SIGINT or SIGTERM: HTTP/1.1 with a header-read timeout and a
 /// bounded header size, the peer address given to handlers, and a graceful shutdown within
-/// `grace`. Returns the end of the grace period.
+/// `grace` (returns the end of it). At most `max_connections` (0: no limit) are served at once;
+/// a connection beyond that is answered `503` at once and closed, rather than left waiting
+/// unseen in the accept queue.
 async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: std::time::Duration,
+    max_connections: usize,
     grace: std::time::Duration,
 ) -> tokio::time::Instant {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -217,6 +232,9 @@ async fn serve(
     use tower::ServiceExt;
 
     let graceful = GracefulShutdown::new();
+    let slots =
+        (max_connections > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max_connections)));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         let (stream, peer) = tokio::select! {
@@ -230,6 +248,22 @@ async fn serve(
                 }
             },
             _ = &mut shutdown => break,
+        };
+        let slot = match &slots {
+            None => None,
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    tracing::debug!("connection refused: max_connections reached");
+                    if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                        tokio::spawn(async move {
+                            api::limits::refuse_connection(stream).await;
+                            drop(refusal);
+                        });
+                    }
+                    continue;
+                }
+            },
         };
         let service = router.clone().map_request(
             move |mut request: axum::extract::Request<hyper::body::Incoming>| {
@@ -248,6 +282,7 @@ async fn serve(
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = connection.await;
+            drop(slot);
         });
     }
     drop(listener);

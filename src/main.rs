@@ -511,13 +511,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         _ => "-".into(),
                     };
                     let target = e.subject.clone().unwrap_or(connection);
+                    let outcome = if e.count == 1 {
+                        e.outcome.clone()
+                    } else {
+                        format!("{} x{}", e.outcome, e.count)
+                    };
                     println!(
                         "{:<11} {:<16} {:<20} {:<24} {:<24} {}",
                         e.at,
                         e.principal,
                         e.action,
                         target,
-                        e.outcome,
+                        outcome,
                         e.client_addr.as_deref().unwrap_or("-")
                     );
                 }
@@ -569,8 +574,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             text.push_str(&tokenbox::secrets::crypto::KeyRing::generate_key_line());
             text.push('\n');
             tokenbox::secrets::crypto::KeyRing::parse(&text)?;
-            std::fs::write(path, text)
-                .with_context(|| format!("cannot write the key file {}", path.display()))?;
+            tokenbox::secrets::crypto::replace_key_file(path, &text)?;
             eprintln!(
                 "added a key to {}; restart every server, then run `tokenbox keys rotate`",
                 path.display()

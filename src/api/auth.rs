@@ -30,6 +30,9 @@ pub struct Principal {
     /// What a scoped account may use; `None` is unrestricted.
     pub scope: Option<AccountScope>,
     pub expires_at: Option<i64>,
+    /// The account's generation: changes when an account is deleted and created again under
+    /// the same name, so JWTs issued to the earlier account stop working.
+    pub generation: String,
 }
 
 /// A new service-account token: 256 random bits, URL-safe base64, with a recognisable prefix.
@@ -41,6 +44,16 @@ pub fn generate_token() -> String {
 
 pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// The generation of an account, derived from its token hash: every creation draws a new
+/// random token (unique in the table), so a re-created account has a new generation. It is a
+/// one-way digest of a hash: it reveals nothing that helps find the token.
+pub fn account_generation(token_hash: &[u8; 32]) -> String {
+    let mut digest = Sha256::new();
+    digest.update(b"tokenbox/v1\0account-generation\0");
+    digest.update(token_hash);
+    URL_SAFE_NO_PAD.encode(&digest.finalize()[..12])
 }
 
 /// The known accounts: token hash and principal.
@@ -133,6 +146,7 @@ impl Authenticator {
                 (
                     a.token_hash,
                     Principal {
+                        generation: account_generation(&a.token_hash),
                         name: a.name,
                         role: a.role,
                         scope: a.scope,
@@ -202,15 +216,28 @@ impl Authenticator {
         } else {
             self.reload(ACCOUNTS_TTL).await?
         };
+        // The account must be the very one the token was issued to: an account deleted and
+        // created again under the same name (its client id) has another generation.
         Ok(accounts
             .iter()
             .find(|(_, p)| p.name == claims.sub)
+            .filter(|(_, account)| {
+                let same = claims
+                    .gen
+                    .as_deref()
+                    .is_some_and(|g| bool::from(g.as_bytes().ct_eq(account.generation.as_bytes())));
+                if !same {
+                    tracing::debug!("JWT refused: issued to an earlier account of that name");
+                }
+                same
+            })
             .map(|(_, account)| Principal {
                 name: claims.sub.clone(),
                 role: claims.role.min(account.role),
                 // The account's scope as it is now wins over the one in the token.
                 scope: account.scope.clone().or_else(|| claims.scope.clone()),
                 expires_at: Some(claims.exp),
+                generation: account.generation.clone(),
             }))
     }
 
@@ -297,16 +324,13 @@ pub async fn require_role(
         .into_response();
     }
     if let Some(scope) = &principal.scope {
-        // A scoped account may use the per-app routes of its apps and connector types only.
-        let mut segments = request.uri().path().split('/').skip(1);
-        let (app, connector_type) = (segments.next(), segments.next());
-        let per_app = request
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .is_some_and(|p| p.as_str().starts_with("/{app_id}/{connector_type}/"));
-        let verdict = match (per_app, app, connector_type) {
-            (true, Some(app), Some(ct)) => scope.allows(app, ct),
-            _ => Err("a scoped account may only call the per-app routes of its scope".into()),
+        // A scoped account may use the per-app routes of its apps and connector types only,
+        // judged on the decoded, validated path parameters the handler will use.
+        let (routed, key) = super::route_key(request).await;
+        request = routed;
+        let verdict = match key {
+            Some(key) => scope.allows(key.app_id.as_str(), key.connector_type.as_str()),
+            None => Err("a scoped account may only call the per-app routes of its scope".into()),
         };
         if let Err(reason) = verdict {
             return ApiError::Forbidden(format!(

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod openapi;
 pub mod pages;
 pub mod resources;
@@ -59,6 +60,26 @@ impl<S: Send + Sync> FromRequestParts<S> for SmallApp {
     }
 }
 
+/// The connection a per-app route names (`/{app_id}/{connector_type}/...`), decoded and validated
+/// exactly as the handler's `SmallApp` sees it; `None` on other routes or when invalid. The
+/// audit record, the access log and the scope check all read this one view, never the raw path
+/// (`/%61cme-1/...` is `acme-1` to the handler, so it must be `acme-1` to them too).
+pub async fn route_key(request: Request) -> (Request, Option<ConnectionKey>) {
+    let per_app = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str().starts_with("/{app_id}/{connector_type}/"));
+    if !per_app {
+        return (request, None);
+    }
+    let (mut parts, body) = request.into_parts();
+    let key = SmallApp::from_request_parts(&mut parts, &())
+        .await
+        .ok()
+        .map(|SmallApp(key)| key);
+    (Request::from_parts(parts, body), key)
+}
+
 /// A request body, read with JSON errors: 413 when too large, 408 when too slow.
 pub struct RequestBody(pub axum::body::Bytes);
 
@@ -75,7 +96,9 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for RequestBody {
                 }
                 let mut source: Option<&dyn std::error::Error> = Some(&rejection);
                 while let Some(error) = source {
-                    if error.is::<tower_http::timeout::TimeoutError>() {
+                    if error.is::<tower_http::timeout::TimeoutError>()
+                        || error.is::<limits::BodyDeadlineElapsed>()
+                    {
                         return ApiError::RequestTimeout;
                     }
                     source = error.source();
@@ -148,17 +171,9 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string());
-    let (app_id, connector_type) = match route.as_deref() {
-        Some(r) if r.starts_with("/{app_id}/{connector_type}/") => {
-            let mut segments = request.uri().path().split('/').skip(1);
-            let app = segments.next().filter(|s| AppId::parse(s).is_ok());
-            let ct = segments
-                .next()
-                .filter(|s| ConnectorTypeName::parse(s).is_ok());
-            (app.map(str::to_string), ct.map(str::to_string))
-        }
-        _ => (None, None),
-    };
+    let (request, path_key) = route_key(request).await;
+    let app_id = path_key.as_ref().map(|k| k.app_id.to_string());
+    let connector_type = path_key.as_ref().map(|k| k.connector_type.to_string());
     let client_addr = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -195,19 +210,13 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
         .map(|p| p.0.clone());
     if let Some(action) = route.as_deref().and_then(|r| audited_action(&method, r)) {
         let audit_outcome = if status < 400 { "ok" } else { outcome };
-        let key = match (&app_id, &connector_type) {
-            (Some(a), Some(c)) => Some(ConnectionKey::new(
-                AppId::parse(a).expect("validated"),
-                ConnectorTypeName::parse(c).expect("validated"),
-            )),
-            _ => response.extensions().get::<AuditKey>().map(|k| k.0.clone()),
-        };
+        let key = path_key.or_else(|| response.extensions().get::<AuditKey>().map(|k| k.0.clone()));
         let principal = principal
             .as_deref()
             .unwrap_or(if action == "connection.connect" {
                 "tenant"
             } else {
-                "anonymous"
+                crate::audit::ANONYMOUS
             });
         state.audit.record(crate::audit::event(
             principal,

@@ -193,6 +193,11 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyTimeoutLayer::new(
             state.config.slow_client_timeout,
         ))
+        // ... and a whole-body deadline, however steadily it trickles in.
+        .layer(middleware::from_fn({
+            let limit = state.config.body_timeout;
+            move |request, next| super::limits::body_deadline(limit, request, next)
+        }))
         .with_state(state)
         .merge(sandbox)
 }

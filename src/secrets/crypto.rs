@@ -229,6 +229,58 @@ pub fn jwt_key_aad(kid: &str) -> Vec<u8> {
 /// Associated data of the key check value stored in the database.
 pub const KEY_CHECK_AAD: &[u8] = b"tokenbox/v1\0meta\0key_check";
 
+/// Replaces the key file atomically: the new text goes to a temporary file in the same
+/// directory (mode 0600, created exclusively), which is flushed to disk and renamed over the old
+/// file, then the directory itself is flushed. A crash or a failed write at any moment leaves
+/// either the old file or the new one, never a truncated one.
+pub fn replace_key_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    replace_file_with(path, |file| file.write_all(text.as_bytes()))
+        .with_context(|| format!("cannot write the key file {}", path.display()))
+}
+
+fn replace_file_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the key file path has no file name"))?;
+    let mut suffix = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut suffix);
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".tmp-{}", hex(&suffix)));
+    let temp = dir.join(temp_name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temp)?;
+    let written = write(&mut file)
+        .and_then(|_| file.sync_all())
+        .and_then(|_| std::fs::rename(&temp, path));
+    drop(file);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    // The rename itself is durable only once the directory is flushed.
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         return Ok(());
@@ -305,6 +357,37 @@ mod tests {
         assert_eq!(ring.decrypt(b"short", b"aad"), Err(CryptoError::Malformed));
         assert!(KeyRing::parse("not base64!").is_err());
         assert!(KeyRing::parse("# only a comment").is_err());
+    }
+
+    #[test]
+    fn a_key_file_write_that_fails_midway_leaves_the_old_file_intact() {
+        let dir = std::env::temp_dir().join(format!("tokenbox-key-replace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("encryption.key");
+        std::fs::write(&path, "old keys\n").unwrap();
+        // The disk fills up (or the process dies) after half the new text was written.
+        let failed = replace_file_with(&path, |file| {
+            file.write_all(b"new ke")?;
+            Err(std::io::Error::other("injected: no space left on device"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old keys\n");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        // A write that succeeds replaces the whole file, readable by its owner only.
+        replace_key_file(&path, "old keys\nnew key\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "old keys\nnew key\n"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -327,6 +327,13 @@ pub trait SecretsStore: Send + Sync + 'static {
 
     /// Appends audit events (one transaction).
     async fn record_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Deletes audit events older than `before` and webhook deliveries delivered before
+    /// `webhooks_before` (`None`: keep them); returns how many rows went.
+    async fn prune(
+        &self,
+        audit_before: Option<i64>,
+        webhooks_before: Option<i64>,
+    ) -> Result<u64, StoreError>;
     /// Reads audit events, newest first.
     async fn read_audit(
         &self,
@@ -489,6 +496,15 @@ macro_rules! embedded_migrations {
                     "../../migrations/",
                     $backend,
                     "/0009_refresh_lease.sql"
+                )),
+            ),
+            (
+                11,
+                "audit_count",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0011_audit_count.sql"
                 )),
             ),
         ]

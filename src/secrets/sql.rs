@@ -123,10 +123,18 @@ pub(crate) const REWRITE_KEY_CHECK: &str =
     "UPDATE tokenbox_meta SET value = $1 WHERE key = 'key_check'";
 
 pub(crate) const INSERT_AUDIT_HEAD: &str = "INSERT INTO audit_events (at, principal, action, \
-     app_id, connector_type, outcome, client_addr, subject)";
+     app_id, connector_type, outcome, client_addr, subject, count)";
 pub(crate) const READ_AUDIT: &str = "SELECT at, principal, action, app_id, connector_type, \
-     outcome, client_addr, subject FROM audit_events WHERE at >= $1 AND ($2 = '' OR app_id = $2) \
+     outcome, client_addr, subject, count FROM audit_events WHERE at >= $1 AND ($2 = '' OR app_id = $2) \
      ORDER BY id DESC LIMIT $3";
+
+/// Retention deletes in batches, so that no statement holds its locks for long.
+pub(crate) const PRUNE_BATCH: u64 = 5000;
+pub(crate) const PRUNE_AUDIT: &str = "DELETE FROM audit_events WHERE id IN \
+     (SELECT id FROM audit_events WHERE at < $1 LIMIT 5000)";
+pub(crate) const PRUNE_WEBHOOKS: &str = "DELETE FROM webhook_deliveries WHERE id IN \
+     (SELECT id FROM webhook_deliveries WHERE delivered_at IS NOT NULL AND delivered_at < $1 \
+     LIMIT 5000)";
 
 pub(crate) const LIST_JWT_KEYS: &str = "SELECT kid, private_key, public_key, created_at, \
      retire_at FROM jwt_keys ORDER BY created_at, kid";
@@ -860,9 +868,9 @@ macro_rules! sql_store {
                 for chunk in events.chunks(500) {
                     let placeholders: Vec<String> = (0..chunk.len())
                         .map(|i| {
-                            let b = i * 8;
+                            let b = i * 9;
                             format!(
-                                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
                                 b + 1,
                                 b + 2,
                                 b + 3,
@@ -870,7 +878,8 @@ macro_rules! sql_store {
                                 b + 5,
                                 b + 6,
                                 b + 7,
-                                b + 8
+                                b + 8,
+                                b + 9
                             )
                         })
                         .collect();
@@ -889,12 +898,39 @@ macro_rules! sql_store {
                             .bind(e.connector_type.as_deref())
                             .bind(&e.outcome)
                             .bind(e.client_addr.as_deref())
-                            .bind(e.subject.as_deref());
+                            .bind(e.subject.as_deref())
+                            .bind(e.count);
                     }
                     query.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn prune(
+                &self,
+                audit_before: Option<i64>,
+                webhooks_before: Option<i64>,
+            ) -> Result<u64, $crate::secrets::StoreError> {
+                let mut pruned = 0;
+                for (statement, before) in [
+                    (sql::PRUNE_AUDIT, audit_before),
+                    (sql::PRUNE_WEBHOOKS, webhooks_before),
+                ] {
+                    let Some(before) = before else { continue };
+                    loop {
+                        let deleted = sqlx::query(statement)
+                            .bind(before)
+                            .execute(&self.pool)
+                            .await?
+                            .rows_affected();
+                        pruned += deleted;
+                        if deleted < sql::PRUNE_BATCH {
+                            break;
+                        }
+                    }
+                }
+                Ok(pruned)
             }
 
             async fn read_audit(
@@ -921,6 +957,7 @@ macro_rules! sql_store {
                             outcome: r.try_get("outcome")?,
                             client_addr: r.try_get("client_addr")?,
                             subject: r.try_get("subject")?,
+                            count: r.try_get("count")?,
                         })
                     })
                     .collect()

@@ -12,6 +12,7 @@ mod clients;
 mod demo;
 mod e2e;
 mod faults;
+mod hardening;
 mod helpers;
 mod listing;
 mod outage;
@@ -77,6 +78,12 @@ conformance! {
     }
     clients {
         a_service_account_obtains_a_jwt_and_uses_it_on_the_token_routes,
+    }
+    hardening {
+        a_stolen_jwt_stays_dead_when_its_account_is_recreated_under_the_same_name,
+        percent_encoded_paths_are_audited_and_scoped_like_plain_ones,
+        anonymous_refusals_are_aggregated_in_the_audit_trail,
+        old_audit_events_and_delivered_webhooks_are_pruned,
     }
     listing {
         the_listing_filters_pages_without_gaps_and_shows_no_secret,

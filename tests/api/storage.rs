@@ -233,6 +233,13 @@ pub async fn keys_rotate_under_load_then_the_old_key_can_be_removed(backend: Bac
     assert_eq!(code, 0, "{stderr}");
     let keys = key_lines(&key_file);
     assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], old_key[0], "keys add keeps the old key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the rewritten key file stays private");
+    }
     app.restart();
 
     // 50 clients read tokens while the rotation runs.

@@ -133,6 +133,7 @@ pub async fn token(
             principal.role,
             principal.scope.clone(),
             principal.expires_at,
+            &principal.generation,
         )
         .await
     {
