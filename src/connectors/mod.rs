@@ -1,5 +1,6 @@
 //! The connector catalog (data compiled into the binary) and the per-type OAuth settings.
 
+mod netguard;
 mod provider;
 
 use std::collections::BTreeMap;
@@ -11,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{ConnectorTypeName, Metadata};
 use crate::secret::Secret;
 
-pub use provider::{Provider, RefreshError};
+pub use netguard::{address_allowed, is_dns_hostname, PublicOnlyResolver};
+pub use provider::{Provider, RefreshError, MAX_PROVIDER_BODY};
 
 const CATALOG: &str = include_str!("catalog.toml");
 
@@ -57,7 +59,17 @@ impl PlaceholderPattern {
         };
         match self {
             Self::DnsLabel | Self::DnsLabelOrUuid => label(value),
-            Self::Hostname => value.len() <= 253 && value.split('.').all(label),
+            // A DNS host name, never an IP address in any form (see `netguard`).
+            Self::Hostname => netguard::is_dns_hostname(value),
+        }
+    }
+
+    /// What a value must look like, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::DnsLabel => "DNS label (letters, digits, '-')",
+            Self::Hostname => "DNS host name (lowercase labels of letters, digits and '-', at least one dot, a top-level label starting with a letter; never an IP address)",
+            Self::DnsLabelOrUuid => "DNS label or UUID",
         }
     }
 }
@@ -99,6 +111,9 @@ pub struct ConnectorTypeSpec {
     pub expires: Option<bool>,
     pub default_expires_in: Option<i64>,
     pub placeholders: Option<BTreeMap<String, PlaceholderSpec>>,
+    /// Per placeholder, the host names its values may take: `*.example.com` (any name under
+    /// it), `example.com` (that name) or `*` (any).
+    pub placeholder_suffixes: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// A resolved connector type: catalog entry and configuration merged.
@@ -130,6 +145,9 @@ pub struct ConnectorType {
     pub expires: bool,
     pub default_expires_in: Option<i64>,
     pub placeholders: BTreeMap<String, PlaceholderSpec>,
+    /// Per placeholder, the allowed host names (`*.example.com`, `example.com`, `*`); a
+    /// placeholder without an entry takes any value its pattern accepts.
+    pub placeholder_suffixes: BTreeMap<String, Vec<String>>,
 }
 
 impl ConnectorType {
@@ -159,14 +177,59 @@ impl ConnectorType {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .or_else(|| spec.default.clone())
                 .ok_or_else(|| format!("the connection has no value for {{{name}}}"))?;
-            if !spec.pattern.accepts(&value) {
-                return Err(format!("the value of {{{name}}} is not a valid {name}"));
-            }
+            self.check_placeholder(name, &value)?;
             out.push_str(&value);
             rest = &rest[end + 1..];
         }
         out.push_str(rest);
+        // Whatever the patterns, a host built from a placeholder is a name, never an address.
+        if host_has_placeholder(template) {
+            let host = oauth2::url::Url::parse(&out)
+                .ok()
+                .and_then(|u| u.host().map(|h| h.to_owned()));
+            if !matches!(host, Some(oauth2::url::Host::Domain(_))) {
+                return Err("the URL built from this connection's values has no valid host name".into());
+            }
+        }
         Ok(out)
+    }
+
+    /// Checks one placeholder value: declared, accepted by its pattern, and matching the
+    /// placeholder's allow-list when it has one. The message never repeats the value.
+    pub fn check_placeholder(&self, name: &str, value: &str) -> Result<(), String> {
+        let spec = self
+            .placeholders
+            .get(name)
+            .ok_or_else(|| format!("undeclared placeholder {{{name}}}"))?;
+        if !spec.pattern.accepts(value) {
+            return Err(format!(
+                "the value of {{{name}}} is not valid: it must be a {}",
+                spec.pattern.describe()
+            ));
+        }
+        if let Some(allowed) = self.placeholder_suffixes.get(name) {
+            if !allowed.iter().any(|p| netguard::suffix_matches(p, value)) {
+                return Err(format!(
+                    "the value of {{{name}}} is not allowed for connector type '{}': it must match one of its placeholder_suffixes ({})",
+                    self.name,
+                    allowed.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the placeholder values a connection's metadata carries (import, signup): each
+    /// one must be a string that `check_placeholder` accepts.
+    pub fn check_metadata(&self, metadata: &Metadata) -> Result<(), String> {
+        for name in self.placeholders.keys() {
+            match metadata.get(name) {
+                None => {}
+                Some(serde_json::Value::String(value)) => self.check_placeholder(name, value)?,
+                Some(_) => return Err(format!("metadata '{name}' must be a string")),
+            }
+        }
+        Ok(())
     }
 
     fn resolve(
@@ -240,7 +303,9 @@ impl ConnectorType {
             expires: pick!(expires).unwrap_or(true),
             default_expires_in: pick!(default_expires_in),
             placeholders: pick!(placeholders).unwrap_or_default(),
+            placeholder_suffixes: pick!(placeholder_suffixes).unwrap_or_default(),
         };
+        ct.check_placeholder_suffixes()?;
         for url in [
             Some(&ct.authorization_url),
             Some(&ct.token_url),
@@ -252,6 +317,35 @@ impl ConnectorType {
             ct.check_url_template(url)?;
         }
         Ok(ct)
+    }
+
+    /// The allow-lists name declared placeholders, hold well-formed entries, and admit the
+    /// placeholders' defaults.
+    fn check_placeholder_suffixes(&self) -> anyhow::Result<()> {
+        let name = &self.name;
+        for (placeholder, allowed) in &self.placeholder_suffixes {
+            let Some(spec) = self.placeholders.get(placeholder) else {
+                bail!("connector type '{name}': placeholder_suffixes names {{{placeholder}}}, which is not declared under placeholders");
+            };
+            if allowed.is_empty() {
+                bail!("connector type '{name}': placeholder_suffixes.{placeholder} is empty (use [\"*\"] to allow any host name)");
+            }
+            for entry in allowed {
+                let base = entry.strip_prefix("*.").unwrap_or(entry);
+                let well_formed = entry == "*"
+                    || netguard::is_dns_hostname(base)
+                    || (entry.starts_with("*.") && netguard::is_dns_label(base));
+                if !well_formed {
+                    bail!("connector type '{name}': placeholder_suffixes.{placeholder}: '{entry}' is not a host name, '*.' followed by one, or '*'");
+                }
+            }
+            if let Some(default) = &spec.default {
+                if !allowed.iter().any(|p| netguard::suffix_matches(p, default)) {
+                    bail!("connector type '{name}': the default of {{{placeholder}}} ({default}) does not match its placeholder_suffixes");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_url_template(&self, url: &str) -> anyhow::Result<()> {
@@ -272,6 +366,12 @@ impl ConnectorType {
         }
         Ok(())
     }
+}
+
+/// Whether the authority (host) part of a URL template holds a placeholder.
+fn host_has_placeholder(template: &str) -> bool {
+    let rest = template.split_once("://").map_or(template, |(_, r)| r);
+    rest.split(['/', '?', '#']).next().unwrap_or_default().contains('{')
 }
 
 /// All connector types known to this deployment.
@@ -570,7 +670,7 @@ mod tests {
             })
             .collect();
         let catalog = Catalog::build_with_env(&configured, &no_env, true).unwrap();
-        let provider = Provider::new(std::time::Duration::from_secs(1)).unwrap();
+        let provider = Provider::new(std::time::Duration::from_secs(1), false).unwrap();
         let mut values = Metadata::new();
         for (k, v) in [("subdomain", "acme"), ("shop", "acme-shop")] {
             values.insert(k.into(), v.into());
