@@ -654,6 +654,76 @@ mod tests {
     }
 
     #[test]
+    fn placeholder_suffixes_are_checked_when_built_and_at_use() {
+        let build = |extra: &str| {
+            let configured: BTreeMap<String, ConnectorTypeSpec> =
+                toml::from_str(&format!("[gitlab]\n{extra}")).unwrap();
+            Catalog::build_with_env(&configured, &no_env, false)
+        };
+        let catalog =
+            build("placeholder_suffixes = { host = [\"*.gitlab.example.com\", \"gitlab.com\"] }")
+                .unwrap();
+        let gitlab = catalog
+            .get(&ConnectorTypeName::parse("gitlab").unwrap())
+            .unwrap();
+        let mut values = Metadata::new();
+        for (host, ok) in [
+            ("git.gitlab.example.com", true),
+            ("gitlab.com", true),
+            ("gitlab.example.com", false),
+            ("evil.com", false),
+            ("git.gitlab.example.com.evil.com", false),
+        ] {
+            values.insert("host".into(), host.into());
+            assert_eq!(
+                gitlab.expand_url(&gitlab.token_url, &values).is_ok(),
+                ok,
+                "{host}"
+            );
+            assert_eq!(gitlab.check_metadata(&values).is_ok(), ok, "{host}");
+        }
+        // The default must be allowed, entries well-formed, placeholders declared.
+        for bad in [
+            "placeholder_suffixes = { host = [\"*.gitlab.example.com\"] }",
+            "placeholder_suffixes = { host = [] }",
+            "placeholder_suffixes = { host = [\"gitlab.com\", \"10.0.0.0/8\"] }",
+            "placeholder_suffixes = { host = [\"gitlab.com\", \"*gitlab.com\"] }",
+            "placeholder_suffixes = { hots = [\"gitlab.com\"] }",
+        ] {
+            assert!(build(bad).is_err(), "{bad}");
+        }
+        assert!(build("placeholder_suffixes = { host = [\"*\"] }").is_ok());
+        // The catalog's own lists admit its defaults and the usual hosts.
+        let catalog = Catalog::build_with_env(&BTreeMap::new(), &no_env, false).unwrap();
+        let salesforce = catalog
+            .get(&ConnectorTypeName::parse("salesforce").unwrap())
+            .unwrap();
+        values.insert("host".into(), "acme.my.salesforce.com".into());
+        assert!(salesforce.expand_url(&salesforce.token_url, &values).is_ok());
+        values.insert("host".into(), "gitlab.example.com".into());
+        assert!(salesforce.expand_url(&salesforce.token_url, &values).is_err());
+    }
+
+    #[test]
+    fn a_label_placeholder_that_makes_the_whole_host_cannot_be_an_address() {
+        let configured: BTreeMap<String, ConnectorTypeSpec> = toml::from_str(
+            "[custom]\nauthorization_url = \"https://{sub}/a\"\ntoken_url = \"https://{sub}/t\"\nplaceholders = { sub = { pattern = \"dns_label\" } }\n",
+        )
+        .unwrap();
+        let catalog = Catalog::build_with_env(&configured, &no_env, false).unwrap();
+        let custom = catalog
+            .get(&ConnectorTypeName::parse("custom").unwrap())
+            .unwrap();
+        let mut values = Metadata::new();
+        for evil in ["2130706433", "0x7f000001", "017700000001"] {
+            values.insert("sub".into(), evil.into());
+            assert!(custom.expand_url(&custom.token_url, &values).is_err(), "{evil}");
+        }
+        values.insert("sub".into(), "intranet".into());
+        assert!(custom.expand_url(&custom.token_url, &values).is_ok());
+    }
+
+    #[test]
     fn every_catalog_entry_builds_a_valid_authorization_url() {
         let names: Vec<String> = builtin_specs().unwrap().keys().cloned().collect();
         let configured: BTreeMap<String, ConnectorTypeSpec> = names
