@@ -114,6 +114,9 @@ pub struct ConnectorTypeSpec {
     /// Per placeholder, the host names its values may take: `*.example.com` (any name under
     /// it), `example.com` (that name) or `*` (any).
     pub placeholder_suffixes: Option<BTreeMap<String, Vec<String>>>,
+    /// The provider lives in the operator's private network: its hosts may resolve to private
+    /// addresses (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
+    pub private_network: Option<bool>,
 }
 
 /// A resolved connector type: catalog entry and configuration merged.
@@ -148,6 +151,9 @@ pub struct ConnectorType {
     /// Per placeholder, the allowed host names (`*.example.com`, `example.com`, `*`); a
     /// placeholder without an entry takes any value its pattern accepts.
     pub placeholder_suffixes: BTreeMap<String, Vec<String>>,
+    /// Whether provider requests may reach private networks (never link-local or reserved
+    /// ranges; loopback only with `allow_insecure_loopback`).
+    pub private_network: bool,
 }
 
 impl ConnectorType {
@@ -304,6 +310,7 @@ impl ConnectorType {
             default_expires_in: pick!(default_expires_in),
             placeholders: pick!(placeholders).unwrap_or_default(),
             placeholder_suffixes: pick!(placeholder_suffixes).unwrap_or_default(),
+            private_network: pick!(private_network).unwrap_or(false),
         };
         ct.check_placeholder_suffixes()?;
         for url in [
@@ -342,6 +349,31 @@ impl ConnectorType {
             if let Some(default) = &spec.default {
                 if !allowed.iter().any(|p| netguard::suffix_matches(p, default)) {
                     bail!("connector type '{name}': the default of {{{placeholder}}} ({default}) does not match its placeholder_suffixes");
+                }
+            }
+        }
+        // Inside a private network, a host chosen per connection must be held to a list:
+        // otherwise a link could aim the token request at any internal service.
+        if self.private_network {
+            for url in [
+                Some(&self.authorization_url),
+                Some(&self.token_url),
+                self.revocation_url.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let mut host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                while let Some(start) = host.find('{') {
+                    let end = host[start..].find('}').map_or(host.len(), |e| e + start);
+                    let placeholder = &host[start + 1..end];
+                    if !self.placeholder_suffixes.contains_key(placeholder)
+                        || self.placeholder_suffixes[placeholder].iter().any(|p| p == "*")
+                    {
+                        bail!("connector type '{name}' is a private_network one: {{{placeholder}}} in its host needs placeholder_suffixes (not \"*\")");
+                    }
+                    host = &host[(end + 1).min(host.len())..];
                 }
             }
         }
@@ -702,6 +734,30 @@ mod tests {
         assert!(salesforce.expand_url(&salesforce.token_url, &values).is_ok());
         values.insert("host".into(), "gitlab.example.com".into());
         assert!(salesforce.expand_url(&salesforce.token_url, &values).is_err());
+    }
+
+    #[test]
+    fn a_private_network_type_needs_an_allow_list_for_a_per_connection_host() {
+        let build = |extra: &str| {
+            let configured: BTreeMap<String, ConnectorTypeSpec> =
+                toml::from_str(&format!("[gitlab]\nprivate_network = true\n{extra}")).unwrap();
+            Catalog::build_with_env(&configured, &no_env, false)
+        };
+        assert!(build("").is_err());
+        assert!(build("placeholder_suffixes = { host = [\"*\"] }").is_err());
+        let catalog =
+            build("placeholder_suffixes = { host = [\"gitlab.com\", \"*.corp.example\"] }")
+                .unwrap();
+        let gitlab = catalog
+            .get(&ConnectorTypeName::parse("gitlab").unwrap())
+            .unwrap();
+        assert!(gitlab.private_network);
+        // A fixed internal host needs no list.
+        let configured: BTreeMap<String, ConnectorTypeSpec> = toml::from_str(
+            "[sso]\nprivate_network = true\nauthorization_url = \"https://sso.corp.example/a\"\ntoken_url = \"https://sso.corp.example/t\"\n",
+        )
+        .unwrap();
+        assert!(Catalog::build_with_env(&configured, &no_env, false).is_ok());
     }
 
     #[test]

@@ -52,12 +52,37 @@ pub fn suffix_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-/// Whether tokenbox may send a provider request to this address: public unicast only.
-/// Loopback is allowed with `allow_insecure_loopback` (tests, local development).
-pub fn address_allowed(ip: IpAddr, allow_loopback: bool) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4_allowed(v4, allow_loopback),
-        IpAddr::V6(v6) => v6_allowed(v6, allow_loopback),
+/// Which addresses provider requests may reach besides public unicast ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddressPolicy {
+    /// Loopback (127/8, ::1): `allow_insecure_loopback` (tests, local development).
+    pub loopback: bool,
+    /// Private networks (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7): connector types
+    /// marked `private_network` (a provider inside the operator's network).
+    pub private: bool,
+}
+
+/// What kind of address an IP is, for the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Public,
+    Loopback,
+    Private,
+    /// Link-local, unspecified, multicast, documentation, ...: never reached.
+    Reserved,
+}
+
+/// Whether tokenbox may send a provider request to this address under `policy`.
+pub fn address_allowed(ip: IpAddr, policy: AddressPolicy) -> bool {
+    let class = match ip {
+        IpAddr::V4(v4) => v4_class(v4),
+        IpAddr::V6(v6) => v6_class(v6),
+    };
+    match class {
+        Class::Public => true,
+        Class::Loopback => policy.loopback,
+        Class::Private => policy.private,
+        Class::Reserved => false,
     }
 }
 
@@ -66,27 +91,35 @@ fn in_v4(ip: Ipv4Addr, net: [u8; 4], len: u32) -> bool {
     u32::from(ip) & mask == u32::from(Ipv4Addr::from(net)) & mask
 }
 
-fn v4_allowed(ip: Ipv4Addr, allow_loopback: bool) -> bool {
+fn v4_class(ip: Ipv4Addr) -> Class {
     if ip.is_loopback() {
-        return allow_loopback;
+        return Class::Loopback;
     }
-    const DENIED: &[([u8; 4], u32)] = &[
+    const PRIVATE: &[([u8; 4], u32)] = &[
+        ([10, 0, 0, 0], 8),     // private
+        ([100, 64, 0, 0], 10),  // carrier-grade NAT
+        ([172, 16, 0, 0], 12),  // private
+        ([192, 168, 0, 0], 16), // private
+    ];
+    const RESERVED: &[([u8; 4], u32)] = &[
         ([0, 0, 0, 0], 8),       // "this network", unspecified
-        ([10, 0, 0, 0], 8),      // private
-        ([100, 64, 0, 0], 10),   // carrier-grade NAT
         ([169, 254, 0, 0], 16),  // link-local (cloud metadata endpoints)
-        ([172, 16, 0, 0], 12),   // private
         ([192, 0, 0, 0], 24),    // IETF protocol assignments
         ([192, 0, 2, 0], 24),    // documentation
         ([192, 88, 99, 0], 24),  // 6to4 relay anycast
-        ([192, 168, 0, 0], 16),  // private
         ([198, 18, 0, 0], 15),   // benchmarking
         ([198, 51, 100, 0], 24), // documentation
         ([203, 0, 113, 0], 24),  // documentation
         ([224, 0, 0, 0], 4),     // multicast
         ([240, 0, 0, 0], 4),     // reserved, broadcast
     ];
-    !DENIED.iter().any(|(net, len)| in_v4(ip, *net, *len))
+    if PRIVATE.iter().any(|(net, len)| in_v4(ip, *net, *len)) {
+        Class::Private
+    } else if RESERVED.iter().any(|(net, len)| in_v4(ip, *net, *len)) {
+        Class::Reserved
+    } else {
+        Class::Public
+    }
 }
 
 fn in_v6(ip: Ipv6Addr, net: u128, len: u32) -> bool {
@@ -94,21 +127,28 @@ fn in_v6(ip: Ipv6Addr, net: u128, len: u32) -> bool {
     u128::from(ip) & mask == net & mask
 }
 
-fn v6_allowed(ip: Ipv6Addr, allow_loopback: bool) -> bool {
+fn v6_class(ip: Ipv6Addr) -> Class {
     if ip.is_loopback() {
-        return allow_loopback;
+        return Class::Loopback;
     }
     let bits = u128::from(ip);
     // Addresses that carry an IPv4 address are judged by it: IPv4-mapped (::ffff:0:0/96) and
     // NAT64 (64:ff9b::/96).
     if in_v6(ip, 0xffff_0000_0000, 96) || in_v6(ip, 0x0064_ff9b << 96, 96) {
-        return v4_allowed(Ipv4Addr::from(bits as u32), allow_loopback);
+        return v4_class(Ipv4Addr::from(bits as u32));
     }
-    // 6to4 (2002::/16) embeds an IPv4 address in its next 32 bits.
+    // 6to4 (2002::/16) embeds an IPv4 address in its next 32 bits; a non-public one is never
+    // reached through it.
     if in_v6(ip, 0x2002 << 112, 16) {
-        return v4_allowed(Ipv4Addr::from((bits >> 80) as u32), false);
+        return match v4_class(Ipv4Addr::from((bits >> 80) as u32)) {
+            Class::Public => Class::Public,
+            _ => Class::Reserved,
+        };
     }
-    const DENIED: &[(u128, u32)] = &[
+    if in_v6(ip, 0xfc00 << 112, 7) {
+        return Class::Private; // unique local
+    }
+    const RESERVED: &[(u128, u32)] = &[
         (0, 96),                              // unspecified, IPv4-compatible (deprecated)
         (0x0064_ff9b_0001 << 80, 48),         // NAT64 local use
         (0x0100 << 112, 64),                  // discard-only
@@ -117,12 +157,15 @@ fn v6_allowed(ip: Ipv6Addr, allow_loopback: bool) -> bool {
         (0x2001_0010 << 96, 28),              // ORCHID
         (0x2001_0db8 << 96, 32),              // documentation
         (0x3fff << 112, 20),                  // documentation (RFC 9637)
-        (0xfc00 << 112, 7),                   // unique local
         (0xfe80 << 112, 10),                  // link-local
         (0xfec0 << 112, 10),                  // site-local (deprecated)
         (0xff00 << 112, 8),                   // multicast
     ];
-    !DENIED.iter().any(|(net, len)| in_v6(ip, *net, *len))
+    if RESERVED.iter().any(|(net, len)| in_v6(ip, *net, *len)) {
+        Class::Reserved
+    } else {
+        Class::Public
+    }
 }
 
 /// The error of a refused resolution; found again in the error chain to classify the failure.
@@ -131,10 +174,11 @@ fn v6_allowed(ip: Ipv6Addr, allow_loopback: bool) -> bool {
 pub struct BlockedAddress;
 
 /// A DNS resolver for the provider client that refuses a name when any of its addresses is not
-/// public: the check happens at every new connection, after the name was validated.
+/// allowed by its policy: the check happens at every new connection, after the name was
+/// validated.
 #[derive(Clone, Copy, Debug)]
 pub struct PublicOnlyResolver {
-    pub allow_loopback: bool,
+    pub policy: AddressPolicy,
 }
 
 impl PublicOnlyResolver {
@@ -148,7 +192,7 @@ impl PublicOnlyResolver {
         }
         if addrs
             .iter()
-            .any(|a| !address_allowed(a.ip(), self.allow_loopback))
+            .any(|a| !address_allowed(a.ip(), self.policy))
         {
             return Err(Box::new(BlockedAddress));
         }
@@ -283,7 +327,7 @@ mod tests {
             "2001::1",
         ] {
             let ip: IpAddr = denied.parse().unwrap();
-            assert!(!address_allowed(ip, false), "{denied}");
+            assert!(!address_allowed(ip, AddressPolicy::default()), "{denied}");
         }
         for allowed in [
             "1.1.1.1",
@@ -296,21 +340,39 @@ mod tests {
             "2002:808:808::1",
         ] {
             let ip: IpAddr = allowed.parse().unwrap();
-            assert!(address_allowed(ip, false), "{allowed}");
+            assert!(address_allowed(ip, AddressPolicy::default()), "{allowed}");
         }
-        // Loopback only with allow_insecure_loopback; private ranges never.
+        // Loopback only with allow_insecure_loopback; private ranges only for private_network
+        // connector types; link-local and the other reserved ranges never.
+        let loopback = AddressPolicy {
+            loopback: true,
+            private: false,
+        };
+        let private = AddressPolicy {
+            loopback: false,
+            private: true,
+        };
         for ip in ["127.0.0.1", "127.8.9.1", "::1", "::ffff:127.0.0.1"] {
-            assert!(address_allowed(ip.parse().unwrap(), true), "{ip}");
+            assert!(address_allowed(ip.parse().unwrap(), loopback), "{ip}");
+            assert!(!address_allowed(ip.parse().unwrap(), private), "{ip}");
         }
-        for ip in ["10.0.0.1", "169.254.169.254", "fd00::1"] {
-            assert!(!address_allowed(ip.parse().unwrap(), true), "{ip}");
+        for ip in ["10.0.0.1", "172.16.0.1", "192.168.1.1", "100.64.0.1", "fd00::1", "::ffff:10.1.2.3"] {
+            assert!(!address_allowed(ip.parse().unwrap(), loopback), "{ip}");
+            assert!(address_allowed(ip.parse().unwrap(), private), "{ip}");
+        }
+        let both = AddressPolicy {
+            loopback: true,
+            private: true,
+        };
+        for ip in ["169.254.169.254", "fe80::1", "0.0.0.0", "::", "224.0.0.1", "2002:a00:1::1"] {
+            assert!(!address_allowed(ip.parse().unwrap(), both), "{ip}");
         }
     }
 
     #[test]
     fn the_resolver_refuses_a_name_with_any_private_answer() {
         let strict = PublicOnlyResolver {
-            allow_loopback: false,
+            policy: AddressPolicy::default(),
         };
         let addr = |s: &str| -> SocketAddr { format!("{s}:0").parse().unwrap() };
         let error = strict
@@ -329,7 +391,10 @@ mod tests {
             vec![addr("8.8.8.8")]
         );
         let loopback_ok = PublicOnlyResolver {
-            allow_loopback: true,
+            policy: AddressPolicy {
+                loopback: true,
+                private: false,
+            },
         };
         assert!(loopback_ok.filter(vec![addr("127.0.0.1")]).is_ok());
         assert!(loopback_ok.filter(vec![addr("169.254.169.254")]).is_err());
@@ -340,7 +405,7 @@ mod tests {
         use reqwest::dns::Resolve;
         let name = |s: &str| -> reqwest::dns::Name { s.parse().unwrap() };
         let strict = PublicOnlyResolver {
-            allow_loopback: false,
+            policy: AddressPolicy::default(),
         };
         let error = match strict.resolve(name("localhost")).await {
             Ok(_) => panic!("localhost resolved"),
@@ -348,7 +413,10 @@ mod tests {
         };
         assert!(is_blocked(error.as_ref()), "{error}");
         let lenient = PublicOnlyResolver {
-            allow_loopback: true,
+            policy: AddressPolicy {
+                loopback: true,
+                private: false,
+            },
         };
         let addrs: Vec<SocketAddr> = match lenient.resolve(name("localhost")).await {
             Ok(addrs) => addrs.collect(),

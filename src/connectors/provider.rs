@@ -16,7 +16,7 @@ use oauth2::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::netguard::{self, PublicOnlyResolver};
+use super::netguard::{self, AddressPolicy, PublicOnlyResolver};
 use super::{ClientAuth, ConnectorType, RequestBody};
 use crate::domain::{now_epoch, Metadata, TokenSet};
 use crate::secret::Secret;
@@ -187,31 +187,42 @@ type OAuthClient = oauth2::Client<
 /// The HTTP side of every provider call. One per process; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Provider {
+    /// Reaches public addresses only (and loopback with `allow_insecure_loopback`).
     http: reqwest::Client,
+    /// Also reaches private networks: for connector types marked `private_network`.
+    http_private: reqwest::Client,
     timeout: Duration,
     allow_loopback: bool,
 }
 
 impl Provider {
     /// `allow_insecure_loopback` lets requests reach loopback addresses (tests, local
-    /// development); private, link-local and other non-public addresses are never reached.
+    /// development); private networks are reached only for connector types marked
+    /// `private_network`; link-local and other reserved addresses never.
     pub fn new(timeout: Duration, allow_insecure_loopback: bool) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            // A token endpoint that redirects is refused: following it could send our client
-            // secret or a refresh token to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            // Every name is resolved by a resolver that refuses non-public addresses, at each
-            // new connection. A proxy would resolve names itself and bypass that check.
-            .dns_resolver(std::sync::Arc::new(PublicOnlyResolver {
-                allow_loopback: allow_insecure_loopback,
-            }))
-            .no_proxy()
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .timeout(timeout)
-            .user_agent(concat!("tokenbox/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = |private: bool| {
+            reqwest::Client::builder()
+                // A token endpoint that redirects is refused: following it could send our
+                // client secret or a refresh token to another host.
+                .redirect(reqwest::redirect::Policy::none())
+                // Every name is resolved by a resolver that refuses addresses its policy does
+                // not allow, at each new connection. A proxy would resolve names itself and
+                // bypass that check, so none is used.
+                .dns_resolver(std::sync::Arc::new(PublicOnlyResolver {
+                    policy: AddressPolicy {
+                        loopback: allow_insecure_loopback,
+                        private,
+                    },
+                }))
+                .no_proxy()
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .timeout(timeout)
+                .user_agent(concat!("tokenbox/", env!("CARGO_PKG_VERSION")))
+                .build()
+        };
         Ok(Self {
-            http,
+            http: client(false)?,
+            http_private: client(true)?,
             timeout,
             allow_loopback: allow_insecure_loopback,
         })
@@ -465,10 +476,19 @@ impl Provider {
             Some(oauth2::url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
             _ => None,
         };
-        if literal.is_some_and(|ip| !netguard::address_allowed(ip, self.allow_loopback)) {
+        let policy = AddressPolicy {
+            loopback: self.allow_loopback,
+            private: ct.private_network,
+        };
+        if literal.is_some_and(|ip| !netguard::address_allowed(ip, policy)) {
             return Err(Fault::Blocked);
         }
-        let mut builder = self.http.request(parts.method, url).headers(parts.headers);
+        let http = if ct.private_network {
+            &self.http_private
+        } else {
+            &self.http
+        };
+        let mut builder = http.request(parts.method, url).headers(parts.headers);
         for (k, v) in &ct.token_headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
