@@ -138,8 +138,7 @@ fn connector(
 fn check_params(ct: &ConnectorType, params: &BTreeMap<String, String>) -> Result<(), SignupError> {
     for (name, value) in params {
         if !ct.placeholders.contains_key(name) {
-            return Err(
-SignupError::InvalidRequest(format!(
+            return Err(SignupError::InvalidRequest(format!(
                 "connector type '{}' takes no parameter '{name}'{}",
                 ct.name,
                 if ct.placeholders.is_empty() {

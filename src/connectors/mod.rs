@@ -194,7 +194,9 @@ impl ConnectorType {
                 .ok()
                 .and_then(|u| u.host().map(|h| h.to_owned()));
             if !matches!(host, Some(oauth2::url::Host::Domain(_))) {
-                return Err("the URL built from this connection's values has no valid host name".into());
+                return Err(
+                    "the URL built from this connection's values has no valid host name".into(),
+                );
             }
         }
         Ok(out)
@@ -369,7 +371,9 @@ impl ConnectorType {
                     let end = host[start..].find('}').map_or(host.len(), |e| e + start);
                     let placeholder = &host[start + 1..end];
                     if !self.placeholder_suffixes.contains_key(placeholder)
-                        || self.placeholder_suffixes[placeholder].iter().any(|p| p == "*")
+                        || self.placeholder_suffixes[placeholder]
+                            .iter()
+                            .any(|p| p == "*")
                     {
                         bail!("connector type '{name}' is a private_network one: {{{placeholder}}} in its host needs placeholder_suffixes (not \"*\")");
                     }
@@ -403,7 +407,10 @@ impl ConnectorType {
 /// Whether the authority (host) part of a URL template holds a placeholder.
 fn host_has_placeholder(template: &str) -> bool {
     let rest = template.split_once("://").map_or(template, |(_, r)| r);
-    rest.split(['/', '?', '#']).next().unwrap_or_default().contains('{')
+    rest.split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .contains('{')
 }
 
 /// All connector types known to this deployment.
@@ -731,9 +738,13 @@ mod tests {
             .get(&ConnectorTypeName::parse("salesforce").unwrap())
             .unwrap();
         values.insert("host".into(), "acme.my.salesforce.com".into());
-        assert!(salesforce.expand_url(&salesforce.token_url, &values).is_ok());
+        assert!(salesforce
+            .expand_url(&salesforce.token_url, &values)
+            .is_ok());
         values.insert("host".into(), "gitlab.example.com".into());
-        assert!(salesforce.expand_url(&salesforce.token_url, &values).is_err());
+        assert!(salesforce
+            .expand_url(&salesforce.token_url, &values)
+            .is_err());
     }
 
     #[test]
@@ -773,7 +784,10 @@ mod tests {
         let mut values = Metadata::new();
         for evil in ["2130706433", "0x7f000001", "017700000001"] {
             values.insert("sub".into(), evil.into());
-            assert!(custom.expand_url(&custom.token_url, &values).is_err(), "{evil}");
+            assert!(
+                custom.expand_url(&custom.token_url, &values).is_err(),
+                "{evil}"
+            );
         }
         values.insert("sub".into(), "intranet".into());
         assert!(custom.expand_url(&custom.token_url, &values).is_ok());

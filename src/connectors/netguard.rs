@@ -123,7 +123,11 @@ fn v4_class(ip: Ipv4Addr) -> Class {
 }
 
 fn in_v6(ip: Ipv6Addr, net: u128, len: u32) -> bool {
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
     u128::from(ip) & mask == net & mask
 }
 
@@ -149,17 +153,17 @@ fn v6_class(ip: Ipv6Addr) -> Class {
         return Class::Private; // unique local
     }
     const RESERVED: &[(u128, u32)] = &[
-        (0, 96),                              // unspecified, IPv4-compatible (deprecated)
-        (0x0064_ff9b_0001 << 80, 48),         // NAT64 local use
-        (0x0100 << 112, 64),                  // discard-only
-        (0x2001_0000 << 96, 32),              // Teredo
-        (0x2001_0002 << 96, 48),              // benchmarking
-        (0x2001_0010 << 96, 28),              // ORCHID
-        (0x2001_0db8 << 96, 32),              // documentation
-        (0x3fff << 112, 20),                  // documentation (RFC 9637)
-        (0xfe80 << 112, 10),                  // link-local
-        (0xfec0 << 112, 10),                  // site-local (deprecated)
-        (0xff00 << 112, 8),                   // multicast
+        (0, 96),                      // unspecified, IPv4-compatible (deprecated)
+        (0x0064_ff9b_0001 << 80, 48), // NAT64 local use
+        (0x0100 << 112, 64),          // discard-only
+        (0x2001_0000 << 96, 32),      // Teredo
+        (0x2001_0002 << 96, 48),      // benchmarking
+        (0x2001_0010 << 96, 28),      // ORCHID
+        (0x2001_0db8 << 96, 32),      // documentation
+        (0x3fff << 112, 20),          // documentation (RFC 9637)
+        (0xfe80 << 112, 10),          // link-local
+        (0xfec0 << 112, 10),          // site-local (deprecated)
+        (0xff00 << 112, 8),           // multicast
     ];
     if RESERVED.iter().any(|(net, len)| in_v6(ip, *net, *len)) {
         Class::Reserved
@@ -190,10 +194,7 @@ impl PublicOnlyResolver {
         if addrs.is_empty() {
             return Err("the provider's host name has no address".into());
         }
-        if addrs
-            .iter()
-            .any(|a| !address_allowed(a.ip(), self.policy))
-        {
+        if addrs.iter().any(|a| !address_allowed(a.ip(), self.policy)) {
             return Err(Box::new(BlockedAddress));
         }
         Ok(addrs)
@@ -204,9 +205,8 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let this = *self;
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
             let addrs = this.filter(addrs)?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
@@ -284,11 +284,26 @@ mod tests {
 
     #[test]
     fn suffixes_match_names_under_them_only() {
-        assert!(suffix_matches("*.gitlab.example.com", "git.gitlab.example.com"));
-        assert!(suffix_matches("*.gitlab.example.com", "a.b.gitlab.example.com"));
-        assert!(!suffix_matches("*.gitlab.example.com", "gitlab.example.com"));
-        assert!(!suffix_matches("*.gitlab.example.com", "evilgitlab.example.com"));
-        assert!(!suffix_matches("*.gitlab.example.com", "gitlab.example.com.evil.com"));
+        assert!(suffix_matches(
+            "*.gitlab.example.com",
+            "git.gitlab.example.com"
+        ));
+        assert!(suffix_matches(
+            "*.gitlab.example.com",
+            "a.b.gitlab.example.com"
+        ));
+        assert!(!suffix_matches(
+            "*.gitlab.example.com",
+            "gitlab.example.com"
+        ));
+        assert!(!suffix_matches(
+            "*.gitlab.example.com",
+            "evilgitlab.example.com"
+        ));
+        assert!(!suffix_matches(
+            "*.gitlab.example.com",
+            "gitlab.example.com.evil.com"
+        ));
         assert!(suffix_matches("gitlab.com", "gitlab.com"));
         assert!(!suffix_matches("gitlab.com", "x.gitlab.com"));
         assert!(suffix_matches("*", "anything.example"));
@@ -356,7 +371,14 @@ mod tests {
             assert!(address_allowed(ip.parse().unwrap(), loopback), "{ip}");
             assert!(!address_allowed(ip.parse().unwrap(), private), "{ip}");
         }
-        for ip in ["10.0.0.1", "172.16.0.1", "192.168.1.1", "100.64.0.1", "fd00::1", "::ffff:10.1.2.3"] {
+        for ip in [
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd00::1",
+            "::ffff:10.1.2.3",
+        ] {
             assert!(!address_allowed(ip.parse().unwrap(), loopback), "{ip}");
             assert!(address_allowed(ip.parse().unwrap(), private), "{ip}");
         }
@@ -364,7 +386,14 @@ mod tests {
             loopback: true,
             private: true,
         };
-        for ip in ["169.254.169.254", "fe80::1", "0.0.0.0", "::", "224.0.0.1", "2002:a00:1::1"] {
+        for ip in [
+            "169.254.169.254",
+            "fe80::1",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "2002:a00:1::1",
+        ] {
             assert!(!address_allowed(ip.parse().unwrap(), both), "{ip}");
         }
     }

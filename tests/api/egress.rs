@@ -182,7 +182,11 @@ async fn a_refresh_never_connects_to_a_loopback_or_private_host() {
 
     // A stored host that bypassed validation (a row written before the check): refused at use.
     let response = app
-        .import("b", "selfhosted", &expired(json!({"host": "gitlab.example.com"})))
+        .import(
+            "b",
+            "selfhosted",
+            &expired(json!({"host": "gitlab.example.com"})),
+        )
         .await;
     assert!(response.status().is_success());
     app.execute_sql(
@@ -237,7 +241,11 @@ async fn a_placeholder_suffix_allow_list_accepts_matching_hosts_only() {
         "placeholder_suffixes = { host = [\"*.gitlab.example.com\", \"gitlab.com\"] }\n",
     )
     .await;
-    for ok in ["git.gitlab.example.com", "a.b.gitlab.example.com", "gitlab.com"] {
+    for ok in [
+        "git.gitlab.example.com",
+        "a.b.gitlab.example.com",
+        "gitlab.com",
+    ] {
         let response = app
             .create_link("t", "gitlab", &json!({"params": {"host": ok}}))
             .await;

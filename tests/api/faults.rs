@@ -294,7 +294,11 @@ async fn an_oversized_or_non_json_answer_is_one_provider_error_and_is_not_read_w
         assert_eq!(status, 502, "{label}");
         assert_eq!(body["error"], "provider_error", "{label}");
         assert!(body["message"].as_str().unwrap().contains(says), "{label}");
-        assert_eq!(provider.calls() - calls_before, 1, "{label}: one call, no retry");
+        assert_eq!(
+            provider.calls() - calls_before,
+            1,
+            "{label}: one call, no retry"
+        );
         assert_eq!(
             app.query_strings(&stored).await,
             tokens_before,
@@ -320,12 +324,7 @@ async fn an_oversized_or_non_json_answer_is_one_provider_error_and_is_not_read_w
     provider.set_mode(Mode::Rotating);
     let link = app.new_link("big-signup").await;
     let to_provider = app.click_connect(&link).await;
-    let back = app
-        .client
-        .get(location(&to_provider))
-        .send()
-        .await
-        .unwrap();
+    let back = app.client.get(location(&to_provider)).send().await.unwrap();
     let callback = location(&back);
     app.remember_secret(&crate::helpers::query_param(&callback, "state").unwrap());
     provider.set_mode(Mode::HugeBody);
