@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{ConnectorTypeName, Metadata};
 use crate::secret::Secret;
 
-pub use netguard::{address_allowed, is_dns_hostname, PublicOnlyResolver};
-pub use provider::{Provider, RefreshError, MAX_PROVIDER_BODY};
+pub use provider::{Provider, RefreshError};
 
 const CATALOG: &str = include_str!("catalog.toml");
 

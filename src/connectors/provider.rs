@@ -725,7 +725,7 @@ fn classify(e: RequestTokenError<Fault, BasicErrorResponse>) -> RefreshError {
             },
             // An answer that is not JSON (an HTML page) or too large is classified once: a
             // retry would most likely get the same page, and the provider may have rotated the
-            // refresh token already.
+            // refresh token already. A refused address is not transient either.
             Fault::Other | Fault::NotJson | Fault::TooLarge | Fault::Blocked => {
                 RefreshError::Rejected(fault.to_string())
             }
