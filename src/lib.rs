@@ -61,7 +61,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
     });
     let catalog = Catalog::build(&connector_types, config.allow_insecure_loopback)?;
     let store = open_store(&config).await?;
-    let provider = Provider::new(config.provider_timeout)?;
+    let provider = Provider::new(config.provider_timeout, config.allow_insecure_loopback)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let (audit, audit_writer) = audit::Audit::start(store.clone());
     let endpoints = config

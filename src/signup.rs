@@ -137,8 +137,8 @@ fn connector(
 /// Checks the per-connection values against the connector type's placeholders.
 fn check_params(ct: &ConnectorType, params: &BTreeMap<String, String>) -> Result<(), SignupError> {
     for (name, value) in params {
-        let spec = ct.placeholders.get(name).ok_or_else(|| {
-            SignupError::InvalidRequest(format!(
+        if !ct.placeholders.contains_key(name) {
+            return Err(SignupError::InvalidRequest(format!(
                 "connector type '{}' takes no parameter '{name}'{}",
                 ct.name,
                 if ct.placeholders.is_empty() {
@@ -153,19 +153,10 @@ fn check_params(ct: &ConnectorType, params: &BTreeMap<String, String>) -> Result
                             .join(", ")
                     )
                 }
-            ))
-        })?;
-        if !spec.pattern.accepts(value) {
-            return Err(SignupError::InvalidRequest(format!(
-                "parameter '{name}' is not a valid {name}: it must be a {}",
-                match spec.pattern {
-                    crate::connectors::PlaceholderPattern::DnsLabel =>
-                        "DNS label (letters, digits, '-')",
-                    crate::connectors::PlaceholderPattern::Hostname => "host name",
-                    crate::connectors::PlaceholderPattern::DnsLabelOrUuid => "DNS label or UUID",
-                }
             )));
         }
+        ct.check_placeholder(name, value)
+            .map_err(|e| SignupError::InvalidRequest(format!("parameter '{name}': {e}")))?;
     }
     for (name, spec) in &ct.placeholders {
         if spec.default.is_none() && !params.contains_key(name) {

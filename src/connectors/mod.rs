@@ -1,5 +1,6 @@
 //! The connector catalog (data compiled into the binary) and the per-type OAuth settings.
 
+mod netguard;
 mod provider;
 
 use std::collections::BTreeMap;
@@ -57,7 +58,17 @@ impl PlaceholderPattern {
         };
         match self {
             Self::DnsLabel | Self::DnsLabelOrUuid => label(value),
-            Self::Hostname => value.len() <= 253 && value.split('.').all(label),
+            // A DNS host name, never an IP address in any form (see `netguard`).
+            Self::Hostname => netguard::is_dns_hostname(value),
+        }
+    }
+
+    /// What a value must look like, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::DnsLabel => "DNS label (letters, digits, '-')",
+            Self::Hostname => "DNS host name (lowercase labels of letters, digits and '-', at least one dot, a top-level label starting with a letter; never an IP address)",
+            Self::DnsLabelOrUuid => "DNS label or UUID",
         }
     }
 }
@@ -99,6 +110,12 @@ pub struct ConnectorTypeSpec {
     pub expires: Option<bool>,
     pub default_expires_in: Option<i64>,
     pub placeholders: Option<BTreeMap<String, PlaceholderSpec>>,
+    /// Per placeholder, the host names its values may take: `*.example.com` (any name under
+    /// it), `example.com` (that name) or `*` (any).
+    pub placeholder_suffixes: Option<BTreeMap<String, Vec<String>>>,
+    /// The provider lives in the operator's private network: its hosts may resolve to private
+    /// addresses (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
+    pub private_network: Option<bool>,
 }
 
 /// A resolved connector type: catalog entry and configuration merged.
@@ -130,6 +147,12 @@ pub struct ConnectorType {
     pub expires: bool,
     pub default_expires_in: Option<i64>,
     pub placeholders: BTreeMap<String, PlaceholderSpec>,
+    /// Per placeholder, the allowed host names (`*.example.com`, `example.com`, `*`); a
+    /// placeholder without an entry takes any value its pattern accepts.
+    pub placeholder_suffixes: BTreeMap<String, Vec<String>>,
+    /// Whether provider requests may reach private networks (never link-local or reserved
+    /// ranges; loopback only with `allow_insecure_loopback`).
+    pub private_network: bool,
 }
 
 impl ConnectorType {
@@ -159,14 +182,61 @@ impl ConnectorType {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .or_else(|| spec.default.clone())
                 .ok_or_else(|| format!("the connection has no value for {{{name}}}"))?;
-            if !spec.pattern.accepts(&value) {
-                return Err(format!("the value of {{{name}}} is not a valid {name}"));
-            }
+            self.check_placeholder(name, &value)?;
             out.push_str(&value);
             rest = &rest[end + 1..];
         }
         out.push_str(rest);
+        // Whatever the patterns, a host built from a placeholder is a name, never an address.
+        if host_has_placeholder(template) {
+            let host = oauth2::url::Url::parse(&out)
+                .ok()
+                .and_then(|u| u.host().map(|h| h.to_owned()));
+            if !matches!(host, Some(oauth2::url::Host::Domain(_))) {
+                return Err(
+                    "the URL built from this connection's values has no valid host name".into(),
+                );
+            }
+        }
         Ok(out)
+    }
+
+    /// Checks one placeholder value: declared, accepted by its pattern, and matching the
+    /// placeholder's allow-list when it has one. The message never repeats the value.
+    pub fn check_placeholder(&self, name: &str, value: &str) -> Result<(), String> {
+        let spec = self
+            .placeholders
+            .get(name)
+            .ok_or_else(|| format!("undeclared placeholder {{{name}}}"))?;
+        if !spec.pattern.accepts(value) {
+            return Err(format!(
+                "the value of {{{name}}} is not valid: it must be a {}",
+                spec.pattern.describe()
+            ));
+        }
+        if let Some(allowed) = self.placeholder_suffixes.get(name) {
+            if !allowed.iter().any(|p| netguard::suffix_matches(p, value)) {
+                return Err(format!(
+                    "the value of {{{name}}} is not allowed for connector type '{}': it must match one of its placeholder_suffixes ({})",
+                    self.name,
+                    allowed.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the placeholder values a connection's metadata carries (import, signup): each
+    /// one must be a string that `check_placeholder` accepts.
+    pub fn check_metadata(&self, metadata: &Metadata) -> Result<(), String> {
+        for name in self.placeholders.keys() {
+            match metadata.get(name) {
+                None => {}
+                Some(serde_json::Value::String(value)) => self.check_placeholder(name, value)?,
+                Some(_) => return Err(format!("metadata '{name}' must be a string")),
+            }
+        }
+        Ok(())
     }
 
     fn resolve(
@@ -240,7 +310,10 @@ impl ConnectorType {
             expires: pick!(expires).unwrap_or(true),
             default_expires_in: pick!(default_expires_in),
             placeholders: pick!(placeholders).unwrap_or_default(),
+            placeholder_suffixes: pick!(placeholder_suffixes).unwrap_or_default(),
+            private_network: pick!(private_network).unwrap_or(false),
         };
+        ct.check_placeholder_suffixes()?;
         for url in [
             Some(&ct.authorization_url),
             Some(&ct.token_url),
@@ -252,6 +325,62 @@ impl ConnectorType {
             ct.check_url_template(url)?;
         }
         Ok(ct)
+    }
+
+    /// The allow-lists name declared placeholders, hold well-formed entries, and admit the
+    /// placeholders' defaults.
+    fn check_placeholder_suffixes(&self) -> anyhow::Result<()> {
+        let name = &self.name;
+        for (placeholder, allowed) in &self.placeholder_suffixes {
+            let Some(spec) = self.placeholders.get(placeholder) else {
+                bail!("connector type '{name}': placeholder_suffixes names {{{placeholder}}}, which is not declared under placeholders");
+            };
+            if allowed.is_empty() {
+                bail!("connector type '{name}': placeholder_suffixes.{placeholder} is empty (use [\"*\"] to allow any host name)");
+            }
+            for entry in allowed {
+                let base = entry.strip_prefix("*.").unwrap_or(entry);
+                let well_formed = entry == "*"
+                    || netguard::is_dns_hostname(base)
+                    || (entry.starts_with("*.") && netguard::is_dns_label(base));
+                if !well_formed {
+                    bail!("connector type '{name}': placeholder_suffixes.{placeholder}: '{entry}' is not a host name, '*.' followed by one, or '*'");
+                }
+            }
+            if let Some(default) = &spec.default {
+                if !allowed.iter().any(|p| netguard::suffix_matches(p, default)) {
+                    bail!("connector type '{name}': the default of {{{placeholder}}} ({default}) does not match its placeholder_suffixes");
+                }
+            }
+        }
+        // Inside a private network, a host chosen per connection must be held to a list:
+        // otherwise a link could aim the token request at any internal service.
+        if self.private_network {
+            for url in [
+                Some(&self.authorization_url),
+                Some(&self.token_url),
+                self.revocation_url.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let mut host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                while let Some(start) = host.find('{') {
+                    let end = host[start..].find('}').map_or(host.len(), |e| e + start);
+                    let placeholder = &host[start + 1..end];
+                    if !self.placeholder_suffixes.contains_key(placeholder)
+                        || self.placeholder_suffixes[placeholder]
+                            .iter()
+                            .any(|p| p == "*")
+                    {
+                        bail!("connector type '{name}' is a private_network one: {{{placeholder}}} in its host needs placeholder_suffixes (not \"*\")");
+                    }
+                    host = &host[(end + 1).min(host.len())..];
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_url_template(&self, url: &str) -> anyhow::Result<()> {
@@ -272,6 +401,15 @@ impl ConnectorType {
         }
         Ok(())
     }
+}
+
+/// Whether the authority (host) part of a URL template holds a placeholder.
+fn host_has_placeholder(template: &str) -> bool {
+    let rest = template.split_once("://").map_or(template, |(_, r)| r);
+    rest.split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .contains('{')
 }
 
 /// All connector types known to this deployment.
@@ -554,6 +692,107 @@ mod tests {
     }
 
     #[test]
+    fn placeholder_suffixes_are_checked_when_built_and_at_use() {
+        let build = |extra: &str| {
+            let configured: BTreeMap<String, ConnectorTypeSpec> =
+                toml::from_str(&format!("[gitlab]\n{extra}")).unwrap();
+            Catalog::build_with_env(&configured, &no_env, false)
+        };
+        let catalog =
+            build("placeholder_suffixes = { host = [\"*.gitlab.example.com\", \"gitlab.com\"] }")
+                .unwrap();
+        let gitlab = catalog
+            .get(&ConnectorTypeName::parse("gitlab").unwrap())
+            .unwrap();
+        let mut values = Metadata::new();
+        for (host, ok) in [
+            ("git.gitlab.example.com", true),
+            ("gitlab.com", true),
+            ("gitlab.example.com", false),
+            ("evil.com", false),
+            ("git.gitlab.example.com.evil.com", false),
+        ] {
+            values.insert("host".into(), host.into());
+            assert_eq!(
+                gitlab.expand_url(&gitlab.token_url, &values).is_ok(),
+                ok,
+                "{host}"
+            );
+            assert_eq!(gitlab.check_metadata(&values).is_ok(), ok, "{host}");
+        }
+        // The default must be allowed, entries well-formed, placeholders declared.
+        for bad in [
+            "placeholder_suffixes = { host = [\"*.gitlab.example.com\"] }",
+            "placeholder_suffixes = { host = [] }",
+            "placeholder_suffixes = { host = [\"gitlab.com\", \"10.0.0.0/8\"] }",
+            "placeholder_suffixes = { host = [\"gitlab.com\", \"*gitlab.com\"] }",
+            "placeholder_suffixes = { hots = [\"gitlab.com\"] }",
+        ] {
+            assert!(build(bad).is_err(), "{bad}");
+        }
+        assert!(build("placeholder_suffixes = { host = [\"*\"] }").is_ok());
+        // The catalog's own lists admit its defaults and the usual hosts.
+        let catalog = Catalog::build_with_env(&BTreeMap::new(), &no_env, false).unwrap();
+        let salesforce = catalog
+            .get(&ConnectorTypeName::parse("salesforce").unwrap())
+            .unwrap();
+        values.insert("host".into(), "acme.my.salesforce.com".into());
+        assert!(salesforce
+            .expand_url(&salesforce.token_url, &values)
+            .is_ok());
+        values.insert("host".into(), "gitlab.example.com".into());
+        assert!(salesforce
+            .expand_url(&salesforce.token_url, &values)
+            .is_err());
+    }
+
+    #[test]
+    fn a_private_network_type_needs_an_allow_list_for_a_per_connection_host() {
+        let build = |extra: &str| {
+            let configured: BTreeMap<String, ConnectorTypeSpec> =
+                toml::from_str(&format!("[gitlab]\nprivate_network = true\n{extra}")).unwrap();
+            Catalog::build_with_env(&configured, &no_env, false)
+        };
+        assert!(build("").is_err());
+        assert!(build("placeholder_suffixes = { host = [\"*\"] }").is_err());
+        let catalog =
+            build("placeholder_suffixes = { host = [\"gitlab.com\", \"*.corp.example\"] }")
+                .unwrap();
+        let gitlab = catalog
+            .get(&ConnectorTypeName::parse("gitlab").unwrap())
+            .unwrap();
+        assert!(gitlab.private_network);
+        // A fixed internal host needs no list.
+        let configured: BTreeMap<String, ConnectorTypeSpec> = toml::from_str(
+            "[sso]\nprivate_network = true\nauthorization_url = \"https://sso.corp.example/a\"\ntoken_url = \"https://sso.corp.example/t\"\n",
+        )
+        .unwrap();
+        assert!(Catalog::build_with_env(&configured, &no_env, false).is_ok());
+    }
+
+    #[test]
+    fn a_label_placeholder_that_makes_the_whole_host_cannot_be_an_address() {
+        let configured: BTreeMap<String, ConnectorTypeSpec> = toml::from_str(
+            "[custom]\nauthorization_url = \"https://{sub}/a\"\ntoken_url = \"https://{sub}/t\"\nplaceholders = { sub = { pattern = \"dns_label\" } }\n",
+        )
+        .unwrap();
+        let catalog = Catalog::build_with_env(&configured, &no_env, false).unwrap();
+        let custom = catalog
+            .get(&ConnectorTypeName::parse("custom").unwrap())
+            .unwrap();
+        let mut values = Metadata::new();
+        for evil in ["2130706433", "0x7f000001", "017700000001"] {
+            values.insert("sub".into(), evil.into());
+            assert!(
+                custom.expand_url(&custom.token_url, &values).is_err(),
+                "{evil}"
+            );
+        }
+        values.insert("sub".into(), "intranet".into());
+        assert!(custom.expand_url(&custom.token_url, &values).is_ok());
+    }
+
+    #[test]
     fn every_catalog_entry_builds_a_valid_authorization_url() {
         let names: Vec<String> = builtin_specs().unwrap().keys().cloned().collect();
         let configured: BTreeMap<String, ConnectorTypeSpec> = names
@@ -570,7 +809,7 @@ mod tests {
             })
             .collect();
         let catalog = Catalog::build_with_env(&configured, &no_env, true).unwrap();
-        let provider = Provider::new(std::time::Duration::from_secs(1)).unwrap();
+        let provider = Provider::new(std::time::Duration::from_secs(1), false).unwrap();
         let mut values = Metadata::new();
         for (k, v) in [("subdomain", "acme"), ("shop", "acme-shop")] {
             values.insert(k.into(), v.into());

@@ -16,12 +16,16 @@ use oauth2::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::netguard::{self, AddressPolicy, PublicOnlyResolver};
 use super::{ClientAuth, ConnectorType, RequestBody};
 use crate::domain::{now_epoch, Metadata, TokenSet};
 use crate::secret::Secret;
 
 /// Ten years: longer lifetimes in a token response are capped.
 const MAX_LIFETIME: u64 = 10 * 365 * 86_400;
+
+/// At most this much of a provider's answer is read (a token answer is a few kilobytes).
+pub const MAX_PROVIDER_BODY: usize = 1024 * 1024;
 
 /// OAuth error codes that mean the grant is gone and the tenant must reconnect.
 const REVOKED_CODES: &[&str] = &["invalid_grant", "invalid_refresh_token", "token_revoked"];
@@ -79,6 +83,10 @@ enum Fault {
     },
     #[error("the provider answered with a body that is not JSON")]
     NotJson,
+    #[error("the provider's answer is larger than 1 MiB; tokenbox stopped reading it")]
+    TooLarge,
+    #[error("the provider's host resolves to a private, loopback or reserved address; tokenbox does not connect there")]
+    Blocked,
     #[error("the request to the provider failed")]
     Other,
 }
@@ -179,25 +187,49 @@ type OAuthClient = oauth2::Client<
 /// The HTTP side of every provider call. One per process; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Provider {
+    /// Reaches public addresses only (and loopback with `allow_insecure_loopback`).
     http: reqwest::Client,
+    /// Also reaches private networks: for connector types marked `private_network`.
+    http_private: reqwest::Client,
     timeout: Duration,
+    allow_loopback: bool,
 }
 
 impl Provider {
-    pub fn new(timeout: Duration) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            // A token endpoint that redirects is refused: following it could send our client
-            // secret or a refresh token to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .timeout(timeout)
-            .user_agent(concat!("tokenbox/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { http, timeout })
+    /// `allow_insecure_loopback` lets requests reach loopback addresses (tests, local
+    /// development); private networks are reached only for connector types marked
+    /// `private_network`; link-local and other reserved addresses never.
+    pub fn new(timeout: Duration, allow_insecure_loopback: bool) -> anyhow::Result<Self> {
+        let client = |private: bool| {
+            reqwest::Client::builder()
+                // A token endpoint that redirects is refused: following it could send our
+                // client secret or a refresh token to another host.
+                .redirect(reqwest::redirect::Policy::none())
+                // Every name is resolved by a resolver that refuses addresses its policy does
+                // not allow, at each new connection. A proxy would resolve names itself and
+                // bypass that check, so none is used.
+                .dns_resolver(std::sync::Arc::new(PublicOnlyResolver {
+                    policy: AddressPolicy {
+                        loopback: allow_insecure_loopback,
+                        private,
+                    },
+                }))
+                .no_proxy()
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .timeout(timeout)
+                .user_agent(concat!("tokenbox/", env!("CARGO_PKG_VERSION")))
+                .build()
+        };
+        Ok(Self {
+            http: client(false)?,
+            http_private: client(true)?,
+            timeout,
+            allow_loopback: allow_insecure_loopback,
+        })
     }
 
-    /// Runs the refresh-token grant, retrying transient failures (connection refused, 429, 5xx,
-    /// a body that is not JSON) with backoff and jitter while `budget` allows. A timeout is not
+    /// Runs the refresh-token grant, retrying transient failures (connection refused, 429, 5xx)
+    /// with backoff and jitter while `budget` allows. A timeout is not
     /// retried: the provider may have rotated the refresh token already.
     pub async fn refresh(
         &self,
@@ -372,12 +404,16 @@ impl Provider {
             None => (access_token.expose(), "access_token"),
         };
         let request = revocation_request(ct, url, token, hint)?;
-        match self.send(ct, request).await {
-            Ok(response) if response.status().is_success() => Ok(true),
-            Ok(response) => Err(RefreshError::Rejected(format!(
+        // Only the status matters; the body is still read within the cap (or not at all).
+        match self.send_raw(ct, request).await {
+            Ok(answer) if answer.status.is_success() => Ok(true),
+            Ok(answer) => Err(RefreshError::Rejected(format!(
                 "the provider refused the revocation (HTTP {})",
-                response.status().as_u16()
+                answer.status.as_u16()
             ))),
+            Err(fault @ (Fault::TooLarge | Fault::Blocked)) => {
+                Err(RefreshError::Rejected(fault.to_string()))
+            }
             Err(fault) => Err(RefreshError::Unavailable {
                 reason: fault.to_string(),
                 retry_after: None,
@@ -419,11 +455,40 @@ impl Provider {
     /// with a meaningful status: form-encoded answers become JSON, a nested token set is lifted,
     /// and an error sent with HTTP 200 becomes a 400.
     async fn send(&self, ct: &ConnectorType, req: HttpRequest) -> Result<HttpResponse, Fault> {
+        let answer = self.send_raw(ct, req).await?;
+        normalize(
+            ct,
+            answer.status,
+            answer.is_form,
+            answer.retry_after,
+            &answer.body,
+        )
+    }
+
+    /// Sends one request and reads at most `MAX_PROVIDER_BODY` of the answer (nothing of a
+    /// 429 or 5xx, whose body is never used). Requests go to public addresses only: an IP
+    /// literal is checked here, a name by the resolver when the connection is made.
+    async fn send_raw(&self, ct: &ConnectorType, req: HttpRequest) -> Result<RawAnswer, Fault> {
         let (parts, body) = req.into_parts();
-        let mut builder = self
-            .http
-            .request(parts.method, parts.uri.to_string())
-            .headers(parts.headers);
+        let url = reqwest::Url::parse(&parts.uri.to_string()).map_err(|_| Fault::Other)?;
+        let literal = match url.host() {
+            Some(oauth2::url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(oauth2::url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        };
+        let policy = AddressPolicy {
+            loopback: self.allow_loopback,
+            private: ct.private_network,
+        };
+        if literal.is_some_and(|ip| !netguard::address_allowed(ip, policy)) {
+            return Err(Fault::Blocked);
+        }
+        let http = if ct.private_network {
+            &self.http_private
+        } else {
+            &self.http
+        };
+        let mut builder = http.request(parts.method, url).headers(parts.headers);
         for (k, v) in &ct.token_headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
@@ -439,7 +504,9 @@ impl Provider {
             }
         };
         let response = builder.send().await.map_err(|e| {
-            if e.is_timeout() {
+            if netguard::is_blocked(&e) {
+                Fault::Blocked
+            } else if e.is_timeout() {
                 Fault::Timeout
             } else if e.is_connect() {
                 Fault::Connect
@@ -458,15 +525,50 @@ impl Provider {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        let bytes = response.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                Fault::Timeout
-            } else {
-                Fault::Other
-            }
-        })?;
-        normalize(ct, status, is_form, retry_after, &bytes)
+        let body = if status.as_u16() == 429 || status.is_server_error() {
+            Vec::new()
+        } else {
+            read_capped(response, MAX_PROVIDER_BODY).await?
+        };
+        Ok(RawAnswer {
+            status,
+            is_form,
+            retry_after,
+            body,
+        })
     }
+}
+
+/// A provider's answer, its body read within the cap.
+struct RawAnswer {
+    status: http::StatusCode,
+    is_form: bool,
+    retry_after: Option<u64>,
+    body: Vec<u8>,
+}
+
+/// Reads a body chunk by chunk and stops as soon as it exceeds `cap` bytes: an announced
+/// `Content-Length` beyond the cap is refused before reading, and a body that is longer than
+/// announced (or not announced, chunked) is cut off when it crosses the cap. Dropping the
+/// response closes the connection.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, Fault> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(Fault::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        if e.is_timeout() {
+            Fault::Timeout
+        } else {
+            Fault::Other
+        }
+    })? {
+        if body.len() + chunk.len() > cap {
+            return Err(Fault::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The client secrets to try, newest first (`None` for a public client).
@@ -621,8 +723,13 @@ fn classify(e: RequestTokenError<Fault, BasicErrorResponse>) -> RefreshError {
                 retry_after,
                 retryable: true,
             },
-            Fault::Other => RefreshError::Rejected(fault.to_string()),
-            Fault::Connect | Fault::Timeout | Fault::NotJson => RefreshError::Unavailable {
+            // An answer that is not JSON (an HTML page) or too large is classified once: a
+            // retry would most likely get the same page, and the provider may have rotated the
+            // refresh token already. A refused address is not transient either.
+            Fault::Other | Fault::NotJson | Fault::TooLarge | Fault::Blocked => {
+                RefreshError::Rejected(fault.to_string())
+            }
+            Fault::Connect | Fault::Timeout => RefreshError::Unavailable {
                 retryable: !matches!(fault, Fault::Timeout),
                 reason: fault.to_string(),
                 retry_after: None,

@@ -229,7 +229,10 @@ impl SecretsKeeper {
         key: &ConnectionKey,
         tokens: &TokenSet,
     ) -> Result<Arc<StoredConnection>, KeeperError> {
-        self.connector_type(key)?;
+        // Placeholder values (a self-managed host) are checked here too, not only at use.
+        self.connector_type(key)?
+            .check_metadata(&tokens.metadata)
+            .map_err(KeeperError::InvalidRequest)?;
         let stored = self.inner.store.upsert_connection(key, tokens).await?;
         if stored.version == 1 {
             self.inner

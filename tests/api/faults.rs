@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::binb_token::retry_after_of;
-use crate::helpers::{json_of, spawn_app_with, unique, AppOptions, FakeProvider, Mode, TestApp};
+use crate::helpers::{
+    json_of, location, spawn_app_with, unique, AppOptions, FakeProvider, Mode, TestApp, HUGE_BODY,
+};
 
 async fn app_with_faults(provider: &FakeProvider) -> TestApp {
     // A port nobody listens on, for "connection refused".
@@ -83,11 +85,12 @@ async fn each_provider_fault_is_classified_backed_off_and_never_leaks() {
             calls: 1..=1,
             says: "client_secret",
         },
+        // Classified once, not retried (issue 11, item 6).
         Case {
             mode: Mode::Html,
-            status: 503,
-            error: "provider_unavailable",
-            calls: 2..=3,
+            status: 502,
+            error: "provider_error",
+            calls: 1..=1,
             says: "not JSON",
         },
         Case {
@@ -239,4 +242,102 @@ async fn an_older_client_secret_is_tried_when_the_newest_is_refused() {
         "the newest secret, refused, then the older one"
     );
     assert!(app.logs().contains("an older client secret was accepted"));
+}
+
+/// Polls `done` until it holds; the deadline only guards against a hang.
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 11, item 6: a provider that answers a huge body (streamed without a length, or
+/// announced with a huge Content-Length) or an HTML page gets one call, a clear 502
+/// `provider_error`, and the stored token set is unchanged; tokenbox stops reading a huge body
+/// at the cap and drops the connection instead of reading it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_or_non_json_answer_is_one_provider_error_and_is_not_read_whole() {
+    use std::sync::atomic::Ordering;
+    let provider = FakeProvider::start().await;
+    let app = app_with_faults(&provider).await;
+    let bodies = provider.state.bodies.clone();
+    for (i, (mode, says)) in [
+        (Mode::HugeBody, "larger than 1 MiB"),
+        (Mode::HugeContentLength, "larger than 1 MiB"),
+        (Mode::Html, "not JSON"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let app_id = format!("big-{i}");
+        app.import_expired(&app_id).await;
+        provider.set_mode(mode);
+        let stored = format!(
+            "SELECT hex(access_token) || hex(refresh_token) FROM connections WHERE app_id = '{app_id}'"
+        );
+        let tokens_before = app.query_strings(&stored).await;
+        let (calls_before, dropped_before) =
+            (provider.calls(), bodies.dropped.load(Ordering::SeqCst));
+        let (sent_before, completed_before) = (
+            bodies.sent.load(Ordering::SeqCst),
+            bodies.completed.load(Ordering::SeqCst),
+        );
+        let response = app.get_token(&app_id, "acme", "").await;
+        let status = response.status().as_u16();
+        let body: Value = json_of(response).await;
+        let label = format!("{mode:?}: {status} {body}");
+        assert_eq!(status, 502, "{label}");
+        assert_eq!(body["error"], "provider_error", "{label}");
+        assert!(body["message"].as_str().unwrap().contains(says), "{label}");
+        assert_eq!(
+            provider.calls() - calls_before,
+            1,
+            "{label}: one call, no retry"
+        );
+        assert_eq!(
+            app.query_strings(&stored).await,
+            tokens_before,
+            "{label}: the stored token set is unchanged"
+        );
+        if mode != Mode::Html {
+            // The fake's body is dropped once tokenbox closed the connection.
+            wait_for("the huge body to be dropped", || {
+                bodies.dropped.load(Ordering::SeqCst) > dropped_before
+            })
+            .await;
+            let sent = bodies.sent.load(Ordering::SeqCst) - sent_before;
+            assert_eq!(
+                bodies.completed.load(Ordering::SeqCst),
+                completed_before,
+                "{label}: the body was not read to its end ({sent} bytes sent)"
+            );
+            assert!(sent < HUGE_BODY / 2, "{label}: {sent} bytes were sent");
+        }
+    }
+
+    // The code exchange of a signup is capped alike: a 502 page, nothing stored.
+    provider.set_mode(Mode::Rotating);
+    let link = app.new_link("big-signup").await;
+    let to_provider = app.click_connect(&link).await;
+    let back = app.client.get(location(&to_provider)).send().await.unwrap();
+    let callback = location(&back);
+    app.remember_secret(&crate::helpers::query_param(&callback, "state").unwrap());
+    provider.set_mode(Mode::HugeBody);
+    let dropped_before = bodies.dropped.load(Ordering::SeqCst);
+    let done = app.client.get(&callback).send().await.unwrap();
+    assert_eq!(done.status(), 502);
+    assert!(done.text().await.unwrap().contains("larger than 1 MiB"));
+    assert!(app
+        .query_strings("SELECT app_id FROM connections WHERE app_id = 'big-signup'")
+        .await
+        .is_empty());
+    wait_for("the huge body to be dropped", || {
+        bodies.dropped.load(Ordering::SeqCst) > dropped_before
+    })
+    .await;
 }

@@ -66,6 +66,80 @@ pub enum Mode {
     InvalidClient,
     /// Answers only after 3 seconds.
     Hang,
+    /// Answers 200 with a JSON content type and a 64 MiB body of spaces, chunked (no length).
+    HugeBody,
+    /// The same body, announced with a `Content-Length` of 1 TiB.
+    HugeContentLength,
+}
+
+/// The size of the body of `Mode::HugeBody` and `Mode::HugeContentLength`.
+pub const HUGE_BODY: usize = 64 << 20;
+
+/// What became of the huge bodies the fake provider streamed.
+#[derive(Default)]
+pub struct BodyCounters {
+    /// Bytes handed to the connection.
+    pub sent: AtomicUsize,
+    /// Bodies sent to their end.
+    pub completed: AtomicUsize,
+    /// Bodies dropped, sent to the end or cut off because the client went away.
+    pub dropped: AtomicUsize,
+}
+
+/// A body of `HUGE_BODY` spaces, produced 64 KiB at a time as the connection takes them, so
+/// that the count says how much the client actually read (plus what the socket buffers).
+struct CountingBody {
+    counters: Arc<BodyCounters>,
+    remaining: usize,
+    announced: Option<u64>,
+}
+
+impl hyper::body::Body for CountingBody {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        static CHUNK: [u8; 64 << 10] = [b' '; 64 << 10];
+        if self.remaining == 0 {
+            self.counters.completed.fetch_add(1, Ordering::SeqCst);
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.remaining.min(CHUNK.len());
+        self.remaining -= n;
+        self.counters.sent.fetch_add(n, Ordering::SeqCst);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(
+            axum::body::Bytes::from_static(&CHUNK[..n]),
+        ))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.announced {
+            Some(n) => hyper::body::SizeHint::with_exact(n),
+            None => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for CountingBody {
+    fn drop(&mut self) {
+        self.counters.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn huge_body(counters: &Arc<BodyCounters>, announced: Option<u64>) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        axum::body::Body::new(CountingBody {
+            counters: counters.clone(),
+            remaining: HUGE_BODY,
+            announced,
+        }),
+    )
+        .into_response()
 }
 
 pub struct ProviderState {
@@ -88,6 +162,8 @@ pub struct ProviderState {
     /// Every secret this provider issued or accepted, to look for in logs.
     issued: Mutex<Vec<String>>,
     pub client_secret: String,
+    /// The fate of the huge bodies (`Mode::HugeBody`, `Mode::HugeContentLength`).
+    pub bodies: Arc<BodyCounters>,
 }
 
 #[derive(Clone)]
@@ -112,6 +188,7 @@ impl FakeProvider {
             deny: Mutex::new(false),
             revoked: Mutex::new(Vec::new()),
             client_secret: unique("acme-client-secret"),
+            bodies: Arc::new(BodyCounters::default()),
         });
         let app = Router::new()
             .route("/token", post(token_endpoint))
@@ -257,6 +334,8 @@ fn token_decision(
                 .into_response()
         }
         Mode::Hang => return oauth_error("too_late"),
+        Mode::HugeBody => return huge_body(&state.bodies, None),
+        Mode::HugeContentLength => return huge_body(&state.bodies, Some(1 << 40)),
         Mode::Rotating | Mode::NonRotating => {}
     }
     match form.get("grant_type").map(String::as_str) {
@@ -510,6 +589,8 @@ pub struct AppOptions {
     pub provider: Option<FakeProvider>,
     pub extra_config: String,
     pub log_filter: String,
+    /// `allow_insecure_loopback` (on by default: the fake provider is plain http on loopback).
+    pub allow_insecure_loopback: bool,
 }
 
 impl Default for AppOptions {
@@ -522,6 +603,7 @@ impl Default for AppOptions {
             provider: None,
             extra_config: String::new(),
             log_filter: "debug,hyper=info,h2=info,tower=info".into(),
+            allow_insecure_loopback: true,
         }
     }
 }
@@ -551,9 +633,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         None => format!("sqlite://{}", dir.join("tokenbox.db").display()),
     };
     let mut config = format!(
-        "listen = \"{listen}\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"{database_url}\"\nencryption_key_file = \"{}\"\nrefresher_enabled = {}\nallow_insecure_loopback = true\nrate_limit_per_second = {}\n{}\n",
+        "listen = \"{listen}\"\nallowed_return_urls = [\"https://app.example.com/connected\"]\ndatabase_url = \"{database_url}\"\nencryption_key_file = \"{}\"\nrefresher_enabled = {}\nallow_insecure_loopback = {}\nrate_limit_per_second = {}\n{}\n",
         dir.join("encryption.key").display(),
         options.refresher,
+        options.allow_insecure_loopback,
         options.rate_limit,
         options.extra_config,
         listen = options.listen,

@@ -11,6 +11,7 @@ mod cli;
 mod clients;
 mod demo;
 mod e2e;
+mod egress;
 mod faults;
 mod hardening;
 mod helpers;
