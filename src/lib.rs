@@ -191,6 +191,8 @@ impl Application {
             keeper.drain(grace).await
         })
         .await;
+        // The keeper holds an audit sender: the writer below ends only once every one is gone.
+        drop(keeper);
         if !matches!(drained, Ok(true)) {
             tracing::warn!("refreshes still running after the grace period were cut");
         } else {
