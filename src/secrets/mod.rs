@@ -470,6 +470,15 @@ macro_rules! embedded_migrations {
                 "webhooks",
                 include_str!(concat!("../../migrations/", $backend, "/0008_webhooks.sql")),
             ),
+            (
+                10,
+                "browser_binding",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0010_browser_binding.sql"
+                )),
+            ),
         ]
     };
 }

@@ -124,9 +124,9 @@ pub(crate) const UNSPEND_LINK: &str =
     "UPDATE connect_links SET spent_at = NULL WHERE secret_hash = $1";
 pub(crate) const DELETE_EXPIRED_STATES: &str = "DELETE FROM oauth_states WHERE expires_at <= $1";
 pub(crate) const INSERT_STATE: &str = "INSERT INTO oauth_states (state_hash, link_hash, \
-     pkce_verifier, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)";
+     pkce_verifier, created_at, expires_at, browser_hash) VALUES ($1, $2, $3, $4, $5, $6)";
 pub(crate) const TAKE_STATE: &str = "DELETE FROM oauth_states WHERE state_hash = $1 \
-     RETURNING link_hash, pkce_verifier, expires_at";
+     RETURNING link_hash, pkce_verifier, expires_at, browser_hash";
 pub(crate) const INSERT_ACCOUNT: &str = "INSERT INTO service_accounts (name, role, token_hash, \
      created_at, apps, connector_types, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
      ON CONFLICT (name) DO NOTHING";
@@ -585,6 +585,7 @@ macro_rules! sql_store {
                     .bind(verifier)
                     .bind(now)
                     .bind(state.expires_at)
+                    .bind(state.browser_hash.as_ref().map(|h| &h[..]))
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -608,7 +609,9 @@ macro_rules! sql_store {
                     return Ok(None);
                 }
                 let verifier: Option<Vec<u8>> = row.try_get("pkce_verifier")?;
+                let browser: Option<Vec<u8>> = row.try_get("browser_hash")?;
                 Ok(Some($crate::domain::OAuthState {
+                    browser_hash: browser.map(hash32).transpose()?,
                     link_hash: hash32(row.try_get("link_hash")?)?,
                     pkce_verifier: verifier
                         .map(|v| self.keys.decrypt_secret(&v, &oauth_state_aad(state_hash)))

@@ -43,7 +43,18 @@ async fn signup(client: &reqwest::Client, link: &str, decision: &str) -> (u16, S
     ];
     let back = client.post(&authorize).form(&form).send().await.unwrap();
     assert_eq!(back.status(), 303);
-    let done = client.get(location(&back)).send().await.unwrap();
+    // Back at the callback with the cookie Connect set, as a browser does.
+    let cookies = crate::helpers::set_cookies(&to_provider)
+        .into_iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let done = client
+        .get(location(&back))
+        .header("cookie", cookies)
+        .send()
+        .await
+        .unwrap();
     let status = done.status().as_u16();
     (status, done.text().await.unwrap())
 }
