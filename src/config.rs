@@ -54,6 +54,7 @@ const SERVER_ENV: &[(&str, &str)] = &[
         "TOKENBOX_JWT_KEY_OVERLAP_SECONDS",
         "jwt_key_overlap_seconds",
     ),
+    ("TOKENBOX_ADMIN_SESSION_SECONDS", "admin_session_seconds"),
 ];
 
 /// Other `TOKENBOX_*` variables that are known (read by the CLI or the logger), so not reported.
@@ -131,6 +132,7 @@ struct FileConfig {
     jwt_lifetime_seconds: Option<u64>,
     jwt_key_overlap_seconds: Option<u64>,
     jwt_audience: Option<String>,
+    admin_session_seconds: Option<u64>,
     #[serde(default)]
     webhooks: Vec<crate::webhooks::WebhookSpec>,
     sandbox: Option<bool>,
@@ -174,6 +176,9 @@ pub struct Config {
     pub jwt_key_overlap_seconds: i64,
     /// The `aud` of the JWTs.
     pub jwt_audience: String,
+    /// Lifetime of a session of the /admin page (it also ends at sign-out, and when its
+    /// account expires or is revoked).
+    pub admin_session_seconds: i64,
     /// Endpoints that receive connection events.
     pub webhooks: Vec<crate::webhooks::WebhookSpec>,
     /// Mount the built-in sandbox OAuth provider under /sandbox/ (demo, local development).
@@ -222,6 +227,7 @@ impl Default for Config {
             jwt_lifetime_seconds: 900,
             jwt_key_overlap_seconds: 1800,
             jwt_audience: "tokenbox".into(),
+            admin_session_seconds: 43_200,
             webhooks: Vec::new(),
             sandbox: false,
             connector_types: BTreeMap::new(),
@@ -309,6 +315,9 @@ impl Config {
         if let Some(v) = file.jwt_audience {
             c.jwt_audience = v;
         }
+        if let Some(v) = file.admin_session_seconds {
+            c.admin_session_seconds = i64::try_from(v).unwrap_or(i64::MAX);
+        }
         c.webhooks = file.webhooks;
         c.sandbox = file.sandbox.unwrap_or(false);
         if let Some(v) = file.slow_client_timeout_seconds {
@@ -372,6 +381,9 @@ impl Config {
                 Some("jwt_key_overlap_seconds") => {
                     c.jwt_key_overlap_seconds = parse_secs(value)? as i64
                 }
+                Some("admin_session_seconds") => {
+                    c.admin_session_seconds = i64::try_from(parse_secs(value)?).unwrap_or(i64::MAX)
+                }
                 Some("slow_client_timeout_seconds") => {
                     c.slow_client_timeout = Duration::from_secs(parse_secs(value)?)
                 }
@@ -422,6 +434,9 @@ impl Config {
         }
         if self.jwt_lifetime_seconds <= 0 || self.jwt_key_overlap_seconds < 0 {
             bail!("jwt_lifetime_seconds must be positive and jwt_key_overlap_seconds not negative");
+        }
+        if !(1..=30 * 86_400).contains(&self.admin_session_seconds) {
+            bail!("admin_session_seconds must be between 1 and 2592000 (30 days)");
         }
         if self.jwt_audience.trim().is_empty() {
             bail!("jwt_audience must not be empty");

@@ -133,6 +133,13 @@ pub(crate) const INSERT_ACCOUNT: &str = "INSERT INTO service_accounts (name, rol
 pub(crate) const LIST_ACCOUNTS: &str = "SELECT name, role, token_hash, created_at, apps, \
      connector_types, expires_at FROM service_accounts ORDER BY name";
 pub(crate) const DELETE_ACCOUNT: &str = "DELETE FROM service_accounts WHERE name = $1";
+pub(crate) const DELETE_EXPIRED_SESSIONS: &str =
+    "DELETE FROM admin_sessions WHERE expires_at <= $1";
+pub(crate) const INSERT_SESSION: &str = "INSERT INTO admin_sessions (id_hash, account, \
+     account_token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)";
+pub(crate) const SELECT_SESSION: &str = "SELECT account, account_token_hash, created_at, \
+     expires_at FROM admin_sessions WHERE id_hash = $1 AND expires_at > $2";
+pub(crate) const DELETE_SESSION: &str = "DELETE FROM admin_sessions WHERE id_hash = $1";
 pub(crate) const SELECT_KEY_CHECK: &str = "SELECT value FROM tokenbox_meta WHERE key = 'key_check'";
 pub(crate) const INSERT_KEY_CHECK: &str = "INSERT INTO tokenbox_meta (key, value) \
      VALUES ('key_check', $1) ON CONFLICT (key) DO NOTHING";
@@ -994,6 +1001,59 @@ macro_rules! sql_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(result.rows_affected() > 0)
+            }
+
+            async fn create_admin_session(
+                &self,
+                session: &$crate::secrets::AdminSession,
+            ) -> Result<(), $crate::secrets::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(sql::DELETE_EXPIRED_SESSIONS)
+                    .bind(session.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql::INSERT_SESSION)
+                    .bind(&session.id_hash[..])
+                    .bind(&session.account)
+                    .bind(&session.account_token_hash[..])
+                    .bind(session.created_at)
+                    .bind(session.expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn admin_session(
+                &self,
+                id_hash: &[u8; 32],
+                now: i64,
+            ) -> Result<Option<$crate::secrets::AdminSession>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query(sql::SELECT_SESSION)
+                    .bind(&id_hash[..])
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                Ok(Some($crate::secrets::AdminSession {
+                    id_hash: *id_hash,
+                    account: row.try_get("account")?,
+                    account_token_hash: hash32(row.try_get("account_token_hash")?)?,
+                    created_at: row.try_get("created_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                }))
+            }
+
+            async fn delete_admin_session(
+                &self,
+                id_hash: &[u8; 32],
+            ) -> Result<(), $crate::secrets::StoreError> {
+                sqlx::query(sql::DELETE_SESSION)
+                    .bind(&id_hash[..])
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
         }
     };
