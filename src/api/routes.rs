@@ -182,19 +182,21 @@ pub fn router(state: AppState) -> Router {
     let sandbox = state
         .sandbox_secret
         .as_deref()
-        .map(crate::sandbox::router)
+        .map(|secret| {
+            crate::sandbox::router(secret, &crate::signup::redirect_uri(&state.public_url))
+        })
         .unwrap_or_default();
+    let slow_client_timeout = state.config.slow_client_timeout;
+    // The sandbox (when mounted) sits inside the same layers as the API.
     table
         .router
         .fallback(|| async { ApiError::NotFound })
-        .layer(middleware::from_fn_with_state(state.clone(), access_log))
+        .with_state(state.clone())
+        .merge(sandbox)
+        .layer(middleware::from_fn_with_state(state, access_log))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         // A client that sends its body slowly gets 408 instead of holding the request open.
-        .layer(RequestBodyTimeoutLayer::new(
-            state.config.slow_client_timeout,
-        ))
-        .with_state(state)
-        .merge(sandbox)
+        .layer(RequestBodyTimeoutLayer::new(slow_client_timeout))
 }
 
 /// The table without a server, for `tokenbox routes` and documentation.
