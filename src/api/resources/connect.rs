@@ -199,9 +199,10 @@ pub async fn start(State(state): State<AppState>, Path(secret): Path<String>) ->
             // The flow is bound to this browser: the callback (a top-level GET navigation from
             // the provider, so SameSite=Lax sends it) must present the same cookie.
             let cookie = format!(
-                "{}={}; Path=/oauth/callback; HttpOnly; SameSite=Lax; Max-Age={}{}",
+                "{}={}; Path={}; HttpOnly; SameSite=Lax; Max-Age={}{}",
                 started.cookie_name,
                 started.cookie_value,
+                callback_path(&state.public_url),
                 signup::STATE_TTL,
                 secure_flag(&state.public_url)
             );
@@ -265,7 +266,8 @@ pub async fn callback(
     // The flow is over either way (its state is spent): the browser forgets its cookie.
     if let (Some(name), Some(_)) = (cookie_name, browser) {
         let clear = format!(
-            "{name}=; Path=/oauth/callback; HttpOnly; SameSite=Lax; Max-Age=0{}",
+            "{name}=; Path={}; HttpOnly; SameSite=Lax; Max-Age=0{}",
+            callback_path(&state.public_url),
             secure_flag(&state.public_url)
         );
         if let Ok(value) = HeaderValue::from_str(&clear) {
@@ -273,6 +275,14 @@ pub async fn callback(
         }
     }
     response
+}
+
+/// The path of the OAuth callback as the browser sees it (`public_url` may carry a prefix when
+/// a proxy serves tokenbox under a path): the signup cookie is sent there only.
+fn callback_path(public_url: &str) -> String {
+    oauth2::url::Url::parse(&signup::redirect_uri(public_url))
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|_| "/oauth/callback".to_string())
 }
 
 /// `; Secure` when the service is reached over https.
@@ -307,5 +317,21 @@ fn connected_response(done: signup::Connected) -> Response {
                 done.key.app_id, done.display_name
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signup_cookie_follows_the_public_url() {
+        assert_eq!(callback_path("http://127.0.0.1:8080"), "/oauth/callback");
+        assert_eq!(
+            callback_path("https://example.com/tokenbox"),
+            "/tokenbox/oauth/callback"
+        );
+        assert_eq!(secure_flag("https://example.com"), "; Secure");
+        assert_eq!(secure_flag("http://127.0.0.1:8080"), "");
     }
 }
