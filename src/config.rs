@@ -69,6 +69,7 @@ const SERVER_ENV: &[(&str, &str)] = &[
         "max_concurrent_refreshes_per_host",
     ),
     ("TOKENBOX_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds"),
+    ("TOKENBOX_ADMIN_SESSION_SECONDS", "admin_session_seconds"),
 ];
 
 /// Other `TOKENBOX_*` variables that are known (read by the CLI or the logger), so not reported.
@@ -155,6 +156,7 @@ struct FileConfig {
     max_concurrent_refreshes: Option<usize>,
     max_concurrent_refreshes_per_host: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
+    admin_session_seconds: Option<u64>,
     #[serde(default)]
     webhooks: Vec<crate::webhooks::WebhookSpec>,
     sandbox: Option<bool>,
@@ -217,6 +219,9 @@ pub struct Config {
     pub max_concurrent_refreshes_per_host: usize,
     /// After SIGTERM, how long requests and refreshes in flight may take to finish.
     pub shutdown_grace: Duration,
+    /// Lifetime of a session of the /admin page (it also ends at sign-out, and when its
+    /// account expires or is revoked).
+    pub admin_session_seconds: i64,
     /// Endpoints that receive connection events.
     pub webhooks: Vec<crate::webhooks::WebhookSpec>,
     /// Mount the built-in sandbox OAuth provider under /sandbox/ (demo, local development).
@@ -281,6 +286,7 @@ impl Default for Config {
             max_concurrent_refreshes: 64,
             max_concurrent_refreshes_per_host: 16,
             shutdown_grace: Duration::from_secs(30),
+            admin_session_seconds: 43_200,
             webhooks: Vec::new(),
             sandbox: false,
             connector_types: BTreeMap::new(),
@@ -380,6 +386,9 @@ impl Config {
         if let Some(v) = file.shutdown_grace_seconds {
             c.shutdown_grace = Duration::from_secs(v);
         }
+        if let Some(v) = file.admin_session_seconds {
+            c.admin_session_seconds = i64::try_from(v).unwrap_or(i64::MAX);
+        }
         c.webhooks = file.webhooks;
         c.sandbox = file.sandbox.unwrap_or(false);
         if let Some(v) = file.slow_client_timeout_seconds {
@@ -457,6 +466,9 @@ impl Config {
                 Some("jwt_lifetime_seconds") => c.jwt_lifetime_seconds = parse_secs(value)? as i64,
                 Some("jwt_key_overlap_seconds") => {
                     c.jwt_key_overlap_seconds = parse_secs(value)? as i64
+                }
+                Some("admin_session_seconds") => {
+                    c.admin_session_seconds = i64::try_from(parse_secs(value)?).unwrap_or(i64::MAX)
                 }
                 Some("slow_client_timeout_seconds") => {
                     c.slow_client_timeout = Duration::from_secs(parse_secs(value)?)
@@ -554,6 +566,9 @@ impl Config {
         }
         if self.jwt_lifetime_seconds <= 0 || self.jwt_key_overlap_seconds < 0 {
             bail!("jwt_lifetime_seconds must be positive and jwt_key_overlap_seconds not negative");
+        }
+        if !(1..=30 * 86_400).contains(&self.admin_session_seconds) {
+            bail!("admin_session_seconds must be between 1 and 2592000 (30 days)");
         }
         if self.jwt_audience.trim().is_empty() {
             bail!("jwt_audience must not be empty");

@@ -271,6 +271,9 @@ pub struct OAuthState {
     pub link_hash: [u8; 32],
     pub pkce_verifier: Option<Secret>,
     pub expires_at: i64,
+    /// SHA-256 of the cookie value of the browser that started the flow; `None` for a state
+    /// recorded before browsers were bound (it is refused).
+    pub browser_hash: Option<[u8; 32]>,
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! `/sandbox/authorize` shows an Approve and a Deny button; `/sandbox/token` runs the
 //! authorization-code grant (PKCE S256 checked) and the refresh-token grant (short-lived access
 //! tokens, rotating refresh tokens); `/sandbox/api/me` is a resource that checks the token.
-//! Everything lives in memory.
+//! Everything lives in memory, bounded: authorization codes expire after `CODE_TTL` and at
+//! most `MAX_CODES` wait at once; the only redirect URI accepted is this server's own callback.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,13 +29,45 @@ use crate::domain::now_epoch;
 pub const CLIENT_ID: &str = "tokenbox-sandbox";
 /// Access tokens of the sandbox live this long, so refreshes are easy to watch.
 pub const ACCESS_TOKEN_LIFETIME: i64 = 300;
+/// An authorization code must be exchanged within this many seconds.
+pub const CODE_TTL: i64 = 60;
+/// Codes waiting to be exchanged, at most.
+pub const MAX_CODES: usize = 1000;
+
+/// An issued code: the redirect URI it was issued for, its PKCE challenge, its expiry.
+struct Grant {
+    redirect_uri: String,
+    challenge: Option<String>,
+    expires_at: i64,
+}
 
 #[derive(Default)]
 struct Sandbox {
     client_secret: String,
-    codes: HashMap<String, (String, Option<String>)>,
+    /// The only redirect URI accepted: tokenbox's own callback.
+    redirect_uri: String,
+    codes: HashMap<String, Grant>,
     access: HashMap<String, i64>,
     refresh: HashMap<String, ()>,
+}
+
+impl Sandbox {
+    /// Keeps a new code; `false` when `MAX_CODES` unexpired codes are already waiting.
+    fn issue_code(&mut self, code: String, grant: Grant, now: i64) -> bool {
+        if self.codes.len() >= MAX_CODES {
+            self.codes.retain(|_, g| g.expires_at > now);
+            if self.codes.len() >= MAX_CODES {
+                return false;
+            }
+        }
+        self.codes.insert(code, grant);
+        true
+    }
+
+    /// Spends a code; `None` when unknown, spent or expired.
+    fn take_code(&mut self, code: &str, now: i64) -> Option<Grant> {
+        self.codes.remove(code).filter(|g| g.expires_at > now)
+    }
 }
 
 #[derive(Clone)]
@@ -46,10 +79,12 @@ fn random(prefix: &str) -> String {
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// The sandbox's routes, under `/sandbox/`.
-pub fn router(client_secret: &str) -> Router {
+/// The sandbox's routes, under `/sandbox/`. `redirect_uri` is tokenbox's own callback, the
+/// only one the sandbox sends codes to.
+pub fn router(client_secret: &str, redirect_uri: &str) -> Router {
     let state = SandboxState(Arc::new(Mutex::new(Sandbox {
         client_secret: client_secret.to_string(),
+        redirect_uri: redirect_uri.to_string(),
         ..Sandbox::default()
     })));
     Router::new()
@@ -70,7 +105,17 @@ struct AuthorizeQuery {
     code_challenge: Option<String>,
 }
 
+fn unregistered_redirect() -> Response {
+    page(
+        StatusCode::BAD_REQUEST,
+        "Sandbox",
+        "<h1>Invalid authorization request</h1><p id=\"error\" data-error=\"invalid_redirect_uri\">\
+         The redirect URI is not this server's OAuth callback.</p>",
+    )
+}
+
 async fn authorize_page(
+    State(s): State<SandboxState>,
     query: Result<Query<AuthorizeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = query else {
@@ -86,6 +131,9 @@ async fn authorize_page(
             "Sandbox",
             "<h1>Unknown client</h1>",
         );
+    }
+    if q.redirect_uri != s.0.lock().expect("poisoned").redirect_uri {
+        return unregistered_redirect();
     }
     let hidden = |name: &str, value: &str| {
         format!(
@@ -125,6 +173,10 @@ struct Decision {
 }
 
 async fn decide(State(s): State<SandboxState>, Form(d): Form<Decision>) -> Response {
+    // Never redirect (with a code or an error) anywhere but tokenbox's own callback.
+    if d.redirect_uri != s.0.lock().expect("poisoned").redirect_uri {
+        return unregistered_redirect();
+    }
     let separator = if d.redirect_uri.contains('?') {
         '&'
     } else {
@@ -141,10 +193,24 @@ async fn decide(State(s): State<SandboxState>, Form(d): Form<Decision>) -> Respo
     }
     let code = random("sbx-code-");
     let challenge = (!d.code_challenge.is_empty()).then(|| d.code_challenge.clone());
-    s.0.lock()
-        .expect("poisoned")
-        .codes
-        .insert(code.clone(), (d.redirect_uri.clone(), challenge));
+    let now = now_epoch();
+    let issued = s.0.lock().expect("poisoned").issue_code(
+        code.clone(),
+        Grant {
+            redirect_uri: d.redirect_uri.clone(),
+            challenge,
+            expires_at: now + CODE_TTL,
+        },
+        now,
+    );
+    if !issued {
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sandbox",
+            "<h1>Too many authorizations in flight</h1><p id=\"error\" data-error=\"too_many_codes\">\
+             Try again in a minute.</p>",
+        );
+    }
     Redirect::to(&format!(
         "{}{separator}code={code}&state={}",
         d.redirect_uri,
@@ -182,7 +248,12 @@ async fn token(
     match form.get("grant_type").map(String::as_str) {
         Some("authorization_code") => {
             let code = form.get("code").cloned().unwrap_or_default();
-            let Some((redirect_uri, challenge)) = sandbox.codes.remove(&code) else {
+            let Some(Grant {
+                redirect_uri,
+                challenge,
+                ..
+            }) = sandbox.take_code(&code, now_epoch())
+            else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
             };
             if form.get("redirect_uri") != Some(&redirect_uri) {
@@ -206,6 +277,8 @@ async fn token(
     }
     let access = random("sbx-at-");
     let refresh = random("sbx-rt-");
+    let now = now_epoch();
+    sandbox.access.retain(|_, expires_at| *expires_at > now);
     sandbox
         .access
         .insert(access.clone(), now_epoch() + ACCESS_TOKEN_LIFETIME);
@@ -240,5 +313,42 @@ async fn me(State(s): State<SandboxState>, headers: HeaderMap) -> Response {
             Json(json!({ "error": "invalid_token" })),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(expires_at: i64) -> Grant {
+        Grant {
+            redirect_uri: "http://127.0.0.1:1/oauth/callback".into(),
+            challenge: None,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn codes_expire_and_are_bounded() {
+        let mut sandbox = Sandbox::default();
+        assert!(sandbox.issue_code("a".into(), grant(100 + CODE_TTL), 100));
+        assert!(
+            sandbox.take_code("a", 100 + CODE_TTL).is_none(),
+            "an expired code is refused"
+        );
+        assert!(sandbox.issue_code("b".into(), grant(100 + CODE_TTL), 100));
+        assert!(sandbox.take_code("b", 101).is_some());
+        assert!(sandbox.take_code("b", 101).is_none(), "spent");
+
+        for i in 0..MAX_CODES {
+            assert!(sandbox.issue_code(format!("c{i}"), grant(200 + CODE_TTL), 200));
+        }
+        assert!(
+            !sandbox.issue_code("over".into(), grant(200 + CODE_TTL), 200),
+            "no more than MAX_CODES wait at once"
+        );
+        // Once they expired, room is made.
+        assert!(sandbox.issue_code("later".into(), grant(300 + CODE_TTL), 200 + CODE_TTL));
+        assert_eq!(sandbox.codes.len(), 1);
     }
 }

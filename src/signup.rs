@@ -32,6 +32,10 @@ pub enum SignupError {
     /// The callback's state is missing, unknown, expired or replayed.
     #[error("this sign-in attempt is no longer valid")]
     StateInvalid,
+    /// The callback came from a browser other than the one that clicked Connect (no cookie,
+    /// or another one): someone else's authorization must not be stored under this link.
+    #[error("this sign-in attempt was started in another browser")]
+    BrowserMismatch,
     /// The tenant (or the provider) declined: nothing was connected.
     #[error("the account was not connected: {0}")]
     Denied(String),
@@ -69,6 +73,24 @@ pub struct CreatedLink {
 pub struct LinkView {
     pub link: ConnectLink,
     pub connector: Arc<ConnectorType>,
+}
+
+/// A started flow: the provider's authorization URL, and the cookie that binds the flow to the
+/// browser that clicked Connect (only its hash is stored, with the state).
+pub struct Started {
+    pub url: String,
+    pub cookie_name: String,
+    pub cookie_value: String,
+}
+
+/// The name of the cookie of the flow with this state: one cookie per flow, so that two
+/// signups in one browser do not overwrite each other's.
+pub fn browser_cookie_name(state: &str) -> String {
+    let h = hash(state);
+    format!(
+        "tokenbox_signup_{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        h[0], h[1], h[2], h[3], h[4], h[5]
+    )
 }
 
 /// The outcome of a successful callback.
@@ -185,14 +207,25 @@ pub async fn create_link(
 ) -> Result<CreatedLink, SignupError> {
     let ct = connector(keeper, key)?;
     check_params(&ct, &request.params)?;
-    if let Some(url) = &request.return_to {
-        if !return_url_allowed(&config.allowed_return_urls, url) {
+    // The URL is stored (and later sent in a Location header) as it was checked: normalised
+    // by the URL parser, which percent-encodes what a header cannot carry.
+    let return_to = match request.return_to.as_deref() {
+        None => None,
+        Some(url) if url.chars().any(char::is_control) => {
             return Err(SignupError::InvalidRequest(
-                "return_to is not allowed: it must start with one of the configured allowed_return_urls"
-                    .into(),
-            ));
+                "return_to must not contain control characters".into(),
+            ))
         }
-    }
+        Some(url) => {
+            if !return_url_allowed(&config.allowed_return_urls, url) {
+                return Err(SignupError::InvalidRequest(
+                    "return_to is not allowed: it must start with one of the configured allowed_return_urls"
+                        .into(),
+                ));
+            }
+            oauth2::url::Url::parse(url).ok().map(|u| u.to_string())
+        }
+    };
     let ttl = request.expires_in.unwrap_or(DEFAULT_LINK_TTL);
     if !(60..=MAX_LINK_TTL).contains(&ttl) {
         return Err(SignupError::InvalidRequest(format!(
@@ -205,7 +238,7 @@ pub async fn create_link(
         secret_hash: hash(&secret),
         key: key.clone(),
         params: request.params,
-        return_to: request.return_to,
+        return_to,
         created_at: now,
         expires_at: now + ttl,
         spent_at: None,
@@ -232,14 +265,16 @@ pub async fn usable_link(keeper: &SecretsKeeper, secret: &str) -> Result<LinkVie
     Ok(LinkView { link, connector })
 }
 
-/// The tenant clicked Connect: records the state and returns the provider's authorization URL.
+/// The tenant clicked Connect: records the state, bound to a new browser cookie, and returns
+/// the provider's authorization URL with that cookie.
 pub async fn start(
     keeper: &SecretsKeeper,
     public_url: &str,
     secret: &str,
-) -> Result<String, SignupError> {
+) -> Result<Started, SignupError> {
     let LinkView { link, connector } = usable_link(keeper, secret).await?;
     let state = random_secret();
+    let browser = random_secret();
     let (url, verifier) = keeper
         .provider()
         .authorization_url(
@@ -257,10 +292,15 @@ pub async fn start(
                 link_hash: link.secret_hash,
                 pkce_verifier: verifier,
                 expires_at: now_epoch() + STATE_TTL,
+                browser_hash: Some(hash(&browser)),
             },
         )
         .await?;
-    Ok(url)
+    Ok(Started {
+        url,
+        cookie_name: browser_cookie_name(&state),
+        cookie_value: browser,
+    })
 }
 
 /// Keeps only printable characters of a provider's text, for a page or a log line.
@@ -268,22 +308,41 @@ fn sanitize(text: &str, max: usize) -> String {
     text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
-/// The provider sent the tenant back: checks the state, exchanges the code, stores the tokens.
+/// The provider sent the tenant back: checks the state and the browser, exchanges the code,
+/// stores the tokens. `browser` is the value of the flow's cookie (`browser_cookie_name`), as
+/// presented by the client.
 pub async fn finish(
     keeper: &SecretsKeeper,
     public_url: &str,
     query: &BTreeMap<String, String>,
+    browser: Option<&str>,
 ) -> Result<Connected, SignupError> {
     let state = query.get("state").ok_or(SignupError::StateInvalid)?;
     if !looks_like_secret(state) {
         return Err(SignupError::StateInvalid);
     }
     let now = now_epoch();
+    // The state is spent here, whoever presents it: a state that reached the wrong browser
+    // cannot be tried again (the tenant starts over from the link, which stays usable).
     let flow = keeper
         .store()
         .take_oauth_state(&hash(state), now)
         .await?
         .ok_or(SignupError::StateInvalid)?;
+    let same_browser = match (flow.browser_hash, browser) {
+        (Some(expected), Some(value)) => bool::from(subtle::ConstantTimeEq::ct_eq(
+            &expected[..],
+            &hash(value)[..],
+        )),
+        _ => false,
+    };
+    if !same_browser {
+        tracing::warn!(
+            cookie_presented = browser.is_some(),
+            "signup callback refused: not the browser that started the flow"
+        );
+        return Err(SignupError::BrowserMismatch);
+    }
     let link = keeper
         .store()
         .connect_link(&flow.link_hash)

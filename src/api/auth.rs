@@ -241,6 +241,18 @@ impl Authenticator {
             }))
     }
 
+    /// The account named `name` as currently known (within `ACCOUNTS_TTL`), with the hash of
+    /// its token: a session of the /admin page follows its account's expiry and revocation.
+    pub async fn account(&self, name: &str) -> Result<Option<([u8; 32], Principal)>, StoreError> {
+        let (accounts, fresh) = self.current();
+        let accounts = if fresh {
+            accounts
+        } else {
+            self.reload(ACCOUNTS_TTL).await?
+        };
+        Ok(accounts.iter().find(|(_, p)| p.name == name).cloned())
+    }
+
     /// The account behind client credentials (RFC 6749 §2.3.1): its name and its secret.
     pub async fn client_credentials(
         &self,
@@ -298,30 +310,42 @@ pub async fn require_role(
         Ok(None) => return ApiError::Unauthorized.into_response(),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    // A refusal of a real account is audited under its name, not as anonymous.
+    let refused = |error: ApiError, name: &str| {
+        let mut response = error.into_response();
+        response
+            .extensions_mut()
+            .insert(super::PrincipalName(name.to_string()));
+        response
+    };
     if principal
         .expires_at
         .is_some_and(|at| at <= crate::domain::now_epoch())
     {
-        return ApiError::Unauthorized.into_response();
+        return refused(ApiError::Unauthorized, &principal.name);
     }
     if let Err(retry_after) = auth.check_rate(&principal) {
-        return ApiError::RateLimited {
-            message: format!(
-                "service account '{}' exceeded its request rate; retry after {retry_after} s",
-                principal.name
-            ),
-            retry_after,
-        }
-        .into_response();
+        return refused(
+            ApiError::RateLimited {
+                message: format!(
+                    "service account '{}' exceeded its request rate; retry after {retry_after} s",
+                    principal.name
+                ),
+                retry_after,
+            },
+            &principal.name,
+        );
     }
     if principal.role < role {
-        return ApiError::Forbidden(format!(
-            "this route requires the {} role; service account '{}' is {}",
-            role.as_str(),
-            principal.name,
-            principal.role.as_str()
-        ))
-        .into_response();
+        return refused(
+            ApiError::Forbidden(format!(
+                "this route requires the {} role; service account '{}' is {}",
+                role.as_str(),
+                principal.name,
+                principal.role.as_str()
+            )),
+            &principal.name,
+        );
     }
     if let Some(scope) = &principal.scope {
         // A scoped account may use the per-app routes of its apps and connector types only,
@@ -333,11 +357,13 @@ pub async fn require_role(
             None => Err("a scoped account may only call the per-app routes of its scope".into()),
         };
         if let Err(reason) = verdict {
-            return ApiError::Forbidden(format!(
-                "service account '{}' may not do this: {reason}",
-                principal.name
-            ))
-            .into_response();
+            return refused(
+                ApiError::Forbidden(format!(
+                    "service account '{}' may not do this: {reason}",
+                    principal.name
+                )),
+                &principal.name,
+            );
         }
     }
     let name = super::PrincipalName(principal.name.clone());

@@ -103,9 +103,32 @@ pub fn connect_page(
     )
 }
 
+/// The value of the request cookie `name`, if the client sent it.
+pub fn request_cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value.to_string())
+}
+
 /// The end of a signup (or a link that cannot be used): `#result` carries the outcome in
 /// `data-status` for automated checks.
 pub fn result_page(status: StatusCode, outcome: &str, title: &str, message: &str) -> Response {
+    result_page_with_code(status, outcome, None, title, message)
+}
+
+/// A result page that also names a stable error code in `data-error`.
+pub fn result_page_with_code(
+    status: StatusCode,
+    outcome: &str,
+    code: Option<&str>,
+    title: &str,
+    message: &str,
+) -> Response {
     let class = if outcome == "connected" { "ok" } else { "bad" };
     let label = match outcome {
         "connected" => "Connected",
@@ -117,8 +140,11 @@ pub fn result_page(status: StatusCode, outcome: &str, title: &str, message: &str
         status,
         title,
         &format!(
-            "<div id=\"result\" data-status=\"{outcome}\"><span class=\"status {class}\">{label}</span>\
+            "<div id=\"result\" data-status=\"{outcome}\"{code}><span class=\"status {class}\">{label}</span>\
              <h1>{title}</h1><p>{message}</p></div>",
+            code = code
+                .map(|c| format!(" data-error=\"{}\"", escape(c)))
+                .unwrap_or_default(),
             outcome = escape(outcome),
             title = escape(title),
             message = escape(message),

@@ -182,24 +182,26 @@ pub fn router(state: AppState) -> Router {
     let sandbox = state
         .sandbox_secret
         .as_deref()
-        .map(crate::sandbox::router)
+        .map(|secret| {
+            crate::sandbox::router(secret, &crate::signup::redirect_uri(&state.public_url))
+        })
         .unwrap_or_default();
+    let slow_client_timeout = state.config.slow_client_timeout;
+    let body_timeout = state.config.body_timeout;
+    // The sandbox (when mounted) sits inside the same layers as the API.
     table
         .router
         .fallback(|| async { ApiError::NotFound })
-        .layer(middleware::from_fn_with_state(state.clone(), access_log))
+        .with_state(state.clone())
+        .merge(sandbox)
+        .layer(middleware::from_fn_with_state(state, access_log))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         // A client that sends its body slowly gets 408 instead of holding the request open.
-        .layer(RequestBodyTimeoutLayer::new(
-            state.config.slow_client_timeout,
-        ))
+        .layer(RequestBodyTimeoutLayer::new(slow_client_timeout))
         // ... and a whole-body deadline, however steadily it trickles in.
-        .layer(middleware::from_fn({
-            let limit = state.config.body_timeout;
-            move |request, next| super::limits::body_deadline(limit, request, next)
+        .layer(middleware::from_fn(move |request, next| {
+            super::limits::body_deadline(body_timeout, request, next)
         }))
-        .with_state(state)
-        .merge(sandbox)
 }
 
 /// The table without a server, for `tokenbox routes` and documentation.

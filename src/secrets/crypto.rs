@@ -98,9 +98,12 @@ impl KeyRing {
                 .map(Some);
         }
         match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text)
-                .with_context(|| format!("encryption key file {} is invalid", path.display()))
-                .map(Some),
+            Ok(text) => {
+                warn_if_shared(path);
+                Self::parse(&text)
+                    .with_context(|| format!("encryption key file {} is invalid", path.display()))
+                    .map(Some)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e)
                 .with_context(|| format!("cannot read encryption key file {}", path.display())),
@@ -279,6 +282,30 @@ fn replace_file_with(
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Warns when the key file can be read or written by its group or by others: the keys decrypt
+/// every stored token. A warning rather than a refusal, so that a running deployment with a
+/// lax mode keeps starting (after an upgrade) while the operator is told what to fix.
+fn warn_if_shared(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = %format!("{mode:04o}"),
+                    "the encryption key file can be read or written by its group or by others; \
+                     restrict it to its owner: chmod 600 {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

@@ -381,6 +381,28 @@ pub trait SecretsStore: Send + Sync + 'static {
     async fn create_service_account(&self, account: &ServiceAccount) -> Result<(), StoreError>;
     async fn list_service_accounts(&self) -> Result<Vec<ServiceAccount>, StoreError>;
     async fn delete_service_account(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Records a session of the /admin page (and forgets the expired ones).
+    async fn create_admin_session(&self, session: &AdminSession) -> Result<(), StoreError>;
+    /// The session with this id hash, unless it has expired.
+    async fn admin_session(
+        &self,
+        id_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<AdminSession>, StoreError>;
+    /// Ends a session (sign-out, or its account is gone).
+    async fn delete_admin_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError>;
+}
+
+/// A signed-in session of the /admin page. Only the SHA-256 of its random id (the cookie) is
+/// stored; it belongs to one account, identified by name and token hash.
+#[derive(Clone, Debug)]
+pub struct AdminSession {
+    pub id_hash: [u8; 32],
+    pub account: String,
+    pub account_token_hash: [u8; 32],
+    pub created_at: i64,
+    pub expires_at: i64,
 }
 
 /// Opens the store named by `database_url`, applies migrations, and loads (or, on a new
@@ -496,6 +518,15 @@ macro_rules! embedded_migrations {
                     "../../migrations/",
                     $backend,
                     "/0009_refresh_lease.sql"
+                )),
+            ),
+            (
+                10,
+                "browser_binding",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0010_browser_binding.sql"
                 )),
             ),
             (

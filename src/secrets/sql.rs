@@ -164,15 +164,22 @@ pub(crate) const UNSPEND_LINK: &str =
     "UPDATE connect_links SET spent_at = NULL WHERE secret_hash = $1";
 pub(crate) const DELETE_EXPIRED_STATES: &str = "DELETE FROM oauth_states WHERE expires_at <= $1";
 pub(crate) const INSERT_STATE: &str = "INSERT INTO oauth_states (state_hash, link_hash, \
-     pkce_verifier, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)";
+     pkce_verifier, created_at, expires_at, browser_hash) VALUES ($1, $2, $3, $4, $5, $6)";
 pub(crate) const TAKE_STATE: &str = "DELETE FROM oauth_states WHERE state_hash = $1 \
-     RETURNING link_hash, pkce_verifier, expires_at";
+     RETURNING link_hash, pkce_verifier, expires_at, browser_hash";
 pub(crate) const INSERT_ACCOUNT: &str = "INSERT INTO service_accounts (name, role, token_hash, \
      created_at, apps, connector_types, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
      ON CONFLICT (name) DO NOTHING";
 pub(crate) const LIST_ACCOUNTS: &str = "SELECT name, role, token_hash, created_at, apps, \
      connector_types, expires_at FROM service_accounts ORDER BY name";
 pub(crate) const DELETE_ACCOUNT: &str = "DELETE FROM service_accounts WHERE name = $1";
+pub(crate) const DELETE_EXPIRED_SESSIONS: &str =
+    "DELETE FROM admin_sessions WHERE expires_at <= $1";
+pub(crate) const INSERT_SESSION: &str = "INSERT INTO admin_sessions (id_hash, account, \
+     account_token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)";
+pub(crate) const SELECT_SESSION: &str = "SELECT account, account_token_hash, created_at, \
+     expires_at FROM admin_sessions WHERE id_hash = $1 AND expires_at > $2";
+pub(crate) const DELETE_SESSION: &str = "DELETE FROM admin_sessions WHERE id_hash = $1";
 pub(crate) const SELECT_KEY_CHECK: &str = "SELECT value FROM tokenbox_meta WHERE key = 'key_check'";
 pub(crate) const INSERT_KEY_CHECK: &str = "INSERT INTO tokenbox_meta (key, value) \
      VALUES ('key_check', $1) ON CONFLICT (key) DO NOTHING";
@@ -722,6 +729,7 @@ macro_rules! sql_store {
                     .bind(verifier)
                     .bind(now)
                     .bind(state.expires_at)
+                    .bind(state.browser_hash.as_ref().map(|h| &h[..]))
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -745,7 +753,9 @@ macro_rules! sql_store {
                     return Ok(None);
                 }
                 let verifier: Option<Vec<u8>> = row.try_get("pkce_verifier")?;
+                let browser: Option<Vec<u8>> = row.try_get("browser_hash")?;
                 Ok(Some($crate::domain::OAuthState {
+                    browser_hash: browser.map(hash32).transpose()?,
                     link_hash: hash32(row.try_get("link_hash")?)?,
                     pkce_verifier: verifier
                         .map(|v| self.keys.decrypt_secret(&v, &oauth_state_aad(state_hash)))
@@ -1157,6 +1167,59 @@ macro_rules! sql_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(result.rows_affected() > 0)
+            }
+
+            async fn create_admin_session(
+                &self,
+                session: &$crate::secrets::AdminSession,
+            ) -> Result<(), $crate::secrets::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(sql::DELETE_EXPIRED_SESSIONS)
+                    .bind(session.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql::INSERT_SESSION)
+                    .bind(&session.id_hash[..])
+                    .bind(&session.account)
+                    .bind(&session.account_token_hash[..])
+                    .bind(session.created_at)
+                    .bind(session.expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn admin_session(
+                &self,
+                id_hash: &[u8; 32],
+                now: i64,
+            ) -> Result<Option<$crate::secrets::AdminSession>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query(sql::SELECT_SESSION)
+                    .bind(&id_hash[..])
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                Ok(Some($crate::secrets::AdminSession {
+                    id_hash: *id_hash,
+                    account: row.try_get("account")?,
+                    account_token_hash: hash32(row.try_get("account_token_hash")?)?,
+                    created_at: row.try_get("created_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                }))
+            }
+
+            async fn delete_admin_session(
+                &self,
+                id_hash: &[u8; 32],
+            ) -> Result<(), $crate::secrets::StoreError> {
+                sqlx::query(sql::DELETE_SESSION)
+                    .bind(&id_hash[..])
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
         }
     };

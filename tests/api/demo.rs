@@ -43,7 +43,18 @@ async fn signup(client: &reqwest::Client, link: &str, decision: &str) -> (u16, S
     ];
     let back = client.post(&authorize).form(&form).send().await.unwrap();
     assert_eq!(back.status(), 303);
-    let done = client.get(location(&back)).send().await.unwrap();
+    // Back at the callback with the cookie Connect set, as a browser does.
+    let cookies = crate::helpers::set_cookies(&to_provider)
+        .into_iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let done = client
+        .get(location(&back))
+        .header("cookie", cookies)
+        .send()
+        .await
+        .unwrap();
     let status = done.status().as_u16();
     (status, done.text().await.unwrap())
 }
@@ -149,4 +160,94 @@ async fn serve_without_sandbox_answers_404_under_sandbox() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
+}
+
+/// Issue 11 (from reading): the sandbox did not check `redirect_uri` (an open redirect that
+/// hands out codes), and sat outside the body limit and the access log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_answers_only_this_servers_callback_inside_the_body_limit_and_access_log() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+        extra_config: "sandbox = true\n".into(),
+        ..crate::helpers::AppOptions::default()
+    })
+    .await;
+    let authorize = format!("{}/sandbox/authorize", app.address);
+    let callback = format!("{}/oauth/callback", app.address);
+    for redirect in [
+        "https://evil.example/cb",
+        "http://127.0.0.1:1/oauth/callback",
+        &format!("{callback}/../x"),
+    ] {
+        let response = app
+            .client
+            .get(&authorize)
+            .query(&[
+                ("client_id", "tokenbox-sandbox"),
+                ("redirect_uri", redirect),
+                ("state", "s"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{redirect}");
+        assert!(response
+            .text()
+            .await
+            .unwrap()
+            .contains("data-error=\"invalid_redirect_uri\""));
+        for decision in ["approve", "deny"] {
+            let response = app
+                .client
+                .post(&authorize)
+                .form(&[
+                    ("decision", decision),
+                    ("redirect_uri", redirect),
+                    ("state", "s"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 400, "{decision} {redirect}");
+            assert!(response.headers().get("location").is_none());
+        }
+    }
+    // This server's own callback is accepted.
+    let response = app
+        .client
+        .post(&authorize)
+        .form(&[
+            ("decision", "approve"),
+            ("redirect_uri", &callback),
+            ("state", "s"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let code = query_param(&location(&response), "code").unwrap();
+    app.remember_secret(&code);
+
+    // The access log names the sandbox's routes (the reader thread may lag: poll).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let logged = |logs: &str| {
+        logs.lines()
+            .any(|l| l.contains("tokenbox::access") && l.contains("/sandbox/authorize"))
+    };
+    while !logged(&app.logs()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(logged(&app.logs()), "{}", app.logs());
+    // And the body limit (64 KiB) applies: 413 before the form is parsed.
+    let response = app
+        .client
+        .post(format!("{}/sandbox/token", app.address))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=refresh_token&refresh_token={}",
+            "x".repeat(100 * 1024)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
 }

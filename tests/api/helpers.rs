@@ -575,6 +575,8 @@ pub struct TestApp {
     /// Secrets that must never appear in the logs (besides the provider's).
     secrets: Mutex<Vec<String>>,
     log_filter: String,
+    /// The signup cookies this "browser" holds (name, value), as set by Connect.
+    browser_cookies: Mutex<Vec<(String, String)>>,
 }
 
 pub struct AppOptions {
@@ -689,6 +691,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         child: None,
         logs: Arc::new(Mutex::new(String::new())),
         log_filter: options.log_filter,
+        browser_cookies: Mutex::new(Vec::new()),
     };
     app.start();
     app
@@ -994,6 +997,7 @@ impl TestApp {
             logs: Arc::new(Mutex::new(String::new())),
             secrets: Mutex::new(self.secrets.lock().unwrap().clone()),
             log_filter: self.log_filter.clone(),
+            browser_cookies: Mutex::new(self.browser_cookies.lock().unwrap().clone()),
         };
         replica.start();
         replica
@@ -1079,9 +1083,38 @@ impl TestApp {
         url
     }
 
-    /// Clicks Connect on the link's page: returns the provider URL tokenbox redirects to.
+    /// Clicks Connect on the link's page: returns the provider URL tokenbox redirects to. Keeps
+    /// the cookie that binds the flow to this browser, as a browser does.
     pub async fn click_connect(&self, link: &str) -> reqwest::Response {
-        self.client.post(link).send().await.unwrap()
+        let response = self.client.post(link).send().await.unwrap();
+        for (name, value) in set_cookies(&response) {
+            self.remember_secret(&value);
+            let mut jar = self.browser_cookies.lock().unwrap();
+            jar.retain(|(n, _)| *n != name);
+            jar.push((name, value));
+        }
+        response
+    }
+
+    /// The browser's signup cookies, as a `Cookie` header value.
+    pub fn browser_cookie_header(&self) -> String {
+        self.browser_cookies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Follows the provider's redirect to the callback from the browser that clicked Connect.
+    pub async fn callback(&self, url: &str) -> reqwest::Response {
+        let cookies = self.browser_cookie_header();
+        let mut request = self.client.get(url);
+        if !cookies.is_empty() {
+            request = request.header("cookie", cookies);
+        }
+        request.send().await.unwrap()
     }
 
     /// Follows a link through Connect, the provider and the callback; returns the final response.
@@ -1100,8 +1133,21 @@ impl TestApp {
         );
         let callback = location(&back);
         self.remember_secret(&query_param(&callback, "state").unwrap_or_default());
-        self.client.get(&callback).send().await.unwrap()
+        self.callback(&callback).await
     }
+}
+
+/// The (name, value) of every cookie a response sets with a value.
+pub fn set_cookies(response: &reqwest::Response) -> Vec<(String, String)> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next()?.trim().split_once('='))
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
 }
 
 pub fn location(response: &reqwest::Response) -> String {

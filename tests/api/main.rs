@@ -111,6 +111,11 @@ conformance! {
         return_to_gets_a_303_after_the_signup_and_delete_removes_the_connection,
         connector_types_lists_the_catalog_and_whether_credentials_are_configured,
         the_cli_creates_connect_links,
+        a_callback_from_a_browser_that_did_not_click_connect_is_refused,
+        a_return_to_with_a_control_character_is_refused_and_one_with_unicode_is_normalised,
+    }
+    admin {
+        the_admin_cookie_is_a_server_side_session_and_cross_site_posts_are_refused,
     }
     cli {
         service_account_create_prints_only_the_token_and_revoke_stops_it,

@@ -82,7 +82,7 @@ pub async fn a_tenant_connects_through_the_link_and_the_job_gets_the_issued_toke
     // The provider redirects back; the callback exchanges the code (verifier checked).
     let back = app.client.get(&authorize).send().await.unwrap();
     let callback = location(&back);
-    let done = app.client.get(&callback).send().await.unwrap();
+    let done = app.callback(&callback).await;
     assert_eq!(done.status(), 200);
     let html = done.text().await.unwrap();
     assert_eq!(result_status(&html).as_deref(), Some("connected"), "{html}");
@@ -154,11 +154,8 @@ pub async fn a_replayed_unknown_or_missing_state_is_refused_and_nothing_is_store
     assert_eq!(connection_status(&app, "tenant-b").await, 404);
 
     // The real callback works once; its replay is refused.
-    assert_eq!(
-        app.client.get(&callback).send().await.unwrap().status(),
-        200
-    );
-    let replay = app.client.get(&callback).send().await.unwrap();
+    assert_eq!(app.callback(&callback).await.status(), 200);
+    let replay = app.callback(&callback).await;
     assert_eq!(replay.status(), 400);
     assert!(replay.text().await.unwrap().contains("no longer valid"));
     assert_eq!(
@@ -436,4 +433,160 @@ pub async fn the_cli_creates_connect_links(backend: Backend) {
     );
     assert_ne!(code, 0);
     assert!(stderr.contains("no parameter"), "{stderr}");
+}
+
+/// The attack of issue 11, item 2: a tenant starts a flow from their own link and sends the
+/// authorization URL to someone else; the provider approves silently and the victim's browser
+/// lands on the callback. Without the cookie of the browser that clicked Connect (or with
+/// another one) nothing is exchanged or stored.
+pub async fn a_callback_from_a_browser_that_did_not_click_connect_is_refused(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
+    let link = app.new_link("tenant-a").await;
+
+    // The attacker clicks Connect: the flow is bound to a cookie of their browser.
+    let to_provider = app.click_connect(&link).await;
+    assert_eq!(to_provider.status(), 303);
+    let set_cookie = to_provider.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for flag in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/oauth/callback",
+        "Max-Age=",
+    ] {
+        assert!(set_cookie.contains(flag), "{set_cookie}");
+    }
+    assert!(!set_cookie.contains("Secure"), "the test server is http");
+    let authorize = location(&to_provider);
+    let state = query_param(&authorize, "state").unwrap();
+    app.remember_secret(&state);
+    assert!(!set_cookie.contains(&state), "the cookie is not the state");
+
+    // The victim's browser (no cookie) follows the URL it was sent; the provider approves.
+    let victim = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let back = victim.get(&authorize).send().await.unwrap();
+    let callback = location(&back);
+    let refused = victim.get(&callback).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let html = refused.text().await.unwrap();
+    assert_eq!(result_status(&html).as_deref(), Some("invalid"), "{html}");
+    assert!(html.contains("data-error=\"browser_mismatch\""), "{html}");
+    assert!(html.contains("another browser"), "{html}");
+    assert_eq!(connection_status(&app, "tenant-a").await, 404);
+    assert!(
+        provider.issued_access_tokens().is_empty(),
+        "the victim's code was not exchanged"
+    );
+    // The state is spent: the attacker cannot complete it either.
+    assert_eq!(app.callback(&callback).await.status(), 400);
+
+    // A victim whose browser holds a cookie of its own (another value under this flow's
+    // cookie name, or another flow's cookie) is refused the same way; one flow each, since a
+    // refusal spends the state.
+    let other = unique("other-browser");
+    for variant in ["same name, other value", "another flow's cookie"] {
+        let to_provider = app.click_connect(&link).await;
+        let authorize = location(&to_provider);
+        app.remember_secret(&query_param(&authorize, "state").unwrap());
+        let name = crate::helpers::set_cookies(&to_provider)[0].0.clone();
+        let cookie = if variant == "same name, other value" {
+            format!("{name}={other}")
+        } else {
+            format!("tokenbox_signup_000000000000={other}")
+        };
+        let back = victim.get(&authorize).send().await.unwrap();
+        let refused = victim
+            .get(location(&back))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{variant}");
+        assert!(
+            refused
+                .text()
+                .await
+                .unwrap()
+                .contains("data-error=\"browser_mismatch\""),
+            "{variant}"
+        );
+    }
+    assert_eq!(connection_status(&app, "tenant-a").await, 404);
+    assert!(provider.issued_access_tokens().is_empty());
+
+    // The link was not spent: the tenant connects from their own browser.
+    let done = app.run_signup(&link).await;
+    assert_eq!(done.status(), 200);
+    assert_eq!(
+        result_status(&done.text().await.unwrap()).as_deref(),
+        Some("connected")
+    );
+    assert_eq!(connection_status(&app, "tenant-a").await, 200);
+}
+
+/// Issue 11, item 13: `return_to` was checked after parsing but stored raw, so a control
+/// character gave a 500 at the callback, after the connection was saved. It is refused when
+/// the link is created; what is stored and sent is the normalised URL.
+pub async fn a_return_to_with_a_control_character_is_refused_and_one_with_unicode_is_normalised(
+    backend: Backend,
+) {
+    let provider = FakeProvider::start().await;
+    let app = spawn_app_on(backend, Some(&provider)).await;
+    for bad in [
+        "https://app.example.com/connected/t\u{1}x",
+        "https://app.example.com/connected/t\r\nSet-Cookie: x=y",
+        "https://app.example.com/connected/t\tx",
+        "https://app.example.com/connected/t\u{7f}",
+    ] {
+        let response = app
+            .create_link("t-ctl", "acme", &json!({ "return_to": bad }))
+            .await;
+        assert_eq!(response.status(), 400, "{bad:?}");
+        let body = json_of(response).await;
+        assert_eq!(body["error"], "invalid_request");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("control characters"),
+            "{body}"
+        );
+    }
+    assert!(
+        app.query_strings("SELECT app_id FROM connect_links")
+            .await
+            .is_empty(),
+        "no link was saved"
+    );
+
+    // Non-ASCII is kept, percent-encoded as the URL parser normalises it.
+    let response = app
+        .create_link(
+            "t-uni",
+            "acme",
+            &json!({"return_to": "https://app.example.com/connected/é?q=ü"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let link = json_of(response).await["url"].as_str().unwrap().to_string();
+    app.remember_secret(link.rsplit('/').next().unwrap());
+    assert_eq!(
+        app.query_strings("SELECT return_to FROM connect_links WHERE app_id = 't-uni'")
+            .await,
+        vec!["https://app.example.com/connected/%C3%A9?q=%C3%BC".to_string()]
+    );
+    let done = app.run_signup(&link).await;
+    assert_eq!(done.status(), 303);
+    assert_eq!(
+        location(&done),
+        "https://app.example.com/connected/%C3%A9?q=%C3%BC"
+    );
+    assert_eq!(connection_status(&app, "t-uni").await, 200);
 }

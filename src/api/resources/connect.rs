@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Principal;
 use crate::api::error::ApiError;
-use crate::api::pages::{connect_page, result_page};
+use crate::api::pages::{connect_page, request_cookie, result_page, result_page_with_code};
 use crate::api::{AppState, AuditKey, RequestBody, SmallApp};
 use crate::signup::{self, NewLink, SignupError};
 
@@ -115,6 +115,14 @@ fn error_page(error: SignupError) -> Response {
             "This link is no longer valid",
             "This sign-in attempt has expired or was already completed. Open your connect link again.",
         ),
+        SignupError::BrowserMismatch => result_page_with_code(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            Some("browser_mismatch"),
+            "This sign-in was started in another browser",
+            "Nothing was connected: this sign-in attempt was not started in this browser. \
+             Open your connect link in this browser and click Connect again.",
+        ),
         SignupError::Denied(reason) => result_page(
             StatusCode::OK,
             "denied",
@@ -186,8 +194,21 @@ pub async fn show(State(state): State<AppState>, Path(secret): Path<String>) -> 
 /// a single-use state and PKCE S256 (RFC 7636): 303 to the provider.
 pub async fn start(State(state): State<AppState>, Path(secret): Path<String>) -> Response {
     match signup::start(&state.keeper, &state.public_url, &secret).await {
-        Ok(url) => {
-            let mut response = Redirect::to(&url).into_response();
+        Ok(started) => {
+            let mut response = Redirect::to(&started.url).into_response();
+            // The flow is bound to this browser: the callback (a top-level GET navigation from
+            // the provider, so SameSite=Lax sends it) must present the same cookie.
+            let cookie = format!(
+                "{}={}; Path={}; HttpOnly; SameSite=Lax; Max-Age={}{}",
+                started.cookie_name,
+                started.cookie_value,
+                callback_path(&state.public_url),
+                signup::STATE_TTL,
+                secure_flag(&state.public_url)
+            );
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
             response.headers_mut().insert(
                 header::REFERRER_POLICY,
                 HeaderValue::from_static("no-referrer"),
@@ -222,24 +243,63 @@ pub async fn start(State(state): State<AppState>, Path(secret): Path<String>) ->
 /// exchanges the code, stores the token set, then a success page or 303 to `return_to`.
 pub async fn callback(
     State(state): State<AppState>,
+    headers: HeaderMap,
     query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(query)) = query else {
         return error_page(SignupError::StateInvalid);
     };
-    match signup::finish(&state.keeper, &state.public_url, &query).await {
-        Ok(done) => {
-            let key = done.key.clone();
-            let mut response = connected_response(done);
-            response.extensions_mut().insert(AuditKey(key));
-            response
+    let cookie_name = query.get("state").map(|s| signup::browser_cookie_name(s));
+    let browser = cookie_name
+        .as_deref()
+        .and_then(|name| request_cookie(&headers, name));
+    let mut response =
+        match signup::finish(&state.keeper, &state.public_url, &query, browser.as_deref()).await {
+            Ok(done) => {
+                let key = done.key.clone();
+                let mut response = connected_response(done);
+                response.extensions_mut().insert(AuditKey(key));
+                response
+            }
+            Err(e) => error_page(e),
+        };
+    // The flow is over either way (its state is spent): the browser forgets its cookie.
+    if let (Some(name), Some(_)) = (cookie_name, browser) {
+        let clear = format!(
+            "{name}=; Path={}; HttpOnly; SameSite=Lax; Max-Age=0{}",
+            callback_path(&state.public_url),
+            secure_flag(&state.public_url)
+        );
+        if let Ok(value) = HeaderValue::from_str(&clear) {
+            response.headers_mut().append(header::SET_COOKIE, value);
         }
-        Err(e) => error_page(e),
+    }
+    response
+}
+
+/// The path of the OAuth callback as the browser sees it (`public_url` may carry a prefix when
+/// a proxy serves tokenbox under a path): the signup cookie is sent there only.
+fn callback_path(public_url: &str) -> String {
+    oauth2::url::Url::parse(&signup::redirect_uri(public_url))
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|_| "/oauth/callback".to_string())
+}
+
+/// `; Secure` when the service is reached over https.
+pub(crate) fn secure_flag(public_url: &str) -> &'static str {
+    if public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
     }
 }
 
 fn connected_response(done: signup::Connected) -> Response {
-    match done.return_to {
+    // A return_to stored before it was normalised may not fit a header: the result page then.
+    match done
+        .return_to
+        .filter(|url| HeaderValue::from_str(url).is_ok())
+    {
         Some(url) => {
             let mut response = Redirect::to(&url).into_response();
             response.headers_mut().insert(
@@ -257,5 +317,21 @@ fn connected_response(done: signup::Connected) -> Response {
                 done.key.app_id, done.display_name
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signup_cookie_follows_the_public_url() {
+        assert_eq!(callback_path("http://127.0.0.1:8080"), "/oauth/callback");
+        assert_eq!(
+            callback_path("https://example.com/tokenbox"),
+            "/tokenbox/oauth/callback"
+        );
+        assert_eq!(secure_flag("https://example.com"), "; Secure");
+        assert_eq!(secure_flag("http://127.0.0.1:8080"), "");
     }
 }

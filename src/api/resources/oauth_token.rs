@@ -118,11 +118,20 @@ pub async fn token(
     {
         Ok(Some(p)) => p,
         Ok(None) => {
-            return oauth_error(
+            let mut response = oauth_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "unknown client, wrong secret, or an expired account",
-            )
+            );
+            // A real account refused (expired) is audited under its name.
+            if let Ok(Some(known)) = state.auth.authenticate(&client_secret).await {
+                if known.name == client_id {
+                    response
+                        .extensions_mut()
+                        .insert(crate::api::PrincipalName(known.name));
+                }
+            }
+            return response;
         }
         Err(e) => return crate::api::error::ApiError::from(e).into_response(),
     };
