@@ -329,7 +329,7 @@ async fn an_oversized_or_non_json_answer_is_one_provider_error_and_is_not_read_w
     app.remember_secret(&crate::helpers::query_param(&callback, "state").unwrap());
     provider.set_mode(Mode::HugeBody);
     let dropped_before = bodies.dropped.load(Ordering::SeqCst);
-    let done = app.client.get(&callback).send().await.unwrap();
+    let done = app.callback(&callback).await;
     assert_eq!(done.status(), 502);
     assert!(done.text().await.unwrap().contains("larger than 1 MiB"));
     assert!(app
