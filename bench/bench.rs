@@ -147,7 +147,7 @@ async fn seed(config_path: &Path, count: usize, expired: bool) -> String {
                     scope: None,
                     metadata: Metadata::new(),
                 };
-                store.upsert_connection(&key, &tokens).await.unwrap();
+                store.upsert_connection(&key, &tokens, None).await.unwrap();
             }
         });
     }

@@ -412,7 +412,7 @@ pub async fn finish(
     }
     metadata.append(&mut tokens.metadata);
     tokens.metadata = metadata;
-    keeper.save_connection(&link.key, &tokens).await?;
+    keeper.save_obtained_connection(&link.key, &tokens).await?;
     tracing::info!(app_id = %link.key.app_id, connector_type = %link.key.connector_type, "connection created through signup");
     Ok(Connected {
         display_name: ct.display_name.clone(),

@@ -223,17 +223,41 @@ impl SecretsKeeper {
             .ok_or_else(|| KeeperError::UnknownConnectorType(key.connector_type.to_string()))
     }
 
-    /// Stores a token set obtained elsewhere (import, signup) and makes it current at once.
+    /// Stores a token set obtained elsewhere (an import) and makes it current at once. When the
+    /// token was issued is not known, so neither is its lifetime: the full refresh margin applies.
     pub async fn save_connection(
         &self,
         key: &ConnectionKey,
         tokens: &TokenSet,
     ) -> Result<Arc<StoredConnection>, KeeperError> {
+        self.store_connection(key, tokens, None).await
+    }
+
+    /// Stores a token set the provider issued just now (the signup's code exchange): its
+    /// lifetime is known, as after a refresh.
+    pub async fn save_obtained_connection(
+        &self,
+        key: &ConnectionKey,
+        tokens: &TokenSet,
+    ) -> Result<Arc<StoredConnection>, KeeperError> {
+        self.store_connection(key, tokens, Some(now_epoch())).await
+    }
+
+    async fn store_connection(
+        &self,
+        key: &ConnectionKey,
+        tokens: &TokenSet,
+        obtained_at: Option<i64>,
+    ) -> Result<Arc<StoredConnection>, KeeperError> {
         // Placeholder values (a self-managed host) are checked here too, not only at use.
         self.connector_type(key)?
             .check_metadata(&tokens.metadata)
             .map_err(KeeperError::InvalidRequest)?;
-        let stored = self.inner.store.upsert_connection(key, tokens).await?;
+        let stored = self
+            .inner
+            .store
+            .upsert_connection(key, tokens, obtained_at)
+            .await?;
         if stored.version == 1 {
             self.inner
                 .webhooks

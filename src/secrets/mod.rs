@@ -251,10 +251,13 @@ pub trait SecretsStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     async fn load(&self, key: &ConnectionKey) -> Result<Option<StoredConnection>, StoreError>;
     /// Inserts or replaces a connection's token set (import, signup); status becomes active.
+    /// `obtained_at`: when tokenbox got the token from the provider (the signup), which becomes
+    /// `refreshed_at`; `None` for an import (a re-import keeps the previous `refreshed_at`).
     async fn upsert_connection(
         &self,
         key: &ConnectionKey,
         tokens: &TokenSet,
+        obtained_at: Option<i64>,
     ) -> Result<StoredConnection, StoreError>;
     /// Takes the hold for a refresh; `None` when the connection does not exist.
     /// Takes the connection's refresh lease for `lease_seconds`, waiting while another holder

@@ -17,13 +17,14 @@ pub(crate) fn select_connection(suffix: &str) -> String {
 pub(crate) fn upsert_connection_sql() -> String {
     format!(
         "INSERT INTO connections (app_id, connector_type, status, access_token, refresh_token, \
-         token_type, expires_at, scope, metadata, version, created_at, updated_at) \
-         VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, 1, $9, $9) \
+         token_type, expires_at, scope, metadata, version, created_at, updated_at, refreshed_at) \
+         VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, 1, $9, $9, $10) \
          ON CONFLICT (app_id, connector_type) DO UPDATE SET status = 'active', \
          access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
          token_type = excluded.token_type, expires_at = excluded.expires_at, \
          scope = excluded.scope, metadata = excluded.metadata, \
          version = connections.version + 1, updated_at = excluded.updated_at, \
+         refreshed_at = COALESCE(excluded.refreshed_at, connections.refreshed_at), \
          last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0, \
          last_error_kind = NULL, refresh_interrupted_at = NULL \
          RETURNING {CONNECTION_COLUMNS}"
@@ -468,6 +469,7 @@ macro_rules! sql_store {
                 &self,
                 key: &$crate::domain::ConnectionKey,
                 tokens: &$crate::domain::TokenSet,
+                obtained_at: Option<i64>,
             ) -> Result<$crate::domain::StoredConnection, $crate::secrets::StoreError> {
                 let sealed = seal(&self.keys, key, tokens);
                 let row = sqlx::query(&sql::upsert_connection_sql())
@@ -480,6 +482,7 @@ macro_rules! sql_store {
                     .bind(tokens.scope.as_deref())
                     .bind(sealed.metadata)
                     .bind($crate::domain::now_epoch())
+                    .bind(obtained_at)
                     .fetch_one(&self.pool)
                     .await?;
                 decode(&self.keys, &row)
