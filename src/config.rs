@@ -84,6 +84,17 @@ const OTHER_ENV: &[&str] = &[
     "TOKENBOX_TEST_DATABASE_URL",
 ];
 
+/// A webhook endpoint, as configured (`[[webhooks]]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub url: String,
+    pub secret: Option<Secret>,
+    pub secret_env: Option<String>,
+    /// The event types to send; all when absent.
+    pub events: Option<Vec<String>>,
+}
+
 /// Settings of the background refresher.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RefresherConfig {
@@ -158,7 +169,7 @@ struct FileConfig {
     shutdown_grace_seconds: Option<u64>,
     admin_session_seconds: Option<u64>,
     #[serde(default)]
-    webhooks: Vec<crate::webhooks::WebhookSpec>,
+    webhooks: Vec<WebhookSpec>,
     sandbox: Option<bool>,
     #[serde(default)]
     connector_types: BTreeMap<String, ConnectorTypeSpec>,
@@ -223,7 +234,7 @@ pub struct Config {
     /// account expires or is revoked).
     pub admin_session_seconds: i64,
     /// Endpoints that receive connection events.
-    pub webhooks: Vec<crate::webhooks::WebhookSpec>,
+    pub webhooks: Vec<WebhookSpec>,
     /// Mount the built-in sandbox OAuth provider under /sandbox/ (demo, local development).
     pub sandbox: bool,
     /// Connector types from the config file: custom entries or overrides of catalog entries.

@@ -2,6 +2,8 @@
 //! data-extraction jobs.
 
 pub mod api;
+#[cfg(test)]
+mod architecture;
 pub mod audit;
 pub mod config;
 pub mod connectors;
@@ -9,7 +11,6 @@ pub mod domain;
 pub mod jwt;
 pub mod metrics;
 pub mod refresh;
-pub mod sandbox;
 pub mod secret;
 pub mod secrets;
 pub mod signup;
@@ -27,7 +28,8 @@ use api::auth::Authenticator;
 use api::AppState;
 use config::Config;
 use connectors::{Catalog, Provider};
-use secrets::{open_store, SecretsKeeper};
+use refresh::SecretsKeeper;
+use secrets::open_store;
 
 /// Everything a command needs: the store, the catalog and the keeper built from a config.
 /// `bound` is the server's address, when there is a server, for the default public URL.
@@ -50,7 +52,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
                 display_name: Some("Sandbox (built into tokenbox)".into()),
                 authorization_url: Some(format!("{public_url}/sandbox/authorize")),
                 token_url: Some(format!("{public_url}/sandbox/token")),
-                client_id: Some(sandbox::CLIENT_ID.into()),
+                client_id: Some(api::sandbox::CLIENT_ID.into()),
                 client_secret: Some(secret::Secret::new(secret.clone())),
                 scopes: Some(vec!["profile".into()]),
                 client_auth: Some(connectors::ClientAuth::Basic),

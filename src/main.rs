@@ -798,7 +798,7 @@ async fn demo(listen: &str, data_dir: &std::path::Path) -> anyhow::Result<ExitCo
          3. The sandbox's API accepts it (tokens last {lifetime} s; tokenbox refreshes them):\n\
          \x20  curl -s -H \"Authorization: Bearer $(TOKENBOX_URL={base} TOKENBOX_TOKEN={token} {me} token demo sandbox)\" {base}/sandbox/api/me\n",
         url = link.url,
-        lifetime = tokenbox::sandbox::ACCESS_TOKEN_LIFETIME,
+        lifetime = tokenbox::api::sandbox::ACCESS_TOKEN_LIFETIME,
     );
     use std::io::Write;
     std::io::stdout().flush()?;

@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::connectors::{ConnectorType, RefreshError};
 use crate::domain::{now_epoch, ConnectLink, ConnectionKey, Metadata, OAuthState};
-use crate::secrets::{KeeperError, SecretsKeeper, StoreError};
+use crate::refresh::{KeeperError, SecretsKeeper};
+use crate::secrets::StoreError;
 
 pub const DEFAULT_LINK_TTL: i64 = 7 * 24 * 3600;
 pub const MAX_LINK_TTL: i64 = 30 * 24 * 3600;

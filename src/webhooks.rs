@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use serde::Deserialize;
 use sha2::Sha256;
 use tokio::sync::Notify;
 
@@ -56,15 +55,7 @@ pub const EVENTS: [&str; 4] = [
 ];
 
 /// An endpoint as written in the config file (`[[webhooks]]`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSpec {
-    pub url: String,
-    pub secret: Option<Secret>,
-    pub secret_env: Option<String>,
-    /// The event types to send; all when absent.
-    pub events: Option<Vec<String>>,
-}
+pub use crate::config::WebhookSpec;
 
 #[derive(Clone, Debug)]
 pub struct Endpoint {

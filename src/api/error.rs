@@ -4,7 +4,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::secrets::{KeeperError, StoreError};
+use crate::refresh::KeeperError;
+use crate::secrets::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

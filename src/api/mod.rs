@@ -7,6 +7,7 @@ pub mod openapi;
 pub mod pages;
 pub mod resources;
 pub mod routes;
+pub mod sandbox;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +21,7 @@ use rand::RngCore;
 
 use crate::config::Config;
 use crate::domain::{AppId, ConnectionKey, ConnectorTypeName};
-use crate::secrets::SecretsKeeper;
+use crate::refresh::SecretsKeeper;
 use auth::Authenticator;
 use error::{ApiError, ErrorCode};
 

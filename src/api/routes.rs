@@ -183,7 +183,7 @@ pub fn router(state: AppState) -> Router {
         .sandbox_secret
         .as_deref()
         .map(|secret| {
-            crate::sandbox::router(secret, &crate::signup::redirect_uri(&state.public_url))
+            super::sandbox::router(secret, &crate::signup::redirect_uri(&state.public_url))
         })
         .unwrap_or_default();
     let slow_client_timeout = state.config.slow_client_timeout;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RefresherConfig;
 use crate::domain::now_epoch;
-use crate::secrets::SecretsKeeper;
+use crate::refresh::SecretsKeeper;
 
 /// How long a claim keeps other replicas away from a connection (a refresh takes at most the
 /// request timeout; the row lock, not this lease, is what prevents double refreshes).

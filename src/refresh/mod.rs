@@ -4,6 +4,9 @@
 pub mod background;
 pub mod breaker;
 pub mod decision;
+pub mod keeper;
+
+pub use keeper::{KeeperError, SecretsKeeper, ServedToken, TokenRequest};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -1,8 +1,7 @@
-//! The secrets keeper: storage of connections (the `SecretsStore` trait and its backends) and
-//! `SecretsKeeper`, the facade the API calls, which serves and refreshes tokens.
+//! Storage of connections, links, accounts, audit events and webhook deliveries: the
+//! `SecretsStore` trait and its SQLite and PostgreSQL backends, and the encryption of secrets.
 
 pub mod crypto;
-mod keeper;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -20,7 +19,6 @@ use crate::domain::{
 };
 use crypto::{KeyRing, KEY_CHECK_AAD};
 
-pub use keeper::{KeeperError, SecretsKeeper, ServedToken, TokenRequest};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

@@ -10,7 +10,7 @@ use crate::api::auth::Principal;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Outcome, SmallApp};
 use crate::domain::{now_epoch, Metadata};
-use crate::secrets::TokenRequest;
+use crate::refresh::TokenRequest;
 
 /// The resource of the design note: `GET /{app_id}/{connector_type}/binb-token`.
 pub struct BinBToken;

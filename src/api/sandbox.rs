@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::api::pages::{escape, page};
+use super::pages::{escape, page};
 use crate::domain::now_epoch;
 
 /// The sandbox's client credentials (it trusts only tokenbox's own demo configuration).

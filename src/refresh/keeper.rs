@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use super::{RefreshGuard, RefreshWrite, SecretsStore, StoreError};
 use crate::audit::{self, Audit};
 use crate::config::Config;
 use crate::connectors::{Catalog, ConnectorType, Provider, RefreshError};
@@ -18,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::refresh::breaker::Breakers;
 use crate::refresh::decision::{self, decide, Decision, Refusal, Situation};
 use crate::refresh::{Flights, TokenCache};
+use crate::secrets::{RefreshGuard, RefreshWrite, SecretsStore, StoreError};
 use crate::webhooks::{ConnectionEvent, Webhooks};
 
 pub use crate::refresh::decision::TokenRequest;
