@@ -7,6 +7,16 @@ use axum::Json;
 use crate::refresh::KeeperError;
 use crate::secrets::StoreError;
 
+/// Every error response: a stable code and a human sentence.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `invalid_request`, `unauthorized`, `forbidden`, `unknown_connector_type`,
+    /// `not_connected`, `reauthorization_required`, `rate_limited`, `provider_error`,
+    /// `provider_unavailable`, ...
+    pub error: String,
+    pub message: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("a valid service-account token is required (Authorization: Bearer <token>)")]
@@ -96,7 +106,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let body = ErrorBody {
+            error: self.code().to_string(),
+            message: self.to_string(),
+        };
         let mut response = (self.status_code(), Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

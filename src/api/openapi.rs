@@ -2,7 +2,6 @@
 //! (`GET /openapi.json`).
 
 use axum::Json;
-use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -10,16 +9,6 @@ use super::resources::{
     admin, audit, binb_token, connect, connection, connections, connector_types, health,
     oauth_token,
 };
-
-/// Every error response: a stable code and a human sentence.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// `invalid_request`, `unauthorized`, `forbidden`, `unknown_connector_type`,
-    /// `not_connected`, `reauthorization_required`, `rate_limited`, `provider_error`,
-    /// `provider_unavailable`, ...
-    pub error: String,
-    pub message: String,
-}
 
 struct BearerAuth;
 
@@ -47,7 +36,7 @@ impl Modify for BearerAuth {
         description = "Keeps OAuth tokens for many tenants and hands a valid access token to extraction jobs."
     ),
     paths(
-        binb_token::binb_token_get,
+        binb_token::get,
         connection::get,
         connection::put,
         connection::delete,

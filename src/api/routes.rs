@@ -12,7 +12,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use super::auth::{require_role, Authenticator};
 use super::error::ApiError;
-use super::resources::binb_token::BinBToken;
+use super::resources::binb_token::{self, BinBToken};
 use super::resources::{
     admin, audit, connect, connection, connections, connector_types, health, oauth_token,
 };
@@ -38,7 +38,7 @@ const PUBLIC: Access = Access::Public;
 /// The table itself.
 fn declare(t: &mut RouteTable) {
     use Method::*;
-    t.add_smallapp_resource("binb-token", &[Get], SUPERADMIN, get(BinBToken::get));
+    t.add_smallapp_resource(BinBToken::RESOURCE, &[Get], SUPERADMIN, get(binb_token::get));
     t.add_smallapp_resource(
         "connection",
         &[Get, Put, Delete],

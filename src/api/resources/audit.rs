@@ -28,10 +28,10 @@ pub struct AuditQuery {
     ),
     responses(
         (status = 200, description = "events, newest first", body = Vec<crate::domain::AuditEvent>),
-        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "forbidden", body = crate::api::openapi::ErrorBody),
-        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody)
+        (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 403, description = "forbidden", body = crate::api::error::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody)
     )
 )]
 /// `GET /audit?app_id=&since=&limit=` — role superadmin. Newest first; `since` in epoch

@@ -12,8 +12,14 @@ use crate::api::{AppState, Outcome, SmallApp};
 use crate::domain::{now_epoch, Metadata};
 use crate::refresh::TokenRequest;
 
-/// The resource of the design note: `GET /{app_id}/{connector_type}/binb-token`.
+/// The resource of the design note: `GET /{app_id}/{connector_type}/binb-token`, served by
+/// [`get`].
 pub struct BinBToken;
+
+impl BinBToken {
+    /// The resource's name under `/{app_id}/{connector_type}/`.
+    pub const RESOURCE: &'static str = "binb-token";
+}
 
 #[derive(Debug, Deserialize)]
 pub struct BinBTokenQuery {
@@ -84,70 +90,64 @@ impl BinBTokenQuery {
     ),
     responses(
         (status = 200, description = "a valid access token", body = BinBTokenResponse),
-        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
-    (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
-    (status = 403, description = "forbidden", body = crate::api::openapi::ErrorBody),
-    (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::openapi::ErrorBody),
-    (status = 409, description = "reauthorization_required", body = crate::api::openapi::ErrorBody),
-    (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody),
-    (status = 502, description = "provider_error", body = crate::api::openapi::ErrorBody),
-    (status = 503, description = "provider_unavailable (Retry-After)", body = crate::api::openapi::ErrorBody)
+        (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
+    (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+    (status = 403, description = "forbidden", body = crate::api::error::ErrorBody),
+    (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
+    (status = 409, description = "reauthorization_required", body = crate::api::error::ErrorBody),
+    (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody),
+    (status = 502, description = "provider_error", body = crate::api::error::ErrorBody),
+    (status = 503, description = "provider_unavailable (Retry-After)", body = crate::api::error::ErrorBody)
     )
 )]
-/// The OpenAPI description of `BinBToken::get` (utoipa documents free functions only).
-#[allow(dead_code)]
-pub(crate) fn binb_token_get() {}
-
-impl BinBToken {
-    /// `GET /{app_id}/{connector_type}/binb-token` — role superadmin. Returns an access token
-    /// valid for at least `min_validity` seconds (default: the refresh margin), refreshing it
-    /// with the refresh-token grant (RFC 6749 §6) first when needed.
-    pub async fn get(
-        State(state): State<AppState>,
-        Extension(_principal): Extension<Principal>,
-        SmallApp(key): SmallApp,
-        query: Result<Query<BinBTokenQuery>, axum::extract::rejection::QueryRejection>,
-    ) -> Result<Response, ApiError> {
-        let Query(query) =
-            query.map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
-        let request = query.parse()?;
-        let served = match state.keeper.retrieve_token(&key, request).await {
-            Ok(served) => served,
-            Err(e) => {
-                let error = ApiError::from(e);
-                state.metrics.token_request(error.code());
-                return Err(error);
-            }
-        };
-        state.metrics.token_request(if served.refreshed {
-            "refreshed"
-        } else {
-            "served"
-        });
-        let c = &served.connection;
-        let now = now_epoch();
-        let body = BinBTokenResponse {
-            access_token: c.tokens.access_token.expose().to_string(),
-            token_type: c
-                .tokens
-                .token_type
-                .clone()
-                .unwrap_or_else(|| "Bearer".into()),
-            expires_at: c.tokens.expires_at,
-            expires_in: c.tokens.expires_at.map(|at| (at - now).max(0)),
-            scope: c.tokens.scope.clone(),
-            app_id: key.app_id.to_string(),
-            connector_type: key.connector_type.to_string(),
-            metadata: c.tokens.metadata.clone(),
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-        let mut response = (headers, Json(body)).into_response();
-        response.extensions_mut().insert(Outcome {
-            outcome: "served",
-            refreshed: served.refreshed,
-        });
-        Ok(response)
-    }
+/// `GET /{app_id}/{connector_type}/binb-token` — role superadmin. Returns an access token
+/// valid for at least `min_validity` seconds (default: the refresh margin), refreshing it with
+/// the refresh-token grant (RFC 6749 §6) first when needed.
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(_principal): Extension<Principal>,
+    SmallApp(key): SmallApp,
+    query: Result<Query<BinBTokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
+    let request = query.parse()?;
+    let served = match state.keeper.retrieve_token(&key, request).await {
+        Ok(served) => served,
+        Err(e) => {
+            let error = ApiError::from(e);
+            state.metrics.token_request(error.code());
+            return Err(error);
+        }
+    };
+    state.metrics.token_request(if served.refreshed {
+        "refreshed"
+    } else {
+        "served"
+    });
+    let c = &served.connection;
+    let now = now_epoch();
+    let body = BinBTokenResponse {
+        access_token: c.tokens.access_token.expose().to_string(),
+        token_type: c
+            .tokens
+            .token_type
+            .clone()
+            .unwrap_or_else(|| "Bearer".into()),
+        expires_at: c.tokens.expires_at,
+        expires_in: c.tokens.expires_at.map(|at| (at - now).max(0)),
+        scope: c.tokens.scope.clone(),
+        app_id: key.app_id.to_string(),
+        connector_type: key.connector_type.to_string(),
+        metadata: c.tokens.metadata.clone(),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    let mut response = (headers, Json(body)).into_response();
+    response.extensions_mut().insert(Outcome {
+        outcome: "served",
+        refreshed: served.refreshed,
+    });
+    Ok(response)
 }

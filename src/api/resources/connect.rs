@@ -52,11 +52,11 @@ impl From<SignupError> for ApiError {
     request_body(content = CreateLinkBody, description = "all fields optional; an empty body is fine"),
     responses(
         (status = 201, description = "a single-use, expiring link", body = CreatedLinkBody),
-        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::openapi::ErrorBody),
-        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody),
-        (status = 409, description = "connector_not_configured", body = crate::api::openapi::ErrorBody)
+        (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody),
+        (status = 409, description = "connector_not_configured", body = crate::api::error::ErrorBody)
     )
 )]
 /// `POST /{app_id}/{connector_type}/connect-links` — role admin or superadmin. Creates a

@@ -144,10 +144,10 @@ impl From<&ConnectionSummary> for ConnectionView {
     responses(
         (status = 200, description = "replaced", body = ConnectionView),
         (status = 201, description = "created", body = ConnectionView),
-        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::openapi::ErrorBody),
-        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody)
+        (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody)
     )
 )]
 /// `PUT /{app_id}/{connector_type}/connection` — role admin or superadmin. Imports a token set
@@ -184,10 +184,10 @@ pub async fn put(
     params(("app_id" = String, Path), ("connector_type" = String, Path)),
     responses(
         (status = 200, description = "the connection, never a token", body = ConnectionView),
-        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::openapi::ErrorBody),
-        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody)
+        (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody)
     )
 )]
 /// `GET /{app_id}/{connector_type}/connection` — role admin or superadmin. Status, scope,
@@ -221,10 +221,10 @@ pub struct Deleted {
     params(("app_id" = String, Path), ("connector_type" = String, Path)),
     responses(
         (status = 200, description = "deleted (and revoked at the provider when it can)", body = Deleted),
-        (status = 400, description = "invalid_request", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::openapi::ErrorBody),
-        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody)
+        (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody)
     )
 )]
 /// `DELETE /{app_id}/{connector_type}/connection` — role admin or superadmin. Removes the

@@ -50,8 +50,8 @@ impl From<&ConnectorType> for ConnectorTypeView {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "every connector type", body = Vec<ConnectorTypeView>),
-        (status = 401, description = "unauthorized", body = crate::api::openapi::ErrorBody),
-        (status = 429, description = "rate_limited", body = crate::api::openapi::ErrorBody)
+        (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody)
     )
 )]
 /// `GET /connector-types` — role admin or superadmin. Every catalog entry and custom type,

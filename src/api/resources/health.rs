@@ -13,7 +13,7 @@ use crate::api::AppState;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses(
     (status = 200, description = "the database answers"),
-    (status = 503, description = "it does not", body = crate::api::openapi::ErrorBody)
+    (status = 503, description = "it does not", body = crate::api::error::ErrorBody)
 ))]
 /// `GET /healthz` — no authentication.
 pub async fn get(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -26,7 +26,7 @@ pub async fn get(State(state): State<AppState>) -> Result<Json<Value>, ApiError>
 
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "ready"),
-    (status = 503, description = "the database does not answer within 2 s", body = crate::api::openapi::ErrorBody)
+    (status = 503, description = "the database does not answer within 2 s", body = crate::api::error::ErrorBody)
 ))]
 /// `GET /readyz` — no authentication. 200 when the database answers within 2 seconds, so a
 /// load balancer stops sending traffic to a replica that lost its database.
