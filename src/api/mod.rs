@@ -143,24 +143,6 @@ pub struct AuditKey(pub ConnectionKey);
 #[derive(Clone, Debug)]
 pub struct PrincipalName(pub String);
 
-/// The audited actions: (method, route template) -> action.
-fn audited_action(method: &axum::http::Method, route: &str) -> Option<&'static str> {
-    use axum::http::Method;
-    let action = match (method, route) {
-        (&Method::GET, "/{app_id}/{connector_type}/binb-token") => "token.read",
-        (&Method::PUT, "/{app_id}/{connector_type}/connection") => "connection.import",
-        (&Method::DELETE, "/{app_id}/{connector_type}/connection") => "connection.delete",
-        (&Method::POST, "/{app_id}/{connector_type}/connect-links") => "connect_link.create",
-        (&Method::GET, "/oauth/callback") => "connection.connect",
-        (&Method::GET, "/audit") => "audit.read",
-        (&Method::POST, "/oauth/token") => "client_credentials.token",
-        (&Method::POST, "/admin/login") => "admin.login",
-        (&Method::POST, "/admin/connect-links") => "connect_link.create",
-        _ => return None,
-    };
-    Some(action)
-}
-
 /// One structured log line per request. It names the route template, never the raw path or
 /// query (a connect link's path is a secret), and the app and connector type when valid.
 /// Audited actions also go to the audit trail, off the request's path.
@@ -209,7 +191,7 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
         .extensions()
         .get::<PrincipalName>()
         .map(|p| p.0.clone());
-    if let Some(action) = route.as_deref().and_then(|r| audited_action(&method, r)) {
+    if let Some(routes::AuditAction(action)) = response.extensions().get().copied() {
         let audit_outcome = if status < 400 { "ok" } else { outcome };
         let key = path_key.or_else(|| response.extensions().get::<AuditKey>().map(|k| k.0.clone()));
         let principal = principal

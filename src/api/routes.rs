@@ -38,7 +38,13 @@ const PUBLIC: Access = Access::Public;
 /// The table itself.
 fn declare(t: &mut RouteTable) {
     use Method::*;
-    t.add_smallapp_resource(BinBToken::RESOURCE, &[Get], SUPERADMIN, get(binb_token::get));
+    t.add_smallapp_resource(
+        BinBToken::RESOURCE,
+        &[Get],
+        SUPERADMIN,
+        get(binb_token::get),
+    )
+    .audit(Get, "token.read");
     t.add_smallapp_resource(
         "connection",
         &[Get, Put, Delete],
@@ -46,15 +52,19 @@ fn declare(t: &mut RouteTable) {
         get(connection::get)
             .put(connection::put)
             .delete(connection::delete),
-    );
-    t.add_smallapp_resource("connect-links", &[Post], ADMIN, post(connect::create));
+    )
+    .audit(Put, "connection.import")
+    .audit(Delete, "connection.delete");
+    t.add_smallapp_resource("connect-links", &[Post], ADMIN, post(connect::create))
+        .audit(Post, "connect_link.create");
     t.add_resource(
         "/connector-types",
         &[Get],
         ADMIN,
         get(connector_types::list),
     );
-    t.add_resource("/audit", &[Get], SUPERADMIN, get(audit::list));
+    t.add_resource("/audit", &[Get], SUPERADMIN, get(audit::list))
+        .audit(Get, "audit.read");
     t.add_resource("/connections", &[Get], ADMIN, get(connections::list));
     t.add_resource(
         "/connect/{secret}",
@@ -62,8 +72,10 @@ fn declare(t: &mut RouteTable) {
         PUBLIC,
         get(connect::show).post(connect::start),
     );
-    t.add_resource("/oauth/callback", &[Get], PUBLIC, get(connect::callback));
-    t.add_resource("/oauth/token", &[Post], PUBLIC, post(oauth_token::token));
+    t.add_resource("/oauth/callback", &[Get], PUBLIC, get(connect::callback))
+        .audit(Get, "connection.connect");
+    t.add_resource("/oauth/token", &[Post], PUBLIC, post(oauth_token::token))
+        .audit(Post, "client_credentials.token");
     t.add_resource(
         "/.well-known/jwks.json",
         &[Get],
@@ -77,14 +89,16 @@ fn declare(t: &mut RouteTable) {
         &[Get, Post],
         PUBLIC,
         get(admin::login_form).post(admin::login),
-    );
+    )
+    .audit(Post, "admin.login");
     t.add_resource("/admin/logout", &[Post], PUBLIC, post(admin::logout));
     t.add_resource(
         "/admin/connect-links",
         &[Post],
         PUBLIC,
         post(admin::new_link),
-    );
+    )
+    .audit(Post, "connect_link.create");
     t.add_resource("/healthz", &[Get], PUBLIC, get(health::get));
     t.add_resource("/readyz", &[Get], PUBLIC, get(health::ready));
     t.add_resource("/metrics", &[Get], PUBLIC, get(health::metrics));
@@ -96,7 +110,7 @@ fn declare(t: &mut RouteTable) {
     );
 }
 
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     Get,
@@ -112,6 +126,43 @@ pub struct RouteEntry {
     pub methods: Vec<Method>,
     /// `public`, `admin` or `superadmin`.
     pub access: &'static str,
+    /// The audit action recorded for a method, when the method is audited.
+    #[serde(skip)]
+    pub audit: Vec<(Method, &'static str)>,
+}
+
+impl Method {
+    fn matches(self, method: &axum::http::Method) -> bool {
+        use axum::http::Method as M;
+        matches!(
+            (self, method),
+            (Self::Get, &M::GET)
+                | (Self::Post, &M::POST)
+                | (Self::Put, &M::PUT)
+                | (Self::Delete, &M::DELETE)
+        )
+    }
+}
+
+/// The audit action of a request, set on its response by the route that declared it (read by
+/// the access log, which records the audit event).
+#[derive(Clone, Copy, Debug)]
+pub struct AuditAction(pub &'static str);
+
+/// A route just declared, to which audit actions can be attached.
+pub struct Declared<'t> {
+    table: &'t mut RouteTable,
+}
+
+impl Declared<'_> {
+    /// Records `action` in the audit trail for every `method` request of this route, refusals
+    /// included.
+    pub fn audit(self, method: Method, action: &'static str) -> Self {
+        if let Some(entry) = self.table.entries.last_mut() {
+            entry.audit.push((method, action));
+        }
+        self
+    }
 }
 
 /// Collects the declared routes into a router (with the role checks) and a description.
@@ -119,6 +170,8 @@ pub struct RouteTable {
     router: Router<AppState>,
     auth: Option<Arc<Authenticator>>,
     entries: Vec<RouteEntry>,
+    /// The last declared route, added to the router once its audit actions are known.
+    pending: Option<MethodRouter<AppState>>,
 }
 
 impl RouteTable {
@@ -130,13 +183,13 @@ impl RouteTable {
         methods: &[Method],
         access: Access,
         method_router: MethodRouter<AppState>,
-    ) {
+    ) -> Declared<'_> {
         self.add_resource(
             &format!("/{{app_id}}/{{connector_type}}/{resource}"),
             methods,
             access,
             method_router,
-        );
+        )
     }
 
     /// Declares a route with its access rule; methods it does not serve answer 405 in JSON.
@@ -146,7 +199,8 @@ impl RouteTable {
         methods: &[Method],
         access: Access,
         method_router: MethodRouter<AppState>,
-    ) {
+    ) -> Declared<'_> {
+        self.flush();
         self.entries.push(RouteEntry {
             path: path.to_string(),
             methods: methods.to_vec(),
@@ -154,10 +208,54 @@ impl RouteTable {
                 Access::Public => "public",
                 Access::Role(role) => role.as_str(),
             },
+            audit: Vec::new(),
         });
-        let Some(auth) = &self.auth else { return };
+        if let Some(auth) = &self.auth {
+            self.pending = Some(guard(auth, access, method_router));
+        }
+        Declared { table: self }
+    }
+
+    /// Adds the last declared route to the router, marked with its audit actions.
+    fn flush(&mut self) {
+        let Some(method_router) = self.pending.take() else {
+            return;
+        };
+        let entry = self.entries.last().expect("a pending route has its entry");
+        let audit = entry.audit.clone();
+        let method_router = if audit.is_empty() {
+            method_router
+        } else {
+            method_router.layer(middleware::from_fn(
+                move |request: axum::extract::Request, next: middleware::Next| {
+                    let action = audit
+                        .iter()
+                        .find(|(m, _)| m.matches(request.method()))
+                        .map(|(_, a)| *a);
+                    async move {
+                        let mut response = next.run(request).await;
+                        if let Some(action) = action {
+                            response.extensions_mut().insert(AuditAction(action));
+                        }
+                        response
+                    }
+                },
+            ))
+        };
+        let router = std::mem::take(&mut self.router);
+        self.router = router.route(&entry.path, method_router);
+    }
+}
+
+/// A route's handlers behind its access rule; methods it does not serve answer 405 in JSON.
+fn guard(
+    auth: &Arc<Authenticator>,
+    access: Access,
+    method_router: MethodRouter<AppState>,
+) -> MethodRouter<AppState> {
+    {
         let method_router = method_router.fallback(|| async { ApiError::MethodNotAllowed });
-        let guarded = match access {
+        match access {
             Access::Public => method_router,
             Access::Role(role) => {
                 let auth = auth.clone();
@@ -165,9 +263,7 @@ impl RouteTable {
                     require_role(auth.clone(), role, request, next)
                 }))
             }
-        };
-        let router = std::mem::take(&mut self.router);
-        self.router = router.route(path, guarded);
+        }
     }
 }
 
@@ -177,8 +273,10 @@ pub fn router(state: AppState) -> Router {
         router: Router::new(),
         auth: Some(state.auth.clone()),
         entries: Vec::new(),
+        pending: None,
     };
     declare(&mut table);
+    table.flush();
     let sandbox = state
         .sandbox_secret
         .as_deref()
@@ -210,6 +308,7 @@ pub fn describe() -> Vec<RouteEntry> {
         router: Router::new(),
         auth: None,
         entries: Vec::new(),
+        pending: None,
     };
     declare(&mut table);
     table.entries
