@@ -13,7 +13,7 @@ async fn seed(app: &TestApp) {
         ("healthy-2", "hubspot"),
         ("broken-7", "acme"),
     ] {
-        app.import(
+        app.import_ok(
             app_id,
             ct,
             &serde_json::json!({"access_token": unique("t"), "expires_in": 3600}),
@@ -34,12 +34,10 @@ async fn admin_pages_need_the_cookie_and_a_wrong_token_says_nothing_more() {
     seed(&app).await;
     for (method, path) in [("GET", "/admin"), ("POST", "/admin/connect-links")] {
         let response = app
-            .client
-            .request(method.parse().unwrap(), format!("{}{path}", app.address))
-            .bearer_auth(&app.superadmin) // a bearer is not the cookie
+            .request(method.parse().unwrap(), path)
+            .as_superadmin() // a bearer is not the cookie
             .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(response.status(), 303, "{method} {path}");
         assert_eq!(response.headers()["location"], "/admin/login");
     }
@@ -77,26 +75,13 @@ async fn admin_pages_need_the_cookie_and_a_wrong_token_says_nothing_more() {
         assert!(cookie.contains(flag), "{cookie}");
     }
     let cookie = cookie.split(';').next().unwrap().to_string();
-    let status = app
-        .client
-        .get(format!("{}/admin", app.address))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let status = app.get("/admin").header("cookie", &cookie).send().await;
     assert_eq!(status.status(), 200);
     let html = status.text().await.unwrap();
     let attention = html.find("id=\"attention\"").unwrap();
     assert!(html[attention..].contains("broken-7"));
     assert!(!html.contains("<script"));
-    let _: Value = json_of(
-        app.client
-            .get(format!("{}/healthz", app.address))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let _: Value = json_of(app.get("/healthz").send().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,13 +187,7 @@ async fn sign_in(app: &TestApp, token: &str) -> String {
 
 /// GET /admin with the cookie: (status, page).
 async fn status_page(app: &TestApp, cookie: &str) -> (u16, String) {
-    let r = app
-        .client
-        .get(format!("{}/admin", app.address))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("/admin").header("cookie", cookie).send().await;
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
@@ -392,12 +371,10 @@ async fn admin_sign_in_refuses_expired_accounts_and_refusals_are_audited_by_name
     ))
     .await;
     let audit = || async {
-        app.client
-            .get(format!("{}/audit?limit=1000", app.address))
-            .bearer_auth(&app.superadmin)
+        app.get("/audit?limit=1000")
+            .as_superadmin()
             .send()
             .await
-            .unwrap()
             .json::<Vec<Value>>()
             .await
             .unwrap()

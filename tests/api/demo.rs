@@ -145,12 +145,7 @@ fn run(command: &str) -> (i32, String) {
 async fn serve_without_sandbox_answers_404_under_sandbox() {
     let app = spawn_app(None).await;
     for path in ["/sandbox/authorize", "/sandbox/api/me"] {
-        let response = app
-            .client
-            .get(format!("{}{path}", app.address))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(path).send().await;
         assert_eq!(response.status(), 404, "{path}");
     }
     let response = app
