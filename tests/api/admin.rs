@@ -42,15 +42,9 @@ async fn admin_pages_need_the_cookie_and_a_wrong_token_says_nothing_more() {
         assert_eq!(response.headers()["location"], "/admin/login");
     }
     let wrong = |token: String| {
-        let client = app.client.clone();
-        let url = format!("{}/admin/login", app.address);
+        let request = app.post("/admin/login").form(&[("token", token)]);
         async move {
-            let r = client
-                .post(url)
-                .form(&[("token", token)])
-                .send()
-                .await
-                .unwrap();
+            let r = request.send().await;
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
@@ -63,12 +57,10 @@ async fn admin_pages_need_the_cookie_and_a_wrong_token_says_nothing_more() {
     );
 
     let login = app
-        .client
-        .post(format!("{}/admin/login", app.address))
+        .post("/admin/login")
         .form(&[("token", app.admin.clone())])
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(login.status(), 303);
     let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
@@ -167,12 +159,10 @@ where
 /// Signs in with `token`: the `name=value` of the session cookie.
 async fn sign_in(app: &TestApp, token: &str) -> String {
     let login = app
-        .client
-        .post(format!("{}/admin/login", app.address))
+        .post("/admin/login")
         .form(&[("token", token)])
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(login.status(), 303, "signed in");
     let cookie = login.headers()["set-cookie"]
         .to_str()
@@ -229,15 +219,14 @@ pub async fn the_admin_cookie_is_a_server_side_session_and_cross_site_posts_are_
         ];
         form.extend(extra);
         let mut request = app
-            .client
-            .post(format!("{}/admin/connect-links", app.address))
+            .post("/admin/connect-links")
             .header("cookie", &cookie)
             .form(&form);
         for (name, value) in headers {
             request = request.header(name, value);
         }
         async move {
-            let r = request.send().await.unwrap();
+            let r = request.send().await;
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
@@ -290,24 +279,21 @@ pub async fn the_admin_cookie_is_a_server_side_session_and_cross_site_posts_are_
 
     // A login form posted from another site is refused too (login CSRF).
     let response = app
-        .client
-        .post(format!("{}/admin/login", app.address))
+        .post("/admin/login")
         .header("origin", "http://evil.example")
         .form(&[("token", app.admin.clone())])
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 403);
     assert!(response.headers().get("set-cookie").is_none());
 
     // Sign-out without the CSRF token does nothing; with it, the session ends on the server.
     let logout = |fields: Vec<(&'static str, String)>| {
         let request = app
-            .client
-            .post(format!("{}/admin/logout", app.address))
+            .post("/admin/logout")
             .header("cookie", &cookie)
             .form(&fields);
-        async move { request.send().await.unwrap().status().as_u16() }
+        async move { request.send().await.status().as_u16() }
     };
     assert_eq!(logout(vec![]).await, 403);
     assert_eq!(status_page(&app, &cookie).await.0, 200, "still signed in");
@@ -331,12 +317,10 @@ async fn an_admin_session_expires_after_its_configured_lifetime() {
     })
     .await;
     let login = app
-        .client
-        .post(format!("{}/admin/login", app.address))
+        .post("/admin/login")
         .form(&[("token", app.admin.clone())])
         .send()
-        .await
-        .unwrap();
+        .await;
     let set_cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(set_cookie.contains("Max-Age=3"), "{set_cookie}");
     let cookie = set_cookie.split(';').next().unwrap().to_string();
@@ -388,12 +372,10 @@ async fn admin_sign_in_refuses_expired_accounts_and_refusals_are_audited_by_name
         assert!(
             eventually(|| async {
                 let response = app
-                    .client
-                    .post(format!("{}/admin/login", app.address))
+                    .post("/admin/login")
                     .form(&[("token", token.as_str())])
                     .send()
-                    .await
-                    .unwrap();
+                    .await;
                 assert_eq!(response.status(), 401, "{name} may not sign in");
                 assert!(response.headers().get("set-cookie").is_none());
                 refused_as(&audit().await, name, "admin.login")
@@ -404,13 +386,11 @@ async fn admin_sign_in_refuses_expired_accounts_and_refusals_are_audited_by_name
     }
     // The API: an expired account at the token endpoint, an admin on a superadmin route.
     let response = app
-        .client
-        .post(format!("{}/oauth/token", app.address))
+        .post("/oauth/token")
         .basic_auth("old-admin", Some(&old))
         .form(&[("grant_type", "client_credentials")])
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 401);
     assert_eq!(
         app.get_token_as(&app.admin, "a", "github", "")

@@ -15,14 +15,13 @@ async fn token_request(
     form: &str,
 ) -> reqwest::Response {
     let mut request = app
-        .client
-        .post(format!("{}/oauth/token", app.address))
+        .post("/oauth/token")
         .header("content-type", "application/x-www-form-urlencoded")
         .body(form.to_string());
     if let Some((id, secret)) = basic {
         request = request.basic_auth(id, Some(secret));
     }
-    request.send().await.unwrap()
+    request.send().await
 }
 
 async fn jwt_for(app: &TestApp, id: &str, secret: &str) -> String {

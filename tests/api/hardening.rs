@@ -25,14 +25,12 @@ where
 }
 
 async fn client_credentials(app: &TestApp, id: &str, secret: &str) -> reqwest::Response {
-    app.client
-        .post(format!("{}/oauth/token", app.address))
+    app.post("/oauth/token")
         .basic_auth(id, Some(secret))
         .header("content-type", "application/x-www-form-urlencoded")
         .body("grant_type=client_credentials")
         .send()
         .await
-        .unwrap()
 }
 
 fn create_account(app: &TestApp, name: &str, extra: &[&str]) -> String {

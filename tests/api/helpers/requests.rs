@@ -49,6 +49,18 @@ impl ApiRequest {
         self
     }
 
+    /// A form body (`application/x-www-form-urlencoded`), as a browser posts it.
+    pub fn form<T: serde::Serialize + ?Sized>(mut self, form: &T) -> Self {
+        self.builder = self.builder.form(form);
+        self
+    }
+
+    /// HTTP Basic credentials (a service account's name and token at `/oauth/token`).
+    pub fn basic_auth(mut self, name: &str, secret: Option<&str>) -> Self {
+        self.builder = self.builder.basic_auth(name, secret);
+        self
+    }
+
     /// A raw body, sent as it is (no content type added).
     pub fn body(mut self, body: impl Into<reqwest::Body>) -> Self {
         self.builder = self.builder.body(body);
@@ -93,6 +105,10 @@ impl TestApp {
 
     pub fn get(&self, path: &str) -> ApiRequest {
         self.request(Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str) -> ApiRequest {
+        self.request(Method::POST, path)
     }
 
     pub fn put(&self, path: &str) -> ApiRequest {

@@ -5,22 +5,18 @@ use serde_json::{json, Value};
 use super::{json_of, location, query_param, TestApp};
 
 impl TestApp {
+    /// `POST /{app}/{connector_type}/connect-links` as the admin.
     pub async fn create_link(
         &self,
         app: &str,
         connector_type: &str,
         body: &Value,
     ) -> reqwest::Response {
-        self.client
-            .post(format!(
-                "{}/{app}/{connector_type}/connect-links",
-                self.address
-            ))
-            .bearer_auth(&self.admin)
+        self.post(&format!("/{app}/{connector_type}/connect-links"))
+            .as_admin()
             .json(body)
             .send()
             .await
-            .unwrap()
     }
 
     /// Creates a link for `app` on the fake provider's connector type and returns its URL.
