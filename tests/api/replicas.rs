@@ -130,8 +130,8 @@ async fn two_replicas_split_the_background_refreshes_and_refresh_each_connection
     .await;
     let second = first.replica();
     for i in 0..200 {
-        let response = first
-            .import(
+        first
+            .import_ok(
                 &format!("tenant-{i}"),
                 "acme",
                 &serde_json::json!({
@@ -141,7 +141,6 @@ async fn two_replicas_split_the_background_refreshes_and_refresh_each_connection
                 }),
             )
             .await;
-        assert!(response.status().is_success());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while provider.calls() < 200 {

@@ -27,9 +27,10 @@ mod signup;
 pub use cli::{cli, cli_ok};
 pub use postgres::PgDatabase;
 pub use provider::{FakeProvider, Mode, CLIENT_ID, HUGE_BODY};
-// Public names of the harness that no test names today, kept reachable from `crate::helpers`.
 pub use server::{spawn_app, spawn_app_on, spawn_app_with, AppOptions, Backend, TestApp};
 pub use signup::set_cookies;
+
+// Public names of the harness that no test names today, kept reachable from `crate::helpers`.
 #[allow(unused_imports)]
 pub use {
     provider::{BodyCounters, ProviderState},
