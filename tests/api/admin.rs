@@ -13,7 +13,7 @@ async fn seed(app: &TestApp) {
         ("healthy-2", "hubspot"),
         ("broken-7", "acme"),
     ] {
-        app.import(
+        app.import_ok(
             app_id,
             ct,
             &serde_json::json!({"access_token": unique("t"), "expires_in": 3600}),
@@ -34,25 +34,17 @@ async fn admin_pages_need_the_cookie_and_a_wrong_token_says_nothing_more() {
     seed(&app).await;
     for (method, path) in [("GET", "/admin"), ("POST", "/admin/connect-links")] {
         let response = app
-            .client
-            .request(method.parse().unwrap(), format!("{}{path}", app.address))
-            .bearer_auth(&app.superadmin) // a bearer is not the cookie
+            .request(method.parse().unwrap(), path)
+            .as_superadmin() // a bearer is not the cookie
             .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(response.status(), 303, "{method} {path}");
         assert_eq!(response.headers()["location"], "/admin/login");
     }
     let wrong = |token: String| {
-        let client = app.client.clone();
-        let url = format!("{}/admin/login", app.address);
+        let request = app.post("/admin/login").form(&[("token", token)]);
         async move {
-            let r = client
-                .post(url)
-                .form(&[("token", token)])
-                .send()
-                .await
-                .unwrap();
+            let r = request.send().await;
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
@@ -65,38 +57,23 @@ async fn admin_pages_need_the_cookie_and_a_wrong_token_says_nothing_more() {
     );
 
     let login = app
-        .client
-        .post(format!("{}/admin/login", app.address))
+        .post("/admin/login")
         .form(&[("token", app.admin.clone())])
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(login.status(), 303);
     let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
         assert!(cookie.contains(flag), "{cookie}");
     }
     let cookie = cookie.split(';').next().unwrap().to_string();
-    let status = app
-        .client
-        .get(format!("{}/admin", app.address))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let status = app.get("/admin").header("cookie", &cookie).send().await;
     assert_eq!(status.status(), 200);
     let html = status.text().await.unwrap();
     let attention = html.find("id=\"attention\"").unwrap();
     assert!(html[attention..].contains("broken-7"));
     assert!(!html.contains("<script"));
-    let _: Value = json_of(
-        app.client
-            .get(format!("{}/healthz", app.address))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let _: Value = json_of(app.get("/healthz").send().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,12 +159,10 @@ where
 /// Signs in with `token`: the `name=value` of the session cookie.
 async fn sign_in(app: &TestApp, token: &str) -> String {
     let login = app
-        .client
-        .post(format!("{}/admin/login", app.address))
+        .post("/admin/login")
         .form(&[("token", token)])
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(login.status(), 303, "signed in");
     let cookie = login.headers()["set-cookie"]
         .to_str()
@@ -202,13 +177,7 @@ async fn sign_in(app: &TestApp, token: &str) -> String {
 
 /// GET /admin with the cookie: (status, page).
 async fn status_page(app: &TestApp, cookie: &str) -> (u16, String) {
-    let r = app
-        .client
-        .get(format!("{}/admin", app.address))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("/admin").header("cookie", cookie).send().await;
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
@@ -250,15 +219,14 @@ pub async fn the_admin_cookie_is_a_server_side_session_and_cross_site_posts_are_
         ];
         form.extend(extra);
         let mut request = app
-            .client
-            .post(format!("{}/admin/connect-links", app.address))
+            .post("/admin/connect-links")
             .header("cookie", &cookie)
             .form(&form);
         for (name, value) in headers {
             request = request.header(name, value);
         }
         async move {
-            let r = request.send().await.unwrap();
+            let r = request.send().await;
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
@@ -311,24 +279,21 @@ pub async fn the_admin_cookie_is_a_server_side_session_and_cross_site_posts_are_
 
     // A login form posted from another site is refused too (login CSRF).
     let response = app
-        .client
-        .post(format!("{}/admin/login", app.address))
+        .post("/admin/login")
         .header("origin", "http://evil.example")
         .form(&[("token", app.admin.clone())])
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 403);
     assert!(response.headers().get("set-cookie").is_none());
 
     // Sign-out without the CSRF token does nothing; with it, the session ends on the server.
     let logout = |fields: Vec<(&'static str, String)>| {
         let request = app
-            .client
-            .post(format!("{}/admin/logout", app.address))
+            .post("/admin/logout")
             .header("cookie", &cookie)
             .form(&fields);
-        async move { request.send().await.unwrap().status().as_u16() }
+        async move { request.send().await.status().as_u16() }
     };
     assert_eq!(logout(vec![]).await, 403);
     assert_eq!(status_page(&app, &cookie).await.0, 200, "still signed in");
@@ -352,12 +317,10 @@ async fn an_admin_session_expires_after_its_configured_lifetime() {
     })
     .await;
     let login = app
-        .client
-        .post(format!("{}/admin/login", app.address))
+        .post("/admin/login")
         .form(&[("token", app.admin.clone())])
         .send()
-        .await
-        .unwrap();
+        .await;
     let set_cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(set_cookie.contains("Max-Age=3"), "{set_cookie}");
     let cookie = set_cookie.split(';').next().unwrap().to_string();
@@ -392,12 +355,10 @@ async fn admin_sign_in_refuses_expired_accounts_and_refusals_are_audited_by_name
     ))
     .await;
     let audit = || async {
-        app.client
-            .get(format!("{}/audit?limit=1000", app.address))
-            .bearer_auth(&app.superadmin)
+        app.get("/audit?limit=1000")
+            .as_superadmin()
             .send()
             .await
-            .unwrap()
             .json::<Vec<Value>>()
             .await
             .unwrap()
@@ -411,12 +372,10 @@ async fn admin_sign_in_refuses_expired_accounts_and_refusals_are_audited_by_name
         assert!(
             eventually(|| async {
                 let response = app
-                    .client
-                    .post(format!("{}/admin/login", app.address))
+                    .post("/admin/login")
                     .form(&[("token", token.as_str())])
                     .send()
-                    .await
-                    .unwrap();
+                    .await;
                 assert_eq!(response.status(), 401, "{name} may not sign in");
                 assert!(response.headers().get("set-cookie").is_none());
                 refused_as(&audit().await, name, "admin.login")
@@ -427,13 +386,11 @@ async fn admin_sign_in_refuses_expired_accounts_and_refusals_are_audited_by_name
     }
     // The API: an expired account at the token endpoint, an admin on a superadmin route.
     let response = app
-        .client
-        .post(format!("{}/oauth/token", app.address))
+        .post("/oauth/token")
         .basic_auth("old-admin", Some(&old))
         .form(&[("grant_type", "client_credentials")])
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 401);
     assert_eq!(
         app.get_token_as(&app.admin, "a", "github", "")

@@ -55,7 +55,7 @@ pub async fn an_imported_connection_is_served_with_the_documented_json_and_heade
 pub async fn a_token_without_expiry_is_served_as_it_is_without_expires_fields(backend: Backend) {
     let app = spawn_app_on(backend, None).await;
     let access = unique("aircall-token");
-    app.import("tenant-1", "aircall", &json!({"access_token": access}))
+    app.import_ok("tenant-1", "aircall", &json!({"access_token": access}))
         .await;
     let body = json_of(
         app.get_token("tenant-1", "aircall", "min_validity=86400")
@@ -71,11 +71,10 @@ pub async fn binb_token_answers_401_without_or_with_a_wrong_token_and_403_to_an_
     backend: Backend,
 ) {
     let app = spawn_app_on(backend, None).await;
-    app.import("acme", "github", &json!({"access_token": unique("t")}))
+    app.import_ok("acme", "github", &json!({"access_token": unique("t")}))
         .await;
-    let url = format!("{}/acme/github/binb-token", app.address);
 
-    let response = app.client.get(&url).send().await.unwrap();
+    let response = app.get("/acme/github/binb-token").send().await;
     assert_eq!(response.status(), 401);
     assert!(response.headers().contains_key("www-authenticate"));
     assert_eq!(json_of(response).await["error"], "unauthorized");
@@ -92,12 +91,10 @@ pub async fn binb_token_answers_401_without_or_with_a_wrong_token_and_403_to_an_
 
     // Import needs admin or superadmin: no token, no import.
     let response = app
-        .client
-        .put(format!("{}/acme/github/connection", app.address))
+        .put("/acme/github/connection")
         .json(&json!({"access_token": "x"}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 401);
 }
 
@@ -118,7 +115,7 @@ pub async fn unknown_connector_types_and_missing_connections_answer_404_with_the
 
 pub async fn bad_input_gets_a_clear_400_json_error(backend: Backend) {
     let app = spawn_app_on(backend, None).await;
-    app.import("acme", "github", &json!({"access_token": unique("t")}))
+    app.import_ok("acme", "github", &json!({"access_token": unique("t")}))
         .await;
     for (app_id, query) in [
         ("Acme", ""),
@@ -143,36 +140,24 @@ pub async fn bad_input_gets_a_clear_400_json_error(backend: Backend) {
         json!({"access_token": "x", "surprise": 1}).to_string(),
     ] {
         let response = app
-            .client
-            .put(format!("{}/acme/github/connection", app.address))
-            .bearer_auth(&app.admin)
+            .put("/acme/github/connection")
+            .as_admin()
             .body(body.clone())
             .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(response.status(), 400, "{body}");
         let text = response.text().await.unwrap();
         assert!(text.contains("invalid_request"), "{text}");
         assert!(!text.contains(&secret_like), "the error repeats the input");
     }
-    let response = app
-        .client
-        .get(format!("{}/no/such/route/here", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/no/such/route/here").send().await;
     assert_eq!(response.status(), 404);
     assert_eq!(json_of(response).await["error"], "not_found");
 }
 
 pub async fn healthz_answers_without_authentication(backend: Backend) {
     let app = spawn_app_on(backend, None).await;
-    let response = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/healthz").send().await;
     assert_eq!(response.status(), 200);
     assert_eq!(json_of(response).await["status"], "ok");
 }
@@ -199,7 +184,7 @@ pub async fn a_revoked_grant_answers_409_and_the_provider_is_not_called_again(ba
     // Re-importing brings the connection back.
     provider.set_mode(Mode::Rotating);
     let fresh = unique("reimported-at");
-    app.import(
+    app.import_ok(
         "acme",
         "acme",
         &json!({"access_token": fresh, "expires_in": 3600}),
@@ -278,7 +263,7 @@ pub async fn a_still_valid_token_is_served_while_the_provider_is_down_unless_min
     let provider = FakeProvider::start().await;
     let app = spawn_app_on(backend, Some(&provider)).await;
     let access = unique("soon-expiring-at");
-    app.import(
+    app.import_ok(
         "acme",
         "acme",
         &json!({"access_token": access, "refresh_token": provider.new_refresh_token(), "expires_in": 120}),
@@ -304,7 +289,7 @@ pub async fn an_expired_token_of_an_unconfigured_connector_type_is_an_operator_p
     backend: Backend,
 ) {
     let app = spawn_app_on(backend, None).await;
-    app.import(
+    app.import_ok(
         "acme",
         "github",
         &serde_json::json!({"access_token": unique("gh"), "refresh_token": unique("rt"), "expires_at": 1}),
@@ -318,14 +303,6 @@ pub async fn an_expired_token_of_an_unconfigured_connector_type_is_an_operator_p
         assert!(body["message"].as_str().unwrap().contains("client_id"));
     }
     // No back-off was recorded: it is not the provider's failure.
-    let view = json_of(
-        app.client
-            .get(format!("{}/acme/github/connection", app.address))
-            .bearer_auth(&app.admin)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let view = json_of(app.get("/acme/github/connection").as_admin().send().await).await;
     assert!(view.get("last_error").is_none(), "{view}");
 }

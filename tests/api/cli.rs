@@ -41,7 +41,7 @@ pub async fn service_account_create_prints_only_the_token_and_revoke_stops_it(ba
     assert_ne!(code, 0);
     assert!(stderr.contains("already exists"), "{stderr}");
 
-    app.import("acme", "github", &json!({"access_token": unique("t")}))
+    app.import_ok("acme", "github", &json!({"access_token": unique("t")}))
         .await;
     assert_eq!(
         app.get_token_as(&token, "acme", "github", "")
@@ -164,10 +164,9 @@ pub async fn no_token_or_secret_appears_in_trace_level_logs_across_every_path(ba
     let mut set = tokio::task::JoinSet::new();
     for app_id in ["a1", "a2", "a1", "a2"] {
         let request = app
-            .client
-            .get(format!("{}/{app_id}/acme/binb-token", app.address))
-            .bearer_auth(&app.superadmin);
-        set.spawn(async move { request.send().await.unwrap().status() });
+            .get(&format!("/{app_id}/acme/binb-token"))
+            .as_superadmin();
+        set.spawn(async move { request.send().await.status() });
     }
     while let Some(status) = set.join_next().await {
         assert_eq!(status.unwrap(), 200);

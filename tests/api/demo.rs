@@ -145,20 +145,10 @@ fn run(command: &str) -> (i32, String) {
 async fn serve_without_sandbox_answers_404_under_sandbox() {
     let app = spawn_app(None).await;
     for path in ["/sandbox/authorize", "/sandbox/api/me"] {
-        let response = app
-            .client
-            .get(format!("{}{path}", app.address))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(path).send().await;
         assert_eq!(response.status(), 404, "{path}");
     }
-    let response = app
-        .client
-        .post(format!("{}/sandbox/token", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.post("/sandbox/token").send().await;
     assert_eq!(response.status(), 404);
 }
 
@@ -239,15 +229,13 @@ async fn the_sandbox_answers_only_this_servers_callback_inside_the_body_limit_an
     assert!(logged(&app.logs()), "{}", app.logs());
     // And the body limit (64 KiB) applies: 413 before the form is parsed.
     let response = app
-        .client
-        .post(format!("{}/sandbox/token", app.address))
+        .post("/sandbox/token")
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!(
             "grant_type=refresh_token&refresh_token={}",
             "x".repeat(100 * 1024)
         ))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 413);
 }

@@ -160,8 +160,7 @@ async fn a_refresh_never_connects_to_a_loopback_or_private_host() {
     };
 
     // A name that resolves to 127.0.0.1, with allow_insecure_loopback off.
-    let response = app.import("a", "internal", &expired(json!({}))).await;
-    assert!(response.status().is_success());
+    app.import_ok("a", "internal", &expired(json!({}))).await;
     let response = app.get_token("a", "internal", "").await;
     let status = response.status();
     let body = json_of(response).await;
@@ -181,14 +180,12 @@ async fn a_refresh_never_connects_to_a_loopback_or_private_host() {
     );
 
     // A stored host that bypassed validation (a row written before the check): refused at use.
-    let response = app
-        .import(
-            "b",
-            "selfhosted",
-            &expired(json!({"host": "gitlab.example.com"})),
-        )
-        .await;
-    assert!(response.status().is_success());
+    app.import_ok(
+        "b",
+        "selfhosted",
+        &expired(json!({"host": "gitlab.example.com"})),
+    )
+    .await;
     app.execute_sql(
         "UPDATE connections SET metadata = '{\"host\":\"127.0.0.1\"}' WHERE app_id = 'b'",
     )
@@ -222,14 +219,12 @@ async fn a_name_that_resolves_to_loopback_is_reached_with_allow_insecure_loopbac
     })
     .await;
     let refresh = provider.new_refresh_token();
-    let response = app
-        .import(
-            "c",
-            "local",
-            &json!({"access_token": unique("local-at"), "refresh_token": refresh, "expires_at": now() - 10}),
-        )
-        .await;
-    assert!(response.status().is_success());
+    app.import_ok(
+        "c",
+        "local",
+        &json!({"access_token": unique("local-at"), "refresh_token": refresh, "expires_at": now() - 10}),
+    )
+    .await;
     let response = app.get_token("c", "local", "").await;
     assert_eq!(response.status(), 200);
     assert_eq!(provider.calls(), 1);

@@ -147,10 +147,12 @@ async fn each_provider_fault_is_classified_backed_off_and_never_leaks() {
     }
 
     // Connection refused.
-    let response = app
-        .import("refused", "dead", &serde_json::json!({"access_token": unique("refused-at"), "refresh_token": unique("refused-rt"), "expires_at": 1}))
-        .await;
-    assert!(response.status().is_success());
+    app.import_ok(
+        "refused",
+        "dead",
+        &serde_json::json!({"access_token": unique("refused-at"), "refresh_token": unique("refused-rt"), "expires_at": 1}),
+    )
+    .await;
     let response = app.get_token("refused", "dead", "").await;
     assert_eq!(response.status(), 503);
     let body = json_of(response).await;
@@ -187,18 +189,10 @@ async fn a_provider_outage_opens_the_circuit_of_its_connector_type() {
         calls,
         "an open circuit makes no provider call"
     );
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get("/metrics").send().await.text().await.unwrap();
     assert!(metrics.contains("tokenbox_open_circuits 1"), "{metrics}");
     // Other connector types are not affected: the "dead" one still tries its provider.
-    app.import(
+    app.import_ok(
         "other-type",
         "dead",
         &serde_json::json!({"access_token": unique("other-at"), "refresh_token": unique("other-rt"), "expires_at": 1}),
@@ -230,10 +224,12 @@ async fn an_older_client_secret_is_tried_when_the_newest_is_refused() {
     .await;
     app.remember_secret(&newest);
     let refresh = provider.new_refresh_token();
-    let response = app
-        .import("t", "rotating", &serde_json::json!({"access_token": unique("x"), "refresh_token": refresh, "expires_at": 1}))
-        .await;
-    assert!(response.status().is_success());
+    app.import_ok(
+        "t",
+        "rotating",
+        &serde_json::json!({"access_token": unique("x"), "refresh_token": refresh, "expires_at": 1}),
+    )
+    .await;
     let response = app.get_token("t", "rotating", "").await;
     assert_eq!(response.status(), 200);
     assert_eq!(

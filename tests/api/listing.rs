@@ -8,12 +8,10 @@ use crate::helpers::{cli, json_of, now, spawn_app_on, unique, Backend, TestApp};
 
 async fn page(app: &TestApp, query: &str) -> Value {
     let response = app
-        .client
-        .get(format!("{}/connections?{query}", app.address))
-        .bearer_auth(&app.admin)
+        .get(&format!("/connections?{query}"))
+        .as_admin()
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 200, "{query}");
     json_of(response).await
 }
@@ -47,7 +45,7 @@ pub async fn the_listing_filters_pages_without_gaps_and_shows_no_secret(backend:
     let mut secrets = Vec::new();
     for i in 0..100 {
         let token = unique("soon-at");
-        app.import(
+        app.import_ok(
             &format!("zz-{i:03}"),
             "hubspot",
             &json!({"access_token": token, "expires_at": now() + 600}),
@@ -132,12 +130,10 @@ pub async fn the_listing_filters_pages_without_gaps_and_shows_no_secret(backend:
         "app_id_prefix=A%2F",
     ] {
         let response = app
-            .client
-            .get(format!("{}/connections?{bad}", app.address))
-            .bearer_auth(&app.admin)
+            .get(&format!("/connections?{bad}"))
+            .as_admin()
             .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(response.status(), 400, "{bad}");
     }
 

@@ -32,7 +32,7 @@ async fn a_postgresql_restart_during_a_load_of_1000_requests() {
         ..AppOptions::default()
     })
     .await;
-    app.import(
+    app.import_ok(
         "acme",
         "github",
         &serde_json::json!({"access_token": unique("t"), "expires_in": 3600}),
@@ -43,16 +43,13 @@ async fn a_postgresql_restart_during_a_load_of_1000_requests() {
     let done = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..20 {
-        let request = app
-            .client
-            .get(format!("{}/acme/github/binb-token", app.address))
-            .bearer_auth(&app.superadmin);
+        let request = app.get("/acme/github/binb-token").as_superadmin();
         let (next, done) = (next.clone(), done.clone());
         workers.spawn(async move {
             let mut seen = Vec::new();
             while next.fetch_add(1, Ordering::SeqCst) < 1000 {
                 let started = Instant::now();
-                let status = match request.try_clone().unwrap().send().await {
+                let status = match request.try_clone().unwrap().try_send().await {
                     Ok(r) => r.status().as_u16(),
                     Err(_) => 0,
                 };
@@ -103,11 +100,6 @@ async fn a_postgresql_restart_during_a_load_of_1000_requests() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprintln!("postgres restart: {ok} x 200, {unavailable} x 503, slowest {slowest:?}, back {back:?} after the restart command returned");
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get("/readyz").send().await;
     assert_eq!(ready.status(), 200);
 }

@@ -15,11 +15,8 @@ pub async fn an_expired_token_is_refreshed_once_for_fifty_concurrent_requests(ba
 
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..50 {
-        let request = app
-            .client
-            .get(format!("{}/acme/acme/binb-token", app.address))
-            .bearer_auth(&app.superadmin);
-        requests.spawn(async move { request.send().await.unwrap() });
+        let request = app.get("/acme/acme/binb-token").as_superadmin();
+        requests.spawn(async move { request.send().await });
     }
     let mut tokens = Vec::new();
     while let Some(response) = requests.join_next().await {
@@ -52,7 +49,7 @@ pub async fn a_refresh_of_one_connection_does_not_delay_the_others(backend: Back
     let app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("slow").await;
     let fresh = unique("fresh-at");
-    app.import(
+    app.import_ok(
         "other",
         "acme",
         &json!({"access_token": fresh, "expires_in": 3600}),
@@ -133,7 +130,7 @@ pub async fn min_validity_longer_than_the_remaining_lifetime_triggers_a_refresh(
     let provider = FakeProvider::start().await;
     let app = spawn_app_on(backend, Some(&provider)).await;
     let access = unique("half-life-at");
-    app.import(
+    app.import_ok(
         "acme",
         "acme",
         &json!({"access_token": access, "refresh_token": provider.new_refresh_token(), "expires_at": now() + 1800}),
@@ -172,28 +169,28 @@ pub async fn the_background_refresher_refreshes_ahead_and_skips_what_it_must(bac
     .await;
     let fresh = unique("fresh-at");
     // Expiring within the 10-minute window: refreshed ahead.
-    app.import(
+    app.import_ok(
         "expiring",
         "acme",
         &json!({"access_token": unique("exp-at"), "refresh_token": provider.new_refresh_token(), "expires_at": now() + 400}),
     )
     .await;
     // Valid for an hour: left alone.
-    app.import(
+    app.import_ok(
         "fresh",
         "acme",
         &json!({"access_token": fresh, "refresh_token": provider.new_refresh_token(), "expires_at": now() + 3600}),
     )
     .await;
     // Without a refresh token: nothing to do.
-    app.import(
+    app.import_ok(
         "no-refresh",
         "acme",
         &json!({"access_token": unique("nr"), "expires_at": now() + 100}),
     )
     .await;
     // Idle for two days with a refresh token: keep-alive refresh.
-    app.import(
+    app.import_ok(
         "idle",
         "acme",
         &json!({"access_token": unique("idle-at"), "refresh_token": provider.new_refresh_token(), "expires_at": now() + 7200}),
@@ -231,7 +228,7 @@ pub async fn the_background_refresher_refreshes_ahead_and_skips_what_it_must(bac
 
     // A revoked grant is not retried by the refresher.
     provider.set_mode(Mode::Revoked);
-    app.import(
+    app.import_ok(
         "revoked",
         "acme",
         &json!({"access_token": unique("rv"), "refresh_token": provider.new_refresh_token(), "expires_at": now() + 100}),
@@ -252,7 +249,7 @@ pub async fn the_background_refresher_refreshes_ahead_and_skips_what_it_must(bac
 
     // A failing provider is backed off, not hammered every pass.
     provider.set_mode(Mode::Down);
-    app.import(
+    app.import_ok(
         "down",
         "acme",
         &json!({"access_token": unique("dn"), "refresh_token": provider.new_refresh_token(), "expires_at": now() + 100}),
@@ -276,11 +273,8 @@ pub async fn the_read_path_writes_nothing_while_the_token_is_good(backend: Backe
     let before = app.query_strings(STATE).await;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..100 {
-        let request = app
-            .client
-            .get(format!("{}/acme/acme/binb-token", app.address))
-            .bearer_auth(&app.superadmin);
-        set.spawn(async move { request.send().await.unwrap().status() });
+        let request = app.get("/acme/acme/binb-token").as_superadmin();
+        set.spawn(async move { request.send().await.status() });
     }
     while let Some(status) = set.join_next().await {
         assert_eq!(status.unwrap(), 200);
@@ -304,11 +298,8 @@ pub async fn one_minute_tokens_are_refreshed_once_for_concurrent_and_sequential_
 
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..20 {
-        let request = app
-            .client
-            .get(format!("{}/acme/acme/binb-token", app.address))
-            .bearer_auth(&app.superadmin);
-        requests.spawn(async move { request.send().await.unwrap() });
+        let request = app.get("/acme/acme/binb-token").as_superadmin();
+        requests.spawn(async move { request.send().await });
     }
     let mut tokens = Vec::new();
     while let Some(response) = requests.join_next().await {

@@ -68,14 +68,13 @@ async fn every_route_answers_each_kind_of_caller_as_its_declared_role_says() {
             let method = reqwest::Method::from_bytes(method.as_str().unwrap().as_bytes()).unwrap();
             for (who, bearer) in callers {
                 let mut request = app
-                    .client
-                    .request(method.clone(), format!("{}{path}", app.address))
+                    .request(method.clone(), &path)
                     .header("content-type", "application/json")
                     .body("{}");
                 if let Some(token) = bearer {
-                    request = request.bearer_auth(token);
+                    request = request.bearer(token);
                 }
-                let status = request.send().await.unwrap().status().as_u16();
+                let status = request.send().await.status().as_u16();
                 let denied = status == 401 || status == 403;
                 let expected_denial = match (access, who) {
                     ("public", _) => None,
@@ -113,12 +112,7 @@ async fn metrics_count_requests_refreshes_and_connections_without_tenant_data() 
         200
     );
     assert_eq!(app.get_token("nobody", "acme", "").await.status(), 404);
-    let response = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/metrics").send().await;
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     for line in [
@@ -132,12 +126,7 @@ async fn metrics_count_requests_refreshes_and_connections_without_tenant_data() 
         assert!(text.contains(line), "missing {line} in:\n{text}");
     }
     assert!(!text.contains("tenant-secret-name"), "no app id in metrics");
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get("/readyz").send().await;
     assert_eq!(ready.status(), 200);
 }
 
@@ -152,12 +141,10 @@ pub async fn the_audit_trail_records_each_action_and_reads_it_back(
     let link = app.new_link("audited").await; // connect_link.create
     assert_eq!(app.run_signup(&link).await.status(), 200); // connection.connect (tenant)
     let deleted = app
-        .client
-        .delete(format!("{}/audited/acme/connection", app.address))
-        .bearer_auth(&app.admin)
+        .delete("/audited/acme/connection")
+        .as_admin()
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(deleted.status(), 200); // connection.delete
 
     let wanted = [
@@ -171,12 +158,10 @@ pub async fn the_audit_trail_records_each_action_and_reads_it_back(
     let mut events = Vec::new();
     for _ in 0..50 {
         let response = app
-            .client
-            .get(format!("{}/audit?app_id=audited&limit=1000", app.address))
-            .bearer_auth(&app.superadmin)
+            .get("/audit?app_id=audited&limit=1000")
+            .as_superadmin()
             .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(response.status(), 200);
         events = response.json::<Vec<Value>>().await.unwrap();
         if wanted.iter().all(|w| has(&events, *w)) {
@@ -229,13 +214,7 @@ pub async fn the_audit_trail_records_each_action_and_reads_it_back(
     );
 
     // Only superadmins read it.
-    let response = app
-        .client
-        .get(format!("{}/audit", app.address))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/audit").as_admin().send().await;
     assert_eq!(response.status(), 403);
 }
 
@@ -252,7 +231,7 @@ async fn each_service_account_is_rate_limited_with_retry_after() {
         ..crate::helpers::AppOptions::default()
     })
     .await;
-    app.import(
+    app.import_ok(
         "acme",
         "github",
         &serde_json::json!({"access_token": crate::helpers::unique("t")}),
@@ -277,13 +256,7 @@ async fn each_service_account_is_rate_limited_with_retry_after() {
     let body: Value = limited.json().await.unwrap();
     assert_eq!(body["error"], "rate_limited");
     // The limit is per account: the admin still gets through.
-    let other = app
-        .client
-        .get(format!("{}/acme/github/connection", app.address))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .unwrap();
+    let other = app.get("/acme/github/connection").as_admin().send().await;
     assert_eq!(other.status(), 200);
 }
 
@@ -331,21 +304,18 @@ async fn slow_clients_oversized_requests_and_odd_paths_are_cut_short() {
     // A body over the limit: 413.
     let big = format!("{{\"access_token\": \"{}\"}}", "x".repeat(100 * 1024));
     let response = app
-        .client
-        .put(format!("{}/acme/github/connection", app.address))
-        .bearer_auth(&app.admin)
+        .put("/acme/github/connection")
+        .as_admin()
         .body(big)
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 413);
 
     // Headers over the limit: refused before any handler.
     let response = app
-        .client
-        .get(format!("{}/healthz", app.address))
+        .get("/healthz")
         .header("x-padding", "y".repeat(100 * 1024))
-        .send()
+        .try_send()
         .await;
     if let Ok(r) = &response {
         assert_eq!(r.status().as_u16(), 431, "oversized headers");
@@ -356,37 +326,18 @@ async fn slow_clients_oversized_requests_and_odd_paths_are_cut_short() {
         format!("/{}/github/binb-token", "a".repeat(64)),
         "/a%2Fb/github/binb-token".to_string(),
     ] {
-        let response = app
-            .client
-            .get(format!("{}{path}", app.address))
-            .bearer_auth(&app.superadmin)
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(&path).as_superadmin().send().await;
         assert_eq!(response.status(), 400, "{path}");
     }
     // The server still serves.
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let health = app.get("/healthz").send().await;
     assert_eq!(health.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_route_of_the_table() {
     let app = spawn_app(None).await;
-    let doc: Value = app
-        .client
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = app.get("/openapi.json").send().await.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let (_, table, _) = cli(&app.config_path, &["routes"], None, &[]);
     let table: Vec<Value> = serde_json::from_str(&table).unwrap();
@@ -426,7 +377,7 @@ pub async fn scoped_and_expiring_service_accounts_are_held_to_their_scope(
         ("beta", "github"),
         ("acme-1", "hubspot"),
     ] {
-        app.import(
+        app.import_ok(
             app_id,
             ct,
             &serde_json::json!({"access_token": crate::helpers::unique("t")}),
@@ -474,13 +425,7 @@ pub async fn scoped_and_expiring_service_accounts_are_held_to_their_scope(
         assert!(body["message"].as_str().unwrap().contains(reason), "{body}");
     }
     for path in ["/audit", "/connector-types"] {
-        let response = app
-            .client
-            .get(format!("{}{path}", app.address))
-            .bearer_auth(&scoped)
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(path).bearer(&scoped).send().await;
         assert_eq!(response.status(), 403, "{path}");
     }
     // The unrestricted superadmin still reads everything.

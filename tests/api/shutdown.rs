@@ -59,11 +59,7 @@ pub async fn sigterm_answers_the_request_waiting_on_a_refresh(backend: Backend) 
     let mut app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("acme").await;
 
-    let request = app
-        .client
-        .get(format!("{}/acme/acme/binb-token", app.address))
-        .bearer_auth(&app.superadmin)
-        .send();
+    let request = app.get("/acme/acme/binb-token").as_superadmin().try_send();
     let in_flight = tokio::spawn(request);
     wait_until("the refresh to reach the provider", || {
         provider.calls() == 1

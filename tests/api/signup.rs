@@ -11,12 +11,10 @@ fn result_status(html: &str) -> Option<String> {
 }
 
 async fn connection_status(app: &crate::helpers::TestApp, app_id: &str) -> u16 {
-    app.client
-        .get(format!("{}/{app_id}/acme/connection", app.address))
-        .bearer_auth(&app.admin)
+    app.get(&format!("/{app_id}/acme/connection"))
+        .as_admin()
         .send()
         .await
-        .unwrap()
         .status()
         .as_u16()
 }
@@ -101,15 +99,7 @@ pub async fn a_tenant_connects_through_the_link_and_the_job_gets_the_issued_toke
         "only declared fields are kept"
     );
 
-    let view = json_of(
-        app.client
-            .get(format!("{}/tenant-a/acme/connection", app.address))
-            .bearer_auth(&app.admin)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let view = json_of(app.get("/tenant-a/acme/connection").as_admin().send().await).await;
     assert_eq!(view["status"], "active");
     assert_eq!(view["has_refresh_token"], true);
     assert!(view.get("access_token").is_none());
@@ -269,12 +259,10 @@ pub async fn link_creation_checks_return_to_params_and_the_connector_type(backen
 
     // Only admins create links.
     let response = app
-        .client
-        .post(format!("{}/t/acme/connect-links", app.address))
+        .post("/t/acme/connect-links")
         .json(&json!({}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 401);
 }
 
@@ -337,13 +325,7 @@ pub async fn return_to_gets_a_303_after_the_signup_and_delete_removes_the_connec
     assert_eq!(done.status(), 303);
     assert_eq!(location(&done), "https://app.example.com/connected/t");
 
-    let response = app
-        .client
-        .delete(format!("{}/t/acme/connection", app.address))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete("/t/acme/connection").as_admin().send().await;
     assert_eq!(response.status(), 200);
     let deleted = json_of(response).await;
     assert_eq!(deleted["deleted"], true);
@@ -364,13 +346,7 @@ pub async fn connector_types_lists_the_catalog_and_whether_credentials_are_confi
 ) {
     let provider = FakeProvider::start().await;
     let app = spawn_app_on(backend, Some(&provider)).await;
-    let response = app
-        .client
-        .get(format!("{}/connector-types", app.address))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/connector-types").as_admin().send().await;
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     assert!(
@@ -385,12 +361,7 @@ pub async fn connector_types_lists_the_catalog_and_whether_credentials_are_confi
     assert_eq!(find("acme")["source"], "config");
     assert_eq!(find("github")["configured"], false);
     assert_eq!(find("zendesk")["placeholders"], json!(["subdomain"]));
-    let anonymous = app
-        .client
-        .get(format!("{}/connector-types", app.address))
-        .send()
-        .await
-        .unwrap();
+    let anonymous = app.get("/connector-types").send().await;
     assert_eq!(anonymous.status(), 401);
 }
 

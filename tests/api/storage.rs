@@ -52,9 +52,9 @@ pub async fn a_ciphertext_moved_to_another_row_fails_to_decrypt(backend: Backend
     let mut app = spawn_app_on(backend, None).await;
     let token_a = unique("token-of-a");
     let token_b = unique("token-of-b");
-    app.import("app-a", "github", &json!({"access_token": token_a}))
+    app.import_ok("app-a", "github", &json!({"access_token": token_a}))
         .await;
-    app.import("app-b", "github", &json!({"access_token": token_b}))
+    app.import_ok("app-b", "github", &json!({"access_token": token_b}))
         .await;
     app.stop();
 
@@ -113,7 +113,7 @@ pub async fn a_wrong_or_missing_encryption_key_fails_at_startup_with_a_clear_mes
     backend: Backend,
 ) {
     let mut app = spawn_app_on(backend, None).await;
-    app.import("acme", "github", &json!({"access_token": unique("t")}))
+    app.import_ok("acme", "github", &json!({"access_token": unique("t")}))
         .await;
     app.stop();
     let key_path = app.dir.join("encryption.key");
@@ -218,7 +218,7 @@ pub async fn keys_rotate_under_load_then_the_old_key_can_be_removed(backend: Bac
     let mut tokens = Vec::new();
     for i in 0..30 {
         let token = unique("rotating-at");
-        app.import(
+        app.import_ok(
             &format!("app-{i}"),
             "github",
             &json!({"access_token": token}),
@@ -247,9 +247,8 @@ pub async fn keys_rotate_under_load_then_the_old_key_can_be_removed(backend: Bac
     let mut readers = tokio::task::JoinSet::new();
     for r in 0..50 {
         let request_for = |i: usize| {
-            app.client
-                .get(format!("{}/app-{i}/github/binb-token", app.address))
-                .bearer_auth(&app.superadmin)
+            app.get(&format!("/app-{i}/github/binb-token"))
+                .as_superadmin()
         };
         let requests: Vec<_> = (0..30).map(request_for).collect();
         let stop = stop.clone();
@@ -258,7 +257,7 @@ pub async fn keys_rotate_under_load_then_the_old_key_can_be_removed(backend: Bac
             let mut i = r;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || ok == 0 {
                 let request = requests[i % 30].try_clone().unwrap();
-                match request.send().await {
+                match request.try_send().await {
                     Ok(r) if r.status() == 200 => ok += 1,
                     _ => failed += 1,
                 }

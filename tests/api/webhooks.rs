@@ -154,7 +154,7 @@ async fn a_failing_receiver_gets_the_event_on_the_third_try_even_across_a_restar
     let provider = FakeProvider::start().await;
     let (url, hooks) = receiver(2).await;
     let mut app = app_with_hook(&provider, &url, &hooks.secret.clone()).await;
-    app.import(
+    app.import_ok(
         "acme",
         "github",
         &serde_json::json!({"access_token": unique("t")}),

@@ -1,0 +1,49 @@
+//! The `tokenbox` binary run as a command, as an operator would.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::BIN;
+
+/// Runs the CLI and returns its stdout; panics with stderr when it fails.
+pub fn cli_ok(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let (code, stdout, stderr) = cli(config, args, stdin, &[]);
+    assert_eq!(code, 0, "tokenbox {args:?} failed: {stderr}");
+    stdout
+}
+
+/// Runs the CLI: (exit code, stdout, stderr).
+pub fn cli(
+    config: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    use std::io::Write;
+    let mut command = Command::new(BIN);
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("TOKENBOX_LOG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn tokenbox");
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
