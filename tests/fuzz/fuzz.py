@@ -239,7 +239,7 @@ def main() -> int:
     parser.add_argument("--workers", default=os.environ.get("FUZZ_WORKERS", "1"))
     parser.add_argument("--seed", default=os.environ.get("FUZZ_SEED"))
     parser.add_argument("--request-timeout", type=float, default=10.0)
-    parser.add_argument("--st-timeout", type=float, default=float(os.environ.get("FUZZ_ST_TIMEOUT", "240")))
+    parser.add_argument("--st-timeout", type=float, default=float(os.environ.get("FUZZ_ST_TIMEOUT", "600")))
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, on_sigterm)
 

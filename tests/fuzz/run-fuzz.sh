@@ -6,7 +6,7 @@
 #   tests/fuzz/run-fuzz.sh                  # uses $TOKENBOX_BIN or target/debug/tokenbox
 #
 # Knobs (environment): TOKENBOX_BIN, FUZZ_MAX_EXAMPLES (default 200 per operation),
-# FUZZ_WORKERS (1), FUZZ_SEED, FUZZ_ST_TIMEOUT (240 s), FUZZ_STRICT=1 (known issues fail too),
+# FUZZ_WORKERS (1), FUZZ_SEED, FUZZ_ST_TIMEOUT (600 s: a guard against a hang, not a speed check), FUZZ_STRICT=1 (known issues fail too),
 # FUZZ_KEEP_TMP=1 (keep the server's temporary directory), FUZZ_OUT (default tests/fuzz/out).
 set -euo pipefail
 
