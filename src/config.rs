@@ -555,10 +555,10 @@ mod tests {
         assert_eq!(c.prune_interval, Duration::from_secs(60));
     }
 
-    /// Every key (but the file-only tables) is set by its `TOKENBOX_<KEY>` variable, and has a
-    /// row in the README's configuration reference naming that variable.
+    /// Every key (but the file-only tables) is set by its `TOKENBOX_<KEY>` variable, and by it
+    /// alone.
     #[test]
-    fn every_key_is_settable_by_its_variable_and_documented_in_the_readme() {
+    fn every_key_is_settable_by_its_variable() {
         let defaults = keys();
         assert!(defaults.len() >= 33, "{:?}", defaults.keys());
         for (key, default) in &defaults {
@@ -593,7 +593,13 @@ mod tests {
             others.remove(key);
             assert_eq!(set, others, "{name} set only {key}");
         }
+    }
 
+    /// Every key (but the file-only tables) has a row in the README's configuration reference
+    /// naming its `TOKENBOX_<KEY>` variable, and every key documented there exists.
+    #[test]
+    fn every_key_and_its_variable_is_in_the_readme() {
+        let defaults = keys();
         let readme = include_str!("../README.md");
         let table = readme
             .split("\n## Configuration\n")
