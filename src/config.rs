@@ -1,84 +1,41 @@
 //! Configuration: defaults in code, then the TOML file, then `TOKENBOX_*` environment variables.
+//!
+//! [`Config`] is the file format: each key is one field (its doc comment, its default in
+//! `Default`), and `TOKENBOX_<KEY>` (the key upper-cased) sets it too. The environment is turned
+//! into a TOML table keyed by the same names, laid over the file's, and the result deserialized
+//! once; the type of each key's default says how its variable is read (a number, `true`/`false`,
+//! a comma-separated list, or text). Secret keys (`SECRET_KEYS`) can also be read from the file
+//! named by `TOKENBOX_<KEY>_FILE`. Nested tables (`[[webhooks]]`, `[connector_types.*]`) are
+//! file-only. An unknown key or `TOKENBOX_*` variable is refused with its name.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use serde::Deserialize;
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
 
 use crate::connectors::ConnectorTypeSpec;
-use crate::secret::{redact_url, Secret};
+use crate::secret::{DatabaseUrl, Secret};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tokenbox-data/tokenbox.db";
 pub const DEFAULT_KEY_FILE: &str = "tokenbox-data/encryption.key";
 
-/// Environment variables read by the server (each overrides the config key of the same name).
-const SERVER_ENV: &[(&str, &str)] = &[
-    ("TOKENBOX_LISTEN", "listen"),
-    ("TOKENBOX_PUBLIC_URL", "public_url"),
-    ("TOKENBOX_DATABASE_URL", "database_url"),
-    ("TOKENBOX_ENCRYPTION_KEY_FILE", "encryption_key_file"),
-    ("TOKENBOX_REFRESH_MARGIN_SECONDS", "refresh_margin_seconds"),
-    ("TOKENBOX_CACHE_TTL_SECONDS", "cache_ttl_seconds"),
-    (
-        "TOKENBOX_REQUEST_TIMEOUT_SECONDS",
-        "request_timeout_seconds",
-    ),
-    (
-        "TOKENBOX_PROVIDER_TIMEOUT_SECONDS",
-        "provider_timeout_seconds",
-    ),
-    ("TOKENBOX_LOG_FORMAT", "log_format"),
-    ("TOKENBOX_ALLOWED_RETURN_URLS", "allowed_return_urls"),
-    ("TOKENBOX_REFRESHER_ENABLED", "refresher_enabled"),
-    ("TOKENBOX_REFRESH_WINDOW_SECONDS", "refresh_window_seconds"),
-    (
-        "TOKENBOX_REFRESHER_INTERVAL_SECONDS",
-        "refresher_interval_seconds",
-    ),
-    ("TOKENBOX_REFRESHER_CONCURRENCY", "refresher_concurrency"),
-    (
-        "TOKENBOX_REFRESH_BACKOFF_SECONDS",
-        "refresh_backoff_seconds",
-    ),
-    ("TOKENBOX_RATE_LIMIT_PER_SECOND", "rate_limit_per_second"),
-    (
-        "TOKENBOX_SLOW_CLIENT_TIMEOUT_SECONDS",
-        "slow_client_timeout_seconds",
-    ),
-    ("TOKENBOX_BODY_TIMEOUT_SECONDS", "body_timeout_seconds"),
-    ("TOKENBOX_MAX_CONNECTIONS", "max_connections"),
-    ("TOKENBOX_AUDIT_RETENTION_DAYS", "audit_retention_days"),
-    ("TOKENBOX_WEBHOOK_RETENTION_DAYS", "webhook_retention_days"),
-    ("TOKENBOX_PRUNE_INTERVAL_SECONDS", "prune_interval_seconds"),
-    ("TOKENBOX_JWT_LIFETIME_SECONDS", "jwt_lifetime_seconds"),
-    (
-        "TOKENBOX_JWT_KEY_OVERLAP_SECONDS",
-        "jwt_key_overlap_seconds",
-    ),
-    ("TOKENBOX_REFRESH_LEASE_SECONDS", "refresh_lease_seconds"),
-    (
-        "TOKENBOX_MAX_CONCURRENT_REFRESHES",
-        "max_concurrent_refreshes",
-    ),
-    (
-        "TOKENBOX_MAX_CONCURRENT_REFRESHES_PER_HOST",
-        "max_concurrent_refreshes_per_host",
-    ),
-    ("TOKENBOX_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds"),
-    ("TOKENBOX_ADMIN_SESSION_SECONDS", "admin_session_seconds"),
-];
+/// Keys whose value is secret: `TOKENBOX_<KEY>_FILE` names a file holding the value. (The
+/// encryption key's file is the `encryption_key_file` key, `TOKENBOX_ENCRYPTION_KEY_FILE`.)
+const SECRET_KEYS: &[&str] = &["database_url"];
 
-/// Other `TOKENBOX_*` variables that are known (read by the CLI or the logger), so not reported.
+/// `TOKENBOX_*` variables that are not configuration keys (read by the CLI, the logger, the
+/// clients or the test harnesses), so accepted.
 const OTHER_ENV: &[&str] = &[
     "TOKENBOX_CONFIG",
     "TOKENBOX_URL",
     "TOKENBOX_TOKEN",
     "TOKENBOX_LOG",
-    "TOKENBOX_ENCRYPTION_KEY",
+    // Read by the Python client.
+    "TOKENBOX_CLIENT_ID",
+    "TOKENBOX_CLIENT_SECRET",
     // Read by the test harnesses, not by the server.
     "TOKENBOX_BIN",
     "TOKENBOX_TEST_DATABASE_URL",
@@ -95,7 +52,7 @@ pub struct WebhookSpec {
     pub events: Option<Vec<String>>,
 }
 
-/// Settings of the background refresher.
+/// Settings of the background refresher (a view of the `refresh*` keys of [`Config`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RefresherConfig {
     pub enabled: bool,
@@ -112,20 +69,7 @@ pub struct RefresherConfig {
     pub backoff_base_seconds: i64,
 }
 
-impl Default for RefresherConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            window_seconds: 600,
-            keepalive_seconds: 86_400,
-            interval: Duration::from_secs(30),
-            concurrency: 8,
-            backoff_base_seconds: 15,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -133,79 +77,60 @@ pub enum LogFormat {
     Json,
 }
 
-/// The configuration file, as written by the operator. Every key is optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    public_url: Option<String>,
-    database_url: Option<String>,
-    encryption_key_file: Option<PathBuf>,
-    refresh_margin_seconds: Option<i64>,
-    cache_ttl_seconds: Option<u64>,
-    request_timeout_seconds: Option<u64>,
-    provider_timeout_seconds: Option<u64>,
-    log_format: Option<LogFormat>,
-    allowed_return_urls: Option<Vec<String>>,
-    refresher_enabled: Option<bool>,
-    refresh_window_seconds: Option<i64>,
-    refresher_interval_seconds: Option<u64>,
-    refresher_concurrency: Option<usize>,
-    refresh_backoff_seconds: Option<u64>,
-    allow_insecure_loopback: Option<bool>,
-    rate_limit_per_second: Option<u32>,
-    slow_client_timeout_seconds: Option<u64>,
-    body_timeout_seconds: Option<u64>,
-    max_connections: Option<usize>,
-    audit_retention_days: Option<u64>,
-    webhook_retention_days: Option<u64>,
-    prune_interval_seconds: Option<u64>,
-    jwt_lifetime_seconds: Option<u64>,
-    jwt_key_overlap_seconds: Option<u64>,
-    jwt_audience: Option<String>,
-    refresh_lease_seconds: Option<u64>,
-    max_concurrent_refreshes: Option<usize>,
-    max_concurrent_refreshes_per_host: Option<usize>,
-    shutdown_grace_seconds: Option<u64>,
-    admin_session_seconds: Option<u64>,
-    #[serde(default)]
-    webhooks: Vec<WebhookSpec>,
-    sandbox: Option<bool>,
-    #[serde(default)]
-    connector_types: BTreeMap<String, ConnectorTypeSpec>,
-}
-
-/// The resolved configuration.
-#[derive(Clone)]
+/// The configuration: the file format, and what the code reads. Every key is optional.
+/// Keys ending in `_seconds` are read into `Duration`s where the code wants one.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to bind, `host:port`; port 0 picks a free port.
     pub listen: String,
     /// Base URL users reach the service at (used for links and redirect URIs).
     pub public_url: Option<String>,
-    pub database_url: String,
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB` (its password never printed).
+    pub database_url: DatabaseUrl,
+    /// The key file: one base64 AES-256 key per line, the last one encrypts.
     pub encryption_key_file: PathBuf,
-    /// A base64 key given through `TOKENBOX_ENCRYPTION_KEY` instead of a key file.
+    /// The key file's content, instead of the file.
+    #[serde(serialize_with = "redacted")]
     pub encryption_key: Option<Secret>,
     /// A token is refreshed when it expires within this many seconds.
     pub refresh_margin_seconds: i64,
     /// How long a decrypted token may be served from memory before the store is read again.
+    #[serde(rename = "cache_ttl_seconds", with = "seconds")]
     pub cache_ttl: Duration,
     /// No request waits longer than this.
+    #[serde(rename = "request_timeout_seconds", with = "seconds")]
     pub request_timeout: Duration,
     /// Timeout of one call to a provider.
+    #[serde(rename = "provider_timeout_seconds", with = "seconds")]
     pub provider_timeout: Duration,
     pub log_format: LogFormat,
     /// Where a connect link may send the tenant back after the signup (URL prefixes).
     pub allowed_return_urls: Vec<String>,
-    /// The background refresher (in every replica) keeps tokens fresh ahead of the jobs.
-    pub refresher: RefresherConfig,
+    /// Run the background refresher (in every replica), which keeps tokens fresh ahead of the jobs.
+    pub refresher_enabled: bool,
+    /// The refresher refreshes connections expiring within this many seconds.
+    pub refresh_window_seconds: i64,
+    /// The refresher refreshes connections with a refresh token not refreshed for this long
+    /// (keep-alive, for providers whose refresh tokens expire when unused).
+    pub refresh_keepalive_seconds: i64,
+    /// How often a replica's refresher looks for due work (with jitter).
+    #[serde(rename = "refresher_interval_seconds", with = "seconds")]
+    pub refresher_interval: Duration,
+    /// Refreshes the refresher runs at once in one replica.
+    pub refresher_concurrency: usize,
+    /// After a failed refresh, the connection is left alone this long (doubling with each
+    /// further failure, up to an hour, and at least the provider's Retry-After).
+    pub refresh_backoff_seconds: i64,
     /// Accept plain-http provider URLs on loopback hosts (tests, local development only).
     pub allow_insecure_loopback: bool,
     /// Requests per second each service account may make (bursts of twice that); 0 = no limit.
     pub rate_limit_per_second: u32,
     /// How long a client may take to send its request headers, and then its body.
+    #[serde(rename = "slow_client_timeout_seconds", with = "seconds")]
     pub slow_client_timeout: Duration,
     /// How long a client may take to send its whole request body (counted from its headers).
+    #[serde(rename = "body_timeout_seconds", with = "seconds")]
     pub body_timeout: Duration,
     /// Connections served at once; further ones are answered 503 and closed. 0 = no limit.
     pub max_connections: usize,
@@ -214,6 +139,7 @@ pub struct Config {
     /// Delivered webhooks older than this many days are deleted (0: kept for ever).
     pub webhook_retention_days: u64,
     /// How often old audit events and webhook deliveries are pruned.
+    #[serde(rename = "prune_interval_seconds", with = "seconds")]
     pub prune_interval: Duration,
     /// Lifetime of the JWTs of the client-credentials grant.
     pub jwt_lifetime_seconds: i64,
@@ -222,49 +148,27 @@ pub struct Config {
     /// The `aud` of the JWTs.
     pub jwt_audience: String,
     /// How long a refresh holds its connection's lease; a refresh (waiting for a provider-call
-    /// slot, then the provider call) is cut a few seconds before it ends.
+    /// slot, then the provider call) is cut a few seconds before it ends. At most a day.
     pub refresh_lease_seconds: i64,
     /// Provider calls for refreshes running at once in this process, all hosts together.
     pub max_concurrent_refreshes: usize,
     /// Provider calls for refreshes running at once in this process toward one token host.
     pub max_concurrent_refreshes_per_host: usize,
     /// After SIGTERM, how long requests and refreshes in flight may take to finish.
+    #[serde(rename = "shutdown_grace_seconds", with = "seconds")]
     pub shutdown_grace: Duration,
     /// Lifetime of a session of the /admin page (it also ends at sign-out, and when its
     /// account expires or is revoked).
     pub admin_session_seconds: i64,
-    /// Endpoints that receive connection events.
-    pub webhooks: Vec<WebhookSpec>,
     /// Mount the built-in sandbox OAuth provider under /sandbox/ (demo, local development).
     pub sandbox: bool,
-    /// Connector types from the config file: custom entries or overrides of catalog entries.
+    /// Endpoints that receive connection events (file only).
+    #[serde(skip_serializing)]
+    pub webhooks: Vec<WebhookSpec>,
+    /// Connector types from the config file: custom entries or overrides of catalog entries
+    /// (file only).
+    #[serde(skip_serializing)]
     pub connector_types: BTreeMap<String, ConnectorTypeSpec>,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("public_url", &self.public_url)
-            .field("database_url", &redact_url(&self.database_url))
-            .field("encryption_key_file", &self.encryption_key_file)
-            .field("encryption_key", &self.encryption_key)
-            .field("refresh_margin_seconds", &self.refresh_margin_seconds)
-            .field("cache_ttl", &self.cache_ttl)
-            .field("request_timeout", &self.request_timeout)
-            .field("provider_timeout", &self.provider_timeout)
-            .field("allowed_return_urls", &self.allowed_return_urls)
-            .field("refresher", &self.refresher)
-            .field("refresh_lease_seconds", &self.refresh_lease_seconds)
-            .field("max_concurrent_refreshes", &self.max_concurrent_refreshes)
-            .field(
-                "max_concurrent_refreshes_per_host",
-                &self.max_concurrent_refreshes_per_host,
-            )
-            .field("shutdown_grace", &self.shutdown_grace)
-            .field("connector_types", &self.connector_types.keys())
-            .finish()
-    }
 }
 
 impl Default for Config {
@@ -272,7 +176,7 @@ impl Default for Config {
         Self {
             listen: DEFAULT_LISTEN.to_string(),
             public_url: None,
-            database_url: DEFAULT_DATABASE_URL.to_string(),
+            database_url: DEFAULT_DATABASE_URL.into(),
             encryption_key_file: PathBuf::from(DEFAULT_KEY_FILE),
             encryption_key: None,
             refresh_margin_seconds: 300,
@@ -281,7 +185,12 @@ impl Default for Config {
             provider_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
             allowed_return_urls: Vec::new(),
-            refresher: RefresherConfig::default(),
+            refresher_enabled: true,
+            refresh_window_seconds: 600,
+            refresh_keepalive_seconds: 86_400,
+            refresher_interval: Duration::from_secs(30),
+            refresher_concurrency: 8,
+            refresh_backoff_seconds: 15,
             allow_insecure_loopback: false,
             rate_limit_per_second: 1000,
             slow_client_timeout: Duration::from_secs(10),
@@ -298,261 +207,81 @@ impl Default for Config {
             max_concurrent_refreshes_per_host: 16,
             shutdown_grace: Duration::from_secs(30),
             admin_session_seconds: 43_200,
-            webhooks: Vec::new(),
             sandbox: false,
+            webhooks: Vec::new(),
             connector_types: BTreeMap::new(),
         }
     }
 }
 
+/// A `Duration` written as whole seconds.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_secs)
+    }
+}
+
+fn redacted<S: serde::Serializer>(
+    value: &Option<Secret>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    value.as_ref().map(|_| "[redacted]").serialize(serializer)
+}
+
 impl Config {
     /// Loads the file (when given) and applies the environment. Returns the warnings to log
-    /// once logging is set up (unknown `TOKENBOX_*` variables).
+    /// once logging is set up (none at present: an unknown variable is an error).
     pub fn load(path: Option<&Path>) -> anyhow::Result<(Self, Vec<String>)> {
         let file = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                Self::parse_file(&text)
+                parse_file(&text)
                     .with_context(|| format!("invalid config file {}", path.display()))?
             }
-            None => FileConfig::default(),
+            None => toml::Table::new(),
         };
         let env: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| k.starts_with("TOKENBOX_"))
             .collect();
-        Self::resolve(file, &env)
+        Ok((Self::resolve(file, &env)?, Vec::new()))
     }
 
     /// Parses configuration text (for tests and `load`).
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        Ok(Self::resolve(Self::parse_file(text)?, &[])?.0)
+        Self::resolve(parse_file(text)?, &[])
     }
 
-    fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message().trim()))
+    /// The file's table with the environment laid over it, deserialized and checked.
+    fn resolve(mut table: toml::Table, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let named = named_variables(&table);
+        table.extend(env_overlay(env, &named)?);
+        let mut config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow!("{}", e.message().trim()))?;
+        config.refresh_lease_seconds = config.refresh_lease_seconds.min(86_400);
+        config.validate()?;
+        Ok(config)
     }
 
-    fn resolve(file: FileConfig, env: &[(String, String)]) -> anyhow::Result<(Self, Vec<String>)> {
-        let mut c = Config::default();
-        let mut warnings = Vec::new();
-        if let Some(v) = file.listen {
-            c.listen = v;
+    /// The refresher's settings.
+    pub fn refresher(&self) -> RefresherConfig {
+        RefresherConfig {
+            enabled: self.refresher_enabled,
+            window_seconds: self.refresh_window_seconds,
+            keepalive_seconds: self.refresh_keepalive_seconds,
+            interval: self.refresher_interval,
+            concurrency: self.refresher_concurrency,
+            backoff_base_seconds: self.refresh_backoff_seconds,
         }
-        c.public_url = file.public_url;
-        if let Some(v) = file.database_url {
-            c.database_url = v;
-        }
-        if let Some(v) = file.encryption_key_file {
-            c.encryption_key_file = v;
-        }
-        if let Some(v) = file.refresh_margin_seconds {
-            c.refresh_margin_seconds = v;
-        }
-        if let Some(v) = file.cache_ttl_seconds {
-            c.cache_ttl = Duration::from_secs(v);
-        }
-        if let Some(v) = file.request_timeout_seconds {
-            c.request_timeout = Duration::from_secs(v);
-        }
-        if let Some(v) = file.provider_timeout_seconds {
-            c.provider_timeout = Duration::from_secs(v);
-        }
-        if let Some(v) = file.log_format {
-            c.log_format = v;
-        }
-        if let Some(v) = file.allowed_return_urls {
-            c.allowed_return_urls = v;
-        }
-        if let Some(v) = file.refresher_enabled {
-            c.refresher.enabled = v;
-        }
-        if let Some(v) = file.refresh_window_seconds {
-            c.refresher.window_seconds = v;
-        }
-        if let Some(v) = file.refresher_interval_seconds {
-            c.refresher.interval = Duration::from_secs(v);
-        }
-        if let Some(v) = file.refresher_concurrency {
-            c.refresher.concurrency = v;
-        }
-        if let Some(v) = file.jwt_lifetime_seconds {
-            c.jwt_lifetime_seconds = v as i64;
-        }
-        if let Some(v) = file.jwt_key_overlap_seconds {
-            c.jwt_key_overlap_seconds = v as i64;
-        }
-        if let Some(v) = file.jwt_audience {
-            c.jwt_audience = v;
-        }
-        if let Some(v) = file.refresh_lease_seconds {
-            c.refresh_lease_seconds = v.min(86_400) as i64;
-        }
-        if let Some(v) = file.max_concurrent_refreshes {
-            c.max_concurrent_refreshes = v;
-        }
-        if let Some(v) = file.max_concurrent_refreshes_per_host {
-            c.max_concurrent_refreshes_per_host = v;
-        }
-        if let Some(v) = file.shutdown_grace_seconds {
-            c.shutdown_grace = Duration::from_secs(v);
-        }
-        if let Some(v) = file.admin_session_seconds {
-            c.admin_session_seconds = i64::try_from(v).unwrap_or(i64::MAX);
-        }
-        c.webhooks = file.webhooks;
-        c.sandbox = file.sandbox.unwrap_or(false);
-        if let Some(v) = file.slow_client_timeout_seconds {
-            c.slow_client_timeout = Duration::from_secs(v);
-        }
-        if let Some(v) = file.body_timeout_seconds {
-            c.body_timeout = Duration::from_secs(v);
-        }
-        if let Some(v) = file.max_connections {
-            c.max_connections = v;
-        }
-        if let Some(v) = file.audit_retention_days {
-            c.audit_retention_days = v;
-        }
-        if let Some(v) = file.webhook_retention_days {
-            c.webhook_retention_days = v;
-        }
-        if let Some(v) = file.prune_interval_seconds {
-            c.prune_interval = Duration::from_secs(v);
-        }
-        if let Some(v) = file.rate_limit_per_second {
-            c.rate_limit_per_second = v;
-        }
-        if let Some(v) = file.allow_insecure_loopback {
-            c.allow_insecure_loopback = v;
-        }
-        if let Some(v) = file.refresh_backoff_seconds {
-            c.refresher.backoff_base_seconds = v as i64;
-        }
-        c.connector_types = file.connector_types;
-
-        for (name, value) in env {
-            let key = SERVER_ENV.iter().find(|(n, _)| n == name).map(|(_, k)| *k);
-            let parse_secs = |v: &str| -> anyhow::Result<u64> {
-                v.trim()
-                    .parse()
-                    .with_context(|| format!("{name} must be a whole number of seconds"))
-            };
-            match key {
-                Some("listen") => c.listen = value.clone(),
-                Some("public_url") => c.public_url = Some(value.clone()),
-                Some("database_url") => c.database_url = value.clone(),
-                Some("encryption_key_file") => c.encryption_key_file = PathBuf::from(value),
-                Some("refresh_margin_seconds") => {
-                    c.refresh_margin_seconds = parse_secs(value)? as i64
-                }
-                Some("cache_ttl_seconds") => c.cache_ttl = Duration::from_secs(parse_secs(value)?),
-                Some("request_timeout_seconds") => {
-                    c.request_timeout = Duration::from_secs(parse_secs(value)?)
-                }
-                Some("provider_timeout_seconds") => {
-                    c.provider_timeout = Duration::from_secs(parse_secs(value)?)
-                }
-                Some("allowed_return_urls") => {
-                    c.allowed_return_urls = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|v| !v.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                }
-                Some("refresher_enabled") => {
-                    c.refresher.enabled = match value.as_str() {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        _ => bail!("TOKENBOX_REFRESHER_ENABLED must be true or false"),
-                    }
-                }
-                Some("refresh_window_seconds") => {
-                    c.refresher.window_seconds = parse_secs(value)? as i64
-                }
-                Some("refresher_interval_seconds") => {
-                    c.refresher.interval = Duration::from_secs(parse_secs(value)?)
-                }
-                Some("jwt_lifetime_seconds") => c.jwt_lifetime_seconds = parse_secs(value)? as i64,
-                Some("jwt_key_overlap_seconds") => {
-                    c.jwt_key_overlap_seconds = parse_secs(value)? as i64
-                }
-                Some("admin_session_seconds") => {
-                    c.admin_session_seconds = i64::try_from(parse_secs(value)?).unwrap_or(i64::MAX)
-                }
-                Some("slow_client_timeout_seconds") => {
-                    c.slow_client_timeout = Duration::from_secs(parse_secs(value)?)
-                }
-                Some("body_timeout_seconds") => {
-                    c.body_timeout = Duration::from_secs(parse_secs(value)?)
-                }
-                Some("max_connections") => {
-                    c.max_connections = value
-                        .trim()
-                        .parse()
-                        .with_context(|| format!("{name} must be a whole number"))?
-                }
-                Some("audit_retention_days") => {
-                    c.audit_retention_days = value
-                        .trim()
-                        .parse()
-                        .with_context(|| format!("{name} must be a whole number of days"))?
-                }
-                Some("webhook_retention_days") => {
-                    c.webhook_retention_days = value
-                        .trim()
-                        .parse()
-                        .with_context(|| format!("{name} must be a whole number of days"))?
-                }
-                Some("prune_interval_seconds") => {
-                    c.prune_interval = Duration::from_secs(parse_secs(value)?)
-                }
-                Some("rate_limit_per_second") => {
-                    c.rate_limit_per_second = parse_secs(value)? as u32
-                }
-                Some("refresh_backoff_seconds") => {
-                    c.refresher.backoff_base_seconds = parse_secs(value)? as i64
-                }
-                Some("refresh_lease_seconds") => {
-                    c.refresh_lease_seconds = parse_secs(value)?.min(86_400) as i64
-                }
-                Some("max_concurrent_refreshes") => {
-                    c.max_concurrent_refreshes = parse_secs(value)? as usize
-                }
-                Some("max_concurrent_refreshes_per_host") => {
-                    c.max_concurrent_refreshes_per_host = parse_secs(value)? as usize
-                }
-                Some("shutdown_grace_seconds") => {
-                    c.shutdown_grace = Duration::from_secs(parse_secs(value)?)
-                }
-                Some("refresher_concurrency") => {
-                    c.refresher.concurrency = parse_secs(value)? as usize
-                }
-                Some("log_format") => {
-                    c.log_format = match value.as_str() {
-                        "text" => LogFormat::Text,
-                        "json" => LogFormat::Json,
-                        _ => bail!("TOKENBOX_LOG_FORMAT must be 'text' or 'json'"),
-                    }
-                }
-                _ if name == "TOKENBOX_ENCRYPTION_KEY" => {
-                    c.encryption_key = Some(Secret::new(value.clone()))
-                }
-                _ if OTHER_ENV.contains(&name.as_str()) => {}
-                _ => warnings.push(format!(
-                    "unknown environment variable {name} ignored (known: {})",
-                    SERVER_ENV
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .chain(OTHER_ENV.iter().copied())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-            }
-        }
-        c.validate()?;
-        Ok((c, warnings))
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -584,11 +313,14 @@ impl Config {
         if self.jwt_audience.trim().is_empty() {
             bail!("jwt_audience must not be empty");
         }
-        if self.refresher.interval.is_zero()
-            || self.refresher.concurrency == 0
-            || self.refresher.window_seconds < 0
+        if self.refresher_interval.is_zero()
+            || self.refresher_concurrency == 0
+            || self.refresh_window_seconds < 0
         {
             bail!("refresher_interval_seconds and refresher_concurrency must be positive, refresh_window_seconds not negative");
+        }
+        if self.refresh_keepalive_seconds <= 0 || self.refresh_backoff_seconds < 0 {
+            bail!("refresh_keepalive_seconds must be positive and refresh_backoff_seconds not negative");
         }
         for url in &self.allowed_return_urls {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -612,6 +344,110 @@ impl Config {
     }
 }
 
+/// The file's text as a table, after checking that it deserializes on its own (so that its
+/// errors, an unknown key among them, are reported as the file's).
+fn parse_file(text: &str) -> anyhow::Result<toml::Table> {
+    let message = |e: toml::de::Error| anyhow!("{}", e.message().trim());
+    toml::from_str::<Config>(text).map_err(message)?;
+    toml::from_str(text).map_err(message)
+}
+
+/// The keys settable by a variable, each with its default (whose type says how to read the
+/// variable), from the serialized defaults: every key but the file-only tables.
+fn keys() -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(keys)) => keys,
+        _ => unreachable!("Config serializes to a map"),
+    }
+}
+
+/// `TOKENBOX_<KEY>` and `TOKENBOX_<KEY>_FILE` as TOML values keyed by their config key. Each is
+/// checked on its own, so that an error names the variable.
+fn env_overlay(env: &[(String, String)], accepted: &[String]) -> anyhow::Result<toml::Table> {
+    let keys = keys();
+    let variable = |key: &str| format!("TOKENBOX_{}", key.to_ascii_uppercase());
+    let mut overlay = toml::Table::new();
+    for (name, raw) in env {
+        let (key, text) = if let Some(key) = keys.keys().find(|k| variable(k) == *name) {
+            (key.as_str(), raw.clone())
+        } else if let Some(key) = SECRET_KEYS
+            .iter()
+            .find(|k| format!("{}_FILE", variable(k)) == *name)
+        {
+            let text = std::fs::read_to_string(raw)
+                .with_context(|| format!("{name}: cannot read the file {raw}"))?;
+            (*key, text.trim_end_matches(['\r', '\n']).to_string())
+        } else if OTHER_ENV.contains(&name.as_str()) || accepted.contains(name) {
+            continue;
+        } else if name.starts_with("TOKENBOX_") {
+            bail!(
+                "unknown environment variable {name} (configuration variables: {}; see the \
+                 README's configuration reference)",
+                keys.keys()
+                    .map(|k| variable(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        } else {
+            continue;
+        };
+        let value = env_value(name, &text, &keys[key])?;
+        toml::Table::from_iter([(key.to_string(), value.clone())])
+            .try_into::<Config>()
+            .map_err(|e| anyhow!("{name}: {}", e.message().trim()))?;
+        if overlay.insert(key.to_string(), value).is_some() {
+            bail!("{name}: {key} is set by two variables; keep one");
+        }
+    }
+    Ok(overlay)
+}
+
+/// A variable's text as a TOML value of the type of the key's default.
+fn env_value(name: &str, text: &str, default: &serde_json::Value) -> anyhow::Result<toml::Value> {
+    use serde_json::Value;
+    Ok(match default {
+        Value::Bool(_) => match text.trim() {
+            "true" | "1" => toml::Value::Boolean(true),
+            "false" | "0" => toml::Value::Boolean(false),
+            _ => bail!("{name} must be true or false"),
+        },
+        Value::Number(_) => toml::Value::Integer(
+            text.trim()
+                .parse()
+                .with_context(|| format!("{name} must be a whole number"))?,
+        ),
+        Value::Array(_) => toml::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| toml::Value::String(v.to_string()))
+                .collect(),
+        ),
+        _ => toml::Value::String(text.to_string()),
+    })
+}
+
+/// The variables the file names for secrets (`secret_env` of `[[webhooks]]`, `client_secret_env`
+/// of connector types: any `*_env` key), accepted even when they start with `TOKENBOX_`.
+fn named_variables(table: &toml::Table) -> Vec<String> {
+    let mut names = Vec::new();
+    for (key, value) in table {
+        match value {
+            toml::Value::String(name) if key.ends_with("_env") => names.push(name.clone()),
+            toml::Value::Table(inner) => names.extend(named_variables(inner)),
+            toml::Value::Array(items) => {
+                for item in items {
+                    if let toml::Value::Table(inner) = item {
+                        names.extend(named_variables(inner));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,39 +459,88 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn defaults_need_no_file() {
-        let (c, warnings) = Config::resolve(FileConfig::default(), &[]).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:8080");
-        assert_eq!(c.database_url, "sqlite://tokenbox-data/tokenbox.db");
-        assert_eq!(c.refresh_margin_seconds, 300);
-        assert!(warnings.is_empty());
+    fn resolve(file: &str, pairs: &[(&str, &str)]) -> anyhow::Result<Config> {
+        Config::resolve(parse_file(file)?, &env(pairs))
     }
 
     #[test]
-    fn environment_overrides_the_file_and_unknown_variables_are_reported() {
-        let file =
-            Config::parse_file("listen = \"127.0.0.1:1\"\nrefresh_margin_seconds = 60\n").unwrap();
-        let (c, warnings) = Config::resolve(
-            file,
-            &env(&[
-                ("TOKENBOX_LISTEN", "127.0.0.1:2"),
-                ("TOKENBOX_TOKEN", "x"),
-                ("TOKENBOX_LISTN", "typo"),
-            ]),
+    fn defaults_need_no_file() {
+        let c = resolve("", &[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(
+            c.database_url.as_str(),
+            "sqlite://tokenbox-data/tokenbox.db"
+        );
+        assert_eq!(c.refresh_margin_seconds, 300);
+        assert_eq!(
+            c.refresher(),
+            RefresherConfig {
+                enabled: true,
+                window_seconds: 600,
+                keepalive_seconds: 86_400,
+                interval: Duration::from_secs(30),
+                concurrency: 8,
+                backoff_base_seconds: 15,
+            }
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = resolve(
+            "listen = \"127.0.0.1:1\"\nrefresh_margin_seconds = 60\n",
+            &[("TOKENBOX_LISTEN", "127.0.0.1:2"), ("TOKENBOX_TOKEN", "x")],
         )
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:2");
         assert_eq!(c.refresh_margin_seconds, 60);
-        assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("TOKENBOX_LISTN"));
+    }
+
+    #[test]
+    fn unknown_variables_are_refused_with_their_name() {
+        let err = resolve("", &[("TOKENBOX_LISTN", "typo")]).unwrap_err();
+        assert!(format!("{err:#}").contains("TOKENBOX_LISTN"), "{err:#}");
+        // The CLI's, the clients' and the harnesses' variables are not configuration keys.
+        for name in OTHER_ENV {
+            resolve("", &[(name, "x")]).unwrap();
+        }
+        // Nor are the variables the file names for secrets.
+        let file = "[[webhooks]]\nurl = \"https://h.example.com/\"\nsecret_env = \"TOKENBOX_WEBHOOK_SECRET\"\n\
+                    [connector_types.acme]\nclient_secret_env = \"TOKENBOX_ACME_SECRET\"\n";
+        resolve(
+            file,
+            &[
+                ("TOKENBOX_WEBHOOK_SECRET", "s"),
+                ("TOKENBOX_ACME_SECRET", "s"),
+            ],
+        )
+        .unwrap();
+        // A file-only table has no variable.
+        let err = resolve("", &[("TOKENBOX_WEBHOOKS", "x")]).unwrap_err();
+        assert!(format!("{err:#}").contains("TOKENBOX_WEBHOOKS"), "{err:#}");
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_with_its_variable() {
+        for (name, value) in [
+            ("TOKENBOX_LOG_FORMAT", "yaml"),
+            ("TOKENBOX_REFRESHER_ENABLED", "maybe"),
+            ("TOKENBOX_CACHE_TTL_SECONDS", "ten"),
+            ("TOKENBOX_CACHE_TTL_SECONDS", "-1"),
+            ("TOKENBOX_RATE_LIMIT_PER_SECOND", "99999999999"),
+        ] {
+            let err = resolve("", &[(name, value)]).unwrap_err();
+            assert!(format!("{err:#}").contains(name), "{name}={value}: {err:#}");
+        }
+        let c = resolve("", &[("TOKENBOX_LOG_FORMAT", "json")]).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
     }
 
     #[test]
     fn every_documented_variable_is_read() {
-        let (c, warnings) = Config::resolve(
-            FileConfig::default(),
-            &env(&[
+        let c = resolve(
+            "",
+            &[
                 ("TOKENBOX_RATE_LIMIT_PER_SECOND", "7"),
                 ("TOKENBOX_SLOW_CLIENT_TIMEOUT_SECONDS", "3"),
                 ("TOKENBOX_JWT_LIFETIME_SECONDS", "60"),
@@ -666,20 +551,141 @@ mod tests {
                 ("TOKENBOX_AUDIT_RETENTION_DAYS", "7"),
                 ("TOKENBOX_WEBHOOK_RETENTION_DAYS", "0"),
                 ("TOKENBOX_PRUNE_INTERVAL_SECONDS", "60"),
-            ]),
+            ],
         )
         .unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(c.rate_limit_per_second, 7);
         assert_eq!(c.slow_client_timeout, Duration::from_secs(3));
         assert_eq!(c.jwt_lifetime_seconds, 60);
         assert_eq!(c.jwt_key_overlap_seconds, 120);
-        assert_eq!(c.refresher.backoff_base_seconds, 2);
+        assert_eq!(c.refresher().backoff_base_seconds, 2);
         assert_eq!(c.body_timeout, Duration::from_secs(4));
         assert_eq!(c.max_connections, 5);
         assert_eq!(c.audit_retention_days, 7);
         assert_eq!(c.webhook_retention_days, 0);
         assert_eq!(c.prune_interval, Duration::from_secs(60));
+    }
+
+    /// Every key (but the file-only tables) is set by its `TOKENBOX_<KEY>` variable, and by it
+    /// alone.
+    #[test]
+    fn every_key_is_settable_by_its_variable() {
+        let defaults = keys();
+        assert!(defaults.len() >= 33, "{:?}", defaults.keys());
+        for (key, default) in &defaults {
+            let name = format!("TOKENBOX_{}", key.to_ascii_uppercase());
+            let url = "http://127.0.0.1:9/sample";
+            let (text, expected) = match default {
+                serde_json::Value::Bool(b) => ((!b).to_string(), serde_json::json!(!b)),
+                serde_json::Value::Number(n) => {
+                    let n = n.as_i64().unwrap() + 1;
+                    (n.to_string(), serde_json::json!(n))
+                }
+                serde_json::Value::Array(_) => (
+                    format!("{url}, {url}2"),
+                    serde_json::json!([url, format!("{url}2")]),
+                ),
+                _ if key == "log_format" => ("json".into(), serde_json::json!("json")),
+                _ => (url.into(), serde_json::json!(url)),
+            };
+            let config = resolve("", &[(&name, &text)]).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let mut set = match serde_json::to_value(&config).unwrap() {
+                serde_json::Value::Object(map) => map,
+                _ => unreachable!(),
+            };
+            let value = set.remove(key).unwrap();
+            if value == "[redacted]" {
+                assert_eq!(key, "encryption_key");
+                assert_eq!(config.encryption_key.as_ref().unwrap().expose(), url);
+            } else {
+                assert_eq!(value, expected, "{name}={text}");
+            }
+            let mut others = defaults.clone();
+            others.remove(key);
+            assert_eq!(set, others, "{name} set only {key}");
+        }
+    }
+
+    /// Every key (but the file-only tables) has a row in the README's configuration reference
+    /// naming its `TOKENBOX_<KEY>` variable, and every key documented there exists.
+    #[test]
+    fn every_key_and_its_variable_is_in_the_readme() {
+        let defaults = keys();
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("a Configuration section")
+            .split("| key | environment | default | meaning |\n")
+            .nth(1)
+            .expect("the configuration reference table");
+        let rows: Vec<(&str, &str)> = table
+            .lines()
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                let mut cells = l.split('|').skip(1).map(str::trim);
+                Some((cells.next()?, cells.next()?))
+            })
+            .collect();
+        for key in defaults.keys() {
+            let name = format!("`TOKENBOX_{}`", key.to_ascii_uppercase());
+            let row = rows.iter().find(|(k, _)| *k == format!("`{key}`"));
+            let (_, variables) = row.unwrap_or_else(|| panic!("README: no row for `{key}`"));
+            assert!(
+                variables.contains(&name),
+                "README: the row of `{key}` does not name {name}"
+            );
+        }
+        // And no row documents a key that does not exist.
+        for (key, _) in &rows {
+            if let Some(key) = key.strip_prefix('`').and_then(|k| k.strip_suffix('`')) {
+                if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    assert!(
+                        defaults.contains_key(key),
+                        "README documents an unknown key `{key}`"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_secret_key_can_be_read_from_a_file() {
+        let path = std::env::temp_dir().join(format!("tokenbox-db-url-{}", std::process::id()));
+        std::fs::write(&path, "postgres://u:pa55word@127.0.0.1/db\n").unwrap();
+        let file = path.to_str().unwrap();
+        let c = resolve("", &[("TOKENBOX_DATABASE_URL_FILE", file)]).unwrap();
+        assert_eq!(
+            c.database_url.as_str(),
+            "postgres://u:pa55word@127.0.0.1/db"
+        );
+        let err = resolve(
+            "",
+            &[
+                ("TOKENBOX_DATABASE_URL_FILE", file),
+                ("TOKENBOX_DATABASE_URL", "sqlite://x"),
+            ],
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("database_url"), "{err:#}");
+        std::fs::remove_file(&path).unwrap();
+        let err = resolve("", &[("TOKENBOX_DATABASE_URL_FILE", file)]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("TOKENBOX_DATABASE_URL_FILE"),
+            "{err:#}"
+        );
+        // The key file keeps its own variable: a path, read (or created) when the store opens.
+        let c = resolve("", &[("TOKENBOX_ENCRYPTION_KEY_FILE", file)]).unwrap();
+        assert_eq!(c.encryption_key_file, path);
+        assert!(c.encryption_key.is_none());
+    }
+
+    #[test]
+    fn the_lease_is_at_most_a_day() {
+        let c = resolve("refresh_lease_seconds = 999999", &[]).unwrap();
+        assert_eq!(c.refresh_lease_seconds, 86_400);
+        let c = resolve("", &[("TOKENBOX_REFRESH_LEASE_SECONDS", "999999")]).unwrap();
+        assert_eq!(c.refresh_lease_seconds, 86_400);
     }
 
     #[test]
@@ -697,5 +703,35 @@ mod tests {
             ..Config::default()
         };
         assert!(!format!("{c:?}").contains("pa55word"));
+    }
+
+    #[test]
+    fn debug_shows_every_key_and_hides_the_secrets() {
+        let c = resolve(
+            "",
+            &[
+                ("TOKENBOX_ENCRYPTION_KEY", "k3y-material"),
+                (
+                    "TOKENBOX_DATABASE_URL",
+                    "postgres://u:pa55word@127.0.0.1/db",
+                ),
+            ],
+        )
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("pa55word") && !debug.contains("k3y-material"),
+            "{debug}"
+        );
+        for field in [
+            "refresh_keepalive_seconds",
+            "jwt_audience",
+            "sandbox",
+            "allow_insecure_loopback",
+            "cache_ttl",
+            "webhooks",
+        ] {
+            assert!(debug.contains(field), "{field} missing from {debug}");
+        }
     }
 }

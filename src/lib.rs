@@ -154,7 +154,7 @@ impl Application {
     /// refreshes in flight (their rotated refresh tokens must be stored), within
     /// `shutdown_grace_seconds`.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let refresher = self.state.config.refresher;
+        let refresher = self.state.config.refresher();
         let grace = self.state.config.shutdown_grace;
         let stop = tokio_util::sync::CancellationToken::new();
         let background = refresher.enabled.then(|| {

@@ -36,7 +36,8 @@ enum Command {
     /// Try tokenbox in one minute: a server with a built-in sandbox provider, a superadmin
     /// account and a connect link, and the commands that fetch the token afterwards.
     Demo {
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Address to bind; TOKENBOX_LISTEN when the flag is absent.
+        #[arg(long, env = "TOKENBOX_LISTEN", default_value = "127.0.0.1:8080")]
         listen: String,
         /// Where the demo keeps its database and key (delete it to start afresh).
         #[arg(long, default_value = "tokenbox-demo")]
@@ -749,7 +750,7 @@ async fn demo(listen: &str, data_dir: &std::path::Path) -> anyhow::Result<ExitCo
     let config = Config {
         listen: address.to_string(),
         public_url: Some(format!("http://{address}")),
-        database_url: format!("sqlite://{dir}/tokenbox.db"),
+        database_url: format!("sqlite://{dir}/tokenbox.db").into(),
         encryption_key_file: data_dir.join("encryption.key"),
         sandbox: true,
         allow_insecure_loopback: true,

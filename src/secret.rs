@@ -46,6 +46,49 @@ impl<'de> serde::Deserialize<'de> for Secret {
     }
 }
 
+/// A database URL (`postgres://user:password@host/db`, `sqlite://path`). `Debug` and
+/// `Serialize` hide its password; the whole URL is reached through `Deref` / [`DatabaseUrl::as_str`].
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for DatabaseUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for DatabaseUrl {
+    fn from(value: &str) -> Self {
+        Self(value.to_string())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact_url(&self.0), f)
+    }
+}
+
+impl serde::Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&redact_url(&self.0))
+    }
+}
+
 /// Hides the password of a database URL (`postgres://user:pw@host/db`) for logs and `Debug`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -95,5 +138,12 @@ mod tests {
             redact_url("sqlite://tokenbox-data/tokenbox.db"),
             "sqlite://tokenbox-data/tokenbox.db"
         );
+        let url = DatabaseUrl::from("postgres://tb:s3cret@127.0.0.1:5432/tokenbox");
+        assert_eq!(
+            format!("{url:?}"),
+            "\"postgres://tb:[redacted]@127.0.0.1:5432/tokenbox\""
+        );
+        assert!(!serde_json::to_string(&url).unwrap().contains("s3cret"));
+        assert!(url.as_str().contains("s3cret"));
     }
 }

@@ -144,7 +144,7 @@ impl SecretsKeeper {
                 breakers: Breakers::new(5, Duration::from_secs(30)),
                 refresh_margin: config.refresh_margin_seconds,
                 request_timeout: config.request_timeout,
-                backoff_base: config.refresher.backoff_base_seconds,
+                backoff_base: config.refresh_backoff_seconds,
                 lease_seconds: config.refresh_lease_seconds,
                 slots: ProviderSlots::new(
                     config.max_concurrent_refreshes,

@@ -239,3 +239,32 @@ async fn the_sandbox_answers_only_this_servers_callback_inside_the_body_limit_an
         .await;
     assert_eq!(response.status(), 413);
 }
+
+/// Without `--listen`, the demo binds `TOKENBOX_LISTEN` (the flag's default no longer wins).
+#[test]
+fn the_demo_listens_where_tokenbox_listen_says_when_no_flag_is_given() {
+    let dir = std::env::temp_dir().join(unique("tokenbox-demo-listen"));
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--data-dir"])
+        .arg(&dir)
+        .env_remove("TOKENBOX_CONFIG")
+        .env("TOKENBOX_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let link = BufReader::new(demo.stdout.take().unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .find(|line| line.contains("/connect/"));
+    let _ = demo.kill();
+    let _ = demo.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let link = link.expect("the demo printed its connect link");
+    let port = link
+        .trim()
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("{link}"));
+    assert_ne!(port, "8080", "{link}");
+}
