@@ -21,11 +21,11 @@ use axum::routing::post;
 use axum::{Form, Json, Router};
 use rand::seq::SliceRandom;
 use serde_json::json;
-use tokenbox::api::auth::{generate_token, hash_token};
 use tokenbox::config::Config;
 use tokenbox::domain::{now_epoch, AppId, ConnectionKey, ConnectorTypeName, Metadata, TokenSet};
 use tokenbox::secret::Secret;
 use tokenbox::secrets::{open_store, Role, ServiceAccount};
+use tokenbox::token::ServiceToken;
 
 const CONNECTOR: &str = "bench";
 
@@ -109,12 +109,12 @@ fn write_config(dir: &Path, database_url: &str, provider_url: &str) -> PathBuf {
 async fn seed(config_path: &Path, count: usize, expired: bool) -> String {
     let (config, _) = Config::load(Some(config_path)).unwrap();
     let store = open_store(&config).await.unwrap();
-    let token = generate_token();
+    let token = ServiceToken::generate();
     store
         .create_service_account(&ServiceAccount {
             name: format!("bench-{}", now_epoch()),
             role: Role::Superadmin,
-            token_hash: hash_token(&token),
+            token_hash: token.hash(),
             created_at: now_epoch(),
             scope: None,
             expires_at: None,
@@ -156,7 +156,7 @@ async fn seed(config_path: &Path, count: usize, expired: bool) -> String {
         "seeded {count} connections in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    token
+    token.into_string()
 }
 
 struct Server {

@@ -11,6 +11,7 @@ const BELOW_THE_API: &[&str] = &[
     "refresh",
     "connectors",
     "cli",
+    "token",
     "domain",
     "config",
 ];

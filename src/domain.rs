@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
@@ -274,6 +274,70 @@ pub struct OAuthState {
     /// SHA-256 of the cookie value of the browser that started the flow; `None` for a state
     /// recorded before browsers were bound (it is refused).
     pub browser_hash: Option<[u8; 32]>,
+}
+
+/// A token set to import, as JSON: `{"access_token", "refresh_token", "expires_at" |
+/// "expires_in", "scope", "token_type", "metadata"}`; only `access_token` is required.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportTokenSet {
+    #[schema(value_type = String)]
+    access_token: Secret,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    refresh_token: Option<Secret>,
+    #[serde(default)]
+    expires_at: Option<i64>,
+    #[serde(default)]
+    expires_in: Option<i64>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Metadata>,
+}
+
+impl ImportTokenSet {
+    /// Parses the JSON text; the error is a sentence that never repeats the input's values.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            let message = e.to_string();
+            if message.starts_with("unknown field") || message.starts_with("missing field") {
+                let short = message.split(" at line").next().unwrap_or(&message);
+                format!("invalid token set: {short}")
+            } else {
+                format!(
+                    "invalid token set JSON at line {} column {}: expected {{\"access_token\": string, \"refresh_token\": string, \"expires_at\": integer | \"expires_in\": integer, \"scope\": string}}",
+                    e.line(),
+                    e.column()
+                )
+            }
+        })
+    }
+
+    pub fn into_token_set(self, now: i64) -> Result<TokenSet, String> {
+        if self.access_token.expose().trim().is_empty() {
+            return Err("access_token must not be empty".into());
+        }
+        let expires_at = match (self.expires_at, self.expires_in) {
+            (Some(_), Some(_)) => return Err("give expires_at or expires_in, not both".into()),
+            (Some(at), None) if at <= 0 => return Err("expires_at must be positive".into()),
+            (Some(at), None) => Some(at),
+            (None, Some(s)) if s < 0 => return Err("expires_in must not be negative".into()),
+            (None, Some(s)) => Some(now.saturating_add(s)),
+            (None, None) => None,
+        };
+        Ok(TokenSet {
+            access_token: self.access_token,
+            refresh_token: self.refresh_token.filter(|t| !t.is_empty()),
+            token_type: self.token_type,
+            expires_at,
+            scope: self.scope,
+            metadata: self.metadata.unwrap_or_default(),
+        })
+    }
 }
 
 #[cfg(test)]

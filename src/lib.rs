@@ -5,6 +5,7 @@ pub mod api;
 #[cfg(test)]
 mod architecture;
 pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod connectors;
 pub mod domain;
@@ -15,6 +16,7 @@ pub mod secret;
 pub mod secrets;
 pub mod signup;
 pub mod telemetry;
+pub mod token;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -31,21 +33,31 @@ use connectors::{Catalog, Provider};
 use refresh::SecretsKeeper;
 use secrets::open_store;
 
-/// Everything a command needs: the store, the catalog and the keeper built from a config.
-/// `bound` is the server's address, when there is a server, for the default public URL.
-pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::Result<AppState> {
-    let public_url = match bound {
+/// The public URL: the configured one, or the server's address, when there is a server, or
+/// the configured listen address.
+fn public_url_of(config: &Config, bound: Option<SocketAddr>) -> String {
+    match bound {
         Some(address) => config.public_base_url(address),
         None => config
             .public_url
             .clone()
             .map(|u| u.trim_end_matches('/').to_string())
             .unwrap_or_else(|| format!("http://{}", config.listen)),
-    };
-    // The sandbox provider is a connector type pointing at this very server.
+    }
+}
+
+/// The configured connector types and, with `sandbox`, the sandbox provider (a connector type
+/// pointing at this very server) with its client secret.
+fn connector_types_of(
+    config: &Config,
+    public_url: &str,
+) -> (
+    std::collections::BTreeMap<String, connectors::ConnectorTypeSpec>,
+    Option<String>,
+) {
     let mut connector_types = config.connector_types.clone();
     let sandbox_secret = config.sandbox.then(|| {
-        let secret = api::auth::generate_token();
+        let secret = token::random_token(token::SERVICE_TOKEN_PREFIX);
         connector_types.insert(
             "sandbox".to_string(),
             connectors::ConnectorTypeSpec {
@@ -61,6 +73,40 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         );
         secret
     });
+    (connector_types, sandbox_secret)
+}
+
+/// What a one-shot command that needs only the store gets: the configuration is checked as
+/// [`build_state`] checks it (connector types, webhooks) and the store is opened (migrations
+/// applied), but no background worker (audit writer, refresher, deliverer) is started.
+pub struct CommandStore {
+    pub config: Config,
+    pub public_url: String,
+    pub store: Arc<dyn secrets::SecretsStore>,
+}
+
+/// Opens the store for a one-shot command (see [`CommandStore`]).
+pub async fn open_command_store(config: Config) -> anyhow::Result<CommandStore> {
+    let public_url = public_url_of(&config, None);
+    let (connector_types, _) = connector_types_of(&config, &public_url);
+    Catalog::build(&connector_types, config.allow_insecure_loopback)?;
+    let store = open_store(&config).await?;
+    Provider::new(config.provider_timeout, config.allow_insecure_loopback)?;
+    for w in &config.webhooks {
+        webhooks::Endpoint::resolve(w, config.allow_insecure_loopback)?;
+    }
+    Ok(CommandStore {
+        config,
+        public_url,
+        store,
+    })
+}
+
+/// Everything a command needs: the store, the catalog and the keeper built from a config.
+/// `bound` is the server's address, when there is a server, for the default public URL.
+pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::Result<AppState> {
+    let public_url = public_url_of(&config, bound);
+    let (connector_types, sandbox_secret) = connector_types_of(&config, &public_url);
     let catalog = Catalog::build(&connector_types, config.allow_insecure_loopback)?;
     let store = open_store(&config).await?;
     let provider = Provider::new(config.provider_timeout, config.allow_insecure_loopback)?;
@@ -105,6 +151,15 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         sandbox_secret,
     })
 }
+
+/// The route table (path, methods, access) without a server, for `tokenbox routes`: the
+/// command line reaches the HTTP layer only through the crate root.
+pub fn route_table() -> Vec<api::routes::RouteEntry> {
+    api::routes::describe()
+}
+
+/// How long the built-in sandbox provider's access tokens last, for the demo's tour.
+pub const SANDBOX_ACCESS_TOKEN_LIFETIME: i64 = api::sandbox::ACCESS_TOKEN_LIFETIME;
 
 /// The HTTP service, bound to its listener.
 pub struct Application {

@@ -3,16 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-
 use crate::config::Config;
 use crate::connectors::{ConnectorType, RefreshError};
 use crate::domain::{now_epoch, ConnectLink, ConnectionKey, Metadata, OAuthState};
 use crate::refresh::{KeeperError, SecretsKeeper};
 use crate::secrets::StoreError;
+use crate::token::hash;
 
 pub const DEFAULT_LINK_TTL: i64 = 7 * 24 * 3600;
 pub const MAX_LINK_TTL: i64 = 30 * 24 * 3600;
@@ -102,13 +98,7 @@ pub struct Connected {
 }
 
 fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-pub fn hash(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
+    crate::token::random_token("")
 }
 
 fn looks_like_secret(s: &str) -> bool {

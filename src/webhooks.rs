@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use rand::RngCore;
 use sha2::Sha256;
 use tokio::sync::Notify;
 
@@ -152,11 +151,9 @@ impl Webhooks {
         if wanted.is_empty() {
             return;
         }
-        let mut id = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut id);
         let now = now_epoch();
         let body = serde_json::json!({
-            "id": id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "id": crate::token::random_hex::<12>(),
             "type": event,
             "created_at": now,
             "data": {

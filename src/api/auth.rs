@@ -9,7 +9,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -33,17 +32,6 @@ pub struct Principal {
     /// The account's generation: changes when an account is deleted and created again under
     /// the same name, so JWTs issued to the earlier account stop working.
     pub generation: String,
-}
-
-/// A new service-account token: 256 random bits, URL-safe base64, with a recognisable prefix.
-pub fn generate_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("tbx_{}", URL_SAFE_NO_PAD.encode(bytes))
-}
-
-pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// The generation of an account, derived from its token hash: every creation draws a new
@@ -175,7 +163,7 @@ impl Authenticator {
         if crate::jwt::looks_like_jwt(token) {
             return self.authenticate_jwt(token).await;
         }
-        let hash = hash_token(token);
+        let hash = crate::token::hash(token);
         let (accounts, fresh) = self.current();
         let accounts = if fresh {
             accounts
@@ -371,19 +359,4 @@ pub async fn require_role(
     let mut response = next.run(request).await;
     response.extensions_mut().insert(name);
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_random_and_hashes_are_stable() {
-        let a = generate_token();
-        let b = generate_token();
-        assert_ne!(a, b);
-        assert!(a.starts_with("tbx_") && a.len() == 4 + 43);
-        assert_eq!(hash_token(&a), hash_token(&a));
-        assert_ne!(hash_token(&a), hash_token(&b));
-    }
 }

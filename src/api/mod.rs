@@ -17,7 +17,6 @@ use axum::http::request::Parts;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use rand::RngCore;
 
 use crate::config::Config;
 use crate::domain::{AppId, ConnectionKey, ConnectorTypeName};
@@ -128,11 +127,7 @@ fn request_id(request: &Request) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_string)
-        .unwrap_or_else(|| {
-            let mut bytes = [0u8; 8];
-            rand::thread_rng().fill_bytes(&mut bytes);
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
-        })
+        .unwrap_or_else(crate::token::random_hex::<8>)
 }
 
 /// The connection a request concerned, when its path does not name it (the OAuth callback).

@@ -17,7 +17,6 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -74,9 +73,7 @@ impl Sandbox {
 pub struct SandboxState(Arc<Mutex<Sandbox>>);
 
 fn random(prefix: &str) -> String {
-    let mut bytes = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+    crate::token::random_text::<24>(prefix)
 }
 
 /// The sandbox's routes, under `/sandbox/`. `redirect_uri` is tokenbox's own callback, the

@@ -9,11 +9,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::api::auth::{hash_token, Principal};
+use crate::api::auth::Principal;
 use crate::api::pages::{escape, page, request_cookie};
 use crate::api::resources::connect::secure_flag;
 use crate::api::{AppState, PrincipalName, RequestBody};
@@ -227,11 +226,9 @@ pub async fn login(
     // The account's stored token hash (a JWT signs in as its account).
     let account_token_hash = match state.auth.account(&principal.name).await {
         Ok(Some((hash, _))) => hash,
-        _ => hash_token(token),
+        _ => crate::token::hash(token),
     };
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let id = URL_SAFE_NO_PAD.encode(bytes);
+    let id = crate::token::random_token("");
     let now = now_epoch();
     let mut expires_at = now.saturating_add(state.config.admin_session_seconds);
     if let Some(at) = principal.expires_at {

@@ -1,0 +1,54 @@
+//! `tokenbox audit`: the audit trail, newest first, as a table or JSON lines.
+
+use super::parse_since;
+use super::table::or_dash;
+use crate::config::Config;
+use crate::domain::AuditEvent;
+
+pub async fn run(
+    app: Option<&str>,
+    since: Option<&str>,
+    limit: i64,
+    json: bool,
+    config: Config,
+) -> anyhow::Result<()> {
+    let since = parse_since(since)?;
+    let store = crate::secrets::open_store(&config).await?;
+    let events = store.read_audit(app, since, limit).await?;
+    if json {
+        for e in &events {
+            println!("{}", serde_json::to_string(e)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<11} {:<16} {:<20} {:<24} {:<24} CLIENT",
+        "AT", "PRINCIPAL", "ACTION", "SUBJECT", "OUTCOME"
+    );
+    for e in &events {
+        println!("{}", table_row(e));
+    }
+    Ok(())
+}
+
+fn table_row(e: &AuditEvent) -> String {
+    let connection = match (&e.app_id, &e.connector_type) {
+        (Some(a), Some(c)) => format!("{a}/{c}"),
+        _ => "-".into(),
+    };
+    let target = e.subject.clone().unwrap_or(connection);
+    let outcome = if e.count == 1 {
+        e.outcome.clone()
+    } else {
+        format!("{} x{}", e.outcome, e.count)
+    };
+    format!(
+        "{:<11} {:<16} {:<20} {:<24} {:<24} {}",
+        e.at,
+        e.principal,
+        e.action,
+        target,
+        outcome,
+        or_dash(e.client_addr.clone())
+    )
+}

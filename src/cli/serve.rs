@@ -1,0 +1,28 @@
+//! `tokenbox serve`, `tokenbox migrate` and `tokenbox routes`.
+
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::Application;
+
+/// `tokenbox serve`: the HTTP service with its background workers, until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    app.run_until_stopped().await
+}
+
+/// `tokenbox migrate`: opening the store applies pending migrations.
+pub async fn migrate(config: Config) -> anyhow::Result<()> {
+    crate::secrets::open_store(&config).await?;
+    eprintln!(
+        "database schema is up to date ({})",
+        crate::secret::redact_url(&config.database_url)
+    );
+    Ok(())
+}
+
+/// `tokenbox routes`: the route table (path, methods, access) as JSON.
+pub fn routes() -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(&crate::route_table())?);
+    Ok(ExitCode::SUCCESS)
+}
