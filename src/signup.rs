@@ -308,51 +308,16 @@ pub async fn finish(
     query: &BTreeMap<String, String>,
     browser: Option<&str>,
 ) -> Result<Connected, SignupError> {
-    let state = query.get("state").ok_or(SignupError::StateInvalid)?;
-    if !looks_like_secret(state) {
-        return Err(SignupError::StateInvalid);
-    }
     let now = now_epoch();
-    // The state is spent here, whoever presents it: a state that reached the wrong browser
-    // cannot be tried again (the tenant starts over from the link, which stays usable).
-    let flow = keeper
-        .store()
-        .take_oauth_state(&hash(state), now)
-        .await?
-        .ok_or(SignupError::StateInvalid)?;
-    let same_browser = match (flow.browser_hash, browser) {
-        (Some(expected), Some(value)) => bool::from(subtle::ConstantTimeEq::ct_eq(
-            &expected[..],
-            &hash(value)[..],
-        )),
-        _ => false,
-    };
-    if !same_browser {
-        tracing::warn!(
-            cookie_presented = browser.is_some(),
-            "signup callback refused: not the browser that started the flow"
-        );
-        return Err(SignupError::BrowserMismatch);
-    }
+    let flow = take_flow(keeper, query, browser, now).await?;
     let link = keeper
         .store()
         .connect_link(&flow.link_hash)
         .await?
         .filter(|l| l.is_usable(now))
         .ok_or(SignupError::LinkInvalid)?;
-    if let Some(error) = query.get("error") {
-        let description = query
-            .get("error_description")
-            .map(|d| format!(" ({})", sanitize(d, 200)))
-            .unwrap_or_default();
-        let reason = match error.as_str() {
-            "access_denied" => format!("access was denied at the provider{description}"),
-            other => format!(
-                "the provider answered '{}'{description}",
-                sanitize(other, 64)
-            ),
-        };
-        return Err(SignupError::Denied(reason));
+    if let Some(refusal) = provider_refusal(query) {
+        return Err(refusal);
     }
     let code = query.get("code").filter(|c| !c.is_empty()).ok_or_else(|| {
         SignupError::ProviderFailed("the provider sent no authorization code".into())
@@ -384,13 +349,7 @@ pub async fn finish(
                 .store()
                 .unspend_connect_link(&link.secret_hash)
                 .await?;
-            let reason = match error {
-                RefreshError::Revoked { code } => {
-                    format!("the provider refused the authorization code ({code})")
-                }
-                other => other.to_string(),
-            };
-            return Err(SignupError::ProviderFailed(reason));
+            return Err(exchange_failure(error));
         }
     };
     // Per-connection values and callback parameters (QuickBooks' realmId) join the metadata
@@ -410,6 +369,69 @@ pub async fn finish(
         key: link.key,
         return_to: link.return_to,
     })
+}
+
+/// Spends the callback's OAuth state and checks that it comes back to the browser that started
+/// the flow (the cookie set by `POST /connect/...`).
+async fn take_flow(
+    keeper: &SecretsKeeper,
+    query: &BTreeMap<String, String>,
+    browser: Option<&str>,
+    now: i64,
+) -> Result<OAuthState, SignupError> {
+    let state = query.get("state").ok_or(SignupError::StateInvalid)?;
+    if !looks_like_secret(state) {
+        return Err(SignupError::StateInvalid);
+    }
+    // The state is spent here, whoever presents it: a state that reached the wrong browser
+    // cannot be tried again (the tenant starts over from the link, which stays usable).
+    let flow = keeper
+        .store()
+        .take_oauth_state(&hash(state), now)
+        .await?
+        .ok_or(SignupError::StateInvalid)?;
+    let same_browser = match (&flow.browser_hash, browser) {
+        (Some(expected), Some(value)) => bool::from(subtle::ConstantTimeEq::ct_eq(
+            &expected[..],
+            &hash(value)[..],
+        )),
+        _ => false,
+    };
+    if !same_browser {
+        tracing::warn!(
+            cookie_presented = browser.is_some(),
+            "signup callback refused: not the browser that started the flow"
+        );
+        return Err(SignupError::BrowserMismatch);
+    }
+    Ok(flow)
+}
+
+/// The provider's own refusal in the callback (`error=access_denied`, ...), if any.
+fn provider_refusal(query: &BTreeMap<String, String>) -> Option<SignupError> {
+    let error = query.get("error")?;
+    let description = query
+        .get("error_description")
+        .map(|d| format!(" ({})", sanitize(d, 200)))
+        .unwrap_or_default();
+    let reason = match error.as_str() {
+        "access_denied" => format!("access was denied at the provider{description}"),
+        other => format!(
+            "the provider answered '{}'{description}",
+            sanitize(other, 64)
+        ),
+    };
+    Some(SignupError::Denied(reason))
+}
+
+fn exchange_failure(error: RefreshError) -> SignupError {
+    let reason = match error {
+        RefreshError::Revoked { code } => {
+            format!("the provider refused the authorization code ({code})")
+        }
+        other => other.to_string(),
+    };
+    SignupError::ProviderFailed(reason)
 }
 
 #[cfg(test)]

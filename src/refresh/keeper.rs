@@ -484,8 +484,6 @@ impl SecretsKeeper {
             .and_then(|u| u.host_str().map(str::to_string))
             .unwrap_or_default();
         let circuit = format!("{}|{host}", ct.name);
-        let lease = inner.lease_seconds;
-        let deadline = Duration::from_secs((lease - (lease / 4).min(5)).max(1) as u64);
         let outcome = match inner.breakers.check(&circuit) {
             Err(wait) => Err(RefreshError::Unavailable {
                 reason: format!(
@@ -496,37 +494,9 @@ impl SecretsKeeper {
                 retryable: false,
             }),
             Ok(()) => {
-                let wait = deadline.min(inner.request_timeout);
-                let Ok(_slots) = tokio::time::timeout(wait, inner.slots.acquire(&host)).await
-                else {
-                    // Too many refreshes toward this host in this process: nothing reached the
-                    // provider, so no back-off and no breaker count.
-                    inner.metrics.backoff();
-                    return Err(KeeperError::ProviderUnavailable {
-                        message: format!(
-                            "too many refreshes toward {} are in progress; retry shortly",
-                            ct.name
-                        ),
-                        retry_after: FAILURE_RETRY_AFTER,
-                    });
-                };
-                let budget = deadline.saturating_sub(started.elapsed());
-                let call = inner.provider.refresh(
-                    ct,
-                    refresh_token,
-                    &current.tokens.metadata,
-                    inner.request_timeout.min(budget),
-                );
-                let outcome = tokio::time::timeout(budget, call)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(RefreshError::Unavailable {
-                            reason: "the provider did not answer before the refresh lease ended"
-                                .into(),
-                            retry_after: None,
-                            retryable: false,
-                        })
-                    });
+                let outcome = self
+                    .call_within(ct, current, refresh_token, &host, started)
+                    .await?;
                 inner.breakers.record(
                     &circuit,
                     matches!(outcome, Err(RefreshError::Unavailable { .. })),
@@ -554,6 +524,49 @@ impl SecretsKeeper {
             None,
         ));
         Ok(outcome)
+    }
+
+    /// The provider call itself: a provider-call slot toward `host` (and one overall), then
+    /// the refresh grant, all before the lease ends (`started` is when the call began). `Err`
+    /// when no slot could be had: nothing reached the provider, so no back-off is recorded.
+    async fn call_within(
+        &self,
+        ct: &Arc<ConnectorType>,
+        current: &StoredConnection,
+        refresh_token: &crate::secret::Secret,
+        host: &str,
+        started: std::time::Instant,
+    ) -> Result<Result<TokenSet, RefreshError>, KeeperError> {
+        let inner = &self.inner;
+        let lease = inner.lease_seconds;
+        let deadline = Duration::from_secs((lease - (lease / 4).min(5)).max(1) as u64);
+        let wait = deadline.min(inner.request_timeout);
+        let Ok(_slots) = tokio::time::timeout(wait, inner.slots.acquire(host)).await else {
+            inner.metrics.backoff();
+            return Err(KeeperError::ProviderUnavailable {
+                message: format!(
+                    "too many refreshes toward {} are in progress; retry shortly",
+                    ct.name
+                ),
+                retry_after: FAILURE_RETRY_AFTER,
+            });
+        };
+        let budget = deadline.saturating_sub(started.elapsed());
+        let call = inner.provider.refresh(
+            ct,
+            refresh_token,
+            &current.tokens.metadata,
+            inner.request_timeout.min(budget),
+        );
+        Ok(tokio::time::timeout(budget, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RefreshError::Unavailable {
+                    reason: "the provider did not answer before the refresh lease ended".into(),
+                    retry_after: None,
+                    retryable: false,
+                })
+            }))
     }
 
     /// Writes the provider's answer (which gives the lease back) and answers the caller.

@@ -75,41 +75,9 @@ pub async fn token(
     let form: Vec<(String, String)> = oauth2::url::form_urlencoded::parse(&body)
         .into_owned()
         .collect();
-    match form
-        .iter()
-        .find(|(k, _)| k == "grant_type")
-        .map(|(_, v)| v.as_str())
-    {
-        Some("client_credentials") => {}
-        Some(_) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "only grant_type=client_credentials is supported",
-            )
-        }
-        None => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "grant_type is missing",
-            )
-        }
-    }
-    let basic = headers.contains_key(header::AUTHORIZATION);
-    if basic && form.iter().any(|(k, _)| k == "client_secret") {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "use one client authentication method: HTTP Basic or the form body, not both",
-        );
-    }
-    let Some((client_id, client_secret)) = credentials(&headers, &form) else {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client credentials are missing (HTTP Basic or client_id and client_secret)",
-        );
+    let (client_id, client_secret) = match client_of(&headers, &form) {
+        Ok(client) => client,
+        Err(refusal) => return refusal,
     };
     let principal = match state
         .auth
@@ -163,6 +131,48 @@ pub async fn token(
         }
         Err(e) => crate::api::error::ApiError::from(e).into_response(),
     }
+}
+
+/// The grant type and the client's credentials of a token request, or the OAuth error to
+/// answer (RFC 6749 §5.2).
+#[allow(clippy::result_large_err)]
+fn client_of(headers: &HeaderMap, form: &[(String, String)]) -> Result<(String, String), Response> {
+    match form
+        .iter()
+        .find(|(k, _)| k == "grant_type")
+        .map(|(_, v)| v.as_str())
+    {
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only grant_type=client_credentials is supported",
+            ))
+        }
+        None => {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is missing",
+            ))
+        }
+    }
+    let basic = headers.contains_key(header::AUTHORIZATION);
+    if basic && form.iter().any(|(k, _)| k == "client_secret") {
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "use one client authentication method: HTTP Basic or the form body, not both",
+        ));
+    }
+    credentials(headers, form).ok_or_else(|| {
+        oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client credentials are missing (HTTP Basic or client_id and client_secret)",
+        )
+    })
 }
 
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "clients", responses(
