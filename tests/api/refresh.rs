@@ -4,7 +4,25 @@ use serde_json::json;
 
 use crate::helpers::{
     json_of, now, spawn_app_on, spawn_app_with, unique, AppOptions, Backend, FakeProvider, Mode,
+    TestApp,
 };
+
+/// `n` concurrent token requests for acme/acme, each answered 200: the tokens they got.
+async fn concurrent_tokens(app: &TestApp, n: usize) -> Vec<String> {
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let request = app.get("/acme/acme/binb-token").as_superadmin();
+        requests.spawn(async move { request.send().await });
+    }
+    let mut tokens = Vec::new();
+    while let Some(response) = requests.join_next().await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = json_of(response).await;
+        tokens.push(body["access_token"].as_str().unwrap().to_string());
+    }
+    tokens
+}
 
 pub async fn an_expired_token_is_refreshed_once_for_fifty_concurrent_requests(backend: Backend) {
     let provider = FakeProvider::start().await;
@@ -13,22 +31,7 @@ pub async fn an_expired_token_is_refreshed_once_for_fifty_concurrent_requests(ba
     let app = spawn_app_on(backend, Some(&provider)).await;
     let old = app.import_expired("acme").await;
 
-    let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..50 {
-        let request = app.get("/acme/acme/binb-token").as_superadmin();
-        requests.spawn(async move { request.send().await });
-    }
-    let mut tokens = Vec::new();
-    while let Some(response) = requests.join_next().await {
-        let response = response.unwrap();
-        assert_eq!(response.status(), 200);
-        tokens.push(
-            json_of(response).await["access_token"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
+    let tokens = concurrent_tokens(&app, 50).await;
     assert_eq!(tokens.len(), 50);
     assert_eq!(provider.calls(), 1, "exactly one provider call");
     assert!(
@@ -296,18 +299,8 @@ pub async fn one_minute_tokens_are_refreshed_once_for_concurrent_and_sequential_
     let app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("acme").await;
 
-    let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..20 {
-        let request = app.get("/acme/acme/binb-token").as_superadmin();
-        requests.spawn(async move { request.send().await });
-    }
-    let mut tokens = Vec::new();
-    while let Some(response) = requests.join_next().await {
-        let response = response.unwrap();
-        assert_eq!(response.status(), 200);
-        let body = json_of(response).await;
-        tokens.push(body["access_token"].as_str().unwrap().to_string());
-    }
+    let mut tokens = concurrent_tokens(&app, 20).await;
+    tokens.sort();
     tokens.dedup();
     assert_eq!(tokens.len(), 1, "twenty callers, one token");
     assert_eq!(provider.calls(), 1, "twenty callers, one provider call");
