@@ -447,12 +447,7 @@ macro_rules! sql_store {
         }
 
         #[async_trait::async_trait]
-        impl $crate::secrets::SecretsStore for $store {
-            async fn ping(&self) -> Result<(), $crate::secrets::StoreError> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
-                Ok(())
-            }
-
+        impl $crate::secrets::ConnectionStore for $store {
             async fn load(
                 &self,
                 key: &$crate::domain::ConnectionKey,
@@ -640,7 +635,10 @@ macro_rules! sql_store {
                     .await?;
                 row.map(|r| decode(&self.keys, &r)).transpose()
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::secrets::LinkStore for $store {
             async fn create_connect_link(
                 &self,
                 link: &$crate::domain::ConnectLink,
@@ -766,112 +764,10 @@ macro_rules! sql_store {
                     expires_at,
                 }))
             }
+        }
 
-            async fn reencrypt_connections(
-                &self,
-                after: Option<&$crate::domain::ConnectionKey>,
-                limit: i64,
-            ) -> Result<$crate::secrets::Reencrypted, $crate::secrets::StoreError> {
-                use sqlx::Row;
-                use $crate::secrets::crypto::connection_aad;
-                let (app, ct) = after
-                    .map(|k| (k.app_id.as_str(), k.connector_type.as_str()))
-                    .unwrap_or(("", ""));
-                let rows = sqlx::query(sql::SCAN_SECRETS)
-                    .bind(app)
-                    .bind(ct)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?;
-                let mut progress = $crate::secrets::Reencrypted::default();
-                for row in &rows {
-                    let app: String = row.try_get("app_id")?;
-                    let ct: String = row.try_get("connector_type")?;
-                    let version: i64 = row.try_get("version")?;
-                    let access: Vec<u8> = row.try_get("access_token")?;
-                    let refresh: Option<Vec<u8>> = row.try_get("refresh_token")?;
-                    progress.scanned += 1;
-                    progress.last = Some(parse_key(&app, &ct)?);
-                    if self.keys.is_current(&access)
-                        && refresh.as_deref().is_none_or(|r| self.keys.is_current(r))
-                    {
-                        continue;
-                    }
-                    let access = self
-                        .keys
-                        .reencrypt(&access, &connection_aad(&app, &ct, "access_token"))?;
-                    let refresh = refresh
-                        .map(|r| {
-                            self.keys
-                                .reencrypt(&r, &connection_aad(&app, &ct, "refresh_token"))
-                        })
-                        .transpose()?;
-                    let result = sqlx::query(sql::REWRITE_SECRETS)
-                        .bind(&app)
-                        .bind(&ct)
-                        .bind(version)
-                        .bind(access)
-                        .bind(refresh)
-                        .execute(&self.pool)
-                        .await?;
-                    if result.rows_affected() == 1 {
-                        progress.rotated += 1;
-                    } else {
-                        progress.raced += 1;
-                    }
-                }
-                Ok(progress)
-            }
-
-            async fn reencrypt_meta(&self) -> Result<u64, $crate::secrets::StoreError> {
-                use sqlx::Row;
-                use $crate::secrets::crypto::{oauth_state_aad, KEY_CHECK_AAD};
-                let mut rotated = 0;
-                if let Some(check) = Self::read_key_check(&self.pool).await? {
-                    if !self.keys.is_current(&check) {
-                        let check = self.keys.reencrypt(&check, KEY_CHECK_AAD)?;
-                        sqlx::query(sql::REWRITE_KEY_CHECK)
-                            .bind(check)
-                            .execute(&self.pool)
-                            .await?;
-                        rotated += 1;
-                    }
-                }
-                let keys = sqlx::query("SELECT kid, private_key FROM jwt_keys")
-                    .fetch_all(&self.pool)
-                    .await?;
-                for row in &keys {
-                    let kid: String = row.try_get("kid")?;
-                    let private: Vec<u8> = row.try_get("private_key")?;
-                    if self.keys.is_current(&private) {
-                        continue;
-                    }
-                    let aad = $crate::secrets::crypto::jwt_key_aad(&kid);
-                    sqlx::query("UPDATE jwt_keys SET private_key = $2 WHERE kid = $1")
-                        .bind(&kid)
-                        .bind(self.keys.reencrypt(&private, &aad)?)
-                        .execute(&self.pool)
-                        .await?;
-                    rotated += 1;
-                }
-                let rows = sqlx::query(sql::SCAN_STATES).fetch_all(&self.pool).await?;
-                for row in &rows {
-                    let hash = hash32(row.try_get("state_hash")?)?;
-                    let verifier: Vec<u8> = row.try_get("pkce_verifier")?;
-                    if self.keys.is_current(&verifier) {
-                        continue;
-                    }
-                    let verifier = self.keys.reencrypt(&verifier, &oauth_state_aad(&hash))?;
-                    sqlx::query(sql::REWRITE_STATE)
-                        .bind(&hash[..])
-                        .bind(verifier)
-                        .execute(&self.pool)
-                        .await?;
-                    rotated += 1;
-                }
-                Ok(rotated)
-            }
-
+        #[async_trait::async_trait]
+        impl $crate::secrets::AuditStore for $store {
             async fn record_audit(
                 &self,
                 events: &[$crate::domain::AuditEvent],
@@ -920,32 +816,6 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn prune(
-                &self,
-                audit_before: Option<i64>,
-                webhooks_before: Option<i64>,
-            ) -> Result<u64, $crate::secrets::StoreError> {
-                let mut pruned = 0;
-                for (statement, before) in [
-                    (sql::PRUNE_AUDIT, audit_before),
-                    (sql::PRUNE_WEBHOOKS, webhooks_before),
-                ] {
-                    let Some(before) = before else { continue };
-                    loop {
-                        let deleted = sqlx::query(statement)
-                            .bind(before)
-                            .execute(&self.pool)
-                            .await?
-                            .rows_affected();
-                        pruned += deleted;
-                        if deleted < sql::PRUNE_BATCH {
-                            break;
-                        }
-                    }
-                }
-                Ok(pruned)
-            }
-
             async fn read_audit(
                 &self,
                 app_id: Option<&str>,
@@ -975,7 +845,10 @@ macro_rules! sql_store {
                     })
                     .collect()
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::secrets::WebhookStore for $store {
             async fn enqueue_webhook(
                 &self,
                 endpoint_url: &str,
@@ -1046,7 +919,10 @@ macro_rules! sql_store {
                 .await?;
                 rows.iter().map(decode_webhook).collect()
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::secrets::SigningKeyStore for $store {
             async fn jwt_keys(
                 &self,
             ) -> Result<Vec<$crate::secrets::JwtKeyRecord>, $crate::secrets::StoreError> {
@@ -1091,7 +967,10 @@ macro_rules! sql_store {
                 tx.commit().await?;
                 Ok(())
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::secrets::AccountStore for $store {
             async fn create_service_account(
                 &self,
                 account: &$crate::secrets::ServiceAccount,
@@ -1223,6 +1102,145 @@ macro_rules! sql_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::secrets::MaintenanceStore for $store {
+            async fn ping(&self) -> Result<(), $crate::secrets::StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn reencrypt_connections(
+                &self,
+                after: Option<&$crate::domain::ConnectionKey>,
+                limit: i64,
+            ) -> Result<$crate::secrets::Reencrypted, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                use $crate::secrets::crypto::connection_aad;
+                let (app, ct) = after
+                    .map(|k| (k.app_id.as_str(), k.connector_type.as_str()))
+                    .unwrap_or(("", ""));
+                let rows = sqlx::query(sql::SCAN_SECRETS)
+                    .bind(app)
+                    .bind(ct)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut progress = $crate::secrets::Reencrypted::default();
+                for row in &rows {
+                    let app: String = row.try_get("app_id")?;
+                    let ct: String = row.try_get("connector_type")?;
+                    let version: i64 = row.try_get("version")?;
+                    let access: Vec<u8> = row.try_get("access_token")?;
+                    let refresh: Option<Vec<u8>> = row.try_get("refresh_token")?;
+                    progress.scanned += 1;
+                    progress.last = Some(parse_key(&app, &ct)?);
+                    if self.keys.is_current(&access)
+                        && refresh.as_deref().is_none_or(|r| self.keys.is_current(r))
+                    {
+                        continue;
+                    }
+                    let access = self
+                        .keys
+                        .reencrypt(&access, &connection_aad(&app, &ct, "access_token"))?;
+                    let refresh = refresh
+                        .map(|r| {
+                            self.keys
+                                .reencrypt(&r, &connection_aad(&app, &ct, "refresh_token"))
+                        })
+                        .transpose()?;
+                    let result = sqlx::query(sql::REWRITE_SECRETS)
+                        .bind(&app)
+                        .bind(&ct)
+                        .bind(version)
+                        .bind(access)
+                        .bind(refresh)
+                        .execute(&self.pool)
+                        .await?;
+                    if result.rows_affected() == 1 {
+                        progress.rotated += 1;
+                    } else {
+                        progress.raced += 1;
+                    }
+                }
+                Ok(progress)
+            }
+
+            async fn reencrypt_meta(&self) -> Result<u64, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                use $crate::secrets::crypto::{oauth_state_aad, KEY_CHECK_AAD};
+                let mut rotated = 0;
+                if let Some(check) = Self::read_key_check(&self.pool).await? {
+                    if !self.keys.is_current(&check) {
+                        let check = self.keys.reencrypt(&check, KEY_CHECK_AAD)?;
+                        sqlx::query(sql::REWRITE_KEY_CHECK)
+                            .bind(check)
+                            .execute(&self.pool)
+                            .await?;
+                        rotated += 1;
+                    }
+                }
+                let keys = sqlx::query("SELECT kid, private_key FROM jwt_keys")
+                    .fetch_all(&self.pool)
+                    .await?;
+                for row in &keys {
+                    let kid: String = row.try_get("kid")?;
+                    let private: Vec<u8> = row.try_get("private_key")?;
+                    if self.keys.is_current(&private) {
+                        continue;
+                    }
+                    let aad = $crate::secrets::crypto::jwt_key_aad(&kid);
+                    sqlx::query("UPDATE jwt_keys SET private_key = $2 WHERE kid = $1")
+                        .bind(&kid)
+                        .bind(self.keys.reencrypt(&private, &aad)?)
+                        .execute(&self.pool)
+                        .await?;
+                    rotated += 1;
+                }
+                let rows = sqlx::query(sql::SCAN_STATES).fetch_all(&self.pool).await?;
+                for row in &rows {
+                    let hash = hash32(row.try_get("state_hash")?)?;
+                    let verifier: Vec<u8> = row.try_get("pkce_verifier")?;
+                    if self.keys.is_current(&verifier) {
+                        continue;
+                    }
+                    let verifier = self.keys.reencrypt(&verifier, &oauth_state_aad(&hash))?;
+                    sqlx::query(sql::REWRITE_STATE)
+                        .bind(&hash[..])
+                        .bind(verifier)
+                        .execute(&self.pool)
+                        .await?;
+                    rotated += 1;
+                }
+                Ok(rotated)
+            }
+
+            async fn prune(
+                &self,
+                audit_before: Option<i64>,
+                webhooks_before: Option<i64>,
+            ) -> Result<u64, $crate::secrets::StoreError> {
+                let mut pruned = 0;
+                for (statement, before) in [
+                    (sql::PRUNE_AUDIT, audit_before),
+                    (sql::PRUNE_WEBHOOKS, webhooks_before),
+                ] {
+                    let Some(before) = before else { continue };
+                    loop {
+                        let deleted = sqlx::query(statement)
+                            .bind(before)
+                            .execute(&self.pool)
+                            .await?
+                            .rows_affected();
+                        pruned += deleted;
+                        if deleted < sql::PRUNE_BATCH {
+                            break;
+                        }
+                    }
+                }
+                Ok(pruned)
             }
         }
     };
