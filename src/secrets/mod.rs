@@ -1,5 +1,7 @@
-//! Storage of connections, links, accounts, audit events and webhook deliveries: the
-//! `SecretsStore` trait and its SQLite and PostgreSQL backends, and the encryption of secrets.
+//! Storage of connections, links, accounts, audit events and webhook deliveries: one narrow
+//! trait per concern (`ConnectionStore`, `LinkStore`, `AuditStore`, `WebhookStore`,
+//! `SigningKeyStore`, `AccountStore`, `MaintenanceStore`), `SecretsStore`, which is all of them,
+//! its SQLite and PostgreSQL backends, and the encryption of secrets.
 
 pub mod crypto;
 mod postgres;
