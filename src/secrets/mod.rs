@@ -1,5 +1,7 @@
-//! Storage of connections, links, accounts, audit events and webhook deliveries: the
-//! `SecretsStore` trait and its SQLite and PostgreSQL backends, and the encryption of secrets.
+//! Storage of connections, links, accounts, audit events and webhook deliveries: one narrow
+//! trait per concern (`ConnectionStore`, `LinkStore`, `AuditStore`, `WebhookStore`,
+//! `SigningKeyStore`, `AccountStore`, `MaintenanceStore`), `SecretsStore`, which is all of them,
+//! its SQLite and PostgreSQL backends, and the encryption of secrets.
 
 pub mod crypto;
 mod postgres;
@@ -242,12 +244,11 @@ pub(crate) fn lease_owner() -> Arc<str> {
     format!("{}-{nonce:016x}", std::process::id()).into()
 }
 
-/// Storage of connections and service accounts. One implementation per database.
+/// Connections: their token sets, the refresh lease, the background refresher's claims.
 #[async_trait]
-pub trait SecretsStore: Send + Sync + 'static {
-    /// Answers when the database does.
-    async fn ping(&self) -> Result<(), StoreError>;
+pub trait ConnectionStore: Send + Sync {
     async fn load(&self, key: &ConnectionKey) -> Result<Option<StoredConnection>, StoreError>;
+
     /// Inserts or replaces a connection's token set (import, signup); status becomes active.
     /// `obtained_at`: when tokenbox got the token from the provider (the signup), which becomes
     /// `refreshed_at`; `None` for an import (a re-import keeps the previous `refreshed_at`).
@@ -257,6 +258,7 @@ pub trait SecretsStore: Send + Sync + 'static {
         tokens: &TokenSet,
         obtained_at: Option<i64>,
     ) -> Result<StoredConnection, StoreError>;
+
     /// Takes the hold for a refresh; `None` when the connection does not exist.
     /// Takes the connection's refresh lease for `lease_seconds`, waiting while another holder
     /// (this process or another replica) has it; `None` when the connection does not exist.
@@ -291,50 +293,47 @@ pub trait SecretsStore: Send + Sync + 'static {
         &self,
         key: &ConnectionKey,
     ) -> Result<Option<StoredConnection>, StoreError>;
+}
 
+/// Connect links and the OAuth states of the signups they start.
+#[async_trait]
+pub trait LinkStore: Send + Sync {
     async fn create_connect_link(&self, link: &ConnectLink) -> Result<(), StoreError>;
+
     async fn connect_link(&self, secret_hash: &[u8; 32])
         -> Result<Option<ConnectLink>, StoreError>;
+
     /// Marks a usable link spent; `false` when it was spent or expired already.
     async fn spend_connect_link(
         &self,
         secret_hash: &[u8; 32],
         now: i64,
     ) -> Result<bool, StoreError>;
+
     /// Makes a spent link usable again (the signup failed after it was spent).
     async fn unspend_connect_link(&self, secret_hash: &[u8; 32]) -> Result<(), StoreError>;
+
     /// Records an authorization request; the PKCE verifier is encrypted, bound to the state.
     async fn create_oauth_state(
         &self,
         state_hash: &[u8; 32],
         state: &OAuthState,
     ) -> Result<(), StoreError>;
+
     /// Consumes an authorization request: a state is usable once, before it expires.
     async fn take_oauth_state(
         &self,
         state_hash: &[u8; 32],
         now: i64,
     ) -> Result<Option<OAuthState>, StoreError>;
+}
 
-    /// Re-encrypts, under the newest key, the connections after `after` (in key order), up to
-    /// `limit` rows. A row written meanwhile is skipped (its writer used the newest key).
-    async fn reencrypt_connections(
-        &self,
-        after: Option<&ConnectionKey>,
-        limit: i64,
-    ) -> Result<Reencrypted, StoreError>;
-    /// Re-encrypts the key check value and the PKCE verifiers in flight.
-    async fn reencrypt_meta(&self) -> Result<u64, StoreError>;
-
+/// The audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     /// Appends audit events (one transaction).
     async fn record_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
-    /// Deletes audit events older than `before` and webhook deliveries delivered before
-    /// `webhooks_before` (`None`: keep them); returns how many rows went.
-    async fn prune(
-        &self,
-        audit_before: Option<i64>,
-        webhooks_before: Option<i64>,
-    ) -> Result<u64, StoreError>;
+
     /// Reads audit events, newest first.
     async fn read_audit(
         &self,
@@ -342,7 +341,11 @@ pub trait SecretsStore: Send + Sync + 'static {
         since: i64,
         limit: i64,
     ) -> Result<Vec<AuditEvent>, StoreError>;
+}
 
+/// The webhook outbox.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
     /// Queues a webhook delivery.
     async fn enqueue_webhook(
         &self,
@@ -351,6 +354,7 @@ pub trait SecretsStore: Send + Sync + 'static {
         body: &str,
         now: i64,
     ) -> Result<(), StoreError>;
+
     /// Claims due deliveries until `lease_until` (other replicas skip them).
     async fn claim_webhooks(
         &self,
@@ -358,6 +362,7 @@ pub trait SecretsStore: Send + Sync + 'static {
         limit: i64,
         lease_until: i64,
     ) -> Result<Vec<WebhookDelivery>, StoreError>;
+
     /// Records an attempt: delivered, or the next attempt's time.
     async fn finish_webhook(
         &self,
@@ -367,32 +372,99 @@ pub trait SecretsStore: Send + Sync + 'static {
         status: Option<i64>,
         error: Option<&str>,
     ) -> Result<(), StoreError>;
+
     /// Recent deliveries, newest first (`failed_only`: not delivered yet).
     async fn list_webhooks(
         &self,
         failed_only: bool,
         limit: i64,
     ) -> Result<Vec<WebhookDelivery>, StoreError>;
+}
 
+/// The JWT signing keys.
+#[async_trait]
+pub trait SigningKeyStore: Send + Sync {
     /// The JWT signing keys (private keys decrypted), oldest first.
     async fn jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError>;
+
     /// Adds a signing key and retires, at `retire_at`, the ones that were active.
     async fn rotate_jwt_key(&self, key: &JwtKeyRecord, retire_at: i64) -> Result<(), StoreError>;
+}
 
+/// Service accounts and the sessions of the /admin page.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
     async fn create_service_account(&self, account: &ServiceAccount) -> Result<(), StoreError>;
+
     async fn list_service_accounts(&self) -> Result<Vec<ServiceAccount>, StoreError>;
+
     async fn delete_service_account(&self, name: &str) -> Result<bool, StoreError>;
 
     /// Records a session of the /admin page (and forgets the expired ones).
     async fn create_admin_session(&self, session: &AdminSession) -> Result<(), StoreError>;
+
     /// The session with this id hash, unless it has expired.
     async fn admin_session(
         &self,
         id_hash: &[u8; 32],
         now: i64,
     ) -> Result<Option<AdminSession>, StoreError>;
+
     /// Ends a session (sign-out, or its account is gone).
     async fn delete_admin_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError>;
+}
+
+/// Liveness, re-encryption under the newest key, retention.
+#[async_trait]
+pub trait MaintenanceStore: Send + Sync {
+    /// Answers when the database does.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Re-encrypts, under the newest key, the connections after `after` (in key order), up to
+    /// `limit` rows. A row written meanwhile is skipped (its writer used the newest key).
+    async fn reencrypt_connections(
+        &self,
+        after: Option<&ConnectionKey>,
+        limit: i64,
+    ) -> Result<Reencrypted, StoreError>;
+
+    /// Re-encrypts the key check value and the PKCE verifiers in flight.
+    async fn reencrypt_meta(&self) -> Result<u64, StoreError>;
+
+    /// Deletes audit events older than `before` and webhook deliveries delivered before
+    /// `webhooks_before` (`None`: keep them); returns how many rows went.
+    async fn prune(
+        &self,
+        audit_before: Option<i64>,
+        webhooks_before: Option<i64>,
+    ) -> Result<u64, StoreError>;
+}
+
+/// The whole store: every narrow store of one database. Callers hold an `Arc<dyn SecretsStore>`;
+/// a part that needs one concern only can take that narrow trait.
+pub trait SecretsStore:
+    ConnectionStore
+    + LinkStore
+    + AuditStore
+    + WebhookStore
+    + SigningKeyStore
+    + AccountStore
+    + MaintenanceStore
+    + 'static
+{
+}
+
+impl<
+        T: ConnectionStore
+            + LinkStore
+            + AuditStore
+            + WebhookStore
+            + SigningKeyStore
+            + AccountStore
+            + MaintenanceStore
+            + 'static,
+    > SecretsStore for T
+{
 }
 
 /// A signed-in session of the /admin page. Only the SHA-256 of its random id (the cookie) is

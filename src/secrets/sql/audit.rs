@@ -1,0 +1,99 @@
+//! The audit log: its statements and `AuditStore`.
+
+pub(crate) const INSERT_AUDIT_HEAD: &str = "INSERT INTO audit_events (at, principal, action, \
+     app_id, connector_type, outcome, client_addr, subject, count)";
+
+pub(crate) const READ_AUDIT: &str = "SELECT at, principal, action, app_id, connector_type, \
+     outcome, client_addr, subject, count FROM audit_events WHERE at >= $1 AND ($2 = '' OR app_id = $2) \
+     ORDER BY id DESC LIMIT $3";
+
+/// A multi-row insert of `rows` audit events (nine parameters each).
+pub(crate) fn insert_audit_sql(rows: usize) -> String {
+    let placeholders: Vec<String> = (0..rows)
+        .map(|i| {
+            let b = i * 9;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9
+            )
+        })
+        .collect();
+    format!("{INSERT_AUDIT_HEAD} VALUES {}", placeholders.join(", "))
+}
+
+/// Implements `AuditStore` for a backend's store type `$store` (its pool a
+/// `sqlx::Pool<$db>`, its rows `$row`). Invoked by `sql_store!`, whose
+/// `use $crate::secrets::sql` it relies on.
+macro_rules! audit_store {
+    ($store:ident, $db:ty, $row:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::secrets::AuditStore for $store {
+            async fn record_audit(
+                &self,
+                events: &[$crate::domain::AuditEvent],
+            ) -> Result<(), $crate::secrets::StoreError> {
+                // Multi-row inserts: one statement per 500 events.
+                let mut tx = self.pool.begin().await?;
+                for chunk in events.chunks(500) {
+                    let statement = sql::insert_audit_sql(chunk.len());
+                    let mut query = sqlx::query(&statement);
+                    for e in chunk {
+                        query = query
+                            .bind(e.at)
+                            .bind(&e.principal)
+                            .bind(&e.action)
+                            .bind(e.app_id.as_deref())
+                            .bind(e.connector_type.as_deref())
+                            .bind(&e.outcome)
+                            .bind(e.client_addr.as_deref())
+                            .bind(e.subject.as_deref())
+                            .bind(e.count);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn read_audit(
+                &self,
+                app_id: Option<&str>,
+                since: i64,
+                limit: i64,
+            ) -> Result<Vec<$crate::domain::AuditEvent>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(sql::READ_AUDIT)
+                    .bind(since)
+                    .bind(app_id.unwrap_or(""))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok($crate::domain::AuditEvent {
+                            at: r.try_get("at")?,
+                            principal: r.try_get("principal")?,
+                            action: r.try_get("action")?,
+                            app_id: r.try_get("app_id")?,
+                            connector_type: r.try_get("connector_type")?,
+                            outcome: r.try_get("outcome")?,
+                            client_addr: r.try_get("client_addr")?,
+                            subject: r.try_get("subject")?,
+                            count: r.try_get("count")?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+pub(crate) use audit_store;

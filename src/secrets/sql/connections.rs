@@ -1,0 +1,482 @@
+//! Connections: their statements, the row mapping (`decode`), the refresh lease and its write
+//! (`write_refresh`), and `ConnectionStore`.
+
+pub(crate) const CONNECTION_COLUMNS: &str = "app_id, connector_type, status, access_token, \
+     refresh_token, token_type, expires_at, scope, metadata, version, created_at, updated_at, \
+     refreshed_at, last_error, backoff_until, refresh_failures, last_error_kind, \
+     refresh_interrupted_at";
+
+pub(crate) fn select_connection(suffix: &str) -> String {
+    format!(
+        "SELECT {CONNECTION_COLUMNS} FROM connections WHERE app_id = $1 AND connector_type = $2{suffix}"
+    )
+}
+
+pub(crate) fn upsert_connection_sql() -> String {
+    format!(
+        "INSERT INTO connections (app_id, connector_type, status, access_token, refresh_token, \
+         token_type, expires_at, scope, metadata, version, created_at, updated_at, refreshed_at) \
+         VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, 1, $9, $9, $10) \
+         ON CONFLICT (app_id, connector_type) DO UPDATE SET status = 'active', \
+         access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
+         token_type = excluded.token_type, expires_at = excluded.expires_at, \
+         scope = excluded.scope, metadata = excluded.metadata, \
+         version = connections.version + 1, updated_at = excluded.updated_at, \
+         refreshed_at = COALESCE(excluded.refreshed_at, connections.refreshed_at), \
+         last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0, \
+         last_error_kind = NULL, refresh_interrupted_at = NULL \
+         RETURNING {CONNECTION_COLUMNS}"
+    )
+}
+
+pub(crate) const UPDATE_REFRESHED: &str = "UPDATE connections SET status = 'active', \
+     access_token = $4, refresh_token = $5, token_type = $6, expires_at = $7, scope = $8, \
+     metadata = $9, version = version + 1, updated_at = $10, refreshed_at = $10, \
+     last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0, \
+     refresh_claimed_until = NULL, last_error_kind = NULL, refresh_interrupted_at = NULL, \
+     refresh_lease_owner = NULL, refresh_lease_until = NULL \
+     WHERE app_id = $1 AND connector_type = $2 AND version = $3";
+
+pub(crate) const UPDATE_REVOKED: &str = "UPDATE connections SET \
+     status = 'reauthorization_required', last_error = $4, last_error_at = $5, \
+     last_error_kind = 'revoked', \
+     version = version + 1, updated_at = $5, refresh_claimed_until = NULL, \
+     refresh_lease_owner = NULL, refresh_lease_until = NULL \
+     WHERE app_id = $1 AND connector_type = $2 AND version = $3";
+
+pub(crate) const UPDATE_FAILED: &str = "UPDATE connections SET last_error = $4, \
+     last_error_at = $5, backoff_until = $6, refresh_failures = refresh_failures + 1, \
+     last_error_kind = $7, \
+     version = version + 1, updated_at = $5, refresh_claimed_until = NULL, \
+     refresh_lease_owner = NULL, refresh_lease_until = NULL \
+     WHERE app_id = $1 AND connector_type = $2 AND version = $3";
+
+/// Takes the refresh lease of a connection when it is free, expired, or already ours.
+/// An expired lease of another holder means that holder stopped mid-refresh: noted in
+/// `refresh_interrupted_at`. `now` is the backend's expression for the current epoch second
+/// (the database's clock where several replicas share it, so their clocks need not agree).
+/// Parameters: $1 app, $2 type, $3 owner, $4 this process's time (SQLite's `now`), $5 lease
+/// length in seconds.
+pub(crate) fn take_lease_sql(now: &str) -> String {
+    format!(
+        "UPDATE connections SET refresh_lease_owner = $3, refresh_lease_until = {now} + $5, \
+         refresh_interrupted_at = CASE WHEN refresh_lease_until IS NOT NULL \
+         AND refresh_lease_owner <> $3 THEN {now} ELSE refresh_interrupted_at END \
+         WHERE app_id = $1 AND connector_type = $2 \
+         AND (refresh_lease_until IS NULL OR refresh_lease_until <= {now} \
+              OR refresh_lease_owner = $3) \
+         RETURNING {CONNECTION_COLUMNS}"
+    )
+}
+
+/// Whether the connection exists (when the lease could not be taken: it is held elsewhere).
+pub(crate) const CONNECTION_EXISTS: &str =
+    "SELECT version FROM connections WHERE app_id = $1 AND connector_type = $2";
+
+/// Gives the lease back without writing anything else. $3 owner.
+pub(crate) const RELEASE_LEASE: &str = "UPDATE connections SET refresh_lease_owner = NULL, \
+     refresh_lease_until = NULL WHERE app_id = $1 AND connector_type = $2 \
+     AND refresh_lease_owner = $3";
+
+pub(crate) fn delete_connection_sql() -> String {
+    format!(
+        "DELETE FROM connections WHERE app_id = $1 AND connector_type = $2 \
+         RETURNING {CONNECTION_COLUMNS}"
+    )
+}
+
+/// Connections the background refresher should refresh now: active, refreshable, not backing
+/// off, not claimed by another replica, and either expiring within the window (and past half
+/// their lifetime, so short-lived tokens are not refreshed on every pass) or idle for a day.
+/// Parameters: $1 now, $2 window (seconds), $3 idle limit (epoch), $4 batch size.
+pub(crate) const DUE_WHERE: &str = "status = 'active' AND refresh_token IS NOT NULL \
+     AND (backoff_until IS NULL OR backoff_until <= $1) \
+     AND (refresh_claimed_until IS NULL OR refresh_claimed_until <= $1) \
+     AND (refresh_lease_until IS NULL OR refresh_lease_until <= $1) \
+     AND ((expires_at IS NOT NULL AND expires_at - $1 <= $2 \
+           AND (refreshed_at IS NULL OR (expires_at - $1) * 2 <= expires_at - refreshed_at)) \
+          OR COALESCE(refreshed_at, created_at) <= $3)";
+
+pub(crate) const LIST_CONNECTIONS: &str = "SELECT app_id, connector_type, status, expires_at, \
+     scope, refresh_token IS NOT NULL AS has_refresh_token, created_at, updated_at, refreshed_at, \
+     last_error FROM connections \
+     WHERE (app_id, connector_type) > ($1, $2) \
+     AND ($3 = '' OR status = $3) AND ($4 = '' OR connector_type = $4) \
+     AND ($5 = '' OR substr(app_id, 1, length($5)) = $5) \
+     AND ($6 = 0 OR (expires_at IS NOT NULL AND expires_at <= $6)) \
+     ORDER BY app_id, connector_type LIMIT $7";
+
+pub(crate) const COUNT_CONNECTIONS: &str = "SELECT connector_type, status, COUNT(*) AS n \
+     FROM connections GROUP BY connector_type, status";
+
+/// Implements `ConnectionStore` for a backend's store type `$store` (its pool a
+/// `sqlx::Pool<$db>`, its rows `$row`). Invoked by `sql_store!`, whose
+/// `use $crate::secrets::sql` it relies on.
+macro_rules! connection_store {
+    ($store:ident, $db:ty, $row:ty) => {
+        fn decode(
+            keys: &$crate::secrets::crypto::KeyRing,
+            row: &$row,
+        ) -> Result<$crate::domain::StoredConnection, $crate::secrets::StoreError> {
+            use sqlx::Row;
+            use $crate::secrets::crypto::connection_aad;
+            use $crate::secrets::StoreError;
+            let app: String = row.try_get("app_id")?;
+            let ct: String = row.try_get("connector_type")?;
+            let access: Vec<u8> = row.try_get("access_token")?;
+            let refresh: Option<Vec<u8>> = row.try_get("refresh_token")?;
+            let status: String = row.try_get("status")?;
+            let metadata: String = row.try_get("metadata")?;
+            Ok($crate::domain::StoredConnection {
+                tokens: $crate::domain::TokenSet {
+                    access_token: keys
+                        .decrypt_secret(&access, &connection_aad(&app, &ct, "access_token"))?,
+                    refresh_token: refresh
+                        .map(|b| {
+                            keys.decrypt_secret(&b, &connection_aad(&app, &ct, "refresh_token"))
+                        })
+                        .transpose()?,
+                    token_type: row.try_get("token_type")?,
+                    expires_at: row.try_get("expires_at")?,
+                    scope: row.try_get("scope")?,
+                    metadata: serde_json::from_str(&metadata).map_err(|_| {
+                        StoreError::Corrupt("connection metadata is not JSON".into())
+                    })?,
+                },
+                status: $crate::domain::ConnectionStatus::parse(&status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("unknown connection status {status}"))
+                })?,
+                version: row.try_get("version")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                refreshed_at: row.try_get("refreshed_at")?,
+                last_error: row.try_get("last_error")?,
+                backoff_until: row.try_get("backoff_until")?,
+                refresh_failures: row.try_get("refresh_failures")?,
+                last_error_kind: row
+                    .try_get::<Option<String>, _>("last_error_kind")?
+                    .as_deref()
+                    .and_then($crate::domain::FailureKind::parse),
+                refresh_interrupted_at: row.try_get("refresh_interrupted_at")?,
+                key: sql::parse_key(&app, &ct)?,
+            })
+        }
+
+        /// Writes a refresh outcome, conditional on the version read; `None` when another
+        /// writer changed the row meanwhile.
+        async fn write_refresh<'e, E>(
+            executor: E,
+            keys: &$crate::secrets::crypto::KeyRing,
+            current: &$crate::domain::StoredConnection,
+            write: $crate::secrets::RefreshWrite,
+        ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            use $crate::domain::ConnectionStatus;
+            use $crate::secrets::RefreshWrite;
+            let key = &current.key;
+            let now = $crate::domain::now_epoch();
+            let mut next = current.clone();
+            next.version += 1;
+            next.updated_at = now;
+            let query = match write {
+                RefreshWrite::Refreshed(tokens) => {
+                    let sealed = sql::seal(keys, key, &tokens);
+                    next.tokens = tokens;
+                    next.status = ConnectionStatus::Active;
+                    next.refreshed_at = Some(now);
+                    next.last_error = None;
+                    next.backoff_until = None;
+                    next.refresh_failures = 0;
+                    next.last_error_kind = None;
+                    sqlx::query(sql::UPDATE_REFRESHED)
+                        .bind(key.app_id.as_str())
+                        .bind(key.connector_type.as_str())
+                        .bind(current.version)
+                        .bind(sealed.access_token)
+                        .bind(sealed.refresh_token)
+                        .bind(next.tokens.token_type.clone())
+                        .bind(next.tokens.expires_at)
+                        .bind(next.tokens.scope.clone())
+                        .bind(sealed.metadata)
+                        .bind(now)
+                }
+                RefreshWrite::Revoked { reason } => {
+                    next.status = ConnectionStatus::ReauthorizationRequired;
+                    next.last_error = Some(reason.clone());
+                    next.last_error_kind = Some($crate::domain::FailureKind::Revoked);
+                    sqlx::query(sql::UPDATE_REVOKED)
+                        .bind(key.app_id.as_str())
+                        .bind(key.connector_type.as_str())
+                        .bind(current.version)
+                        .bind(reason)
+                        .bind(now)
+                }
+                RefreshWrite::Failed {
+                    reason,
+                    kind,
+                    backoff_until,
+                } => {
+                    next.last_error = Some(reason.clone());
+                    next.backoff_until = Some(backoff_until);
+                    next.refresh_failures += 1;
+                    next.last_error_kind = Some(kind);
+                    sqlx::query(sql::UPDATE_FAILED)
+                        .bind(key.app_id.as_str())
+                        .bind(key.connector_type.as_str())
+                        .bind(current.version)
+                        .bind(reason)
+                        .bind(now)
+                        .bind(backoff_until)
+                        .bind(kind.as_str())
+                }
+            };
+            let result = query.execute(executor).await?;
+            Ok((result.rows_affected() == 1).then_some(next))
+        }
+
+        /// The lease on one connection during a refresh: no database connection or
+        /// transaction is held while the provider answers; the write is conditional on the
+        /// version read, and clears the lease.
+        struct LeaseRefresh {
+            pool: sqlx::Pool<$db>,
+            keys: std::sync::Arc<$crate::secrets::crypto::KeyRing>,
+            owner: std::sync::Arc<str>,
+            current: Option<$crate::domain::StoredConnection>,
+        }
+
+        impl LeaseRefresh {
+            async fn give_back(&self, key: &$crate::domain::ConnectionKey) {
+                let released = sqlx::query(sql::RELEASE_LEASE)
+                    .bind(key.app_id.as_str())
+                    .bind(key.connector_type.as_str())
+                    .bind(&*self.owner)
+                    .execute(&self.pool)
+                    .await;
+                if let Err(e) = released {
+                    // The lease then ends by itself at its expiry.
+                    tracing::warn!(error = %e, "cannot release a refresh lease");
+                }
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::secrets::RefreshGuard for LeaseRefresh {
+            fn current(&self) -> &$crate::domain::StoredConnection {
+                self.current.as_ref().expect("a guard holds its connection")
+            }
+
+            async fn finish(
+                self: Box<Self>,
+                write: $crate::secrets::RefreshWrite,
+            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError>
+            {
+                let current = self.current();
+                let written = write_refresh(&self.pool, &self.keys, current, write).await;
+                if !matches!(written, Ok(Some(_))) {
+                    // Not written (a lost race or an error): the lease is ours to give back.
+                    self.give_back(&current.key).await;
+                }
+                written
+            }
+
+            async fn release(self: Box<Self>) {
+                self.give_back(&self.current().key).await;
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::secrets::ConnectionStore for $store {
+            async fn load(
+                &self,
+                key: &$crate::domain::ConnectionKey,
+            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError> {
+                let row = sqlx::query(&sql::select_connection(""))
+                    .bind(key.app_id.as_str())
+                    .bind(key.connector_type.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| decode(&self.keys, &r)).transpose()
+            }
+
+            async fn upsert_connection(
+                &self,
+                key: &$crate::domain::ConnectionKey,
+                tokens: &$crate::domain::TokenSet,
+                obtained_at: Option<i64>,
+            ) -> Result<$crate::domain::StoredConnection, $crate::secrets::StoreError> {
+                let sealed = sql::seal(&self.keys, key, tokens);
+                let row = sqlx::query(&sql::upsert_connection_sql())
+                    .bind(key.app_id.as_str())
+                    .bind(key.connector_type.as_str())
+                    .bind(sealed.access_token)
+                    .bind(sealed.refresh_token)
+                    .bind(tokens.token_type.as_deref())
+                    .bind(tokens.expires_at)
+                    .bind(tokens.scope.as_deref())
+                    .bind(sealed.metadata)
+                    .bind($crate::domain::now_epoch())
+                    .bind(obtained_at)
+                    .fetch_one(&self.pool)
+                    .await?;
+                decode(&self.keys, &row)
+            }
+
+            async fn begin_refresh(
+                &self,
+                key: &$crate::domain::ConnectionKey,
+                lease_seconds: i64,
+            ) -> Result<Option<Box<dyn $crate::secrets::RefreshGuard>>, $crate::secrets::StoreError>
+            {
+                let (app, ct) = (key.app_id.as_str(), key.connector_type.as_str());
+                // Another holder's lease ends by itself within `lease_seconds`: this loop is
+                // bounded by it (plus one poll).
+                let mut pause = std::time::Duration::from_millis(20);
+                loop {
+                    let now = $crate::domain::now_epoch();
+                    let row = sqlx::query(&sql::take_lease_sql(Self::NOW_SQL))
+                        .bind(app)
+                        .bind(ct)
+                        .bind(&*self.owner)
+                        .bind(now)
+                        .bind(lease_seconds)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    if let Some(row) = row {
+                        let guard = LeaseRefresh {
+                            pool: self.pool.clone(),
+                            keys: self.keys.clone(),
+                            owner: self.owner.clone(),
+                            current: None,
+                        };
+                        return match decode(&self.keys, &row) {
+                            Ok(current) => Ok(Some(Box::new(LeaseRefresh {
+                                current: Some(current),
+                                ..guard
+                            }))),
+                            Err(e) => {
+                                guard.give_back(key).await;
+                                Err(e)
+                            }
+                        };
+                    }
+                    let exists: Option<i64> = sqlx::query_scalar(sql::CONNECTION_EXISTS)
+                        .bind(app)
+                        .bind(ct)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    if exists.is_none() {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(250));
+                }
+            }
+
+            async fn claim_due(
+                &self,
+                now: i64,
+                window: i64,
+                idle_before: i64,
+                limit: i64,
+                lease_until: i64,
+            ) -> Result<Vec<$crate::domain::StoredConnection>, $crate::secrets::StoreError> {
+                let rows = sqlx::query(&Self::claim_due_sql())
+                    .bind(now)
+                    .bind(window)
+                    .bind(idle_before)
+                    .bind(limit)
+                    .bind(lease_until)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| decode(&self.keys, r)).collect()
+            }
+
+            async fn list_connections(
+                &self,
+                filter: &$crate::domain::ConnectionFilter,
+            ) -> Result<Vec<$crate::domain::ConnectionSummary>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                let (app, ct) = filter
+                    .after
+                    .as_ref()
+                    .map(|k| (k.app_id.to_string(), k.connector_type.to_string()))
+                    .unwrap_or_default();
+                let rows = sqlx::query(sql::LIST_CONNECTIONS)
+                    .bind(app)
+                    .bind(ct)
+                    .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
+                    .bind(
+                        filter
+                            .connector_type
+                            .as_ref()
+                            .map(|c| c.as_str())
+                            .unwrap_or(""),
+                    )
+                    .bind(filter.app_id_prefix.as_deref().unwrap_or(""))
+                    .bind(filter.expiring_before.unwrap_or(0))
+                    .bind(filter.limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let status: String = r.try_get("status")?;
+                        Ok($crate::domain::ConnectionSummary {
+                            key: sql::parse_key(
+                                &r.try_get::<String, _>("app_id")?,
+                                &r.try_get::<String, _>("connector_type")?,
+                            )?,
+                            status: $crate::domain::ConnectionStatus::parse(&status).ok_or_else(
+                                || {
+                                    $crate::secrets::StoreError::Corrupt(format!(
+                                        "unknown connection status {status}"
+                                    ))
+                                },
+                            )?,
+                            expires_at: r.try_get("expires_at")?,
+                            scope: r.try_get("scope")?,
+                            has_refresh_token: r.try_get("has_refresh_token")?,
+                            created_at: r.try_get("created_at")?,
+                            updated_at: r.try_get("updated_at")?,
+                            refreshed_at: r.try_get("refreshed_at")?,
+                            last_error: r.try_get("last_error")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn count_connections(
+                &self,
+            ) -> Result<Vec<(String, String, i64)>, $crate::secrets::StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(sql::COUNT_CONNECTIONS)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get("connector_type")?,
+                            r.try_get("status")?,
+                            r.try_get("n")?,
+                        ))
+                    })
+                    .collect()
+            }
+
+            async fn delete_connection(
+                &self,
+                key: &$crate::domain::ConnectionKey,
+            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError> {
+                let row = sqlx::query(&sql::delete_connection_sql())
+                    .bind(key.app_id.as_str())
+                    .bind(key.connector_type.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| decode(&self.keys, &r)).transpose()
+            }
+        }
+    };
+}
+
+pub(crate) use connection_store;
