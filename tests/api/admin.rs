@@ -140,22 +140,6 @@ async fn an_operator_signs_in_sees_the_broken_connection_first_makes_a_link_and_
     assert!(page.contains("broken-7"));
 }
 
-/// A polling wait: true once `check` holds; the deadline only guards against a hang.
-async fn eventually<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    false
-}
-
 /// Signs in with `token`: the `name=value` of the session cookie.
 async fn sign_in(app: &TestApp, token: &str) -> String {
     let login = app
@@ -328,7 +312,8 @@ async fn an_admin_session_expires_after_its_configured_lifetime() {
     assert_eq!(status_page(&app, &cookie).await.0, 200);
     // The client keeps sending the cookie; the server refuses it once the session expired.
     assert!(
-        eventually(|| async { status_page(&app, &cookie).await.0 == 303 }).await,
+        crate::helpers::holds_eventually(|| async { status_page(&app, &cookie).await.0 == 303 })
+            .await,
         "the session never expired"
     );
 }
@@ -370,7 +355,7 @@ async fn admin_sign_in_refuses_expired_accounts_and_refusals_are_audited_by_name
     };
     for (token, name) in [(&old, "old-admin"), (&scoped, "scoped-admin")] {
         assert!(
-            eventually(|| async {
+            crate::helpers::holds_eventually(|| async {
                 let response = app
                     .post("/admin/login")
                     .form(&[("token", token.as_str())])
@@ -399,7 +384,7 @@ async fn admin_sign_in_refuses_expired_accounts_and_refusals_are_audited_by_name
         403
     );
     assert!(
-        eventually(|| async {
+        crate::helpers::holds_eventually(|| async {
             let events = audit().await;
             refused_as(&events, "old-admin", "client_credentials.token")
                 && refused_as(&events, "laputa", "token.read")
@@ -424,7 +409,10 @@ async fn admin_sign_in_refuses_expired_accounts_and_refusals_are_audited_by_name
             .await;
         }
         assert!(
-            eventually(|| async { status_page(&app, &cookie).await.0 == 303 }).await,
+            crate::helpers::holds_eventually(|| async {
+                status_page(&app, &cookie).await.0 == 303
+            })
+            .await,
             "{name}: the session outlived its account"
         );
     }

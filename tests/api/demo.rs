@@ -218,15 +218,12 @@ async fn the_sandbox_answers_only_this_servers_callback_inside_the_body_limit_an
     app.remember_secret(&code);
 
     // The access log names the sandbox's routes (the reader thread may lag: poll).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let logged = |logs: &str| {
-        logs.lines()
+    crate::helpers::wait_until("the access log line of /sandbox/authorize", || {
+        app.logs()
+            .lines()
             .any(|l| l.contains("tokenbox::access") && l.contains("/sandbox/authorize"))
-    };
-    while !logged(&app.logs()) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(logged(&app.logs()), "{}", app.logs());
+    })
+    .await;
     // And the body limit (64 KiB) applies: 413 before the form is parsed.
     let response = app
         .post("/sandbox/token")

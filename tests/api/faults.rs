@@ -240,18 +240,6 @@ async fn an_older_client_secret_is_tried_when_the_newest_is_refused() {
     assert!(app.logs().contains("an older client secret was accepted"));
 }
 
-/// Polls `done` until it holds; the deadline only guards against a hang.
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Issue 11, item 6: a provider that answers a huge body (streamed without a length, or
 /// announced with a huge Content-Length) or an HTML page gets one call, a clear 502
 /// `provider_error`, and the stored token set is unchanged; tokenbox stops reading a huge body
@@ -302,7 +290,7 @@ async fn an_oversized_or_non_json_answer_is_one_provider_error_and_is_not_read_w
         );
         if mode != Mode::Html {
             // The fake's body is dropped once tokenbox closed the connection.
-            wait_for("the huge body to be dropped", || {
+            crate::helpers::wait_until("the huge body to be dropped", || {
                 bodies.dropped.load(Ordering::SeqCst) > dropped_before
             })
             .await;
@@ -332,7 +320,7 @@ async fn an_oversized_or_non_json_answer_is_one_provider_error_and_is_not_read_w
         .query_strings("SELECT app_id FROM connections WHERE app_id = 'big-signup'")
         .await
         .is_empty());
-    wait_for("the huge body to be dropped", || {
+    crate::helpers::wait_until("the huge body to be dropped", || {
         bodies.dropped.load(Ordering::SeqCst) > dropped_before
     })
     .await;

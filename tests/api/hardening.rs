@@ -1,28 +1,11 @@
 //! The HTTP layer under attack: encoded paths, stolen JWTs, slow clients, connection floods,
 //! anonymous request floods, and the retention of the audit trail and the webhook outbox.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
 use crate::helpers::{cli, cli_ok, json_of, unique, Backend, TestApp};
-
-/// Polls `check` until it returns `Some`; the deadline only guards against a hang.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn client_credentials(app: &TestApp, id: &str, secret: &str) -> reqwest::Response {
     app.post("/oauth/token")
@@ -50,7 +33,7 @@ pub async fn a_stolen_jwt_stays_dead_when_its_account_is_recreated_under_the_sam
     app.import_ok("acme", "github", &json!({"access_token": unique("t")}))
         .await;
     let first = create_account(&app, "jobs", &[]);
-    let response = eventually("the new account to be known", || async {
+    let response = crate::helpers::eventually("the new account to be known", || async {
         let r = client_credentials(&app, "jobs", &first).await;
         (r.status() == 200).then_some(r)
     })
@@ -76,7 +59,7 @@ pub async fn a_stolen_jwt_stays_dead_when_its_account_is_recreated_under_the_sam
     );
     assert_eq!(code, 0, "{stderr}");
     let second = create_account(&app, "jobs", &[]);
-    let response = eventually("the re-created account to be known", || async {
+    let response = crate::helpers::eventually("the re-created account to be known", || async {
         let r = client_credentials(&app, "jobs", &second).await;
         (r.status() == 200).then_some(r)
     })
@@ -95,7 +78,7 @@ pub async fn a_stolen_jwt_stays_dead_when_its_account_is_recreated_under_the_sam
             .status(),
         200
     );
-    eventually("the stolen JWT to be refused", || async {
+    crate::helpers::eventually("the stolen JWT to be refused", || async {
         let status = app
             .get_token_as(&stolen, "acme", "github", "")
             .await
@@ -131,7 +114,7 @@ pub async fn percent_encoded_paths_are_audited_and_scoped_like_plain_ones(backen
     let status = response.status();
     assert!(status == 200 || status == 400, "{status}");
     // ...and is audited as a read of acme-1's github connection (or refused).
-    let event = eventually("the audit event of the encoded read", || async {
+    let event = crate::helpers::eventually("the audit event of the encoded read", || async {
         let events = json_of(app.get("/audit?limit=1000").as_superadmin().send().await).await;
         events
             .as_array()
@@ -148,7 +131,7 @@ pub async fn percent_encoded_paths_are_audited_and_scoped_like_plain_ones(backen
 
     // The attack on the scope: an account limited to apps ending in "dev".
     let scoped = create_account(&app, "dev-jobs", &["--apps", "*dev"]);
-    eventually("the scoped account to be known", || async {
+    crate::helpers::eventually("the scoped account to be known", || async {
         let status = app
             .get_token_as(&scoped, "foodev", "github", "")
             .await
@@ -217,13 +200,16 @@ async fn a_client_trickling_its_body_is_cut_off() {
         )
         .await
         .unwrap();
-    // The attack: one byte every 100 ms, never finishing (an hour and a half of body, under the size limit).
+    // The attack: one byte every 100 ms, never finishing (an hour and a half of body, under
+    // the size limit). The interval is the attacker's pace, not a synchronisation: the test
+    // waits for the server to close the connection.
     let trickle = tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
         loop {
+            pace.tick().await;
             if writer.write_all(b"a").await.is_err() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
     let answer = read_to_close(&mut reader).await;
@@ -279,15 +265,16 @@ async fn connections_beyond_the_cap_are_refused_until_one_is_released() {
 
     // One of the held connections goes away: a new connection is served.
     drop(held.pop());
-    let served = eventually("a connection to be served after one was released", || {
-        let address = address.clone();
-        async move {
-            let stream = tokio::net::TcpStream::connect(&address).await.ok()?;
-            let answer = healthz_over(stream).await;
-            answer.starts_with("HTTP/1.1 200").then_some(answer)
-        }
-    })
-    .await;
+    let served =
+        crate::helpers::eventually("a connection to be served after one was released", || {
+            let address = address.clone();
+            async move {
+                let stream = tokio::net::TcpStream::connect(&address).await.ok()?;
+                let answer = healthz_over(stream).await;
+                answer.starts_with("HTTP/1.1 200").then_some(answer)
+            }
+        })
+        .await;
     assert!(served.contains("\"status\":\"ok\""), "{served}");
     drop(held);
 }
@@ -370,7 +357,7 @@ pub async fn old_audit_events_and_delivered_webhooks_are_pruned(backend: Backend
          ('https://pending.example.com/', 'connection.created', '{{}}', {old_hook}, {now}, NULL)"
     ))
     .await;
-    eventually("the old rows to be pruned", || async {
+    crate::helpers::eventually("the old rows to be pruned", || async {
         let audit = count_of(
             &app.query_strings(
                 "SELECT CAST(COUNT(*) AS TEXT) FROM audit_events WHERE principal = 'old'",

@@ -59,13 +59,59 @@ pub fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// Waits until `done` holds, polling; the deadline only guards against a hang.
-pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+/// Polls `check` until it returns `Some`, or `None` at the deadline, which only guards
+/// against a hang (no test depends on how long anything takes).
+async fn poll<T, F, Fut>(mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until `done` holds (a condition on local state).
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let held = poll(|| {
+        let value = done().then_some(());
+        async move { value }
+    })
+    .await;
+    assert!(held.is_some(), "timed out waiting for {what}");
+}
+
+/// Waits until the async `check` (a request, a query) returns `Some`, and returns its value.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll(check)
+        .await
+        .unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Whether the async `check` comes to hold before the deadline (for assertions that print
+/// their own context when it does not).
+pub async fn holds_eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll(|| {
+        let held = check();
+        async move { held.await.then_some(()) }
+    })
+    .await
+    .is_some()
 }
 
 pub async fn json_of(response: reqwest::Response) -> Value {
