@@ -49,6 +49,10 @@ impl<S: Send + Sync> FromRequestParts<S> for SmallApp {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Decoded once per request, by the access log (`route_key`), then reused here.
+        if let Some(DecodedKey(key)) = parts.extensions.get::<DecodedKey>() {
+            return Ok(Self(key.clone()));
+        }
         let Path((app_id, connector_type)) =
             Path::<(String, String)>::from_request_parts(parts, state)
                 .await
@@ -65,6 +69,10 @@ impl<S: Send + Sync> FromRequestParts<S> for SmallApp {
 /// audit record, the access log and the scope check all read this one view, never the raw path
 /// (`/%61cme-1/...` is `acme-1` to the handler, so it must be `acme-1` to them too).
 pub async fn route_key(request: Request) -> (Request, Option<ConnectionKey>) {
+    if let Some(DecodedKey(key)) = request.extensions().get::<DecodedKey>() {
+        let key = key.clone();
+        return (request, Some(key));
+    }
     let per_app = request
         .extensions()
         .get::<MatchedPath>()
@@ -77,8 +85,16 @@ pub async fn route_key(request: Request) -> (Request, Option<ConnectionKey>) {
         .await
         .ok()
         .map(|SmallApp(key)| key);
+    if let Some(key) = &key {
+        parts.extensions.insert(DecodedKey(key.clone()));
+    }
     (Request::from_parts(parts, body), key)
 }
+
+/// The connection of a per-app route, decoded once and kept in the request's extensions for
+/// the scope check and the handler.
+#[derive(Clone)]
+struct DecodedKey(ConnectionKey);
 
 /// A request body, read with JSON errors: 413 when too large, 408 when too slow.
 pub struct RequestBody(pub axum::body::Bytes);
