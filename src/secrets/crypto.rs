@@ -252,11 +252,9 @@ fn replace_file_with(
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("the key file path has no file name"))?;
-    let mut suffix = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut suffix);
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(name);
-    temp_name.push(format!(".tmp-{}", hex(&suffix)));
+    temp_name.push(format!(".tmp-{}", crate::token::random_hex::<8>()));
     let temp = dir.join(temp_name);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -278,10 +276,6 @@ fn replace_file_with(
     #[cfg(unix)]
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Warns when the key file can be read or written by its group or by others: the keys decrypt

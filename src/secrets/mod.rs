@@ -239,9 +239,7 @@ pub trait RefreshGuard: Send {
 /// A name for this process as the holder of refresh leases: unique per start, so a lease left
 /// by a previous run of the same host is recognised as interrupted.
 pub(crate) fn lease_owner() -> Arc<str> {
-    use rand::Rng;
-    let nonce: u64 = rand::thread_rng().gen();
-    format!("{}-{nonce:016x}", std::process::id()).into()
+    format!("{}-{}", std::process::id(), crate::token::random_hex::<8>()).into()
 }
 
 /// Connections: their token sets, the refresh lease, the background refresher's claims.
