@@ -24,7 +24,7 @@ use serde_json::json;
 use tokenbox::config::Config;
 use tokenbox::domain::{now_epoch, AppId, ConnectionKey, ConnectorTypeName, Metadata, TokenSet};
 use tokenbox::secret::Secret;
-use tokenbox::secrets::{open_store, Role, ServiceAccount};
+use tokenbox::store::{open_store, Role, ServiceAccount};
 use tokenbox::token::ServiceToken;
 
 const CONNECTOR: &str = "bench";

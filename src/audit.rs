@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::domain::{now_epoch, AuditEvent, ConnectionKey};
-use crate::secrets::SecretsStore;
+use crate::store::SecretsStore;
 
 const CHANNEL: usize = 50_000;
 const BATCH: usize = 2000;

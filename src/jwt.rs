@@ -11,7 +11,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::now_epoch;
-use crate::secrets::{AccountScope, JwtKeyRecord, Role, SecretsStore, StoreError};
+use crate::store::{AccountScope, JwtKeyRecord, Role, SecretsStore, StoreError};
 
 /// How often a process re-reads the keys (another replica may have rotated them).
 const KEYS_TTL: Duration = Duration::from_secs(5);

@@ -13,7 +13,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod refresh;
 pub mod secret;
-pub mod secrets;
+pub mod store;
 pub mod signup;
 pub mod telemetry;
 pub mod token;
@@ -31,7 +31,7 @@ use api::AppState;
 use config::Config;
 use connectors::{Catalog, Provider};
 use refresh::SecretsKeeper;
-use secrets::open_store;
+use store::open_store;
 
 /// The public URL: the configured one, or the server's address, when there is a server, or
 /// the configured listen address.
@@ -82,7 +82,7 @@ fn connector_types_of(
 pub struct CommandStore {
     pub config: Config,
     pub public_url: String,
-    pub store: Arc<dyn secrets::SecretsStore>,
+    pub store: Arc<dyn store::SecretsStore>,
 }
 
 /// Opens the store for a one-shot command (see [`CommandStore`]).

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::connectors::{ConnectorType, RefreshError};
 use crate::domain::{now_epoch, ConnectLink, ConnectionKey, Metadata, OAuthState};
 use crate::refresh::{KeeperError, SecretsKeeper};
-use crate::secrets::StoreError;
+use crate::store::StoreError;
 use crate::token::hash;
 
 pub const DEFAULT_LINK_TTL: i64 = 7 * 24 * 3600;

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::domain::{now_epoch, ConnectionKey};
 use crate::secret::Secret;
-use crate::secrets::{SecretsStore, WebhookDelivery};
+use crate::store::{SecretsStore, WebhookDelivery};
 
 /// The connection events a webhook endpoint can receive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::secrets::{AccountScope, Role, SecretsStore, StoreError};
+use crate::store::{AccountScope, Role, SecretsStore, StoreError};
 
 /// How long the in-memory list of service accounts is trusted; a revocation made by another
 /// process takes effect within this time.

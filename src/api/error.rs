@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::refresh::KeeperError;
-use crate::secrets::StoreError;
+use crate::store::StoreError;
 
 /// Every error response: a stable code and a human sentence.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]

@@ -17,7 +17,7 @@ use super::resources::{
     admin, audit, connect, connection, connections, connector_types, health, oauth_token,
 };
 use super::{access_log, AppState};
-use crate::secrets::Role;
+use crate::store::Role;
 
 /// Largest request body accepted (a token set is a few kilobytes at most).
 const BODY_LIMIT: usize = 64 * 1024;

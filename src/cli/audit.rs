@@ -13,7 +13,7 @@ pub async fn run(
     config: Config,
 ) -> anyhow::Result<()> {
     let since = parse_since(since)?;
-    let store = crate::secrets::open_store(&config).await?;
+    let store = crate::store::open_store(&config).await?;
     let events = store.read_audit(app, since, limit).await?;
     if json {
         for e in &events {

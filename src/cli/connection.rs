@@ -13,7 +13,7 @@ use crate::domain::{
     now_epoch, ConnectionFilter, ConnectionStatus, ConnectionSummary, ConnectorTypeName,
     ImportTokenSet,
 };
-use crate::secrets::SecretsStore;
+use crate::store::SecretsStore;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum OutputFormat {
@@ -53,7 +53,7 @@ pub async fn run(command: ConnectionCommand, config: Config) -> anyhow::Result<(
             app_prefix,
             format,
         } => {
-            let store = crate::secrets::open_store(&config).await?;
+            let store = crate::store::open_store(&config).await?;
             let filter = ConnectionFilter {
                 status: status
                     .map(|s| {

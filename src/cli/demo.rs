@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::config::{Config, LogFormat};
 use crate::domain::{now_epoch, AppId, ConnectionKey, ConnectorTypeName};
-use crate::secrets::{Role, ServiceAccount};
+use crate::store::{Role, ServiceAccount};
 use crate::token::ServiceToken;
 use crate::{telemetry, Application};
 

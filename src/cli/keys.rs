@@ -8,8 +8,8 @@ use clap::Subcommand;
 use super::audit_cli;
 use crate::config::Config;
 use crate::jwt::JwtIssuer;
-use crate::secrets::crypto::{replace_key_file, KeyRing};
-use crate::secrets::SecretsStore;
+use crate::store::crypto::{replace_key_file, KeyRing};
+use crate::store::SecretsStore;
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
@@ -32,7 +32,7 @@ pub async fn run(command: KeysCommand, config: Config) -> anyhow::Result<()> {
     match command {
         KeysCommand::Add => add(&config),
         KeysCommand::Rotate { batch } => {
-            let store = crate::secrets::open_store(&config).await?;
+            let store = crate::store::open_store(&config).await?;
             rotate(&store, batch.max(1)).await
         }
         KeysCommand::RotateSigning => rotate_signing(config).await,

@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::domain::{now_epoch, AppId, ConnectionKey, ConnectorTypeName};
-use crate::secrets::SecretsStore;
+use crate::store::SecretsStore;
 use crate::telemetry;
 
 #[derive(Parser)]

@@ -13,7 +13,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// `tokenbox migrate`: opening the store applies pending migrations.
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
-    crate::secrets::open_store(&config).await?;
+    crate::store::open_store(&config).await?;
     eprintln!(
         "database schema is up to date ({})",
         crate::secret::redact_url(&config.database_url)

@@ -6,7 +6,7 @@ use clap::{Subcommand, ValueEnum};
 use super::{audit_cli, parse_duration};
 use crate::config::Config;
 use crate::domain::{now_epoch, AppId, ConnectorTypeName};
-use crate::secrets::{AccountScope, Role, SecretsStore, ServiceAccount};
+use crate::store::{AccountScope, Role, SecretsStore, ServiceAccount};
 use crate::token::ServiceToken;
 
 #[derive(Clone, Copy, ValueEnum)]

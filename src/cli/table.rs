@@ -1,6 +1,6 @@
 //! Cells of the tables the commands print.
 
-use crate::secrets::AccountScope;
+use crate::store::AccountScope;
 
 /// "3h 12m", "45s", "expired" for a number of seconds.
 pub fn human_duration(seconds: i64) -> String {

@@ -19,7 +19,7 @@ pub enum WebhooksCommand {
 
 pub async fn run(command: WebhooksCommand, config: Config) -> anyhow::Result<()> {
     let WebhooksCommand::List { failed, limit } = command;
-    let store = crate::secrets::open_store(&config).await?;
+    let store = crate::store::open_store(&config).await?;
     println!(
         "{:<6} {:<38} {:<9} {:<11} {:<8} {:<11} ENDPOINT",
         "ID", "EVENT", "ATTEMPTS", "DELIVERED", "STATUS", "NEXT"

@@ -47,7 +47,7 @@ async fn pass(
     config: &RefresherConfig,
     semaphore: &Arc<Semaphore>,
     stop: &CancellationToken,
-) -> Result<(), crate::secrets::StoreError> {
+) -> Result<(), crate::store::StoreError> {
     let batch = (config.concurrency * 4) as i64;
     loop {
         if stop.is_cancelled() {

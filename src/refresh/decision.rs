@@ -36,6 +36,9 @@ pub struct Situation<'a> {
     pub refresh_within: Option<i64>,
     /// Whether the connector type has client credentials to refresh with.
     pub has_credentials: bool,
+    /// Whether the connection holds what its credential kind needs to obtain a fresh
+    /// credential without the tenant (a refresh token, for the refresh-token grant).
+    pub renewable: bool,
     pub now: i64,
 }
 
@@ -149,7 +152,7 @@ pub fn decide(s: &Situation<'_>) -> Decision {
             })
         };
     }
-    if tokens.refresh_token.is_none() {
+    if !s.renewable {
         return if stale_ok {
             Decision::ServeStale { backing_off: false }
         } else {
@@ -447,6 +450,7 @@ mod tests {
                 margin: MARGIN,
                 refresh_within: None,
                 has_credentials: c.has_credentials,
+                renewable: c.current.tokens.refresh_token.is_some(),
                 now: NOW,
             };
             assert_eq!(decide(&situation), c.expected, "rule: {}", c.rule);

@@ -16,8 +16,9 @@ use crate::domain::{
 use crate::metrics::Metrics;
 use crate::refresh::breaker::Breakers;
 use crate::refresh::decision::{self, decide, Decision, Refusal, Situation};
+use crate::refresh::kind::{self, CredentialKind};
 use crate::refresh::{Flights, TokenCache};
-use crate::secrets::{RefreshGuard, RefreshWrite, SecretsStore, StoreError};
+use crate::store::{RefreshGuard, RefreshWrite, SecretsStore, StoreError};
 use crate::webhooks::{ConnectionEvent, Webhooks};
 
 pub use crate::refresh::decision::TokenRequest;
@@ -387,6 +388,7 @@ impl SecretsKeeper {
             return Err(not_connected(key));
         };
         let current = guard.current().clone();
+        let kind = kind::of(&ct);
         let decision = decide(&Situation {
             current: &current,
             seen_version,
@@ -394,6 +396,7 @@ impl SecretsKeeper {
             margin: inner.refresh_margin,
             refresh_within,
             has_credentials: ct.has_credentials(),
+            renewable: kind.renewable(&current),
             now: now_epoch(),
         });
         match decision {
@@ -421,15 +424,8 @@ impl SecretsKeeper {
             }
             Decision::CallProvider => {
                 let hard_min = decision::hard_min(inner.refresh_margin, &current, request);
-                let Some(refresh_token) = current.tokens.refresh_token.clone() else {
-                    guard.release().await;
-                    return Err(KeeperError::Internal);
-                };
-                match self.call_provider(&ct, &current, &refresh_token).await {
-                    Ok(outcome) => {
-                        self.settle(guard, current, refresh_token, outcome, hard_min)
-                            .await
-                    }
+                match self.call_provider(kind, &ct, &current).await {
+                    Ok(outcome) => self.settle(guard, kind, current, outcome, hard_min).await,
                     Err(busy) => {
                         guard.release().await;
                         Err(busy)
@@ -469,17 +465,16 @@ impl SecretsKeeper {
     /// before the lease ends. `Err` when no slot could be had (nothing reached the provider).
     async fn call_provider(
         &self,
+        kind: &dyn CredentialKind,
         ct: &Arc<ConnectorType>,
         current: &StoredConnection,
-        refresh_token: &crate::secret::Secret,
     ) -> Result<Result<TokenSet, RefreshError>, KeeperError> {
         let inner = &self.inner;
         let started = std::time::Instant::now();
         // One circuit per connector type and token host: a tenant's broken self-hosted
         // instance (Zendesk, GitLab) does not pause the other tenants of that type.
-        let host = ct
-            .expand_url(&ct.token_url, &current.tokens.metadata)
-            .ok()
+        let host = kind
+            .endpoint(ct, current)
             .and_then(|url| oauth2::url::Url::parse(&url).ok())
             .and_then(|u| u.host_str().map(str::to_string))
             .unwrap_or_default();
@@ -495,7 +490,7 @@ impl SecretsKeeper {
             }),
             Ok(()) => {
                 let outcome = self
-                    .call_within(ct, current, refresh_token, &host, started)
+                    .call_within(kind, ct, current, &host, started)
                     .await?;
                 inner.breakers.record(
                     &circuit,
@@ -531,9 +526,9 @@ impl SecretsKeeper {
     /// when no slot could be had: nothing reached the provider, so no back-off is recorded.
     async fn call_within(
         &self,
+        kind: &dyn CredentialKind,
         ct: &Arc<ConnectorType>,
         current: &StoredConnection,
-        refresh_token: &crate::secret::Secret,
         host: &str,
         started: std::time::Instant,
     ) -> Result<Result<TokenSet, RefreshError>, KeeperError> {
@@ -552,10 +547,10 @@ impl SecretsKeeper {
             });
         };
         let budget = deadline.saturating_sub(started.elapsed());
-        let call = inner.provider.refresh(
+        let call = kind.obtain(
+            &inner.provider,
             ct,
-            refresh_token,
-            &current.tokens.metadata,
+            current,
             inner.request_timeout.min(budget),
         );
         Ok(tokio::time::timeout(budget, call)
@@ -573,25 +568,16 @@ impl SecretsKeeper {
     async fn settle(
         &self,
         guard: Box<dyn RefreshGuard>,
+        kind: &dyn CredentialKind,
         current: StoredConnection,
-        refresh_token: crate::secret::Secret,
         outcome: Result<TokenSet, RefreshError>,
         hard_min: i64,
     ) -> Result<ServedToken, KeeperError> {
         let inner = &self.inner;
         let key = &current.key;
         match outcome {
-            Ok(mut tokens) => {
-                // A provider that does not rotate returns no refresh token: keep ours.
-                if tokens.refresh_token.is_none() {
-                    tokens.refresh_token = Some(refresh_token);
-                }
-                let mut metadata = current.tokens.metadata.clone();
-                metadata.append(&mut tokens.metadata);
-                tokens.metadata = metadata;
-                if tokens.scope.is_none() {
-                    tokens.scope = current.tokens.scope.clone();
-                }
+            Ok(tokens) => {
+                let tokens = kind.merge(&current, tokens);
                 let Some(stored) = guard.finish(RefreshWrite::Refreshed(tokens)).await? else {
                     return self.reread(key, hard_min).await;
                 };

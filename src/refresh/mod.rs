@@ -5,6 +5,7 @@ pub mod background;
 pub mod breaker;
 pub mod decision;
 pub mod keeper;
+pub mod kind;
 
 pub use keeper::{KeeperError, SecretsKeeper, ServedToken, TokenRequest};
 

@@ -19,7 +19,7 @@ use crate::api::{AppState, PrincipalName, RequestBody};
 use crate::domain::{
     now_epoch, AppId, ConnectionFilter, ConnectionKey, ConnectionStatus, ConnectorTypeName,
 };
-use crate::secrets::{AdminSession, Role};
+use crate::store::{AdminSession, Role};
 use crate::signup::{self, NewLink};
 
 const COOKIE: &str = "tokenbox_admin";

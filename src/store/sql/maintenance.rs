@@ -37,7 +37,7 @@ pub(crate) const INSERT_KEY_CHECK: &str = "INSERT INTO tokenbox_meta (key, value
 
 /// Implements `MaintenanceStore` for a backend's store type `$store` (its pool a
 /// `sqlx::Pool<$db>`, its rows `$row`). Invoked by `sql_store!`, whose
-/// `use $crate::secrets::sql` it relies on.
+/// `use $crate::store::sql` it relies on.
 macro_rules! maintenance_store {
     ($store:ident, $db:ty, $row:ty) => {
         impl $store {
@@ -62,8 +62,8 @@ macro_rules! maintenance_store {
         }
 
         #[async_trait::async_trait]
-        impl $crate::secrets::MaintenanceStore for $store {
-            async fn ping(&self) -> Result<(), $crate::secrets::StoreError> {
+        impl $crate::store::MaintenanceStore for $store {
+            async fn ping(&self) -> Result<(), $crate::store::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())
             }
@@ -72,9 +72,9 @@ macro_rules! maintenance_store {
                 &self,
                 after: Option<&$crate::domain::ConnectionKey>,
                 limit: i64,
-            ) -> Result<$crate::secrets::Reencrypted, $crate::secrets::StoreError> {
+            ) -> Result<$crate::store::Reencrypted, $crate::store::StoreError> {
                 use sqlx::Row;
-                use $crate::secrets::crypto::connection_aad;
+                use $crate::store::crypto::connection_aad;
                 let (app, ct) = after
                     .map(|k| (k.app_id.as_str(), k.connector_type.as_str()))
                     .unwrap_or(("", ""));
@@ -84,7 +84,7 @@ macro_rules! maintenance_store {
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?;
-                let mut progress = $crate::secrets::Reencrypted::default();
+                let mut progress = $crate::store::Reencrypted::default();
                 for row in &rows {
                     let app: String = row.try_get("app_id")?;
                     let ct: String = row.try_get("connector_type")?;
@@ -124,9 +124,9 @@ macro_rules! maintenance_store {
                 Ok(progress)
             }
 
-            async fn reencrypt_meta(&self) -> Result<u64, $crate::secrets::StoreError> {
+            async fn reencrypt_meta(&self) -> Result<u64, $crate::store::StoreError> {
                 use sqlx::Row;
-                use $crate::secrets::crypto::{oauth_state_aad, KEY_CHECK_AAD};
+                use $crate::store::crypto::{oauth_state_aad, KEY_CHECK_AAD};
                 let mut rotated = 0;
                 if let Some(check) = Self::read_key_check(&self.pool).await? {
                     if !self.keys.is_current(&check) {
@@ -147,7 +147,7 @@ macro_rules! maintenance_store {
                     if self.keys.is_current(&private) {
                         continue;
                     }
-                    let aad = $crate::secrets::crypto::jwt_key_aad(&kid);
+                    let aad = $crate::store::crypto::jwt_key_aad(&kid);
                     sqlx::query(sql::REWRITE_JWT_KEY)
                         .bind(&kid)
                         .bind(self.keys.reencrypt(&private, &aad)?)
@@ -177,7 +177,7 @@ macro_rules! maintenance_store {
                 &self,
                 audit_before: Option<i64>,
                 webhooks_before: Option<i64>,
-            ) -> Result<u64, $crate::secrets::StoreError> {
+            ) -> Result<u64, $crate::store::StoreError> {
                 let mut pruned = 0;
                 for (statement, before) in [
                     (sql::PRUNE_AUDIT, audit_before),

@@ -22,15 +22,15 @@ pub(crate) const TAKE_STATE: &str = "DELETE FROM oauth_states WHERE state_hash =
 
 /// Implements `LinkStore` for a backend's store type `$store` (its pool a
 /// `sqlx::Pool<$db>`, its rows `$row`). Invoked by `sql_store!`, whose
-/// `use $crate::secrets::sql` it relies on.
+/// `use $crate::store::sql` it relies on.
 macro_rules! link_store {
     ($store:ident, $db:ty, $row:ty) => {
         #[async_trait::async_trait]
-        impl $crate::secrets::LinkStore for $store {
+        impl $crate::store::LinkStore for $store {
             async fn create_connect_link(
                 &self,
                 link: &$crate::domain::ConnectLink,
-            ) -> Result<(), $crate::secrets::StoreError> {
+            ) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(sql::INSERT_LINK)
                     .bind(&link.secret_hash[..])
                     .bind(link.key.app_id.as_str())
@@ -47,7 +47,7 @@ macro_rules! link_store {
             async fn connect_link(
                 &self,
                 secret_hash: &[u8; 32],
-            ) -> Result<Option<$crate::domain::ConnectLink>, $crate::secrets::StoreError> {
+            ) -> Result<Option<$crate::domain::ConnectLink>, $crate::store::StoreError> {
                 use sqlx::Row;
                 let row = sqlx::query(sql::SELECT_LINK)
                     .bind(&secret_hash[..])
@@ -61,7 +61,7 @@ macro_rules! link_store {
                     secret_hash: *secret_hash,
                     key: sql::parse_key(&app, &ct)?,
                     params: serde_json::from_str(&params).map_err(|_| {
-                        $crate::secrets::StoreError::Corrupt(
+                        $crate::store::StoreError::Corrupt(
                             "connect link params are not JSON".into(),
                         )
                     })?,
@@ -76,7 +76,7 @@ macro_rules! link_store {
                 &self,
                 secret_hash: &[u8; 32],
                 now: i64,
-            ) -> Result<bool, $crate::secrets::StoreError> {
+            ) -> Result<bool, $crate::store::StoreError> {
                 let result = sqlx::query(sql::SPEND_LINK)
                     .bind(&secret_hash[..])
                     .bind(now)
@@ -88,7 +88,7 @@ macro_rules! link_store {
             async fn unspend_connect_link(
                 &self,
                 secret_hash: &[u8; 32],
-            ) -> Result<(), $crate::secrets::StoreError> {
+            ) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(sql::UNSPEND_LINK)
                     .bind(&secret_hash[..])
                     .execute(&self.pool)
@@ -100,8 +100,8 @@ macro_rules! link_store {
                 &self,
                 state_hash: &[u8; 32],
                 state: &$crate::domain::OAuthState,
-            ) -> Result<(), $crate::secrets::StoreError> {
-                use $crate::secrets::crypto::oauth_state_aad;
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::crypto::oauth_state_aad;
                 let now = $crate::domain::now_epoch();
                 let verifier = state
                     .pkce_verifier
@@ -129,9 +129,9 @@ macro_rules! link_store {
                 &self,
                 state_hash: &[u8; 32],
                 now: i64,
-            ) -> Result<Option<$crate::domain::OAuthState>, $crate::secrets::StoreError> {
+            ) -> Result<Option<$crate::domain::OAuthState>, $crate::store::StoreError> {
                 use sqlx::Row;
-                use $crate::secrets::crypto::oauth_state_aad;
+                use $crate::store::crypto::oauth_state_aad;
                 let row = sqlx::query(sql::TAKE_STATE)
                     .bind(&state_hash[..])
                     .fetch_optional(&self.pool)

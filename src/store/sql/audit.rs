@@ -31,15 +31,15 @@ pub(crate) fn insert_audit_sql(rows: usize) -> String {
 
 /// Implements `AuditStore` for a backend's store type `$store` (its pool a
 /// `sqlx::Pool<$db>`, its rows `$row`). Invoked by `sql_store!`, whose
-/// `use $crate::secrets::sql` it relies on.
+/// `use $crate::store::sql` it relies on.
 macro_rules! audit_store {
     ($store:ident, $db:ty, $row:ty) => {
         #[async_trait::async_trait]
-        impl $crate::secrets::AuditStore for $store {
+        impl $crate::store::AuditStore for $store {
             async fn record_audit(
                 &self,
                 events: &[$crate::domain::AuditEvent],
-            ) -> Result<(), $crate::secrets::StoreError> {
+            ) -> Result<(), $crate::store::StoreError> {
                 // Multi-row inserts: one statement per 500 events.
                 let mut tx = self.pool.begin().await?;
                 for chunk in events.chunks(500) {
@@ -68,7 +68,7 @@ macro_rules! audit_store {
                 app_id: Option<&str>,
                 since: i64,
                 limit: i64,
-            ) -> Result<Vec<$crate::domain::AuditEvent>, $crate::secrets::StoreError> {
+            ) -> Result<Vec<$crate::domain::AuditEvent>, $crate::store::StoreError> {
                 use sqlx::Row;
                 let rows = sqlx::query(sql::READ_AUDIT)
                     .bind(since)

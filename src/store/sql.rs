@@ -26,11 +26,11 @@ pub(crate) struct Sealed {
 
 /// Encrypts a token set's secrets, bound to its connection, and encodes its metadata.
 pub(crate) fn seal(
-    keys: &crate::secrets::crypto::KeyRing,
+    keys: &crate::store::crypto::KeyRing,
     key: &crate::domain::ConnectionKey,
     tokens: &crate::domain::TokenSet,
 ) -> Sealed {
-    use crate::secrets::crypto::connection_aad;
+    use crate::store::crypto::connection_aad;
     let (app, ct) = (key.app_id.as_str(), key.connector_type.as_str());
     Sealed {
         access_token: keys.encrypt_secret(
@@ -49,8 +49,8 @@ pub(crate) fn seal(
 pub(crate) fn parse_key(
     app: &str,
     ct: &str,
-) -> Result<crate::domain::ConnectionKey, crate::secrets::StoreError> {
-    use crate::secrets::StoreError;
+) -> Result<crate::domain::ConnectionKey, crate::store::StoreError> {
+    use crate::store::StoreError;
     Ok(crate::domain::ConnectionKey::new(
         crate::domain::AppId::parse(app).map_err(StoreError::Corrupt)?,
         crate::domain::ConnectorTypeName::parse(ct).map_err(StoreError::Corrupt)?,
@@ -58,10 +58,10 @@ pub(crate) fn parse_key(
 }
 
 /// A SHA-256 hash read from a row.
-pub(crate) fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], crate::secrets::StoreError> {
+pub(crate) fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], crate::store::StoreError> {
     bytes
         .try_into()
-        .map_err(|_| crate::secrets::StoreError::Corrupt("a hash is not 32 bytes".into()))
+        .map_err(|_| crate::store::StoreError::Corrupt("a hash is not 32 bytes".into()))
 }
 
 /// Generates a backend's store: every narrow store trait, each from its file, for one
@@ -69,15 +69,15 @@ pub(crate) fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], crate::secrets::StoreEr
 /// `write_refresh`, `read_key_check`) and use `sql`, imported here.
 macro_rules! sql_store {
     ($store:ident, $db:ty, $row:ty) => {
-        use $crate::secrets::sql;
+        use $crate::store::sql;
 
-        $crate::secrets::sql::connection_store!($store, $db, $row);
-        $crate::secrets::sql::link_store!($store, $db, $row);
-        $crate::secrets::sql::audit_store!($store, $db, $row);
-        $crate::secrets::sql::webhook_store!($store, $db, $row);
-        $crate::secrets::sql::signing_key_store!($store, $db, $row);
-        $crate::secrets::sql::account_store!($store, $db, $row);
-        $crate::secrets::sql::maintenance_store!($store, $db, $row);
+        $crate::store::sql::connection_store!($store, $db, $row);
+        $crate::store::sql::link_store!($store, $db, $row);
+        $crate::store::sql::audit_store!($store, $db, $row);
+        $crate::store::sql::webhook_store!($store, $db, $row);
+        $crate::store::sql::signing_key_store!($store, $db, $row);
+        $crate::store::sql::account_store!($store, $db, $row);
+        $crate::store::sql::maintenance_store!($store, $db, $row);
     };
 }
 

@@ -111,16 +111,16 @@ pub(crate) const COUNT_CONNECTIONS: &str = "SELECT connector_type, status, COUNT
 
 /// Implements `ConnectionStore` for a backend's store type `$store` (its pool a
 /// `sqlx::Pool<$db>`, its rows `$row`). Invoked by `sql_store!`, whose
-/// `use $crate::secrets::sql` it relies on.
+/// `use $crate::store::sql` it relies on.
 macro_rules! connection_store {
     ($store:ident, $db:ty, $row:ty) => {
         fn decode(
-            keys: &$crate::secrets::crypto::KeyRing,
+            keys: &$crate::store::crypto::KeyRing,
             row: &$row,
-        ) -> Result<$crate::domain::StoredConnection, $crate::secrets::StoreError> {
+        ) -> Result<$crate::domain::StoredConnection, $crate::store::StoreError> {
             use sqlx::Row;
-            use $crate::secrets::crypto::connection_aad;
-            use $crate::secrets::StoreError;
+            use $crate::store::crypto::connection_aad;
+            use $crate::store::StoreError;
             let app: String = row.try_get("app_id")?;
             let ct: String = row.try_get("connector_type")?;
             let access: Vec<u8> = row.try_get("access_token")?;
@@ -166,15 +166,15 @@ macro_rules! connection_store {
         /// writer changed the row meanwhile.
         async fn write_refresh<'e, E>(
             executor: E,
-            keys: &$crate::secrets::crypto::KeyRing,
+            keys: &$crate::store::crypto::KeyRing,
             current: &$crate::domain::StoredConnection,
-            write: $crate::secrets::RefreshWrite,
-        ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError>
+            write: $crate::store::RefreshWrite,
+        ) -> Result<Option<$crate::domain::StoredConnection>, $crate::store::StoreError>
         where
             E: sqlx::Executor<'e, Database = $db>,
         {
             use $crate::domain::ConnectionStatus;
-            use $crate::secrets::RefreshWrite;
+            use $crate::store::RefreshWrite;
             let key = &current.key;
             let now = $crate::domain::now_epoch();
             let mut next = current.clone();
@@ -241,7 +241,7 @@ macro_rules! connection_store {
         /// version read, and clears the lease.
         struct LeaseRefresh {
             pool: sqlx::Pool<$db>,
-            keys: std::sync::Arc<$crate::secrets::crypto::KeyRing>,
+            keys: std::sync::Arc<$crate::store::crypto::KeyRing>,
             owner: std::sync::Arc<str>,
             current: Option<$crate::domain::StoredConnection>,
         }
@@ -262,15 +262,15 @@ macro_rules! connection_store {
         }
 
         #[async_trait::async_trait]
-        impl $crate::secrets::RefreshGuard for LeaseRefresh {
+        impl $crate::store::RefreshGuard for LeaseRefresh {
             fn current(&self) -> &$crate::domain::StoredConnection {
                 self.current.as_ref().expect("a guard holds its connection")
             }
 
             async fn finish(
                 self: Box<Self>,
-                write: $crate::secrets::RefreshWrite,
-            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError>
+                write: $crate::store::RefreshWrite,
+            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::store::StoreError>
             {
                 let current = self.current();
                 let written = write_refresh(&self.pool, &self.keys, current, write).await;
@@ -287,11 +287,11 @@ macro_rules! connection_store {
         }
 
         #[async_trait::async_trait]
-        impl $crate::secrets::ConnectionStore for $store {
+        impl $crate::store::ConnectionStore for $store {
             async fn load(
                 &self,
                 key: &$crate::domain::ConnectionKey,
-            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError> {
+            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::store::StoreError> {
                 let row = sqlx::query(&sql::select_connection(""))
                     .bind(key.app_id.as_str())
                     .bind(key.connector_type.as_str())
@@ -305,7 +305,7 @@ macro_rules! connection_store {
                 key: &$crate::domain::ConnectionKey,
                 tokens: &$crate::domain::TokenSet,
                 obtained_at: Option<i64>,
-            ) -> Result<$crate::domain::StoredConnection, $crate::secrets::StoreError> {
+            ) -> Result<$crate::domain::StoredConnection, $crate::store::StoreError> {
                 let sealed = sql::seal(&self.keys, key, tokens);
                 let row = sqlx::query(&sql::upsert_connection_sql())
                     .bind(key.app_id.as_str())
@@ -327,7 +327,7 @@ macro_rules! connection_store {
                 &self,
                 key: &$crate::domain::ConnectionKey,
                 lease_seconds: i64,
-            ) -> Result<Option<Box<dyn $crate::secrets::RefreshGuard>>, $crate::secrets::StoreError>
+            ) -> Result<Option<Box<dyn $crate::store::RefreshGuard>>, $crate::store::StoreError>
             {
                 let (app, ct) = (key.app_id.as_str(), key.connector_type.as_str());
                 // Another holder's lease ends by itself within `lease_seconds`: this loop is
@@ -381,7 +381,7 @@ macro_rules! connection_store {
                 idle_before: i64,
                 limit: i64,
                 lease_until: i64,
-            ) -> Result<Vec<$crate::domain::StoredConnection>, $crate::secrets::StoreError> {
+            ) -> Result<Vec<$crate::domain::StoredConnection>, $crate::store::StoreError> {
                 let rows = sqlx::query(&Self::claim_due_sql())
                     .bind(now)
                     .bind(window)
@@ -396,7 +396,7 @@ macro_rules! connection_store {
             async fn list_connections(
                 &self,
                 filter: &$crate::domain::ConnectionFilter,
-            ) -> Result<Vec<$crate::domain::ConnectionSummary>, $crate::secrets::StoreError> {
+            ) -> Result<Vec<$crate::domain::ConnectionSummary>, $crate::store::StoreError> {
                 use sqlx::Row;
                 let (app, ct) = filter
                     .after
@@ -429,7 +429,7 @@ macro_rules! connection_store {
                             )?,
                             status: $crate::domain::ConnectionStatus::parse(&status).ok_or_else(
                                 || {
-                                    $crate::secrets::StoreError::Corrupt(format!(
+                                    $crate::store::StoreError::Corrupt(format!(
                                         "unknown connection status {status}"
                                     ))
                                 },
@@ -448,7 +448,7 @@ macro_rules! connection_store {
 
             async fn count_connections(
                 &self,
-            ) -> Result<Vec<(String, String, i64)>, $crate::secrets::StoreError> {
+            ) -> Result<Vec<(String, String, i64)>, $crate::store::StoreError> {
                 use sqlx::Row;
                 let rows = sqlx::query(sql::COUNT_CONNECTIONS)
                     .fetch_all(&self.pool)
@@ -467,7 +467,7 @@ macro_rules! connection_store {
             async fn delete_connection(
                 &self,
                 key: &$crate::domain::ConnectionKey,
-            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::secrets::StoreError> {
+            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::store::StoreError> {
                 let row = sqlx::query(&sql::delete_connection_sql())
                     .bind(key.app_id.as_str())
                     .bind(key.connector_type.as_str())

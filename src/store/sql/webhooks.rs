@@ -26,14 +26,14 @@ pub(crate) fn list_webhooks_sql(failed_only: bool) -> String {
 
 /// Implements `WebhookStore` for a backend's store type `$store` (its pool a
 /// `sqlx::Pool<$db>`, its rows `$row`). Invoked by `sql_store!`, whose
-/// `use $crate::secrets::sql` it relies on.
+/// `use $crate::store::sql` it relies on.
 macro_rules! webhook_store {
     ($store:ident, $db:ty, $row:ty) => {
         fn decode_webhook(
             row: &$row,
-        ) -> Result<$crate::secrets::WebhookDelivery, $crate::secrets::StoreError> {
+        ) -> Result<$crate::store::WebhookDelivery, $crate::store::StoreError> {
             use sqlx::Row;
-            Ok($crate::secrets::WebhookDelivery {
+            Ok($crate::store::WebhookDelivery {
                 id: row.try_get("id")?,
                 endpoint_url: row.try_get("endpoint_url")?,
                 event_type: row.try_get("event_type")?,
@@ -48,14 +48,14 @@ macro_rules! webhook_store {
         }
 
         #[async_trait::async_trait]
-        impl $crate::secrets::WebhookStore for $store {
+        impl $crate::store::WebhookStore for $store {
             async fn enqueue_webhook(
                 &self,
                 endpoint_url: &str,
                 event_type: &str,
                 body: &str,
                 now: i64,
-            ) -> Result<(), $crate::secrets::StoreError> {
+            ) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(sql::INSERT_WEBHOOK)
                     .bind(endpoint_url)
                     .bind(event_type)
@@ -71,7 +71,7 @@ macro_rules! webhook_store {
                 now: i64,
                 limit: i64,
                 lease_until: i64,
-            ) -> Result<Vec<$crate::secrets::WebhookDelivery>, $crate::secrets::StoreError> {
+            ) -> Result<Vec<$crate::store::WebhookDelivery>, $crate::store::StoreError> {
                 let rows = sqlx::query(&Self::claim_webhooks_sql())
                     .bind(now)
                     .bind(limit)
@@ -88,7 +88,7 @@ macro_rules! webhook_store {
                 next_attempt_at: i64,
                 status: Option<i64>,
                 error: Option<&str>,
-            ) -> Result<(), $crate::secrets::StoreError> {
+            ) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(sql::FINISH_WEBHOOK)
                     .bind(id)
                     .bind(delivered_at)
@@ -104,7 +104,7 @@ macro_rules! webhook_store {
                 &self,
                 failed_only: bool,
                 limit: i64,
-            ) -> Result<Vec<$crate::secrets::WebhookDelivery>, $crate::secrets::StoreError> {
+            ) -> Result<Vec<$crate::store::WebhookDelivery>, $crate::store::StoreError> {
                 let rows = sqlx::query(&sql::list_webhooks_sql(failed_only))
                     .bind(limit)
                     .fetch_all(&self.pool)

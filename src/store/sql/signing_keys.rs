@@ -11,16 +11,16 @@ pub(crate) const INSERT_JWT_KEY: &str = "INSERT INTO jwt_keys (kid, private_key,
 
 /// Implements `SigningKeyStore` for a backend's store type `$store` (its pool a
 /// `sqlx::Pool<$db>`, its rows `$row`). Invoked by `sql_store!`, whose
-/// `use $crate::secrets::sql` it relies on.
+/// `use $crate::store::sql` it relies on.
 macro_rules! signing_key_store {
     ($store:ident, $db:ty, $row:ty) => {
         #[async_trait::async_trait]
-        impl $crate::secrets::SigningKeyStore for $store {
+        impl $crate::store::SigningKeyStore for $store {
             async fn jwt_keys(
                 &self,
-            ) -> Result<Vec<$crate::secrets::JwtKeyRecord>, $crate::secrets::StoreError> {
+            ) -> Result<Vec<$crate::store::JwtKeyRecord>, $crate::store::StoreError> {
                 use sqlx::Row;
-                use $crate::secrets::crypto::jwt_key_aad;
+                use $crate::store::crypto::jwt_key_aad;
                 let rows = sqlx::query(sql::LIST_JWT_KEYS)
                     .fetch_all(&self.pool)
                     .await?;
@@ -28,7 +28,7 @@ macro_rules! signing_key_store {
                     .map(|r| {
                         let kid: String = r.try_get("kid")?;
                         let private: Vec<u8> = r.try_get("private_key")?;
-                        Ok($crate::secrets::JwtKeyRecord {
+                        Ok($crate::store::JwtKeyRecord {
                             pkcs8: self.keys.decrypt(&private, &jwt_key_aad(&kid))?,
                             public_key: r.try_get("public_key")?,
                             created_at: r.try_get("created_at")?,
@@ -41,10 +41,10 @@ macro_rules! signing_key_store {
 
             async fn rotate_jwt_key(
                 &self,
-                key: &$crate::secrets::JwtKeyRecord,
+                key: &$crate::store::JwtKeyRecord,
                 retire_at: i64,
-            ) -> Result<(), $crate::secrets::StoreError> {
-                use $crate::secrets::crypto::jwt_key_aad;
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::crypto::jwt_key_aad;
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(sql::RETIRE_JWT_KEYS)
                     .bind(retire_at)

@@ -22,15 +22,15 @@ pub(crate) const DELETE_SESSION: &str = "DELETE FROM admin_sessions WHERE id_has
 
 /// Implements `AccountStore` for a backend's store type `$store` (its pool a
 /// `sqlx::Pool<$db>`, its rows `$row`). Invoked by `sql_store!`, whose
-/// `use $crate::secrets::sql` it relies on.
+/// `use $crate::store::sql` it relies on.
 macro_rules! account_store {
     ($store:ident, $db:ty, $row:ty) => {
         #[async_trait::async_trait]
-        impl $crate::secrets::AccountStore for $store {
+        impl $crate::store::AccountStore for $store {
             async fn create_service_account(
                 &self,
-                account: &$crate::secrets::ServiceAccount,
-            ) -> Result<(), $crate::secrets::StoreError> {
+                account: &$crate::store::ServiceAccount,
+            ) -> Result<(), $crate::store::StoreError> {
                 let result = sqlx::query(sql::INSERT_ACCOUNT)
                     .bind(&account.name)
                     .bind(account.role.as_str())
@@ -52,7 +52,7 @@ macro_rules! account_store {
                     .execute(&self.pool)
                     .await?;
                 if result.rows_affected() == 0 {
-                    return Err($crate::secrets::StoreError::AlreadyExists(format!(
+                    return Err($crate::store::StoreError::AlreadyExists(format!(
                         "service account '{}'",
                         account.name
                     )));
@@ -62,7 +62,7 @@ macro_rules! account_store {
 
             async fn list_service_accounts(
                 &self,
-            ) -> Result<Vec<$crate::secrets::ServiceAccount>, $crate::secrets::StoreError> {
+            ) -> Result<Vec<$crate::store::ServiceAccount>, $crate::store::StoreError> {
                 use sqlx::Row;
                 let rows = sqlx::query(sql::LIST_ACCOUNTS)
                     .fetch_all(&self.pool)
@@ -77,17 +77,17 @@ macro_rules! account_store {
                                 .unwrap_or_default()
                         };
                         let scope = (apps.is_some() || types.is_some()).then(|| {
-                            $crate::secrets::AccountScope {
+                            $crate::store::AccountScope {
                                 apps: list(apps),
                                 connector_types: list(types),
                             }
                         });
-                        Ok($crate::secrets::ServiceAccount {
+                        Ok($crate::store::ServiceAccount {
                             scope,
                             expires_at: row.try_get("expires_at")?,
                             name: row.try_get("name")?,
-                            role: $crate::secrets::Role::parse(&role).ok_or_else(|| {
-                                $crate::secrets::StoreError::Corrupt(format!("unknown role {role}"))
+                            role: $crate::store::Role::parse(&role).ok_or_else(|| {
+                                $crate::store::StoreError::Corrupt(format!("unknown role {role}"))
                             })?,
                             token_hash: sql::hash32(row.try_get("token_hash")?)?,
                             created_at: row.try_get("created_at")?,
@@ -99,7 +99,7 @@ macro_rules! account_store {
             async fn delete_service_account(
                 &self,
                 name: &str,
-            ) -> Result<bool, $crate::secrets::StoreError> {
+            ) -> Result<bool, $crate::store::StoreError> {
                 let result = sqlx::query(sql::DELETE_ACCOUNT)
                     .bind(name)
                     .execute(&self.pool)
@@ -109,8 +109,8 @@ macro_rules! account_store {
 
             async fn create_admin_session(
                 &self,
-                session: &$crate::secrets::AdminSession,
-            ) -> Result<(), $crate::secrets::StoreError> {
+                session: &$crate::store::AdminSession,
+            ) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(sql::DELETE_EXPIRED_SESSIONS)
                     .bind(session.created_at)
@@ -132,7 +132,7 @@ macro_rules! account_store {
                 &self,
                 id_hash: &[u8; 32],
                 now: i64,
-            ) -> Result<Option<$crate::secrets::AdminSession>, $crate::secrets::StoreError> {
+            ) -> Result<Option<$crate::store::AdminSession>, $crate::store::StoreError> {
                 use sqlx::Row;
                 let row = sqlx::query(sql::SELECT_SESSION)
                     .bind(&id_hash[..])
@@ -140,7 +140,7 @@ macro_rules! account_store {
                     .fetch_optional(&self.pool)
                     .await?;
                 let Some(row) = row else { return Ok(None) };
-                Ok(Some($crate::secrets::AdminSession {
+                Ok(Some($crate::store::AdminSession {
                     id_hash: *id_hash,
                     account: row.try_get("account")?,
                     account_token_hash: sql::hash32(row.try_get("account_token_hash")?)?,
@@ -152,7 +152,7 @@ macro_rules! account_store {
             async fn delete_admin_session(
                 &self,
                 id_hash: &[u8; 32],
-            ) -> Result<(), $crate::secrets::StoreError> {
+            ) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(sql::DELETE_SESSION)
                     .bind(&id_hash[..])
                     .execute(&self.pool)
