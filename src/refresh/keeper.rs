@@ -489,9 +489,7 @@ impl SecretsKeeper {
                 retryable: false,
             }),
             Ok(()) => {
-                let outcome = self
-                    .call_within(kind, ct, current, &host, started)
-                    .await?;
+                let outcome = self.call_within(kind, ct, current, &host, started).await?;
                 inner.breakers.record(
                     &circuit,
                     matches!(outcome, Err(RefreshError::Unavailable { .. })),

@@ -19,8 +19,8 @@ use crate::api::{AppState, PrincipalName, RequestBody};
 use crate::domain::{
     now_epoch, AppId, ConnectionFilter, ConnectionKey, ConnectionStatus, ConnectorTypeName,
 };
-use crate::store::{AdminSession, Role};
 use crate::signup::{self, NewLink};
+use crate::store::{AdminSession, Role};
 
 const COOKIE: &str = "tokenbox_admin";
 
