@@ -138,6 +138,144 @@ impl TokenSet {
     }
 }
 
+/// The kind of credential a connector type holds (`kind` in the catalog and the config).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A tenant's authorization-code grant, refreshed with its refresh token.
+    #[default]
+    Oauth2,
+    /// RFC 6749 §4.4: tokens minted with a client's own credentials.
+    ClientCredentials,
+    /// A static API key, sent in a header or a query parameter.
+    ApiKey,
+    /// HTTP Basic with a username and a password (or an API token).
+    Basic,
+    /// RFC 7523 §2.1 signed assertions (Google service accounts, Salesforce JWT bearer).
+    JwtBearer,
+    /// GitHub App installation access tokens.
+    GithubApp,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Oauth2 => "oauth2",
+            Self::ClientCredentials => "client_credentials",
+            Self::ApiKey => "api_key",
+            Self::Basic => "basic",
+            Self::JwtBearer => "jwt_bearer",
+            Self::GithubApp => "github_app",
+        }
+    }
+
+    /// Whether tokenbox mints this kind's access tokens itself (no tenant grant to refresh).
+    pub fn mints(self) -> bool {
+        matches!(
+            self,
+            Self::ClientCredentials | Self::JwtBearer | Self::GithubApp
+        )
+    }
+
+    /// Whether the credential is a static secret the tenant hands over.
+    pub fn is_static(self) -> bool {
+        matches!(self, Self::ApiKey | Self::Basic)
+    }
+}
+
+/// What `PUT /{app_id}/{connector_type}/connection` carries, by the connector type's kind.
+#[derive(Debug)]
+pub enum CredentialInput {
+    /// `oauth2`: a token set obtained elsewhere.
+    Tokens(ImportTokenSet),
+    /// `api_key`: `{"api_key": "..."}`.
+    ApiKey { api_key: Secret, metadata: Metadata },
+    /// `basic`: `{"username": "...", "password": "..."}`.
+    Basic {
+        username: Secret,
+        password: Secret,
+        metadata: Metadata,
+    },
+    /// A minting kind with the operator's client: `{}` (optionally `metadata`).
+    Mint { metadata: Metadata },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeyBody {
+    api_key: Secret,
+    #[serde(default)]
+    metadata: Metadata,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BasicBody {
+    username: Secret,
+    password: Secret,
+    #[serde(default)]
+    metadata: Metadata,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintBody {
+    #[serde(default)]
+    metadata: Metadata,
+}
+
+impl CredentialInput {
+    /// Parses the body for a connector type of `kind`; the error is a sentence that never
+    /// repeats the input's values.
+    pub fn from_json(kind: Kind, bytes: &[u8]) -> Result<Self, String> {
+        fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], shape: &str) -> Result<T, String> {
+            serde_json::from_slice(bytes).map_err(|e| {
+                let message = e.to_string();
+                let short = message.split(" at line").next().unwrap_or(&message);
+                if message.starts_with("unknown field") || message.starts_with("missing field") {
+                    format!("invalid credential: {short}; expected {shape}")
+                } else {
+                    format!("invalid credential JSON: expected {shape}")
+                }
+            })
+        }
+        match kind {
+            Kind::Oauth2 => ImportTokenSet::from_json(bytes).map(Self::Tokens),
+            Kind::ApiKey => {
+                let body: ApiKeyBody = parse(bytes, r#"{"api_key": string}"#)?;
+                if body.api_key.expose().trim().is_empty() {
+                    return Err("api_key must not be empty".into());
+                }
+                Ok(Self::ApiKey {
+                    api_key: body.api_key,
+                    metadata: body.metadata,
+                })
+            }
+            Kind::Basic => {
+                let body: BasicBody = parse(bytes, r#"{"username": string, "password": string}"#)?;
+                if body.username.expose().is_empty() || body.username.expose().contains(':') {
+                    return Err("username must be non-empty and hold no ':' (RFC 7617)".into());
+                }
+                Ok(Self::Basic {
+                    username: body.username,
+                    password: body.password,
+                    metadata: body.metadata,
+                })
+            }
+            Kind::ClientCredentials => {
+                let body: MintBody = parse(bytes, "{} (the operator's client is used)")?;
+                Ok(Self::Mint {
+                    metadata: body.metadata,
+                })
+            }
+            Kind::JwtBearer | Kind::GithubApp => Err(format!(
+                "connections of kind {} are not supported by this version",
+                kind.as_str()
+            )),
+        }
+    }
+}
+
 /// What kind of failure a connection's last refresh met.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {

@@ -141,6 +141,14 @@ fn connector(
     key: &ConnectionKey,
 ) -> Result<Arc<ConnectorType>, SignupError> {
     let ct = keeper.connector_type(key)?.clone();
+    if ct.kind != crate::connectors::Kind::Oauth2 {
+        return Err(SignupError::InvalidRequest(format!(
+            "connector type '{}' is of kind {}: it has no browser consent; save its credential with PUT /{{app_id}}/{}/connection",
+            ct.name,
+            ct.kind.as_str(),
+            ct.name
+        )));
+    }
     if !ct.has_credentials() {
         return Err(SignupError::NotConfigured(ct.name.to_string()));
     }

@@ -26,6 +26,8 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
     #[error("{0}")]
+    InvalidCredentials(String),
+    #[error("{0}")]
     UnknownConnectorType(String),
     #[error("{0}")]
     NotConnected(String),
@@ -66,6 +68,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidCredentials(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnknownConnectorType(_) | Self::NotConnected(_) | Self::NotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -87,6 +90,7 @@ impl ApiError {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidCredentials(_) => "invalid_credentials",
             Self::UnknownConnectorType(_) => "unknown_connector_type",
             Self::NotConnected(_) => "not_connected",
             Self::ConnectorNotConfigured(_) => "connector_not_configured",
@@ -193,6 +197,7 @@ impl From<KeeperError> for ApiError {
                 retry_after,
             },
             KeeperError::InvalidRequest(m) => Self::InvalidRequest(m),
+            KeeperError::InvalidCredentials(m) => Self::InvalidCredentials(m),
             KeeperError::ConnectorNotConfigured(_) => {
                 Self::ConnectorNotConfigured(error.to_string())
             }

@@ -15,14 +15,15 @@ pub fn run(command: ConnectorTypesCommand, config: Config) -> anyhow::Result<()>
     let ConnectorTypesCommand::List = command;
     let catalog = Catalog::build(&config.connector_types, config.allow_insecure_loopback)?;
     println!(
-        "{:<14} {:<30} {:<8} {:<10} TOKEN URL",
-        "NAME", "DISPLAY NAME", "SOURCE", "CONFIGURED"
+        "{:<14} {:<30} {:<18} {:<8} {:<10} TOKEN URL",
+        "NAME", "DISPLAY NAME", "KIND", "SOURCE", "CONFIGURED"
     );
     for ct in catalog.iter() {
         println!(
-            "{:<14} {:<30} {:<8} {:<10} {}",
+            "{:<14} {:<30} {:<18} {:<8} {:<10} {}",
             ct.name.as_str(),
             ct.display_name,
+            ct.kind.as_str(),
             if ct.from_catalog { "catalog" } else { "config" },
             if ct.has_credentials() { "yes" } else { "no" },
             ct.token_url

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ConnectorTypeName, Metadata};
+pub use crate::domain::Kind;
+use crate::domain::{ConnectorTypeName, Metadata, TokenSet};
 use crate::secret::Secret;
 
 pub use provider::{Provider, RefreshError};
@@ -86,7 +87,23 @@ pub struct PlaceholderSpec {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorTypeSpec {
+    /// `oauth2` (the default), `client_credentials`, `api_key`, `basic`.
+    pub kind: Option<Kind>,
     pub display_name: Option<String>,
+    /// Where the provider's API lives (may hold {placeholders}): served with the token.
+    pub api_base_url: Option<String>,
+    /// Fixed headers every API request carries (`Notion-Version`).
+    pub api_headers: Option<BTreeMap<String, String>>,
+    /// `api_key`: the header that carries the key (default `Authorization`).
+    pub api_key_header: Option<String>,
+    /// `api_key`: the query parameter that carries the key, instead of a header.
+    pub api_key_query: Option<String>,
+    /// `api_key`: what precedes the key in its header (`Bearer `, `Token token=`).
+    pub api_key_prefix: Option<String>,
+    /// `api_key`, `basic`: a GET with the credential that answers 2xx when it is valid.
+    pub verify_url: Option<String>,
+    /// Where the entry's facts come from (the provider's documentation).
+    pub docs_url: Option<String>,
     pub authorization_url: Option<String>,
     pub token_url: Option<String>,
     pub revocation_url: Option<String>,
@@ -122,6 +139,15 @@ pub struct ConnectorTypeSpec {
 #[derive(Debug)]
 pub struct ConnectorType {
     pub name: ConnectorTypeName,
+    pub kind: Kind,
+    pub api_base_url: Option<String>,
+    pub api_headers: BTreeMap<String, String>,
+    /// `api_key`: the header carrying the key, unless `api_key_query` is set.
+    pub api_key_header: String,
+    pub api_key_query: Option<String>,
+    pub api_key_prefix: String,
+    pub verify_url: Option<String>,
+    pub docs_url: Option<String>,
     pub display_name: String,
     /// Whether this entry comes from the built-in catalog.
     pub from_catalog: bool,
@@ -156,9 +182,65 @@ pub struct ConnectorType {
 }
 
 impl ConnectorType {
-    /// Whether client credentials are configured, so tokens can be refreshed and signups run.
+    /// Whether the connector type has what tokenbox needs besides the tenant's credential:
+    /// client credentials for the OAuth kinds, nothing for static keys.
     pub fn has_credentials(&self) -> bool {
-        self.client_id.is_some()
+        self.kind.is_static() || self.client_id.is_some()
+    }
+
+    /// The headers (and, for a key sent in the query, the query parameters) an API request
+    /// to this provider carries with this credential.
+    pub fn credential_headers(
+        &self,
+        tokens: &TokenSet,
+    ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let mut headers = self.api_headers.clone();
+        let mut query = BTreeMap::new();
+        let secret = tokens.access_token.expose();
+        match self.kind {
+            Kind::ApiKey => match &self.api_key_query {
+                Some(param) => {
+                    query.insert(param.clone(), secret.to_string());
+                }
+                None => {
+                    headers.insert(
+                        self.api_key_header.clone(),
+                        format!("{}{secret}", self.api_key_prefix),
+                    );
+                }
+            },
+            Kind::Basic => {
+                headers.insert("Authorization".into(), format!("Basic {secret}"));
+            }
+            _ => {
+                headers.insert(
+                    "Authorization".into(),
+                    format!("{} {secret}", self.token_type(tokens)),
+                );
+            }
+        }
+        (headers, query)
+    }
+
+    /// The `token_type` served with a credential: `ApiKey` and `Basic` for static kinds;
+    /// otherwise the provider's, with `bearer` spelled `Bearer` (RFC 6750).
+    pub fn token_type(&self, tokens: &TokenSet) -> String {
+        match self.kind {
+            Kind::ApiKey => "ApiKey".into(),
+            Kind::Basic => "Basic".into(),
+            _ => match tokens.token_type.as_deref() {
+                None => "Bearer".into(),
+                Some(t) if t.eq_ignore_ascii_case("bearer") => "Bearer".into(),
+                Some(t) => t.to_string(),
+            },
+        }
+    }
+
+    /// The API base URL for a connection, placeholders filled from its metadata.
+    pub fn api_base_url_for(&self, metadata: &Metadata) -> Option<String> {
+        self.api_base_url
+            .as_ref()
+            .and_then(|template| self.expand_url(template, metadata).ok())
     }
 
     /// Fills `{placeholders}` of a URL from connection metadata or the defaults; every value is
@@ -254,11 +336,34 @@ impl ConnectorType {
             };
         }
         let type_name = ConnectorTypeName::parse(name).map_err(|e| anyhow::anyhow!(e))?;
-        let token_url = pick!(token_url).with_context(|| {
-            format!("connector type '{name}' has no token_url (custom types need authorization_url and token_url)")
-        })?;
-        let authorization_url = pick!(authorization_url)
-            .with_context(|| format!("connector type '{name}' has no authorization_url"))?;
+        let kind = pick!(kind).unwrap_or_default();
+        if matches!(kind, Kind::JwtBearer | Kind::GithubApp) {
+            bail!(
+                "connector type '{name}': kind {} is not supported by this version",
+                kind.as_str()
+            );
+        }
+        let token_url = match kind {
+            Kind::Oauth2 | Kind::ClientCredentials => pick!(token_url).with_context(|| {
+                format!("connector type '{name}' has no token_url (custom types need authorization_url and token_url)")
+            })?,
+            _ => pick!(token_url).unwrap_or_default(),
+        };
+        let authorization_url = match kind {
+            Kind::Oauth2 => pick!(authorization_url)
+                .with_context(|| format!("connector type '{name}' has no authorization_url"))?,
+            _ => pick!(authorization_url).unwrap_or_default(),
+        };
+        if kind != Kind::ApiKey
+            && (pick!(api_key_header).is_some()
+                || pick!(api_key_query).is_some()
+                || pick!(api_key_prefix).is_some())
+        {
+            bail!("connector type '{name}': api_key_header, api_key_query and api_key_prefix are for kind api_key");
+        }
+        if pick!(api_key_header).is_some() && pick!(api_key_query).is_some() {
+            bail!("connector type '{name}': set api_key_header or api_key_query, not both");
+        }
         if over.client_secrets.is_some()
             && (over.client_secret.is_some() || over.client_secret_env.is_some())
         {
@@ -286,8 +391,23 @@ impl ConnectorType {
         if scope_separator != " " && scope_separator != "," {
             bail!("connector type '{name}': scope_separator must be \" \" or \",\"");
         }
+        let api_key_header = pick!(api_key_header);
         let ct = ConnectorType {
             name: type_name,
+            kind,
+            api_base_url: pick!(api_base_url),
+            api_headers: pick!(api_headers).unwrap_or_default(),
+            api_key_prefix: pick!(api_key_prefix).unwrap_or_else(|| {
+                if api_key_header.is_none() {
+                    "Bearer ".into()
+                } else {
+                    String::new()
+                }
+            }),
+            api_key_header: api_key_header.unwrap_or_else(|| "Authorization".into()),
+            api_key_query: pick!(api_key_query),
+            verify_url: pick!(verify_url),
+            docs_url: pick!(docs_url),
             display_name: pick!(display_name).unwrap_or_else(|| name.to_string()),
             from_catalog: catalog.is_some(),
             authorization_url,
@@ -314,14 +434,7 @@ impl ConnectorType {
             private_network: pick!(private_network).unwrap_or(false),
         };
         ct.check_placeholder_suffixes()?;
-        for url in [
-            Some(&ct.authorization_url),
-            Some(&ct.token_url),
-            ct.revocation_url.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for url in ct.urls() {
             ct.check_url_template(url)?;
         }
         Ok(ct)
@@ -356,14 +469,7 @@ impl ConnectorType {
         // Inside a private network, a host chosen per connection must be held to a list:
         // otherwise a link could aim the token request at any internal service.
         if self.private_network {
-            for url in [
-                Some(&self.authorization_url),
-                Some(&self.token_url),
-                self.revocation_url.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for url in self.urls() {
                 let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
                 let mut host = rest.split(['/', '?', '#']).next().unwrap_or_default();
                 while let Some(start) = host.find('{') {
@@ -381,6 +487,21 @@ impl ConnectorType {
             }
         }
         Ok(())
+    }
+
+    /// Every URL template of the connector type (the empty ones of kinds that have none are
+    /// left out).
+    fn urls(&self) -> impl Iterator<Item = &String> {
+        [
+            Some(&self.authorization_url),
+            Some(&self.token_url),
+            self.revocation_url.as_ref(),
+            self.api_base_url.as_ref(),
+            self.verify_url.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|url| !url.is_empty())
     }
 
     fn check_url_template(&self, url: &str) -> anyhow::Result<()> {
@@ -444,14 +565,7 @@ impl Catalog {
             builtin.keys().chain(configured.keys()).collect();
         for name in names {
             let ct = ConnectorType::resolve(name, builtin.get(name), configured.get(name), env)?;
-            for url in [
-                Some(&ct.authorization_url),
-                Some(&ct.token_url),
-                ct.revocation_url.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for url in ct.urls() {
                 check_transport(&ct.name, url, allow_insecure_loopback)?;
             }
             types.insert(ct.name.clone(), Arc::new(ct));
@@ -793,6 +907,100 @@ mod tests {
     }
 
     #[test]
+    fn every_entry_of_another_kind_has_its_source_base_url_and_check() {
+        let catalog = Catalog::build_with_env(&BTreeMap::new(), &no_env, false).unwrap();
+        let mut values = Metadata::new();
+        for (k, v) in [
+            ("subdomain", "acme"),
+            ("domain", "acme"),
+            ("site", "acme"),
+            ("dc", "us21"),
+            ("tenant", "acme"),
+        ] {
+            values.insert(k.into(), v.into());
+        }
+        let (mut statics, mut minting) = (0, 0);
+        for ct in catalog.iter().filter(|ct| ct.kind != Kind::Oauth2) {
+            let name = &ct.name;
+            assert!(
+                ct.docs_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://")),
+                "{name}: docs_url"
+            );
+            let base = ct
+                .api_base_url_for(&values)
+                .unwrap_or_else(|| panic!("{name}: api_base_url"));
+            assert!(
+                base.starts_with("https://") && !base.contains('{'),
+                "{name}: {base}"
+            );
+            if ct.kind.is_static() {
+                statics += 1;
+                let verify = ct
+                    .expand_url(ct.verify_url.as_ref().unwrap(), &values)
+                    .unwrap();
+                assert!(
+                    verify.starts_with(&base) || verify.starts_with("https://"),
+                    "{name}: {verify}"
+                );
+                assert!(
+                    ct.has_credentials(),
+                    "{name}: a static kind needs no client"
+                );
+            } else {
+                minting += 1;
+                assert!(
+                    !ct.has_credentials(),
+                    "{name}: minting needs the operator's client"
+                );
+                ct.expand_url(&ct.token_url, &values).unwrap();
+            }
+        }
+        assert!(statics >= 12, "{statics} API-key and basic entries");
+        assert!(minting >= 3, "{minting} client-credentials entries");
+    }
+
+    #[test]
+    fn each_kind_says_which_headers_carry_its_credential() {
+        let catalog = Catalog::build_with_env(&BTreeMap::new(), &no_env, false).unwrap();
+        let get = |n: &str| {
+            catalog
+                .get(&ConnectorTypeName::parse(n).unwrap())
+                .unwrap()
+                .clone()
+        };
+        let tokens = |secret: &str, token_type: Option<&str>| TokenSet {
+            access_token: Secret::new(secret.to_string()),
+            refresh_token: None,
+            token_type: token_type.map(str::to_string),
+            expires_at: None,
+            scope: None,
+            metadata: Metadata::new(),
+        };
+        let (h, q) = get("stripe").credential_headers(&tokens("sk_1", None));
+        assert_eq!(h["Authorization"], "Bearer sk_1");
+        assert!(q.is_empty());
+        let (h, _) = get("notion-internal").credential_headers(&tokens("secret_1", None));
+        assert_eq!(h["Notion-Version"], "2022-06-28");
+        assert_eq!(h["Authorization"], "Bearer secret_1");
+        let (h, _) = get("gitlab-token").credential_headers(&tokens("glpat", None));
+        assert_eq!(h["PRIVATE-TOKEN"], "glpat");
+        assert!(!h.contains_key("Authorization"));
+        let (h, q) = get("pipedrive-api-token").credential_headers(&tokens("pd", None));
+        assert_eq!(q["api_token"], "pd");
+        assert!(h.is_empty());
+        let basic = get("freshdesk");
+        let (h, _) = basic.credential_headers(&tokens("a2V5Olg=", None));
+        assert_eq!(h["Authorization"], "Basic a2V5Olg=");
+        assert_eq!(basic.token_type(&tokens("x", None)), "Basic");
+        let github = get("github");
+        let (h, _) = github.credential_headers(&tokens("gho", Some("bearer")));
+        assert_eq!(h["Authorization"], "Bearer gho");
+        assert_eq!(github.token_type(&tokens("x", Some("MAC"))), "MAC");
+    }
+
+    #[test]
     fn every_catalog_entry_builds_a_valid_authorization_url() {
         let names: Vec<String> = builtin_specs().unwrap().keys().cloned().collect();
         let configured: BTreeMap<String, ConnectorTypeSpec> = names
@@ -814,7 +1022,7 @@ mod tests {
         for (k, v) in [("subdomain", "acme"), ("shop", "acme-shop")] {
             values.insert(k.into(), v.into());
         }
-        for ct in catalog.iter() {
+        for ct in catalog.iter().filter(|ct| ct.kind == Kind::Oauth2) {
             let (url, verifier) = provider
                 .authorization_url(
                     ct,

@@ -152,6 +152,13 @@ fn lenient_scope<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String
     })
 }
 
+/// A grant tokenbox runs at a token endpoint on its own, without a browser.
+#[derive(Clone, Copy)]
+enum Grant<'a> {
+    Refresh(&'a Secret),
+    ClientCredentials,
+}
+
 /// The HTTP client handed to the `oauth2` crate: our reqwest client plus the connector type's
 /// quirks.
 struct Transport<'a> {
@@ -238,13 +245,35 @@ impl Provider {
         metadata: &Metadata,
         budget: Duration,
     ) -> Result<TokenSet, RefreshError> {
+        self.grant(ct, Grant::Refresh(refresh_token), metadata, budget)
+            .await
+    }
+
+    /// Mints an access token with the client-credentials grant (RFC 6749 §4.4), with the
+    /// connector type's scopes, retried like a refresh.
+    pub async fn client_credentials(
+        &self,
+        ct: &ConnectorType,
+        metadata: &Metadata,
+        budget: Duration,
+    ) -> Result<TokenSet, RefreshError> {
+        self.grant(ct, Grant::ClientCredentials, metadata, budget)
+            .await
+    }
+
+    /// Runs a grant with the newest client secret, then the older ones while the provider
+    /// answers `invalid_client` (a client-secret rotation in progress).
+    async fn grant(
+        &self,
+        ct: &ConnectorType,
+        grant: Grant<'_>,
+        metadata: &Metadata,
+        budget: Duration,
+    ) -> Result<TokenSet, RefreshError> {
         let candidates = candidate_secrets(ct);
         let last = candidates.len() - 1;
         for (i, secret) in candidates.into_iter().enumerate() {
-            match self
-                .refresh_with(ct, secret, refresh_token, metadata, budget)
-                .await
-            {
+            match self.grant_with(ct, secret, grant, metadata, budget).await {
                 Err(RefreshError::InvalidClient) if i < last => {
                     tracing::warn!(connector_type = %ct.name, "a client secret was refused (invalid_client); trying an older one");
                 }
@@ -258,25 +287,40 @@ impl Provider {
         unreachable!("the last candidate always returns")
     }
 
-    async fn refresh_with(
+    async fn grant_with(
         &self,
         ct: &ConnectorType,
         secret: Option<&Secret>,
-        refresh_token: &Secret,
+        grant: Grant<'_>,
         metadata: &Metadata,
         budget: Duration,
     ) -> Result<TokenSet, RefreshError> {
         let client = self.client(ct, metadata, secret)?;
-        let refresh_token = RefreshToken::new(refresh_token.expose().to_string());
         let started = Instant::now();
         let timeout = self.timeout;
         let attempt = || async {
-            let mut request = client.exchange_refresh_token(&refresh_token);
-            for (k, v) in &ct.token_params {
-                request = request.add_extra_param(k.as_str(), v.as_str());
-            }
             let transport = Transport { provider: self, ct };
-            let response = request.request_async(&transport).await;
+            let response = match grant {
+                Grant::Refresh(refresh_token) => {
+                    let refresh_token = RefreshToken::new(refresh_token.expose().to_string());
+                    let mut request = client.exchange_refresh_token(&refresh_token);
+                    for (k, v) in &ct.token_params {
+                        request = request.add_extra_param(k.as_str(), v.as_str());
+                    }
+                    request.request_async(&transport).await
+                }
+                Grant::ClientCredentials => {
+                    let mut request = client.exchange_client_credentials();
+                    if !ct.scopes.is_empty() {
+                        request =
+                            request.add_scope(Scope::new(ct.scopes.join(&ct.scope_separator)));
+                    }
+                    for (k, v) in &ct.token_params {
+                        request = request.add_extra_param(k.as_str(), v.as_str());
+                    }
+                    request.request_async(&transport).await
+                }
+            };
             response.map_err(classify)
         };
         let backoff = ExponentialBuilder::default()
@@ -291,6 +335,63 @@ impl Provider {
             })
             .await?;
         Ok(to_token_set(ct, response, now_epoch()))
+    }
+
+    /// Checks a static credential with the connector type's verification request: a GET of
+    /// `url` with the credential's headers and query parameters. `Ok(true)` on 2xx,
+    /// `Ok(false)` on 401 or 403 (the credential is refused), an error otherwise.
+    pub async fn verify(
+        &self,
+        ct: &ConnectorType,
+        url: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+        query: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bool, RefreshError> {
+        let mut url = oauth2::url::Url::parse(url).map_err(|_| {
+            RefreshError::NotConfigured("the verification URL is not a valid URL".into())
+        })?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let mut request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(url.as_str())
+            .header(http::header::ACCEPT, "application/json");
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = request.body(Vec::new()).map_err(|_| {
+            RefreshError::NotConfigured(
+                "the verification request could not be built (a header name or value is not valid)"
+                    .into(),
+            )
+        })?;
+        match self.send_raw(ct, request).await {
+            Ok(answer) if answer.status.is_success() => Ok(true),
+            Ok(answer) if matches!(answer.status.as_u16(), 401 | 403) => Ok(false),
+            Ok(answer) if answer.status.as_u16() == 429 || answer.status.is_server_error() => {
+                Err(RefreshError::Unavailable {
+                    reason: format!(
+                        "the provider could not verify the credential now (HTTP {})",
+                        answer.status.as_u16()
+                    ),
+                    retry_after: answer.retry_after,
+                    retryable: true,
+                })
+            }
+            Ok(answer) => Err(RefreshError::Rejected(format!(
+                "the verification request answered HTTP {}",
+                answer.status.as_u16()
+            ))),
+            Err(fault @ (Fault::TooLarge | Fault::Blocked)) => {
+                Err(RefreshError::Rejected(fault.to_string()))
+            }
+            Err(fault) => Err(RefreshError::Unavailable {
+                reason: fault.to_string(),
+                retry_after: None,
+                retryable: true,
+            }),
+        }
     }
 
     /// The URL the tenant's browser is sent to (RFC 6749 §4.1.1), with PKCE S256 (RFC 7636)

@@ -11,7 +11,8 @@ use crate::audit::{self, Audit};
 use crate::config::Config;
 use crate::connectors::{Catalog, ConnectorType, Provider, RefreshError};
 use crate::domain::{
-    now_epoch, ConnectionKey, ConnectionStatus, FailureKind, StoredConnection, TokenSet,
+    now_epoch, ConnectionKey, ConnectionStatus, CredentialInput, FailureKind, StoredConnection,
+    TokenSet,
 };
 use crate::metrics::Metrics;
 use crate::refresh::breaker::Breakers;
@@ -51,6 +52,9 @@ pub enum KeeperError {
     },
     #[error("{0}")]
     InvalidRequest(String),
+    /// The provider refused the credential a connection was to be saved with.
+    #[error("{0}")]
+    InvalidCredentials(String),
     #[error("connector type '{0}' has no client credentials configured, so its tokens cannot be refreshed; an operator must set client_id and client_secret")]
     ConnectorNotConfigured(String),
     #[error("storage failure")]
@@ -266,6 +270,77 @@ impl SecretsKeeper {
                 .await;
         }
         Ok(self.inner.cache.put(stored))
+    }
+
+    /// Saves a connection from what `PUT .../connection` carries, by the connector type's
+    /// kind: a token set is stored as given; an API key or a username and password is checked
+    /// with the catalog's verification request first; a minting kind mints its first token.
+    /// Nothing is stored when the provider refuses the credential (`InvalidCredentials`).
+    pub async fn connect(
+        &self,
+        key: &ConnectionKey,
+        input: CredentialInput,
+    ) -> Result<Arc<StoredConnection>, KeeperError> {
+        let ct = self.connector_type(key)?.clone();
+        let now = now_epoch();
+        let tokens = match input {
+            CredentialInput::Tokens(set) => {
+                let tokens = set
+                    .into_token_set(now)
+                    .map_err(KeeperError::InvalidRequest)?;
+                return self.save_connection(key, &tokens).await;
+            }
+            CredentialInput::ApiKey { api_key, metadata } => static_tokens(&ct, api_key, metadata),
+            CredentialInput::Basic {
+                username,
+                password,
+                metadata,
+            } => {
+                use base64::Engine;
+                let pair = format!("{}:{}", username.expose(), password.expose());
+                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+                static_tokens(&ct, crate::secret::Secret::new(encoded), metadata)
+            }
+            CredentialInput::Mint { metadata } => {
+                ct.check_metadata(&metadata)
+                    .map_err(KeeperError::InvalidRequest)?;
+                let seed = TokenSet {
+                    access_token: crate::secret::Secret::new(String::new()),
+                    refresh_token: None,
+                    token_type: None,
+                    expires_at: None,
+                    scope: None,
+                    metadata,
+                };
+                let kind = kind::of(&ct);
+                let minted = kind
+                    .obtain(&self.inner.provider, &ct, &seed, self.inner.request_timeout)
+                    .await
+                    .map_err(|e| refused_credential(&ct, e))?;
+                return self
+                    .save_obtained_connection(key, &kind.merge(&seed, minted))
+                    .await;
+            }
+        };
+        ct.check_metadata(&tokens.metadata)
+            .map_err(KeeperError::InvalidRequest)?;
+        if let Some(template) = &ct.verify_url {
+            let url = ct
+                .expand_url(template, &tokens.metadata)
+                .map_err(KeeperError::InvalidRequest)?;
+            let (headers, query) = ct.credential_headers(&tokens);
+            match self.inner.provider.verify(&ct, &url, &headers, &query).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(KeeperError::InvalidCredentials(format!(
+                        "the provider refused this credential for {} (its verification request answered 401 or 403); nothing was stored",
+                        ct.display_name
+                    )))
+                }
+                Err(e) => return Err(refused_credential(&ct, e)),
+            }
+        }
+        self.save_obtained_connection(key, &tokens).await
     }
 
     /// Returns a token valid for at least `min_validity` (default: the refresh margin), refreshing
@@ -548,7 +623,7 @@ impl SecretsKeeper {
         let call = kind.obtain(
             &inner.provider,
             ct,
-            current,
+            &current.tokens,
             inner.request_timeout.min(budget),
         );
         Ok(tokio::time::timeout(budget, call)
@@ -575,7 +650,7 @@ impl SecretsKeeper {
         let key = &current.key;
         match outcome {
             Ok(tokens) => {
-                let tokens = kind.merge(&current, tokens);
+                let tokens = kind.merge(&current.tokens, tokens);
                 let Some(stored) = guard.finish(RefreshWrite::Refreshed(tokens)).await? else {
                     return self.reread(key, hard_min).await;
                 };
@@ -757,6 +832,45 @@ fn failure_during_backoff(connection: &StoredConnection, retry_after: u64) -> Ke
         _ => KeeperError::ProviderUnavailable {
             message: format!("the provider is unavailable: {reason} (retrying in {retry_after} s)"),
             retry_after,
+        },
+    }
+}
+
+/// The token set of a static credential: served as given, never expiring.
+fn static_tokens(
+    ct: &ConnectorType,
+    secret: crate::secret::Secret,
+    metadata: crate::domain::Metadata,
+) -> TokenSet {
+    let mut tokens = TokenSet {
+        access_token: secret,
+        refresh_token: None,
+        token_type: None,
+        expires_at: None,
+        scope: None,
+        metadata,
+    };
+    tokens.token_type = Some(ct.token_type(&tokens));
+    tokens
+}
+
+/// The answer to a connection whose credential could not be checked or used at connect time.
+fn refused_credential(ct: &ConnectorType, error: RefreshError) -> KeeperError {
+    match error {
+        RefreshError::InvalidClient | RefreshError::Revoked { .. } => {
+            KeeperError::InvalidCredentials(format!(
+                "the provider refused the credentials for {}: {error}; nothing was stored",
+                ct.display_name
+            ))
+        }
+        RefreshError::Unavailable { reason, .. } => KeeperError::ProviderUnavailable {
+            message: format!("{reason}; nothing was stored, retry shortly"),
+            retry_after: FAILURE_RETRY_AFTER,
+        },
+        RefreshError::NotConfigured(m) => KeeperError::InvalidRequest(m),
+        RefreshError::Rejected(m) => KeeperError::ProviderError {
+            message: format!("{m}; nothing was stored"),
+            retry_after: None,
         },
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::connectors::{ConnectorType, Provider, RefreshError};
+use crate::connectors::{ConnectorType, Kind, Provider, RefreshError};
 use crate::domain::{StoredConnection, TokenSet};
 
 /// One way of obtaining a fresh credential for a connection.
@@ -31,21 +31,102 @@ pub trait CredentialKind: Send + Sync {
 
     /// Calls the provider. `budget` is what is left before the row lease ends; the keeper
     /// also cuts the call at that deadline.
+    /// `current` is what the connection holds (for a new connection: its metadata only).
     async fn obtain(
         &self,
         provider: &Provider,
         ct: &ConnectorType,
-        current: &StoredConnection,
+        current: &TokenSet,
         budget: Duration,
     ) -> Result<TokenSet, RefreshError>;
 
     /// What is stored: the provider's answer completed with what the connection already held.
-    fn merge(&self, current: &StoredConnection, obtained: TokenSet) -> TokenSet;
+    fn merge(&self, current: &TokenSet, obtained: TokenSet) -> TokenSet;
 }
 
 /// The kind of a connector type's connections.
-pub fn of(_ct: &ConnectorType) -> &'static dyn CredentialKind {
-    &RefreshTokenGrant
+pub fn of(ct: &ConnectorType) -> &'static dyn CredentialKind {
+    match ct.kind {
+        Kind::Oauth2 => &RefreshTokenGrant,
+        Kind::ClientCredentials => &ClientCredentialsGrant,
+        Kind::ApiKey | Kind::Basic | Kind::JwtBearer | Kind::GithubApp => &StaticCredential,
+    }
+}
+
+/// The client-credentials grant (RFC 6749 §4.4): a token minted with the operator's client,
+/// whenever the stored one is within the margin. Nothing to rotate, nothing the tenant holds.
+pub struct ClientCredentialsGrant;
+
+#[async_trait]
+impl CredentialKind for ClientCredentialsGrant {
+    fn name(&self) -> &'static str {
+        "client_credentials"
+    }
+
+    fn renewable(&self, _current: &StoredConnection) -> bool {
+        true
+    }
+
+    fn endpoint(&self, ct: &ConnectorType, current: &StoredConnection) -> Option<String> {
+        ct.expand_url(&ct.token_url, &current.tokens.metadata).ok()
+    }
+
+    async fn obtain(
+        &self,
+        provider: &Provider,
+        ct: &ConnectorType,
+        current: &TokenSet,
+        budget: Duration,
+    ) -> Result<TokenSet, RefreshError> {
+        provider
+            .client_credentials(ct, &current.metadata, budget)
+            .await
+    }
+
+    fn merge(&self, current: &TokenSet, mut obtained: TokenSet) -> TokenSet {
+        // A refresh token sent with a client-credentials answer is not kept (RFC 6749 §4.4.3
+        // says none should be issued): the next token is minted again.
+        obtained.refresh_token = None;
+        let mut metadata = current.metadata.clone();
+        metadata.append(&mut obtained.metadata);
+        obtained.metadata = metadata;
+        obtained
+    }
+}
+
+/// An API key or a username and password: served as stored, never renewed by tokenbox.
+pub struct StaticCredential;
+
+#[async_trait]
+impl CredentialKind for StaticCredential {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+
+    fn renewable(&self, _current: &StoredConnection) -> bool {
+        false
+    }
+
+    fn endpoint(&self, ct: &ConnectorType, current: &StoredConnection) -> Option<String> {
+        let url = ct.verify_url.as_ref()?;
+        ct.expand_url(url, &current.tokens.metadata).ok()
+    }
+
+    async fn obtain(
+        &self,
+        _provider: &Provider,
+        _ct: &ConnectorType,
+        _current: &TokenSet,
+        _budget: Duration,
+    ) -> Result<TokenSet, RefreshError> {
+        Err(RefreshError::NotConfigured(
+            "a static credential cannot be renewed by tokenbox; the tenant must replace it".into(),
+        ))
+    }
+
+    fn merge(&self, _current: &TokenSet, obtained: TokenSet) -> TokenSet {
+        obtained
+    }
 }
 
 /// The refresh-token grant (RFC 6749 §6) of an authorization-code connection.
@@ -69,29 +150,29 @@ impl CredentialKind for RefreshTokenGrant {
         &self,
         provider: &Provider,
         ct: &ConnectorType,
-        current: &StoredConnection,
+        current: &TokenSet,
         budget: Duration,
     ) -> Result<TokenSet, RefreshError> {
-        let Some(refresh_token) = current.tokens.refresh_token.as_ref() else {
+        let Some(refresh_token) = current.refresh_token.as_ref() else {
             return Err(RefreshError::Revoked {
                 code: "no refresh token".into(),
             });
         };
         provider
-            .refresh(ct, refresh_token, &current.tokens.metadata, budget)
+            .refresh(ct, refresh_token, &current.metadata, budget)
             .await
     }
 
-    fn merge(&self, current: &StoredConnection, mut obtained: TokenSet) -> TokenSet {
+    fn merge(&self, current: &TokenSet, mut obtained: TokenSet) -> TokenSet {
         // A provider that does not rotate returns no refresh token: keep ours.
         if obtained.refresh_token.is_none() {
-            obtained.refresh_token = current.tokens.refresh_token.clone();
+            obtained.refresh_token = current.refresh_token.clone();
         }
-        let mut metadata = current.tokens.metadata.clone();
+        let mut metadata = current.metadata.clone();
         metadata.append(&mut obtained.metadata);
         obtained.metadata = metadata;
         if obtained.scope.is_none() {
-            obtained.scope = current.tokens.scope.clone();
+            obtained.scope = current.scope.clone();
         }
         obtained
     }
@@ -150,13 +231,13 @@ mod tests {
         assert!(kind.renewable(&current));
         assert!(!kind.renewable(&stored(None)));
 
-        let kept = kind.merge(&current, answer(None));
+        let kept = kind.merge(&current.tokens, answer(None));
         assert_eq!(kept.access_token.expose(), "new");
         assert_eq!(kept.refresh_token.unwrap().expose(), "rt1");
         assert_eq!(kept.scope.as_deref(), Some("read"));
         assert_eq!(kept.metadata["instance_url"], "https://a.example");
 
-        let rotated = kind.merge(&current, answer(Some("rt2")));
+        let rotated = kind.merge(&current.tokens, answer(Some("rt2")));
         assert_eq!(rotated.refresh_token.unwrap().expose(), "rt2");
     }
 }

@@ -48,8 +48,14 @@ pub async fn an_imported_connection_is_served_with_the_documented_json_and_heade
         body.get("refresh_token").is_none(),
         "the refresh token is never returned"
     );
+    assert_eq!(
+        body["headers"],
+        json!({"Authorization": format!("Bearer {access}")}),
+        "the headers a job sends to the provider"
+    );
+    assert_eq!(body["api_base_url"], "https://api.github.com");
     let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
-    assert_eq!(keys.len(), 7, "unexpected fields: {keys:?}");
+    assert_eq!(keys.len(), 9, "unexpected fields: {keys:?}");
 }
 
 pub async fn a_token_without_expiry_is_served_as_it_is_without_expires_fields(backend: Backend) {

@@ -15,6 +15,7 @@ mod egress;
 mod faults;
 mod hardening;
 mod helpers;
+mod kinds;
 mod listing;
 mod outage;
 mod refresh;
@@ -59,6 +60,10 @@ conformance! {
         a_provider_that_is_down_gives_503_with_retry_after_when_no_valid_token_remains,
         a_still_valid_token_is_served_while_the_provider_is_down_unless_min_validity_cannot_be_met,
         an_expired_token_of_an_unconfigured_connector_type_is_an_operator_problem,
+    }
+    kinds {
+        api_keys_and_basic_credentials_are_verified_then_served_with_their_headers,
+        client_credentials_tokens_are_minted_once_for_fifty_callers_with_either_client_auth,
     }
     refresh {
         an_expired_token_is_refreshed_once_for_fifty_concurrent_requests,

@@ -4,6 +4,8 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Principal;
@@ -42,6 +44,14 @@ pub struct BinBTokenResponse {
     #[serde(skip_serializing_if = "Metadata::is_empty")]
     #[schema(value_type = Object)]
     pub metadata: Metadata,
+    /// The exact HTTP headers a job sends to the provider's API with this credential.
+    pub headers: BTreeMap<String, String>,
+    /// Query parameters a job adds to every API request (an API key sent in the query).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, String>,
+    /// The provider's API base URL for this connection, when the catalog knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
 }
 
 impl BinBTokenQuery {
@@ -127,19 +137,20 @@ pub async fn get(
     });
     let c = &served.connection;
     let now = now_epoch();
+    let ct = state.keeper.connector_type(&key)?;
+    let (headers, query) = ct.credential_headers(&c.tokens);
     let body = BinBTokenResponse {
         access_token: c.tokens.access_token.expose().to_string(),
-        token_type: c
-            .tokens
-            .token_type
-            .clone()
-            .unwrap_or_else(|| "Bearer".into()),
+        token_type: ct.token_type(&c.tokens),
         expires_at: c.tokens.expires_at,
         expires_in: c.tokens.expires_at.map(|at| (at - now).max(0)),
         scope: c.tokens.scope.clone(),
         app_id: key.app_id.to_string(),
         connector_type: key.connector_type.to_string(),
         metadata: c.tokens.metadata.clone(),
+        headers,
+        query,
+        api_base_url: ct.api_base_url_for(&c.tokens.metadata),
     };
     let mut headers = HeaderMap::new();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

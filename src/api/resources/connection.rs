@@ -9,7 +9,9 @@ use serde::Serialize;
 use crate::api::auth::Principal;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Outcome, RequestBody, SmallApp};
-use crate::domain::{now_epoch, ConnectionSummary, ImportTokenSet, Metadata, StoredConnection};
+use crate::domain::{
+    ConnectionSummary, CredentialInput, ImportTokenSet, Metadata, StoredConnection,
+};
 
 /// A connection as shown to admins: never a token.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -82,21 +84,26 @@ impl From<&ConnectionSummary> for ConnectionView {
         (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
         (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
         (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
-        (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody)
+        (status = 422, description = "invalid_credentials: the provider refused the credential; nothing stored", body = crate::api::error::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody),
+        (status = 502, description = "provider_error", body = crate::api::error::ErrorBody),
+        (status = 503, description = "provider_unavailable", body = crate::api::error::ErrorBody)
     )
 )]
-/// `PUT /{app_id}/{connector_type}/connection` — role admin or superadmin. Imports a token set
-/// obtained elsewhere; the connection becomes active. 201 when it is new, 200 when replaced.
+/// `PUT /{app_id}/{connector_type}/connection` — role admin or superadmin. Saves a connection:
+/// for `oauth2`, a token set obtained elsewhere; for `api_key`, `{"api_key"}`; for `basic`,
+/// `{"username", "password"}` (both checked with the catalog's `verify_url` first); for
+/// `client_credentials`, `{}` (the first token is minted now). 201 when it is new, 200 when
+/// replaced; 422 `invalid_credentials` when the provider refuses, with nothing stored.
 pub async fn put(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     SmallApp(key): SmallApp,
     RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
-    let tokens = ImportTokenSet::from_json(&body)
-        .and_then(|t| t.into_token_set(now_epoch()))
-        .map_err(ApiError::InvalidRequest)?;
-    let stored = state.keeper.save_connection(&key, &tokens).await?;
+    let kind = state.keeper.connector_type(&key)?.kind;
+    let input = CredentialInput::from_json(kind, &body).map_err(ApiError::InvalidRequest)?;
+    let stored = state.keeper.connect(&key, input).await?;
     tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, principal = %principal.name, "connection imported");
     let status = if stored.version == 1 {
         StatusCode::CREATED

@@ -12,13 +12,21 @@ use crate::connectors::ConnectorType;
 pub struct ConnectorTypeView {
     pub name: String,
     pub display_name: String,
+    /// `oauth2`, `client_credentials`, `api_key` or `basic`.
+    pub kind: &'static str,
     pub source: &'static str,
     /// Whether client credentials are configured (signups and refreshes work).
     pub configured: bool,
+    /// Empty for kinds without a browser consent.
     pub authorization_url: String,
+    /// Empty for kinds without a token endpoint.
     pub token_url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docs_url: Option<String>,
     pub scopes: Vec<String>,
     pub pkce: bool,
     pub placeholders: Vec<String>,
@@ -30,11 +38,14 @@ impl From<&ConnectorType> for ConnectorTypeView {
         Self {
             name: c.name.to_string(),
             display_name: c.display_name.clone(),
+            kind: c.kind.as_str(),
             source: if c.from_catalog { "catalog" } else { "config" },
             configured: c.has_credentials(),
             authorization_url: c.authorization_url.clone(),
             token_url: c.token_url.clone(),
             revocation_url: c.revocation_url.clone(),
+            api_base_url: c.api_base_url.clone(),
+            docs_url: c.docs_url.clone(),
             scopes: c.scopes.clone(),
             pkce: c.pkce,
             placeholders: c.placeholders.keys().cloned().collect(),
