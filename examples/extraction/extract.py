@@ -10,7 +10,8 @@ Configuration (command-line options win over the environment):
   --apps / EXTRACT_APPS           apps, comma- or space-separated; "app" or "app/connector_type"
   --apps-file / EXTRACT_APPS_FILE one app per line (same forms), '#' starts a comment
   --connector-type / EXTRACT_CONNECTOR_TYPE   default connector type (github)
-  --api-base-url / PROVIDER_API_URL           provider API base URL (https://api.github.com)
+  --api-base-url / PROVIDER_API_URL           provider API base URL (default: the api_base_url
+                                              tokenbox serves with each token)
   --endpoint / EXTRACT_ENDPOINT               path called for each app (/user)
   --output-dir / EXTRACT_OUTPUT_DIR           where to write <app>.json (optional)
   --min-validity / EXTRACT_MIN_VALIDITY       seconds the token must stay valid (600)
@@ -43,7 +44,7 @@ except ImportError:  # running from a checkout: use the client next door
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python" / "src"))
     import tokenbox_client
 
-from tokenbox_client import ReauthorizationRequired, TokenboxClient, TokenboxError
+from tokenbox_client import ReauthorizationRequired, TokenboxClient, TokenboxError, TokenInfo
 
 log = logging.getLogger("extract")
 
@@ -79,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--apps-file", default=env("EXTRACT_APPS_FILE"), help="file with one app per line")
     p.add_argument("--connector-type", default=env("EXTRACT_CONNECTOR_TYPE", "github"))
-    p.add_argument("--api-base-url", default=env("PROVIDER_API_URL", "https://api.github.com"))
+    p.add_argument("--api-base-url", default=env("PROVIDER_API_URL", ""))
     p.add_argument("--endpoint", default=env("EXTRACT_ENDPOINT", "/user"))
     p.add_argument("--output-dir", default=env("EXTRACT_OUTPUT_DIR"))
     p.add_argument("--min-validity", type=int, default=int(env("EXTRACT_MIN_VALIDITY", "600")))
@@ -108,16 +109,24 @@ def load_apps(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(apps))
 
 
-def call_api(base_url: str, endpoint: str, access_token: str, timeout: float) -> Any:
+def call_api(base_url: str, endpoint: str, token: TokenInfo, timeout: float) -> Any:
+    """Calls the provider's API with the credential tokenbox served: its ``headers`` (an OAuth
+    bearer token, an API key, HTTP Basic: the job does not need to know which) and its ``query``
+    parameters, at ``base_url`` (the option, else the ``api_base_url`` tokenbox serves)."""
+    base_url = base_url or token.api_base_url or ""
+    if not base_url:
+        raise ProviderApiError(
+            None, "no API base URL: tokenbox knows none for this connector type; set --api-base-url"
+        )
     url = base_url.rstrip("/") + "/" + endpoint.lstrip("/")
-    request = urllib.request.Request(
-        url,
-        headers={
-            "Authorization": f"Bearer {access_token}",
-            "Accept": "application/json",
-            "User-Agent": "tokenbox-extraction-example",
-        },
-    )
+    if token.query:
+        url += ("&" if "?" in url else "?") + urllib.parse.urlencode(dict(token.query))
+    headers = {
+        "Accept": "application/json",
+        "User-Agent": "tokenbox-extraction-example",
+        **token.request_headers(),
+    }
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read() or b"null")
@@ -167,7 +176,7 @@ def extract_one(client: TokenboxClient, args: argparse.Namespace, entry: str) ->
     try:
         token = client.get_token(app_id, connector_type, min_validity=args.min_validity)
         try:
-            data = call_api(args.api_base_url, args.endpoint, token.access_token, args.api_timeout)
+            data = call_api(args.api_base_url, args.endpoint, token, args.api_timeout)
         except ProviderApiError as exc:
             if exc.status != 401:
                 raise
@@ -177,7 +186,7 @@ def extract_one(client: TokenboxClient, args: argparse.Namespace, entry: str) ->
             token = client.get_token(
                 app_id, connector_type, min_validity=args.min_validity, force_refresh=True
             )
-            data = call_api(args.api_base_url, args.endpoint, token.access_token, args.api_timeout)
+            data = call_api(args.api_base_url, args.endpoint, token, args.api_timeout)
         if args.output_dir:
             write_output(args.output_dir, app_id, connector_type, data)
         records = count_records(data)

@@ -57,6 +57,13 @@ class TokenInfo:
     expires_in: int | None = None
     #: epoch seconds on *this* machine's clock when the request that got the token was sent
     fetched_at: float = 0.0
+    #: the exact HTTP headers to send to the provider's API, whatever the connection's kind
+    #: (OAuth token, API key, Basic); ``repr()`` never shows them (they hold the credential)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: query parameters to add to every API request (an API key sent in the query)
+    query: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: the provider's API base URL for this connection, when tokenbox's catalog knows it
+    api_base_url: str | None = None
 
     @property
     def local_expires_at(self) -> float | None:
@@ -77,6 +84,13 @@ class TokenInfo:
     def authorization_header(self) -> str:
         """The ``Authorization`` header value for the provider's API."""
         return f"{self.token_type or 'Bearer'} {self.access_token}"
+
+    def request_headers(self) -> dict[str, str]:
+        """The headers for the provider's API: tokenbox's ``headers``, or (from an older
+        tokenbox that sends none) ``Authorization: <token_type> <access_token>``."""
+        if self.headers or self.query:
+            return dict(self.headers)
+        return {"Authorization": self.authorization_header}
 
 
 @dataclass
@@ -567,6 +581,14 @@ def _parse_token(
     scope = payload.get("scope")
     metadata = payload.get("metadata")
     token_type = payload.get("token_type")
+
+    def str_map(name: str) -> dict[str, str]:
+        value = payload.get(name)
+        if not isinstance(value, dict):
+            return {}
+        return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
+
+    api_base_url = payload.get("api_base_url")
     return TokenInfo(
         access_token=access_token,
         expires_at=expires_at,
@@ -577,6 +599,9 @@ def _parse_token(
         token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
         expires_in=expires_in,
         fetched_at=fetched_at,
+        headers=str_map("headers"),
+        query=str_map("query"),
+        api_base_url=api_base_url if isinstance(api_base_url, str) else None,
     )
 
 

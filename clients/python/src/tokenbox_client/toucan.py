@@ -186,6 +186,14 @@ class TokenboxSecretsKeeper:
             connector_type = self.service_connector_types.get(service_id, service_id)
         return self.client.get_token(app_id, connector_type, min_validity=self.min_validity).access_token
 
+    def credential(self, key: str) -> TokenInfo:
+        """The full credential of the connection ``key`` names, for connectors that are not
+        OAuth2Connector (API keys, HTTP Basic, client credentials): ``.request_headers()`` are
+        the headers to send, ``.query`` the query parameters, ``.api_base_url`` where to send
+        them."""
+        app_id, connector_type = self.connection_for(key)
+        return self.client.get_token(app_id, connector_type, min_validity=self.min_validity)
+
     # ------------------------------------------------------------- helpers
 
     def connection_for(self, key: str) -> tuple[str, str]:
