@@ -17,6 +17,7 @@ mod hardening;
 mod helpers;
 mod listing;
 mod outage;
+mod real_oauth;
 mod refresh;
 mod replicas;
 mod security;
