@@ -166,6 +166,12 @@ async fn refresh_ok(app: &TestApp, oidc: &OidcServer, path: &str) -> String {
 /// the refresh token it stored last); returns the refreshed token.
 async fn grant_intact(app: &TestApp, oidc: &OidcServer, token: &str, path: &str) -> String {
     assert_eq!(
+        oidc.stats().await["grants_revoked"],
+        0,
+        "the server revoked the grant: a refresh token was presented twice\n{}",
+        oidc.logs()
+    );
+    assert_eq!(
         oidc.userinfo(token).await,
         200,
         "the served token is accepted by the provider\n{}",
@@ -188,13 +194,14 @@ async fn fifty_concurrent_callers_share_one_refresh_at_the_real_server() {
     let before = oidc.refreshes().await;
     let answers = concurrent(&app, 50, path).await;
     let token = one_token(&app, &oidc, &answers);
+    let refreshes = oidc.refreshes().await - before;
+    let token = grant_intact(&app, &oidc, &token, path).await;
     assert_eq!(
-        oidc.refreshes().await - before,
+        refreshes,
         1,
         "one refresh-token grant for fifty callers\n{}",
         oidc.logs()
     );
-    let token = grant_intact(&app, &oidc, &token, path).await;
 
     // Fifty concurrent force_refresh calls: those that overlap share a refresh; none presents
     // a spent refresh token (the server would revoke the grant).
@@ -247,13 +254,14 @@ async fn two_replicas_share_one_refresh_at_the_real_server() {
     assert_eq!(all.len(), 100);
     let token = one_token(&first, &oidc, &all);
     second.remember_secret(&token);
+    let refreshes = oidc.refreshes().await - before;
+    let refreshed = grant_intact(&second, &oidc, &token, path).await;
     assert_eq!(
-        oidc.refreshes().await - before,
+        refreshes,
         1,
         "one refresh-token grant across both replicas\n{}",
         oidc.logs()
     );
-    let refreshed = grant_intact(&second, &oidc, &token, path).await;
     first.remember_secret(&refreshed);
     // The first replica, forced, serves the second one's refresh or refreshes with what the
     // second stored: either way the grant holds.
