@@ -2,85 +2,14 @@
 //! upstream provider, driven through its own login and consent pages by headless Chromium
 //! (`tests/e2e/*.mjs`; `scripts/e2e-setup.sh` installs both).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::helpers::{json_of, spawn_app_with, unique, AppOptions, TestApp};
-
-fn e2e_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
-}
-
-/// The provider process, stopped when dropped.
-struct OidcServer {
-    child: Child,
-    discovery: Value,
-}
-
-impl Drop for OidcServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_oidc_server(client_id: &str, client_secret: &str, redirect_uri: &str) -> OidcServer {
-    let mut child = Command::new("node")
-        .arg(e2e_dir().join("oidc-server.mjs"))
-        .args(["--port", "0", "--access-token-ttl", "8"])
-        .args(["--client-id", client_id, "--client-secret", client_secret])
-        .args(["--redirect-uri", redirect_uri])
-        .stdout(Stdio::piped())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .spawn()
-        .expect("node must be installed (scripts/e2e-setup.sh)");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let discovery: Value = serde_json::from_str(&line).expect("oidc-server prints its URLs");
-    OidcServer { child, discovery }
-}
-
-/// Runs the browser through a connect link; returns what it printed about the result page.
-fn browse(link: &str, screenshots: &std::path::Path, deny: bool) -> Value {
-    let mut command = Command::new("node");
-    command
-        .arg(e2e_dir().join("signup-browser.mjs"))
-        .arg("--url")
-        .arg(link)
-        .arg("--screenshots")
-        .arg(screenshots);
-    if deny {
-        command.arg("--deny");
-    }
-    let out = command.output().expect("node must be installed");
-    assert!(
-        out.status.success(),
-        "the browser run failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(out.stdout.trim_ascii()).expect("one JSON line")
-}
-
-async fn userinfo(app: &TestApp, url: &str, token: &str) -> u16 {
-    app.client
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
+use crate::helpers::{
+    browse, json_of, spawn_app_with, start_oidc_server, unique, userinfo, AppOptions, TestApp,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_oauth_server_through_a_real_browser_and_rotating_refresh_tokens() {

@@ -18,6 +18,7 @@ mod helpers;
 mod kinds;
 mod listing;
 mod outage;
+mod real_oauth;
 mod refresh;
 mod replicas;
 mod security;

@@ -8,7 +8,8 @@
 //! - `signup`: the signup as a browser runs it (links, Connect, the callback, cookies);
 //! - `provider`: the fake OAuth provider and its failure modes;
 //! - `postgres`: a database per test, the `with_db!` macro and the SQL helpers;
-//! - `cli`: running the `tokenbox` binary as a command.
+//! - `cli`: running the `tokenbox` binary as a command;
+//! - `oidc`: the real OAuth server (oidc-provider) and the headless browser of `tests/e2e`.
 //!
 //! Every public name is re-exported here: tests import from `crate::helpers`.
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod cli;
+mod oidc;
 mod postgres;
 mod provider;
 mod requests;
@@ -25,6 +27,7 @@ mod server;
 mod signup;
 
 pub use cli::{cli, cli_ok};
+pub use oidc::{browse, start_oidc_server, userinfo, OidcClient, OidcServer};
 pub use postgres::PgDatabase;
 pub use provider::{FakeProvider, Mode, CLIENT_ID, HUGE_BODY};
 pub use server::{spawn_app, spawn_app_on, spawn_app_with, AppOptions, Backend, TestApp};
