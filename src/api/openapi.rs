@@ -40,6 +40,7 @@ impl Modify for BearerAuth {
         connection::get,
         connection::put,
         connection::delete,
+        connection::check,
         connect::create,
         connect::show,
         connect::start,

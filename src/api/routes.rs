@@ -55,6 +55,8 @@ fn declare(t: &mut RouteTable) {
     )
     .audit(Put, "connection.import")
     .audit(Delete, "connection.delete");
+    t.add_smallapp_resource("connection/check", &[Post], ADMIN, post(connection::check))
+        .audit(Post, "connection.check");
     t.add_smallapp_resource("connect-links", &[Post], ADMIN, post(connect::create))
         .audit(Post, "connect_link.create");
     t.add_resource(

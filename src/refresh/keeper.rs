@@ -27,6 +27,15 @@ pub use crate::refresh::decision::TokenRequest;
 /// Seconds a caller is asked to wait when a refresh outlives the request.
 const FAILURE_RETRY_AFTER: u64 = 5;
 
+/// What a check of a stored credential found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// The provider accepts it.
+    Valid,
+    /// The provider refuses it (or already did): the tenant must reconnect. The reason says why.
+    ReauthorizationRequired(String),
+}
+
 /// A token served to a caller.
 #[derive(Clone, Debug)]
 pub struct ServedToken {
@@ -341,6 +350,74 @@ impl SecretsKeeper {
             }
         }
         self.save_obtained_connection(key, &tokens).await
+    }
+
+    /// Checks a connection's credential at the provider now (`POST .../connection/check`). A
+    /// static credential (API key, Basic) runs the catalog's verification request: refused
+    /// (401 or 403), the connection becomes `reauthorization_required` and the webhook event
+    /// is emitted. Other kinds obtain a token as `binb-token` would.
+    pub async fn check_connection(&self, key: &ConnectionKey) -> Result<CheckOutcome, KeeperError> {
+        let ct = self.connector_type(key)?.clone();
+        let verify = match (&ct.verify_url, ct.kind.is_static()) {
+            (Some(url), true) => url.clone(),
+            _ => {
+                return match self.retrieve_token(key, TokenRequest::default()).await {
+                    Ok(_) => Ok(CheckOutcome::Valid),
+                    Err(KeeperError::ReauthorizationRequired(reason)) => {
+                        Ok(CheckOutcome::ReauthorizationRequired(reason))
+                    }
+                    Err(other) => Err(other),
+                }
+            }
+        };
+        let inner = &self.inner;
+        let _flight = inner.flights.acquire(key).await;
+        let Some(guard) = inner.store.begin_refresh(key, inner.lease_seconds).await? else {
+            return Err(not_connected(key));
+        };
+        let current = guard.current().clone();
+        if current.status == ConnectionStatus::ReauthorizationRequired {
+            guard.release().await;
+            let reason = current.last_error.clone().unwrap_or_default();
+            return Ok(CheckOutcome::ReauthorizationRequired(reason));
+        }
+        let checked = match ct.expand_url(&verify, &current.tokens.metadata) {
+            Ok(url) => {
+                let (headers, query) = ct.credential_headers(&current.tokens);
+                inner.provider.verify(&ct, &url, &headers, &query).await
+            }
+            Err(e) => Err(RefreshError::NotConfigured(e)),
+        };
+        match checked {
+            Ok(true) => {
+                guard.release().await;
+                Ok(CheckOutcome::Valid)
+            }
+            Ok(false) => {
+                let reason = format!(
+                    "the provider refused the stored credential of {} (its verification request answered 401 or 403): the tenant must give a new one",
+                    ct.display_name
+                );
+                tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, "stored credential refused: reauthorization required");
+                let written = guard
+                    .finish(RefreshWrite::Revoked {
+                        reason: reason.clone(),
+                    })
+                    .await?;
+                inner.cache.remove(key);
+                if written.is_some() {
+                    inner
+                        .webhooks
+                        .emit(ConnectionEvent::ReauthorizationRequired, key, Some(&reason))
+                        .await;
+                }
+                Ok(CheckOutcome::ReauthorizationRequired(reason))
+            }
+            Err(error) => {
+                guard.release().await;
+                Err(refused_credential(&ct, error))
+            }
+        }
     }
 
     /// Returns a token valid for at least `min_validity` (default: the refresh margin), refreshing

@@ -7,7 +7,7 @@ pub mod decision;
 pub mod keeper;
 pub mod kind;
 
-pub use keeper::{KeeperError, SecretsKeeper, ServedToken, TokenRequest};
+pub use keeper::{CheckOutcome, KeeperError, SecretsKeeper, ServedToken, TokenRequest};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

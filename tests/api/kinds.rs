@@ -382,3 +382,101 @@ pub async fn client_credentials_tokens_are_minted_once_for_fifty_callers_with_ei
     let served = token_of(&app, "acme", "machine").await;
     assert_eq!(served["api_base_url"], format!("{}/api", provider.url));
 }
+
+/// A webhook receiver that records the event types it gets.
+async fn event_receiver() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(events): State<Arc<Mutex<Vec<(String, Value)>>>>,
+                 headers: HeaderMap,
+                 body: String| async move {
+                    let event = headers["tokenbox-event"].to_str().unwrap().to_string();
+                    let body: Value = serde_json::from_str(&body).unwrap();
+                    events.lock().unwrap().push((event, body));
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(events.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, events)
+}
+
+pub async fn a_key_revoked_later_is_found_by_the_check_and_reported_with_its_webhook(
+    backend: Backend,
+) {
+    let provider = KindsProvider::start().await;
+    let (hook, events) = event_receiver().await;
+    let app = spawn_app_with(AppOptions {
+        backend,
+        extra_config: format!(
+            "{}\n[[webhooks]]\nurl = \"{hook}\"\nsecret = \"{}\"\n",
+            provider.config(),
+            unique("whsec")
+        ),
+        ..AppOptions::default()
+    })
+    .await;
+    app.remember_secret(&provider.api_key());
+    let (status, _) = connect(
+        &app,
+        "acme",
+        "keyed",
+        &json!({"api_key": provider.api_key()}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let check = |app: &TestApp| {
+        let request = app.post("/acme/keyed/connection/check").as_admin();
+        async move {
+            let response = request.send().await;
+            (response.status().as_u16(), json_of(response).await)
+        }
+    };
+    assert_eq!(
+        check(&app).await,
+        (200, json!({"valid": true, "status": "active"}))
+    );
+    assert_eq!(
+        token_of(&app, "acme", "keyed").await["token_type"],
+        "ApiKey"
+    );
+
+    // The tenant revokes the key at the provider: the next check finds it.
+    *provider.state.api_key.lock().unwrap() = unique("rotated-key");
+    let (status, body) = check(&app).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["valid"], false);
+    assert_eq!(body["status"], "reauthorization_required");
+    let response = app.get_token("acme", "keyed", "").await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(json_of(response).await["error"], "reauthorization_required");
+    let event = crate::helpers::eventually("the reauthorization webhook", || {
+        let events = events.clone();
+        async move {
+            events
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(t, _)| t == "connection.reauthorization_required")
+                .cloned()
+        }
+    })
+    .await;
+    assert_eq!(event.1["data"]["app_id"], "acme");
+    assert_eq!(event.1["data"]["connector_type"], "keyed");
+    // Checking again makes no second provider call's worth of damage: still refused, no
+    // second event for the same revocation.
+    let before = provider.verifications();
+    assert_eq!(check(&app).await.1["status"], "reauthorization_required");
+    assert_eq!(
+        provider.verifications(),
+        before,
+        "a revoked connection is not re-verified"
+    );
+}

@@ -65,6 +65,7 @@ conformance! {
     kinds {
         api_keys_and_basic_credentials_are_verified_then_served_with_their_headers,
         client_credentials_tokens_are_minted_once_for_fifty_callers_with_either_client_auth,
+        a_key_revoked_later_is_found_by_the_check_and_reported_with_its_webhook,
     }
     refresh {
         an_expired_token_is_refreshed_once_for_fifty_concurrent_requests,

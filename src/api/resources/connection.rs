@@ -12,6 +12,7 @@ use crate::api::{AppState, Outcome, RequestBody, SmallApp};
 use crate::domain::{
     ConnectionSummary, CredentialInput, ImportTokenSet, Metadata, StoredConnection,
 };
+use crate::refresh::CheckOutcome;
 
 /// A connection as shown to admins: never a token.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -186,5 +187,56 @@ pub async fn delete(
     Ok(Json(Deleted {
         deleted: true,
         revoked_at_provider: revoked,
+    }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Checked {
+    /// Whether the provider accepts the stored credential.
+    valid: bool,
+    /// `active`, or `reauthorization_required` when the provider refuses it.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/{app_id}/{connector_type}/connection/check",
+    tag = "connections",
+    security(("bearer" = [])),
+    params(("app_id" = String, Path), ("connector_type" = String, Path)),
+    responses(
+        (status = 200, description = "the outcome of the check", body = Checked),
+        (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 403, description = "forbidden", body = crate::api::error::ErrorBody),
+        (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
+        (status = 409, description = "connector_not_configured", body = crate::api::error::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody),
+        (status = 502, description = "provider_error", body = crate::api::error::ErrorBody),
+        (status = 503, description = "provider_unavailable", body = crate::api::error::ErrorBody)
+    )
+)]
+/// `POST /{app_id}/{connector_type}/connection/check` — role admin or superadmin. Checks the
+/// stored credential at the provider now: an API key or Basic credential with the catalog's
+/// `verify_url` (refused: the connection becomes `reauthorization_required` and the webhook
+/// event is sent), other kinds by obtaining a valid token.
+pub async fn check(
+    State(state): State<AppState>,
+    Extension(_principal): Extension<Principal>,
+    SmallApp(key): SmallApp,
+) -> Result<Json<Checked>, ApiError> {
+    Ok(Json(match state.keeper.check_connection(&key).await? {
+        CheckOutcome::Valid => Checked {
+            valid: true,
+            status: "active",
+            reason: None,
+        },
+        CheckOutcome::ReauthorizationRequired(reason) => Checked {
+            valid: false,
+            status: "reauthorization_required",
+            reason: Some(reason),
+        },
     }))
 }
