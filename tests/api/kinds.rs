@@ -383,16 +383,17 @@ pub async fn client_credentials_tokens_are_minted_once_for_fifty_callers_with_ei
     assert_eq!(served["api_base_url"], format!("{}/api", provider.url));
 }
 
+/// The webhook events received: (type, body).
+type Events = Arc<Mutex<Vec<(String, Value)>>>;
+
 /// A webhook receiver that records the event types it gets.
-async fn event_receiver() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+async fn event_receiver() -> (String, Events) {
     let events = Arc::new(Mutex::new(Vec::new()));
     let app = Router::new()
         .route(
             "/hook",
             post(
-                |State(events): State<Arc<Mutex<Vec<(String, Value)>>>>,
-                 headers: HeaderMap,
-                 body: String| async move {
+                |State(events): State<Events>, headers: HeaderMap, body: String| async move {
                     let event = headers["tokenbox-event"].to_str().unwrap().to_string();
                     let body: Value = serde_json::from_str(&body).unwrap();
                     events.lock().unwrap().push((event, body));
