@@ -198,6 +198,45 @@ pub enum CredentialInput {
     },
     /// A minting kind with the operator's client: `{}` (optionally `metadata`).
     Mint { metadata: Metadata },
+    /// `jwt_bearer`: a service-account key (Google's JSON) and an optional subject (the user
+    /// impersonated with domain-wide delegation; Salesforce's username). The key is kept as
+    /// the connection's renewal secret: `{"client_email", "private_key", "private_key_id",
+    /// "subject"}`.
+    ServiceAccount { renewal: Secret, metadata: Metadata },
+    /// `github_app`: the installation to mint tokens for.
+    Installation {
+        installation_id: u64,
+        metadata: Metadata,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceAccountBody {
+    #[serde(default)]
+    service_account_key: Option<ServiceAccountKey>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    metadata: Metadata,
+}
+
+/// The fields of a Google service-account key file that tokenbox uses (the others are
+/// ignored, not refused: the file has a dozen).
+#[derive(Deserialize)]
+struct ServiceAccountKey {
+    client_email: String,
+    private_key: Secret,
+    #[serde(default)]
+    private_key_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstallationBody {
+    installation_id: u64,
+    #[serde(default)]
+    metadata: Metadata,
 }
 
 #[derive(Deserialize)]
@@ -268,10 +307,33 @@ impl CredentialInput {
                     metadata: body.metadata,
                 })
             }
-            Kind::JwtBearer | Kind::GithubApp => Err(format!(
-                "connections of kind {} are not supported by this version",
-                kind.as_str()
-            )),
+            Kind::JwtBearer => {
+                let body: ServiceAccountBody = parse(
+                    bytes,
+                    r#"{"service_account_key": {...the key file's JSON...}, "subject": string (optional)}"#,
+                )?;
+                let subject = body.subject.filter(|s| !s.is_empty());
+                let renewal = match body.service_account_key {
+                    Some(key) => serde_json::json!({
+                        "client_email": key.client_email,
+                        "private_key": key.private_key.expose(),
+                        "private_key_id": key.private_key_id,
+                        "subject": subject,
+                    }),
+                    None => serde_json::json!({ "subject": subject }),
+                };
+                Ok(Self::ServiceAccount {
+                    renewal: Secret::new(renewal.to_string()),
+                    metadata: body.metadata,
+                })
+            }
+            Kind::GithubApp => {
+                let body: InstallationBody = parse(bytes, r#"{"installation_id": integer}"#)?;
+                Ok(Self::Installation {
+                    installation_id: body.installation_id,
+                    metadata: body.metadata,
+                })
+            }
         }
     }
 }

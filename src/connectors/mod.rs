@@ -1,5 +1,6 @@
 //! The connector catalog (data compiled into the binary) and the per-type OAuth settings.
 
+mod assertion;
 mod netguard;
 mod provider;
 
@@ -13,6 +14,7 @@ pub use crate::domain::Kind;
 use crate::domain::{ConnectorTypeName, Metadata, TokenSet};
 use crate::secret::Secret;
 
+pub use assertion::RsaSigningKey;
 pub use provider::{Provider, RefreshError};
 
 const CATALOG: &str = include_str!("catalog.toml");
@@ -104,6 +106,17 @@ pub struct ConnectorTypeSpec {
     pub verify_url: Option<String>,
     /// Where the entry's facts come from (the provider's documentation).
     pub docs_url: Option<String>,
+    /// `jwt_bearer`: the assertion's `aud` (default: the token URL).
+    pub assertion_audience: Option<String>,
+    /// `jwt_bearer`: how long an assertion is valid (default 3600, at most 3600; Salesforce
+    /// wants at most 180).
+    pub assertion_lifetime_seconds: Option<i64>,
+    /// `github_app`: the GitHub App's id (the app JWT's `iss`).
+    pub app_id: Option<String>,
+    /// `github_app`, `jwt_bearer` with the operator's key (Salesforce): a PEM RSA private key
+    /// file, or the environment variable that holds the PEM.
+    pub private_key_file: Option<String>,
+    pub private_key_env: Option<String>,
     pub authorization_url: Option<String>,
     pub token_url: Option<String>,
     pub revocation_url: Option<String>,
@@ -148,6 +161,11 @@ pub struct ConnectorType {
     pub api_key_prefix: String,
     pub verify_url: Option<String>,
     pub docs_url: Option<String>,
+    pub assertion_audience: Option<String>,
+    pub assertion_lifetime: i64,
+    pub app_id: Option<String>,
+    /// The operator's RSA key (`github_app`; `jwt_bearer` when connections bring none).
+    pub private_key: Option<Arc<RsaSigningKey>>,
     pub display_name: String,
     /// Whether this entry comes from the built-in catalog.
     pub from_catalog: bool,
@@ -185,7 +203,11 @@ impl ConnectorType {
     /// Whether the connector type has what tokenbox needs besides the tenant's credential:
     /// client credentials for the OAuth kinds, nothing for static keys.
     pub fn has_credentials(&self) -> bool {
-        self.kind.is_static() || self.client_id.is_some()
+        match self.kind {
+            Kind::ApiKey | Kind::Basic | Kind::JwtBearer => true,
+            Kind::GithubApp => self.app_id.is_some() && self.private_key.is_some(),
+            Kind::Oauth2 | Kind::ClientCredentials => self.client_id.is_some(),
+        }
     }
 
     /// The headers (and, for a key sent in the query, the query parameters) an API request
@@ -337,14 +359,8 @@ impl ConnectorType {
         }
         let type_name = ConnectorTypeName::parse(name).map_err(|e| anyhow::anyhow!(e))?;
         let kind = pick!(kind).unwrap_or_default();
-        if matches!(kind, Kind::JwtBearer | Kind::GithubApp) {
-            bail!(
-                "connector type '{name}': kind {} is not supported by this version",
-                kind.as_str()
-            );
-        }
         let token_url = match kind {
-            Kind::Oauth2 | Kind::ClientCredentials => pick!(token_url).with_context(|| {
+            Kind::Oauth2 | Kind::ClientCredentials | Kind::JwtBearer => pick!(token_url).with_context(|| {
                 format!("connector type '{name}' has no token_url (custom types need authorization_url and token_url)")
             })?,
             _ => pick!(token_url).unwrap_or_default(),
@@ -392,10 +408,42 @@ impl ConnectorType {
             bail!("connector type '{name}': scope_separator must be \" \" or \",\"");
         }
         let api_key_header = pick!(api_key_header);
+        let private_key = match (&over.private_key_file, &over.private_key_env) {
+            (Some(_), Some(_)) => {
+                bail!("connector type '{name}': set private_key_file or private_key_env, not both")
+            }
+            (Some(path), None) => Some(std::fs::read_to_string(path).with_context(|| {
+                format!("connector type '{name}': private_key_file {path} cannot be read")
+            })?),
+            (None, Some(var)) => Some(env(var).with_context(|| {
+                format!("connector type '{name}': environment variable {var} (private_key_env) is not set")
+            })?),
+            (None, None) => None,
+        }
+        .map(|pem| {
+            RsaSigningKey::from_pem(&pem)
+                .map(Arc::new)
+                .map_err(|e| anyhow::anyhow!("connector type '{name}': {e}"))
+        })
+        .transpose()?;
+        let app_id = pick!(app_id);
+        if kind == Kind::GithubApp && (app_id.is_none() || private_key.is_none()) {
+            bail!("connector type '{name}' of kind github_app needs app_id and private_key_file (or private_key_env)");
+        }
+        let assertion_lifetime = pick!(assertion_lifetime_seconds).unwrap_or(3600);
+        if !(1..=3600).contains(&assertion_lifetime) {
+            bail!("connector type '{name}': assertion_lifetime_seconds must be between 1 and 3600");
+        }
+        let api_base_url = pick!(api_base_url)
+            .or_else(|| (kind == Kind::GithubApp).then(|| "https://api.github.com".to_string()));
         let ct = ConnectorType {
             name: type_name,
             kind,
-            api_base_url: pick!(api_base_url),
+            api_base_url,
+            assertion_audience: pick!(assertion_audience),
+            assertion_lifetime,
+            app_id,
+            private_key,
             api_headers: pick!(api_headers).unwrap_or_default(),
             api_key_prefix: pick!(api_key_prefix).unwrap_or_else(|| {
                 if api_key_header.is_none() {

@@ -323,18 +323,115 @@ impl Provider {
             };
             response.map_err(classify)
         };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(2))
-            .with_max_times(2)
-            .with_jitter();
         let response = attempt
-            .retry(backoff)
+            .retry(retry_policy())
             .when(|e: &RefreshError| {
                 e.is_retryable() && started.elapsed() + timeout + Duration::from_secs(2) < budget
             })
             .await?;
         Ok(to_token_set(ct, response, now_epoch()))
+    }
+
+    /// Exchanges a signed assertion for an access token (RFC 7523 §2.1), retried like a
+    /// refresh while `budget` allows.
+    pub async fn jwt_bearer(
+        &self,
+        ct: &ConnectorType,
+        assertion: &str,
+        metadata: &Metadata,
+        budget: Duration,
+    ) -> Result<TokenSet, RefreshError> {
+        let url = ct
+            .expand_url(&ct.token_url, metadata)
+            .map_err(RefreshError::NotConfigured)?;
+        let body = {
+            let mut form = oauth2::url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer")
+                .append_pair("assertion", assertion);
+            for (k, v) in &ct.token_params {
+                form.append_pair(k, v);
+            }
+            form.finish().into_bytes()
+        };
+        self.retrying(budget, || async {
+            let request = http::Request::builder()
+                .method(http::Method::POST)
+                .uri(url.as_str())
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .header(http::header::ACCEPT, "application/json")
+                .body(body.clone())
+                .map_err(|_| RefreshError::NotConfigured("the token URL is not valid".into()))?;
+            let response = self
+                .send(ct, request)
+                .await
+                .map_err(|fault| classify(RequestTokenError::Request(fault)))?;
+            token_answer(ct, &response)
+        })
+        .await
+    }
+
+    /// Mints a GitHub App installation access token: `POST
+    /// {api_base_url}/app/installations/{id}/access_tokens` with the app's JWT, optionally
+    /// scoped down by `scope` (`{"repositories": [...], "permissions": {...}}`). The answer's
+    /// `expires_at` is an ISO 8601 time.
+    pub async fn installation_token(
+        &self,
+        ct: &ConnectorType,
+        installation_id: u64,
+        app_jwt: &str,
+        scope: Option<&Value>,
+        budget: Duration,
+    ) -> Result<TokenSet, RefreshError> {
+        let base = ct.api_base_url_for(&Metadata::new()).ok_or_else(|| {
+            RefreshError::NotConfigured("the GitHub API base URL is not set".into())
+        })?;
+        let url = format!(
+            "{}/app/installations/{installation_id}/access_tokens",
+            base.trim_end_matches('/')
+        );
+        let body = scope
+            .map(|s| s.to_string().into_bytes())
+            .unwrap_or_default();
+        self.retrying(budget, || async {
+            let mut request = http::Request::builder()
+                .method(http::Method::POST)
+                .uri(url.as_str())
+                .header(http::header::AUTHORIZATION, format!("Bearer {app_jwt}"))
+                .header(http::header::ACCEPT, "application/vnd.github+json")
+                .header("X-GitHub-Api-Version", "2022-11-28");
+            if scope.is_some() {
+                request = request.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            let request = request.body(body.clone()).map_err(|_| {
+                RefreshError::NotConfigured("the GitHub API URL is not valid".into())
+            })?;
+            let answer = self
+                .send_raw(ct, request)
+                .await
+                .map_err(|fault| classify(RequestTokenError::Request(fault)))?;
+            installation_answer(&answer)
+        })
+        .await
+    }
+
+    /// Runs `attempt` with the provider-call retry policy: transient failures are retried with
+    /// backoff and jitter while `budget` allows; a timeout is not.
+    async fn retrying<F, Fut>(&self, budget: Duration, attempt: F) -> Result<TokenSet, RefreshError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<TokenSet, RefreshError>>,
+    {
+        let started = Instant::now();
+        let timeout = self.timeout;
+        attempt
+            .retry(retry_policy())
+            .when(|e: &RefreshError| {
+                e.is_retryable() && started.elapsed() + timeout + Duration::from_secs(2) < budget
+            })
+            .await
     }
 
     /// Checks a static credential with the connector type's verification request: a GET of
@@ -842,6 +939,77 @@ fn classify(e: RequestTokenError<Fault, BasicErrorResponse>) -> RefreshError {
         RequestTokenError::Other(_) => {
             RefreshError::Rejected("the provider's answer could not be used".to_string())
         }
+    }
+}
+
+/// The retry policy of every provider call: two retries, 200 ms to 2 s apart, with jitter.
+fn retry_policy() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(2)
+        .with_jitter()
+}
+
+/// A token endpoint's normalised answer (see `normalize`): a token set, or the OAuth error it
+/// carries, classified like the `oauth2` crate's.
+fn token_answer(ct: &ConnectorType, response: &HttpResponse) -> Result<TokenSet, RefreshError> {
+    if response.status().is_success() {
+        let parsed: ProviderTokenResponse =
+            serde_json::from_slice(response.body()).map_err(|_| {
+                RefreshError::Rejected(
+                    "the provider answered with JSON that is not a token response".into(),
+                )
+            })?;
+        return Ok(to_token_set(ct, parsed, now_epoch()));
+    }
+    match serde_json::from_slice::<BasicErrorResponse>(response.body()) {
+        Ok(error) => Err(classify(RequestTokenError::ServerResponse(error))),
+        Err(_) => Err(RefreshError::Rejected(format!(
+            "the provider answered HTTP {}",
+            response.status().as_u16()
+        ))),
+    }
+}
+
+/// GitHub's answer to an installation-token request.
+fn installation_answer(answer: &RawAnswer) -> Result<TokenSet, RefreshError> {
+    #[derive(Deserialize)]
+    struct Installation {
+        token: Secret,
+        expires_at: String,
+    }
+    match answer.status.as_u16() {
+        200 | 201 => {
+            let parsed: Installation = serde_json::from_slice(&answer.body).map_err(|_| {
+                RefreshError::Rejected("GitHub answered without an installation token".into())
+            })?;
+            let expires_at = chrono::DateTime::parse_from_rfc3339(&parsed.expires_at)
+                .map_err(|_| {
+                    RefreshError::Rejected("GitHub's expires_at is not an ISO 8601 time".into())
+                })?
+                .timestamp();
+            Ok(TokenSet {
+                access_token: parsed.token,
+                refresh_token: None,
+                token_type: Some("Bearer".into()),
+                expires_at: Some(expires_at),
+                scope: None,
+                metadata: Metadata::new(),
+            })
+        }
+        401 => Err(RefreshError::InvalidClient),
+        404 => Err(RefreshError::Revoked {
+            code: "installation_not_found".into(),
+        }),
+        status @ (429 | 500..=599) => Err(RefreshError::Unavailable {
+            reason: format!("GitHub answered HTTP {status}"),
+            retry_after: answer.retry_after,
+            retryable: true,
+        }),
+        status => Err(RefreshError::Rejected(format!(
+            "GitHub refused the installation token request (HTTP {status})"
+        ))),
     }
 }
 

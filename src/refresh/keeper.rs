@@ -311,24 +311,17 @@ impl SecretsKeeper {
                 static_tokens(&ct, crate::secret::Secret::new(encoded), metadata)
             }
             CredentialInput::Mint { metadata } => {
-                ct.check_metadata(&metadata)
-                    .map_err(KeeperError::InvalidRequest)?;
-                let seed = TokenSet {
-                    access_token: crate::secret::Secret::new(String::new()),
-                    refresh_token: None,
-                    token_type: None,
-                    expires_at: None,
-                    scope: None,
-                    metadata,
-                };
-                let kind = kind::of(&ct);
-                let minted = kind
-                    .obtain(&self.inner.provider, &ct, &seed, self.inner.request_timeout)
-                    .await
-                    .map_err(|e| refused_credential(&ct, e))?;
-                return self
-                    .save_obtained_connection(key, &kind.merge(&seed, minted))
-                    .await;
+                return self.mint_first(key, &ct, None, metadata).await
+            }
+            CredentialInput::ServiceAccount { renewal, metadata } => {
+                return self.mint_first(key, &ct, Some(renewal), metadata).await
+            }
+            CredentialInput::Installation {
+                installation_id,
+                mut metadata,
+            } => {
+                metadata.insert("installation_id".into(), installation_id.into());
+                return self.mint_first(key, &ct, None, metadata).await;
             }
         };
         ct.check_metadata(&tokens.metadata)
@@ -350,6 +343,35 @@ impl SecretsKeeper {
             }
         }
         self.save_obtained_connection(key, &tokens).await
+    }
+
+    /// Mints the first token of a connection of a minting kind, and stores it with the
+    /// connection's renewal secret (a service-account key) and metadata. Nothing is stored
+    /// when the provider refuses.
+    async fn mint_first(
+        &self,
+        key: &ConnectionKey,
+        ct: &ConnectorType,
+        renewal: Option<crate::secret::Secret>,
+        metadata: crate::domain::Metadata,
+    ) -> Result<Arc<StoredConnection>, KeeperError> {
+        ct.check_metadata(&metadata)
+            .map_err(KeeperError::InvalidRequest)?;
+        let seed = TokenSet {
+            access_token: crate::secret::Secret::new(String::new()),
+            refresh_token: renewal,
+            token_type: None,
+            expires_at: None,
+            scope: None,
+            metadata,
+        };
+        let kind = kind::of(ct);
+        let minted = kind
+            .obtain(&self.inner.provider, ct, &seed, self.inner.request_timeout)
+            .await
+            .map_err(|e| refused_credential(ct, e))?;
+        self.save_obtained_connection(key, &kind.merge(&seed, minted))
+            .await
     }
 
     /// Checks a connection's credential at the provider now (`POST .../connection/check`). A

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::connectors::{ConnectorType, Kind, Provider, RefreshError};
+use crate::connectors::{ConnectorType, Kind, Provider, RefreshError, RsaSigningKey};
 use crate::domain::{StoredConnection, TokenSet};
 
 /// One way of obtaining a fresh credential for a connection.
@@ -49,7 +49,9 @@ pub fn of(ct: &ConnectorType) -> &'static dyn CredentialKind {
     match ct.kind {
         Kind::Oauth2 => &RefreshTokenGrant,
         Kind::ClientCredentials => &ClientCredentialsGrant,
-        Kind::ApiKey | Kind::Basic | Kind::JwtBearer | Kind::GithubApp => &StaticCredential,
+        Kind::JwtBearer => &JwtBearerGrant,
+        Kind::GithubApp => &GithubAppInstallation,
+        Kind::ApiKey | Kind::Basic => &StaticCredential,
     }
 }
 
@@ -86,6 +88,176 @@ impl CredentialKind for ClientCredentialsGrant {
     fn merge(&self, current: &TokenSet, mut obtained: TokenSet) -> TokenSet {
         // A refresh token sent with a client-credentials answer is not kept (RFC 6749 §4.4.3
         // says none should be issued): the next token is minted again.
+        obtained.refresh_token = None;
+        let mut metadata = current.metadata.clone();
+        metadata.append(&mut obtained.metadata);
+        obtained.metadata = metadata;
+        obtained
+    }
+}
+
+/// RFC 7523 §2.1: an access token obtained with an RS256 assertion. The key is the
+/// connection's (a Google service-account key, kept encrypted as its renewal secret) or the
+/// operator's (`private_key_file`, Salesforce's connected app, with `client_id` as `iss`).
+pub struct JwtBearerGrant;
+
+/// What a `jwt_bearer` connection keeps as its renewal secret.
+#[derive(serde::Deserialize)]
+struct ServiceAccount {
+    #[serde(default)]
+    client_email: Option<String>,
+    #[serde(default)]
+    private_key: Option<String>,
+    #[serde(default)]
+    private_key_id: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+}
+
+impl JwtBearerGrant {
+    /// The signed assertion for this connection, valid `assertion_lifetime` seconds.
+    fn assertion(ct: &ConnectorType, current: &TokenSet) -> Result<String, RefreshError> {
+        let renewal: ServiceAccount = current
+            .refresh_token
+            .as_ref()
+            .and_then(|r| serde_json::from_str(r.expose()).ok())
+            .ok_or_else(|| RefreshError::Revoked {
+                code: "no service-account key".into(),
+            })?;
+        let own_key;
+        let (key, issuer, kid) = match (&renewal.private_key, &renewal.client_email) {
+            (Some(pem), Some(email)) => {
+                own_key = RsaSigningKey::from_pem(pem).map_err(|e| RefreshError::Revoked {
+                    code: format!("service-account key: {e}"),
+                })?;
+                (&own_key, email.clone(), renewal.private_key_id.clone())
+            }
+            _ => match (&ct.private_key, &ct.client_id) {
+                (Some(key), Some(client_id)) => (key.as_ref(), client_id.clone(), None),
+                _ => {
+                    return Err(RefreshError::NotConfigured(format!(
+                        "connector type '{}' has no key: a connection must bring a service-account key, or the operator must set private_key_file and client_id",
+                        ct.name
+                    )))
+                }
+            },
+        };
+        let audience = match &ct.assertion_audience {
+            Some(aud) => aud.clone(),
+            None => ct
+                .expand_url(&ct.token_url, &current.metadata)
+                .map_err(RefreshError::NotConfigured)?,
+        };
+        let now = crate::domain::now_epoch();
+        let mut claims = serde_json::json!({
+            "iss": issuer,
+            "aud": audience,
+            "iat": now,
+            "exp": now + ct.assertion_lifetime,
+        });
+        if !ct.scopes.is_empty() {
+            claims["scope"] = ct.scopes.join(" ").into();
+        }
+        if let Some(subject) = &renewal.subject {
+            claims["sub"] = subject.clone().into();
+        }
+        key.sign(kid.as_deref(), &claims)
+            .map_err(RefreshError::NotConfigured)
+    }
+}
+
+#[async_trait]
+impl CredentialKind for JwtBearerGrant {
+    fn name(&self) -> &'static str {
+        "jwt_bearer"
+    }
+
+    fn renewable(&self, current: &StoredConnection) -> bool {
+        current.tokens.refresh_token.is_some()
+    }
+
+    fn endpoint(&self, ct: &ConnectorType, current: &StoredConnection) -> Option<String> {
+        ct.expand_url(&ct.token_url, &current.tokens.metadata).ok()
+    }
+
+    async fn obtain(
+        &self,
+        provider: &Provider,
+        ct: &ConnectorType,
+        current: &TokenSet,
+        budget: Duration,
+    ) -> Result<TokenSet, RefreshError> {
+        let assertion = Self::assertion(ct, current)?;
+        provider
+            .jwt_bearer(ct, &assertion, &current.metadata, budget)
+            .await
+    }
+
+    fn merge(&self, current: &TokenSet, mut obtained: TokenSet) -> TokenSet {
+        // The renewal secret is the key, never anything the provider sends.
+        obtained.refresh_token = current.refresh_token.clone();
+        let mut metadata = current.metadata.clone();
+        metadata.append(&mut obtained.metadata);
+        obtained.metadata = metadata;
+        obtained
+    }
+}
+
+/// GitHub App installation access tokens, minted with the app's JWT (`iss` the app id, at most
+/// ten minutes) for the installation the connection names.
+pub struct GithubAppInstallation;
+
+impl GithubAppInstallation {
+    fn app_jwt(ct: &ConnectorType) -> Result<String, RefreshError> {
+        let (Some(key), Some(app_id)) = (&ct.private_key, &ct.app_id) else {
+            return Err(RefreshError::NotConfigured(format!(
+                "connector type '{}' needs app_id and private_key_file",
+                ct.name
+            )));
+        };
+        let now = crate::domain::now_epoch();
+        // Issued a minute in the past against clock drift; GitHub allows at most ten minutes.
+        let claims = serde_json::json!({"iat": now - 60, "exp": now + 540, "iss": app_id});
+        key.sign(None, &claims).map_err(RefreshError::NotConfigured)
+    }
+
+    fn installation_id(metadata: &crate::domain::Metadata) -> Option<u64> {
+        metadata.get("installation_id").and_then(|v| v.as_u64())
+    }
+}
+
+#[async_trait]
+impl CredentialKind for GithubAppInstallation {
+    fn name(&self) -> &'static str {
+        "github_app"
+    }
+
+    fn renewable(&self, current: &StoredConnection) -> bool {
+        Self::installation_id(&current.tokens.metadata).is_some()
+    }
+
+    fn endpoint(&self, ct: &ConnectorType, current: &StoredConnection) -> Option<String> {
+        ct.api_base_url_for(&current.tokens.metadata)
+    }
+
+    async fn obtain(
+        &self,
+        provider: &Provider,
+        ct: &ConnectorType,
+        current: &TokenSet,
+        budget: Duration,
+    ) -> Result<TokenSet, RefreshError> {
+        let installation =
+            Self::installation_id(&current.metadata).ok_or_else(|| RefreshError::Revoked {
+                code: "no installation_id".into(),
+            })?;
+        let jwt = Self::app_jwt(ct)?;
+        provider
+            .installation_token(ct, installation, &jwt, None, budget)
+            .await
+    }
+
+    fn merge(&self, current: &TokenSet, mut obtained: TokenSet) -> TokenSet {
         obtained.refresh_token = None;
         let mut metadata = current.metadata.clone();
         metadata.append(&mut obtained.metadata);
