@@ -247,6 +247,21 @@ impl TestApp {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Log lines containing `needle` so far.
+    pub fn log_lines_containing(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Passes of the background refresher finished so far (from its debug log).
+    pub fn refresher_passes(&self) -> usize {
+        self.log_lines_containing("background refresh pass done")
+    }
+
     /// Registers a secret that must never appear in the logs.
     pub fn remember_secret(&self, secret: &str) {
         self.secrets.lock().unwrap().push(secret.to_string());
