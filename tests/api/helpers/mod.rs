@@ -8,7 +8,9 @@
 //! - `signup`: the signup as a browser runs it (links, Connect, the callback, cookies);
 //! - `provider`: the fake OAuth provider and its failure modes;
 //! - `postgres`: a database per test, the `with_db!` macro and the SQL helpers;
-//! - `cli`: running the `tokenbox` binary as a command.
+//! - `cli`: running the `tokenbox` binary as a command;
+//! - `cluster`: a throwaway PostgreSQL cluster a test may stop and start;
+//! - `process`: child processes with a deadline.
 //!
 //! Every public name is re-exported here: tests import from `crate::helpers`.
 
@@ -18,13 +20,16 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod cli;
+mod cluster;
 mod postgres;
+mod process;
 mod provider;
 mod requests;
 mod server;
 mod signup;
 
 pub use cli::{cli, cli_ok};
+pub use cluster::PgCluster;
 pub use postgres::PgDatabase;
 pub use provider::{FakeProvider, Mode, CLIENT_ID, HUGE_BODY};
 pub use server::{spawn_app, spawn_app_on, spawn_app_with, AppOptions, Backend, TestApp};

@@ -50,6 +50,9 @@ pub struct AppOptions {
     pub log_filter: String,
     /// `allow_insecure_loopback` (on by default: the fake provider is plain http on loopback).
     pub allow_insecure_loopback: bool,
+    /// The PostgreSQL server the test database is created on (its admin URL); default: the
+    /// one of `TOKENBOX_TEST_DATABASE_URL`, else the local one.
+    pub pg_server: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -63,6 +66,7 @@ impl Default for AppOptions {
             extra_config: String::new(),
             log_filter: "debug,hyper=info,h2=info,tower=info".into(),
             allow_insecure_loopback: true,
+            pg_server: None,
         }
     }
 }
@@ -85,7 +89,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     std::fs::create_dir_all(&dir).unwrap();
     let pg = match options.backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some(Arc::new(PgDatabase::create().await)),
+        Backend::Postgres => Some(Arc::new(match options.pg_server.clone() {
+            Some(admin_url) => PgDatabase::create_on(admin_url).await,
+            None => PgDatabase::create().await,
+        })),
     };
     let database_url = match &pg {
         Some(db) => db.url.clone(),
