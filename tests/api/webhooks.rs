@@ -129,7 +129,9 @@ async fn each_connection_event_is_delivered_once_with_a_valid_signature() {
     // Every outbox row delivered: nothing more will come.
     let rows = eventually("the outbox to be delivered", || async {
         let rows = outbox(&app).await;
-        rows.iter().all(|r| r.ends_with(":delivered")).then_some(rows)
+        rows.iter()
+            .all(|r| r.ends_with(":delivered"))
+            .then_some(rows)
     })
     .await;
     assert_eq!(rows.len(), 4, "{rows:?}");
