@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{json_of, spawn_app_with, unique, AppOptions, TestApp};
+use crate::helpers::{
+    fresh_screenshot_dir, holds_eventually, json_of, output_within, spawn_app_with, unique,
+    AppOptions, TestApp, COMMAND_DEADLINE,
+};
 
 fn e2e_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
@@ -31,7 +34,7 @@ impl Drop for OidcServer {
 fn start_oidc_server(client_id: &str, client_secret: &str, redirect_uri: &str) -> OidcServer {
     let mut child = Command::new("node")
         .arg(e2e_dir().join("oidc-server.mjs"))
-        .args(["--port", "0", "--access-token-ttl", "8"])
+        .args(["--port", "0", "--access-token-ttl", "5"])
         .args(["--client-id", client_id, "--client-secret", client_secret])
         .args(["--redirect-uri", redirect_uri])
         .stdout(Stdio::piped())
@@ -42,12 +45,23 @@ fn start_oidc_server(client_id: &str, client_secret: &str, redirect_uri: &str) -
         })
         .spawn()
         .expect("node must be installed (scripts/e2e-setup.sh)");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let discovery: Value = serde_json::from_str(&line).expect("oidc-server prints its URLs");
-    OidcServer { child, discovery }
+    // Its first line, read with a deadline (the server is killed on drop if it never comes).
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let mut server = OidcServer {
+        child,
+        discovery: Value::Null,
+    };
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("oidc-server printed its URLs within the deadline");
+    server.discovery = serde_json::from_str(&line).expect("oidc-server prints its URLs");
+    server
 }
 
 /// Runs the browser through a connect link; returns what it printed about the result page.
@@ -62,7 +76,7 @@ fn browse(link: &str, screenshots: &std::path::Path, deny: bool) -> Value {
     if deny {
         command.arg("--deny");
     }
-    let out = command.output().expect("node must be installed");
+    let out = output_within(&mut command, None, COMMAND_DEADLINE);
     assert!(
         out.status.success(),
         "the browser run failed: {}",
@@ -117,8 +131,7 @@ async fn a_real_oauth_server_through_a_real_browser_and_rotating_refresh_tokens(
     .await;
     app.remember_secret(&client_secret);
     let userinfo_url = oidc.discovery["userinfo_url"].as_str().unwrap().to_string();
-    let screenshots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e");
-    std::fs::create_dir_all(&screenshots).unwrap();
+    let screenshots = fresh_screenshot_dir("signup");
 
     // A tenant who cancels at the provider: nothing is connected.
     let link = new_link(&app).await;
@@ -133,19 +146,20 @@ async fn a_real_oauth_server_through_a_real_browser_and_rotating_refresh_tokens(
     assert!(screenshots.join("connect-page.png").exists());
     assert!(screenshots.join("result-page.png").exists());
 
-    let first = json_of(app.get_token("tenant-e2e", "oidc", "").await).await;
+    // At least 4 of its 5 seconds left, so the provider still accepts it just below.
+    let first = json_of(app.get_token("tenant-e2e", "oidc", "min_validity=4").await).await;
     let first_token = first["access_token"].as_str().unwrap().to_string();
     app.remember_secret(&first_token);
-    assert!(first["expires_in"].as_i64().unwrap() <= 8);
+    assert!(first["expires_in"].as_i64().unwrap() <= 5);
     assert!(first["scope"].as_str().unwrap().contains("offline_access"));
     assert_eq!(userinfo(&app, &userinfo_url, &first_token).await, 200);
 
-    // Past the access token's lifetime, tokenbox refreshes with the (rotating) refresh token.
-    tokio::time::sleep(Duration::from_secs(9)).await;
-    assert_eq!(
-        userinfo(&app, &userinfo_url, &first_token).await,
-        401,
-        "the old token expired"
+    // Past the access token's lifetime (5 s) the provider refuses it; then tokenbox refreshes
+    // with the (rotating) refresh token.
+    assert!(
+        holds_eventually(|| async { userinfo(&app, &userinfo_url, &first_token).await == 401 })
+            .await,
+        "the old token expired at the provider"
     );
     let second = json_of(app.get_token("tenant-e2e", "oidc", "").await).await;
     let second_token = second["access_token"].as_str().unwrap().to_string();

@@ -31,6 +31,7 @@ mod signup;
 pub use cli::{cli, cli_ok};
 pub use cluster::PgCluster;
 pub use postgres::PgDatabase;
+pub use process::{output_within, COMMAND_DEADLINE};
 pub use provider::{FakeProvider, Mode, CLIENT_ID, HUGE_BODY};
 pub use server::{spawn_app, spawn_app_on, spawn_app_with, AppOptions, Backend, TestApp};
 pub use signup::set_cookies;
@@ -81,6 +82,17 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A fresh, empty directory for a test's screenshots (`target/e2e/<name>`): a check that a
+/// screenshot exists then proves this run made it.
+pub fn fresh_screenshot_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/e2e")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// Waits until `done` holds (a condition on local state).
