@@ -30,9 +30,6 @@ else
   cargo test --locked --no-fail-fast
 fi
 
-echo "== PostgreSQL restart under load (run alone: it restarts the server)"
-cargo nextest run --locked --run-ignored only -E 'test(/postgresql_restart/)'
-
 echo "== Python client, toucan-connectors keeper and extraction example (pytest)"
 bash clients/python/run-tests.sh
 

@@ -147,6 +147,14 @@ pub struct Config {
     pub jwt_key_overlap_seconds: i64,
     /// The `aud` of the JWTs.
     pub jwt_audience: String,
+    /// How often a process re-reads the JWT signing keys (another replica may have rotated
+    /// them).
+    #[serde(rename = "jwt_keys_cache_seconds", with = "seconds")]
+    pub jwt_keys_cache: Duration,
+    /// How long the in-memory list of service accounts is trusted; a change made by another
+    /// process (a CLI revoke, another replica) takes effect within this time.
+    #[serde(rename = "accounts_cache_seconds", with = "seconds")]
+    pub accounts_cache: Duration,
     /// How long a refresh holds its connection's lease; a refresh (waiting for a provider-call
     /// slot, then the provider call) is cut a few seconds before it ends. At most a day.
     pub refresh_lease_seconds: i64,
@@ -201,6 +209,8 @@ impl Default for Config {
             prune_interval: Duration::from_secs(3600),
             jwt_lifetime_seconds: 900,
             jwt_key_overlap_seconds: 1800,
+            jwt_keys_cache: Duration::from_secs(5),
+            accounts_cache: Duration::from_secs(2),
             jwt_audience: "tokenbox".into(),
             refresh_lease_seconds: 60,
             max_concurrent_refreshes: 64,

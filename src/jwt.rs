@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::now_epoch;
 use crate::store::{AccountScope, JwtKeyRecord, Role, SecretsStore, StoreError};
 
-/// How often a process re-reads the keys (another replica may have rotated them).
+/// How often a process re-reads the keys (another replica may have rotated them), unless
+/// configured (`jwt_keys_cache_seconds`).
 const KEYS_TTL: Duration = Duration::from_secs(5);
 /// Clock skew tolerated on `exp` and `iat`.
 const LEEWAY: i64 = 1;
@@ -71,6 +72,7 @@ pub struct JwtIssuer {
     pub audience: String,
     pub lifetime: i64,
     pub overlap: i64,
+    keys_ttl: Duration,
     loaded: RwLock<Loaded>,
 }
 
@@ -88,11 +90,18 @@ impl JwtIssuer {
             audience,
             lifetime,
             overlap,
+            keys_ttl: KEYS_TTL,
             loaded: RwLock::new(Loaded {
                 keys: Vec::new(),
                 loaded: None,
             }),
         }
+    }
+
+    /// How often the keys are re-read (0: on every use).
+    pub fn with_keys_ttl(mut self, ttl: Duration) -> Self {
+        self.keys_ttl = ttl;
+        self
     }
 
     /// Generates a new key pair (not stored).
@@ -128,7 +137,7 @@ impl JwtIssuer {
     async fn keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
         {
             let loaded = self.loaded.read().expect("poisoned");
-            if loaded.loaded.is_some_and(|t| t.elapsed() < KEYS_TTL) {
+            if loaded.loaded.is_some_and(|t| t.elapsed() < self.keys_ttl) {
                 return Ok(loaded.keys.clone());
             }
         }

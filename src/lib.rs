@@ -127,20 +127,22 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         webhooks.clone(),
         &config,
     );
-    let jwt = Arc::new(jwt::JwtIssuer::new(
-        store.clone(),
-        public_url.clone(),
-        config.jwt_audience.clone(),
-        config.jwt_lifetime_seconds,
-        config.jwt_key_overlap_seconds,
-    ));
+    let jwt = Arc::new(
+        jwt::JwtIssuer::new(
+            store.clone(),
+            public_url.clone(),
+            config.jwt_audience.clone(),
+            config.jwt_lifetime_seconds,
+            config.jwt_key_overlap_seconds,
+        )
+        .with_keys_ttl(config.jwt_keys_cache),
+    );
     Ok(AppState {
         keeper,
-        auth: Arc::new(Authenticator::new(
-            store,
-            config.rate_limit_per_second,
-            jwt.clone(),
-        )),
+        auth: Arc::new(
+            Authenticator::new(store, config.rate_limit_per_second, jwt.clone())
+                .with_accounts_ttl(config.accounts_cache),
+        ),
         jwt,
         config: Arc::new(config),
         public_url: public_url.into(),

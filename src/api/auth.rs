@@ -16,7 +16,7 @@ use super::error::ApiError;
 use crate::store::{AccountScope, Role, SecretsStore, StoreError};
 
 /// How long the in-memory list of service accounts is trusted; a revocation made by another
-/// process takes effect within this time.
+/// process takes effect within this time (unless configured: `accounts_cache_seconds`).
 const ACCOUNTS_TTL: Duration = Duration::from_secs(2);
 /// An unknown token makes the accounts be read again, at most this often.
 const MISS_RELOAD_INTERVAL: Duration = Duration::from_millis(250);
@@ -57,6 +57,7 @@ struct Snapshot {
 pub struct Authenticator {
     store: Arc<dyn SecretsStore>,
     snapshot: RwLock<Snapshot>,
+    accounts_ttl: Duration,
     reload: tokio::sync::Mutex<()>,
     last_miss_reload: std::sync::Mutex<Option<Instant>>,
     limiter: Option<Limiter>,
@@ -87,11 +88,18 @@ impl Authenticator {
                 accounts: Arc::new(Vec::new()),
                 loaded: None,
             }),
+            accounts_ttl: ACCOUNTS_TTL,
             reload: tokio::sync::Mutex::new(()),
             last_miss_reload: std::sync::Mutex::new(None),
             limiter,
             jwt,
         }
+    }
+
+    /// How long the accounts read from the store are trusted (0: read on every request).
+    pub fn with_accounts_ttl(mut self, ttl: Duration) -> Self {
+        self.accounts_ttl = ttl;
+        self
     }
 
     /// `Err(seconds to wait)` when the account is over its rate.
@@ -108,7 +116,7 @@ impl Authenticator {
 
     fn current(&self) -> (Accounts, bool) {
         let s = self.snapshot.read().expect("auth snapshot poisoned");
-        let fresh = s.loaded.is_some_and(|t| t.elapsed() < ACCOUNTS_TTL);
+        let fresh = s.loaded.is_some_and(|t| t.elapsed() < self.accounts_ttl);
         (s.accounts.clone(), fresh)
     }
 
@@ -168,7 +176,7 @@ impl Authenticator {
         let accounts = if fresh {
             accounts
         } else {
-            self.reload(ACCOUNTS_TTL).await?
+            self.reload(self.accounts_ttl).await?
         };
         if let Some(found) = find(&accounts, &hash) {
             return Ok(Some(found));
@@ -202,7 +210,7 @@ impl Authenticator {
         let accounts = if fresh {
             accounts
         } else {
-            self.reload(ACCOUNTS_TTL).await?
+            self.reload(self.accounts_ttl).await?
         };
         // The account must be the very one the token was issued to: an account deleted and
         // created again under the same name (its client id) has another generation.
@@ -229,14 +237,14 @@ impl Authenticator {
             }))
     }
 
-    /// The account named `name` as currently known (within `ACCOUNTS_TTL`), with the hash of
+    /// The account named `name` as currently known (within the accounts TTL), with the hash of
     /// its token: a session of the /admin page follows its account's expiry and revocation.
     pub async fn account(&self, name: &str) -> Result<Option<([u8; 32], Principal)>, StoreError> {
         let (accounts, fresh) = self.current();
         let accounts = if fresh {
             accounts
         } else {
-            self.reload(ACCOUNTS_TTL).await?
+            self.reload(self.accounts_ttl).await?
         };
         Ok(accounts.iter().find(|(_, p)| p.name == name).cloned())
     }

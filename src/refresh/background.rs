@@ -30,8 +30,9 @@ pub async fn run(keeper: SecretsKeeper, config: RefresherConfig, stop: Cancellat
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
         }
-        if let Err(e) = pass(&keeper, &config, &semaphore, &stop).await {
-            tracing::warn!(error = %e, "background refresh pass failed");
+        match pass(&keeper, &config, &semaphore, &stop).await {
+            Ok(()) => tracing::debug!("background refresh pass done"),
+            Err(e) => tracing::warn!(error = %e, "background refresh pass failed"),
         }
         wait = jittered(config.interval, 0.8, 1.2);
     }

@@ -73,7 +73,10 @@ async fn admin_pages_need_the_cookie_and_a_wrong_token_says_nothing_more() {
     let attention = html.find("id=\"attention\"").unwrap();
     assert!(html[attention..].contains("broken-7"));
     assert!(!html.contains("<script"));
-    let _: Value = json_of(app.get("/healthz").send().await).await;
+    let health = app.get("/healthz").send().await;
+    assert_eq!(health.status(), 200);
+    let health: Value = json_of(health).await;
+    assert_eq!(health, serde_json::json!({"status": "ok"}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,22 +84,24 @@ async fn an_operator_signs_in_sees_the_broken_connection_first_makes_a_link_and_
     let provider = crate::helpers::FakeProvider::start().await;
     let app = spawn_app(Some(&provider)).await;
     seed(&app).await;
-    let screenshots = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e");
-    let out = Command::new("node")
-        .arg(
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/e2e/admin-browser.mjs"),
-        )
-        .args([
-            "--base",
-            &app.address,
-            "--token",
-            &app.admin,
-            "--screenshots",
-        ])
-        .arg(&screenshots)
-        .output()
-        .expect("node (scripts/e2e-setup.sh installs the browser tooling)");
+    let screenshots = crate::helpers::fresh_screenshot_dir("admin");
+    let out = crate::helpers::output_within(
+        Command::new("node")
+            .arg(
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/e2e/admin-browser.mjs"),
+            )
+            .args([
+                "--base",
+                &app.address,
+                "--token",
+                &app.admin,
+                "--screenshots",
+            ])
+            .arg(&screenshots),
+        None,
+        crate::helpers::COMMAND_DEADLINE,
+    );
     assert!(
         out.status.success(),
         "{}",

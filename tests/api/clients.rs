@@ -1,12 +1,10 @@
 //! Service accounts as OAuth clients: the client-credentials grant and its JWTs.
 
-use std::time::Duration;
-
 use base64::Engine;
 use serde_json::Value;
 
 use crate::helpers::{
-    cli, cli_ok, json_of, spawn_app_on, spawn_app_with, unique, AppOptions, Backend, TestApp,
+    cli, cli_ok, holds_eventually, json_of, spawn_app_with, unique, AppOptions, Backend, TestApp,
 };
 
 async fn token_request(
@@ -46,7 +44,13 @@ fn kid_of(jwt: &str) -> String {
 }
 
 pub async fn a_service_account_obtains_a_jwt_and_uses_it_on_the_token_routes(backend: Backend) {
-    let app = spawn_app_on(backend, None).await;
+    // The server reads the accounts on every request: the CLI's changes apply at once.
+    let app = spawn_app_with(AppOptions {
+        backend,
+        extra_config: "accounts_cache_seconds = 0\n".into(),
+        ..AppOptions::default()
+    })
+    .await;
     app.import_ok(
         "acme",
         "github",
@@ -150,9 +154,6 @@ pub async fn a_service_account_obtains_a_jwt_and_uses_it_on_the_token_routes(bac
     .trim()
     .to_string();
     app.remember_secret(&scoped);
-    // The failed attempts above made the server re-read the accounts a moment ago; it does so
-    // at most every 250 ms.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let scoped_jwt = jwt_for(&app, "gh-only", &scoped).await;
     assert_eq!(
         app.get_token_as(&scoped_jwt, "acme", "github", "")
@@ -169,7 +170,6 @@ pub async fn a_service_account_obtains_a_jwt_and_uses_it_on_the_token_routes(bac
         &[],
     );
     assert_eq!(code, 0);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
         app.get_token_as(&scoped_jwt, "acme", "hubspot", "")
             .await
@@ -205,7 +205,14 @@ async fn an_expired_jwt_is_refused() {
         app.get_token_as(&jwt, "acme", "github", "").await.status(),
         200
     );
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // It expires (one second, plus the one-second leeway): refused from then on.
+    assert!(
+        holds_eventually(|| async {
+            app.get_token_as(&jwt, "acme", "github", "").await.status() == 401
+        })
+        .await,
+        "the expired JWT is refused"
+    );
     assert_eq!(
         app.get_token_as(&jwt, "acme", "github", "").await.status(),
         401
@@ -215,7 +222,7 @@ async fn an_expired_jwt_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_signing_key_rotation_the_previous_key_works_during_the_overlap_only() {
     let app = spawn_app_with(AppOptions {
-        extra_config: "jwt_key_overlap_seconds = 9\n".into(),
+        extra_config: "jwt_key_overlap_seconds = 9\njwt_keys_cache_seconds = 0\n".into(),
         ..AppOptions::default()
     })
     .await;
@@ -228,8 +235,7 @@ async fn after_a_signing_key_rotation_the_previous_key_works_during_the_overlap_
     let old = jwt_for(&app, "extraction", &app.superadmin).await;
     let (code, _, stderr) = cli(&app.config_path, &["keys", "rotate-signing"], None, &[]);
     assert_eq!(code, 0, "{stderr}");
-    // Servers pick the new key up within 5 seconds.
-    tokio::time::sleep(Duration::from_millis(5500)).await;
+    // The server reads the keys on every use (`jwt_keys_cache_seconds = 0`).
     let new = jwt_for(&app, "extraction", &app.superadmin).await;
     assert_ne!(kid_of(&new), kid_of(&old), "signed with the new key");
     assert_eq!(
@@ -241,8 +247,27 @@ async fn after_a_signing_key_rotation_the_previous_key_works_during_the_overlap_
         app.get_token_as(&new, "acme", "github", "").await.status(),
         200
     );
-    // Past the overlap, the retired key no longer verifies.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // The old key retires at the end of the overlap (9 s); then it no longer verifies. The
+    // end is brought forward in the database rather than waited for.
+    let overlap = app
+        .query_strings(&format!(
+            "SELECT CAST(o.retire_at - n.created_at AS TEXT) FROM jwt_keys o, jwt_keys n \
+             WHERE o.kid = '{}' AND n.kid = '{}'",
+            kid_of(&old),
+            kid_of(&new)
+        ))
+        .await;
+    let overlap: i64 = overlap[0].parse().unwrap();
+    assert!(
+        (9..=10).contains(&overlap),
+        "the old key retires 9 s after the new one was made: {overlap}"
+    );
+    app.execute_sql(&format!(
+        "UPDATE jwt_keys SET retire_at = {} WHERE kid = '{}'",
+        crate::helpers::now() - 1,
+        kid_of(&old)
+    ))
+    .await;
     assert_eq!(
         app.get_token_as(&old, "acme", "github", "").await.status(),
         401

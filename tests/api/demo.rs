@@ -59,26 +59,76 @@ async fn signup(client: &reqwest::Client, link: &str, decision: &str) -> (u16, S
     (status, done.text().await.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_connects_the_sandbox_and_its_printed_commands_fetch_a_working_token() {
-    let dir = std::env::temp_dir().join(unique("tokenbox-demo"));
-    let mut demo = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .env_remove("TOKENBOX_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut printed = Vec::new();
-    for line in BufReader::new(demo.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let last = line.contains("/sandbox/api/me");
-        printed.push(line);
-        if last {
-            break;
+/// A running `tokenbox demo`: killed (and its data directory removed) when dropped, even when
+/// the test fails; its stdout read line by line with a deadline.
+struct Demo {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Demo {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(unique("tokenbox-demo"));
+        let mut command = Command::new(BIN);
+        command
+            .arg("demo")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&dir)
+            .env_remove("TOKENBOX_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, dir, lines }
+    }
+
+    /// The lines printed up to and including the first one `last` accepts; panics with them
+    /// when the demo ends or the deadline passes first.
+    fn lines_until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut printed = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = last(&line);
+                    printed.push(line);
+                    if done {
+                        return printed;
+                    }
+                }
+                Err(e) => panic!("the demo did not print what was expected ({e}): {printed:#?}"),
+            }
         }
     }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_connects_the_sandbox_and_its_printed_commands_fetch_a_working_token() {
+    let demo = Demo::start(&["--listen", "127.0.0.1:0"], &[]);
+    let printed = demo.lines_until(|line| line.contains("/sandbox/api/me"));
     let find = |needle: &str| {
         printed
             .iter()
@@ -92,6 +142,7 @@ async fn the_demo_connects_the_sandbox_and_its_printed_commands_fetch_a_working_
     let base = link.split("/connect/").next().unwrap().to_string();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(60))
         .build()
         .unwrap();
 
@@ -127,14 +178,15 @@ async fn the_demo_connects_the_sandbox_and_its_printed_commands_fetch_a_working_
     let (code, out) = run(&find("token demo sandbox"));
     assert_eq!(code, 0);
     assert_eq!(out.trim(), token);
-
-    let _ = demo.kill();
-    let _ = demo.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(demo);
 }
 
 fn run(command: &str) -> (i32, String) {
-    let out = Command::new("sh").arg("-c").arg(command).output().unwrap();
+    let out = crate::helpers::output_within(
+        Command::new("sh").arg("-c").arg(command),
+        None,
+        crate::helpers::COMMAND_DEADLINE,
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -240,24 +292,12 @@ async fn the_sandbox_answers_only_this_servers_callback_inside_the_body_limit_an
 /// Without `--listen`, the demo binds `TOKENBOX_LISTEN` (the flag's default no longer wins).
 #[test]
 fn the_demo_listens_where_tokenbox_listen_says_when_no_flag_is_given() {
-    let dir = std::env::temp_dir().join(unique("tokenbox-demo-listen"));
-    let mut demo = Command::new(BIN)
-        .args(["demo", "--data-dir"])
-        .arg(&dir)
-        .env_remove("TOKENBOX_CONFIG")
-        .env("TOKENBOX_LISTEN", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let link = BufReader::new(demo.stdout.take().unwrap())
-        .lines()
-        .map(Result::unwrap)
-        .find(|line| line.contains("/connect/"));
-    let _ = demo.kill();
-    let _ = demo.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    let link = link.expect("the demo printed its connect link");
+    let demo = Demo::start(&[], &[("TOKENBOX_LISTEN", "127.0.0.1:0")]);
+    let link = demo
+        .lines_until(|line| line.contains("/connect/"))
+        .pop()
+        .expect("the demo printed its connect link");
+    drop(demo);
     let port = link
         .trim()
         .strip_prefix("http://127.0.0.1:")

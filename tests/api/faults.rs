@@ -1,12 +1,11 @@
 //! Provider faults, each classified, answered without leaking, and backed off.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use crate::binb_token::retry_after_of;
 use crate::helpers::{
-    json_of, location, spawn_app_with, unique, AppOptions, FakeProvider, Mode, TestApp, HUGE_BODY,
+    json_of, location, spawn_app_with, unique, wait_until, AppOptions, FakeProvider, Mode, TestApp,
+    HUGE_BODY,
 };
 
 async fn app_with_faults(provider: &FakeProvider) -> TestApp {
@@ -142,7 +141,11 @@ async fn each_provider_fault_is_classified_backed_off_and_never_leaks() {
         }
         // The hung request may still be in the provider; let it finish before the next case.
         if case.mode == Mode::Hang {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            provider.release_hung();
+            wait_until("the hung provider request to end", || {
+                provider.pending() == 0
+            })
+            .await;
         }
     }
 

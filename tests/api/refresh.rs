@@ -3,8 +3,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::helpers::{
-    json_of, now, spawn_app_on, spawn_app_with, unique, AppOptions, Backend, FakeProvider, Mode,
-    TestApp,
+    json_of, now, spawn_app_on, spawn_app_with, unique, wait_until, AppOptions, Backend,
+    FakeProvider, Mode, TestApp,
 };
 
 /// `n` concurrent token requests for acme/acme, each answered 200: the tokens they got.
@@ -48,8 +48,18 @@ pub async fn an_expired_token_is_refreshed_once_for_fifty_concurrent_requests(ba
 
 pub async fn a_refresh_of_one_connection_does_not_delay_the_others(backend: Backend) {
     let provider = FakeProvider::start().await;
-    provider.set_delay(Duration::from_secs(3));
-    let app = spawn_app_on(backend, Some(&provider)).await;
+    // The provider holds every refresh until the test releases it; tokenbox waits for it
+    // longer than the test's deadline for the other request.
+    provider.hold();
+    let app = spawn_app_with(AppOptions {
+        backend,
+        provider: Some(provider.clone()),
+        extra_config: "provider_timeout_seconds = 120\nrequest_timeout_seconds = 120\n\
+                       refresh_lease_seconds = 300\n"
+            .into(),
+        ..AppOptions::default()
+    })
+    .await;
     app.import_expired("slow").await;
     let fresh = unique("fresh-at");
     app.import_ok(
@@ -59,20 +69,28 @@ pub async fn a_refresh_of_one_connection_does_not_delay_the_others(backend: Back
     )
     .await;
 
-    let slow = app.get_token("slow", "acme", "");
-    let fast = async {
-        // Give the slow refresh time to start, then ask for the other connection.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let response = app.get_token("other", "acme", "").await;
-        let finished_while_slow_pending = provider.calls() == 1;
-        (response, finished_while_slow_pending)
-    };
-    let (slow_response, (fast_response, fast_first)) = tokio::join!(slow, fast);
-    assert_eq!(fast_response.status(), 200);
-    assert_eq!(slow_response.status(), 200);
-    assert!(fast_first);
-    let elapsed_check = json_of(fast_response).await;
-    assert_eq!(elapsed_check["access_token"], fresh.as_str());
+    let slow = tokio::spawn(app.get("/slow/acme/binb-token").as_superadmin().send());
+    // The slow refresh has reached the provider, which holds it.
+    wait_until("the slow refresh to reach the provider", || {
+        provider.calls() == 1
+    })
+    .await;
+    // Another connection is served while that refresh is held; the deadline only turns a
+    // wait for the held refresh into a clear failure instead of a hang.
+    let fast = tokio::time::timeout(Duration::from_secs(20), app.get_token("other", "acme", ""))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the request for another connection waited for the held refresh of `slow`")
+        });
+    assert_eq!(fast.status(), 200);
+    assert_eq!(json_of(fast).await["access_token"], fresh.as_str());
+    assert_eq!(provider.answered(), 0, "the slow refresh was still held");
+    assert!(!slow.is_finished(), "the slow request was still waiting");
+
+    provider.release();
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status(), 200);
+    assert_eq!(provider.calls(), 1);
 }
 
 pub async fn after_rotation_the_old_refresh_token_is_never_presented_again(backend: Backend) {
@@ -205,16 +223,8 @@ pub async fn the_background_refresher_refreshes_ahead_and_skips_what_it_must(bac
     ))
     .await;
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while provider.calls() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} refreshes",
-            provider.calls()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_until("two background refreshes", || provider.calls() >= 2).await;
+    two_more_passes(&app).await;
     assert_eq!(
         provider.calls(),
         2,
@@ -237,12 +247,8 @@ pub async fn the_background_refresher_refreshes_ahead_and_skips_what_it_must(bac
         &json!({"access_token": unique("rv"), "refresh_token": provider.new_refresh_token(), "expires_at": now() + 100}),
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while provider.calls() < 3 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_until("the revoked connection's refresh", || provider.calls() >= 3).await;
+    two_more_passes(&app).await;
     assert_eq!(
         provider.calls(),
         3,
@@ -258,12 +264,24 @@ pub async fn the_background_refresher_refreshes_ahead_and_skips_what_it_must(bac
         &json!({"access_token": unique("dn"), "refresh_token": provider.new_refresh_token(), "expires_at": now() + 100}),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_until("the failing connection's refresh", || provider.calls() > 3).await;
+    two_more_passes(&app).await;
+    two_more_passes(&app).await;
     let calls = provider.calls() - 3;
     assert!(
         (1..=3).contains(&calls),
         "one pass with its bounded retries, then back-off: {calls}"
     );
+}
+
+/// Waits until the background refresher has finished two more passes (the one running now
+/// may have claimed its work before the last change).
+async fn two_more_passes(app: &TestApp) {
+    let passes = app.refresher_passes();
+    wait_until("two more refresher passes", || {
+        app.refresher_passes() >= passes + 2
+    })
+    .await;
 }
 
 pub async fn the_read_path_writes_nothing_while_the_token_is_good(backend: Backend) {

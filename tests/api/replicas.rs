@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{
-    json_of, now, spawn_app_on, spawn_app_with, unique, AppOptions, Backend, FakeProvider, TestApp,
+    json_of, now, spawn_app_on, spawn_app_with, unique, wait_until, AppOptions, Backend,
+    FakeProvider, TestApp,
 };
 
 async fn hammer(app: &TestApp, n: usize, app_id: &str) -> Vec<(u16, Value)> {
@@ -58,7 +59,8 @@ async fn two_replicas_and_a_hundred_callers_cause_one_provider_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_during_a_refresh_loses_nothing() {
     let provider = FakeProvider::start().await;
-    provider.set_delay(Duration::from_millis(1500));
+    // The provider holds its answers until the test releases them.
+    provider.hold();
     // The dead replica's lease ends after four seconds; the survivor waits for it.
     let mut first = spawn_app_with(AppOptions {
         backend: Backend::Postgres,
@@ -76,15 +78,21 @@ async fn a_replica_killed_during_a_refresh_loses_nothing() {
         .as_superadmin()
         .try_send();
     let in_flight = tokio::spawn(request);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(provider.calls(), 1, "the refresh reached the provider");
+    wait_until("the refresh to reach the provider", || {
+        provider.calls() == 1
+    })
+    .await;
     first.kill();
     assert!(
         in_flight.await.unwrap().is_err(),
         "the killed replica never answered"
     );
-    // Let the provider finish the request the dead replica sent (it rotates the token).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let the provider finish the request the dead replica sent (it rotated the token).
+    provider.release();
+    wait_until("the provider to end the dead replica's request", || {
+        provider.pending() == 0
+    })
+    .await;
 
     // The dead replica's lease expires: the survivor takes it over (and notes the interruption).
     provider.set_delay(Duration::ZERO);
@@ -142,17 +150,13 @@ async fn two_replicas_split_the_background_refreshes_and_refresh_each_connection
             )
             .await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while provider.calls() < 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {} refreshes",
-            provider.calls()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // A few more passes: nothing is refreshed twice.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until("200 background refreshes", || provider.calls() >= 200).await;
+    // Two more passes of each replica: nothing is refreshed twice.
+    let (a, b) = (first.refresher_passes(), second.refresher_passes());
+    wait_until("two more passes of each replica", || {
+        first.refresher_passes() >= a + 2 && second.refresher_passes() >= b + 2
+    })
+    .await;
     assert_eq!(
         provider.calls(),
         200,

@@ -4,15 +4,28 @@
 use std::time::Duration;
 
 use crate::helpers::{
-    json_of, spawn_app_on, spawn_app_with, wait_until, AppOptions, Backend, FakeProvider,
+    json_of, spawn_app_on, spawn_app_with, wait_until, AppOptions, Backend, FakeProvider, TestApp,
 };
+
+/// Sends SIGTERM while the provider holds its answer, releases the answer once the server has
+/// begun shutting down, and returns the exit code.
+async fn terminate_then_release(app: &mut TestApp, provider: &FakeProvider) -> Option<i32> {
+    app.sigterm();
+    wait_until("the server to begin shutting down", || {
+        app.log_lines_containing("shutting down") > 0
+    })
+    .await;
+    assert_eq!(provider.answered(), 0, "the provider still held its answer");
+    provider.release();
+    tokio::task::block_in_place(|| app.wait_exit(Duration::from_secs(60)))
+}
 
 pub async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exit(backend: Backend) {
     let provider = FakeProvider::start().await;
-    // The provider rotates at once and answers seven seconds later (longer than any other
-    // shutdown step waits); the job gives up after one second (request_timeout), so no request
-    // is in progress when SIGTERM comes: only the refresh.
-    provider.set_delay(Duration::from_secs(7));
+    // The provider rotates at once and holds its answer until the test releases it, after
+    // SIGTERM; the job gives up after one second (request_timeout), so no request is in
+    // progress when SIGTERM comes: only the refresh.
+    provider.hold();
     let mut app = spawn_app_with(AppOptions {
         backend,
         provider: Some(provider.clone()),
@@ -26,12 +39,11 @@ pub async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exit(backe
     assert_eq!(response.status(), 503, "the refresh outlived the request");
     assert_eq!(provider.calls(), 1, "and it reached the provider");
     // The provider has spent the stored refresh token; the new one is on its way.
-    let code = tokio::task::block_in_place(|| app.terminate(Duration::from_secs(60)));
+    let code = terminate_then_release(&mut app, &provider).await;
     assert_eq!(code, Some(0), "a graceful shutdown exits 0");
 
     // After the restart the refreshed token is served without a provider call, and a new
     // refresh presents the rotated refresh token: the provider sees no reuse.
-    provider.set_delay(Duration::ZERO);
     app.start_again();
     let response = app.get_token("acme", "acme", "").await;
     assert_eq!(response.status(), 200);
@@ -55,7 +67,7 @@ pub async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exit(backe
 /// A request still waiting on its refresh at SIGTERM is answered before the process exits.
 pub async fn sigterm_answers_the_request_waiting_on_a_refresh(backend: Backend) {
     let provider = FakeProvider::start().await;
-    provider.set_delay(Duration::from_secs(2));
+    provider.hold();
     let mut app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("acme").await;
 
@@ -65,14 +77,13 @@ pub async fn sigterm_answers_the_request_waiting_on_a_refresh(backend: Backend) 
         provider.calls() == 1
     })
     .await;
-    let code = tokio::task::block_in_place(|| app.terminate(Duration::from_secs(60)));
+    let code = terminate_then_release(&mut app, &provider).await;
     assert_eq!(code, Some(0), "a graceful shutdown exits 0");
     let answered = in_flight
         .await
         .unwrap()
         .expect("the request in flight was answered");
     assert_eq!(answered.status(), 200);
-    provider.set_delay(Duration::ZERO);
     app.start_again();
     let response = app.get_token("acme", "acme", "force_refresh=true").await;
     assert_eq!(response.status(), 200);
@@ -82,7 +93,7 @@ pub async fn sigterm_answers_the_request_waiting_on_a_refresh(backend: Backend) 
 /// The background refresher's refresh in flight is not aborted either.
 pub async fn sigterm_during_a_background_refresh_stores_the_rotated_token(backend: Backend) {
     let provider = FakeProvider::start().await;
-    provider.set_delay(Duration::from_secs(2));
+    provider.hold();
     let mut app = spawn_app_with(AppOptions {
         backend,
         refresher: true,
@@ -96,10 +107,9 @@ pub async fn sigterm_during_a_background_refresh_stores_the_rotated_token(backen
         provider.calls() == 1
     })
     .await;
-    let code = tokio::task::block_in_place(|| app.terminate(Duration::from_secs(60)));
+    let code = terminate_then_release(&mut app, &provider).await;
     assert_eq!(code, Some(0));
 
-    provider.set_delay(Duration::ZERO);
     app.start_again();
     let response = app.get_token("acme", "acme", "force_refresh=true").await;
     assert_eq!(response.status(), 200);

@@ -151,14 +151,16 @@ async fn the_default_data_directory_is_created_with_a_private_key_file() {
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(unique("tokenbox-default"));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = std::process::Command::new(crate::helpers::BIN)
-        .args(["service-account", "create", "ops", "--role", "admin"])
-        .current_dir(&dir)
-        .env_remove("TOKENBOX_CONFIG")
-        .env_remove("TOKENBOX_DATABASE_URL")
-        .env_remove("TOKENBOX_ENCRYPTION_KEY_FILE")
-        .output()
-        .unwrap();
+    let out = crate::helpers::output_within(
+        std::process::Command::new(crate::helpers::BIN)
+            .args(["service-account", "create", "ops", "--role", "admin"])
+            .current_dir(&dir)
+            .env_remove("TOKENBOX_CONFIG")
+            .env_remove("TOKENBOX_DATABASE_URL")
+            .env_remove("TOKENBOX_ENCRYPTION_KEY_FILE"),
+        None,
+        crate::helpers::COMMAND_DEADLINE,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -255,13 +257,19 @@ pub async fn keys_rotate_under_load_then_the_old_key_can_be_removed(backend: Bac
         readers.spawn(async move {
             let (mut ok, mut failed) = (0u32, 0u32);
             let mut i = r;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || ok == 0 {
+            // Until the rotation has returned, then once more (every reader reads at least
+            // once, and a reader whose reads keep failing still ends).
+            loop {
+                let last = stop.load(std::sync::atomic::Ordering::SeqCst);
                 let request = requests[i % 30].try_clone().unwrap();
                 match request.try_send().await {
                     Ok(r) if r.status() == 200 => ok += 1,
                     _ => failed += 1,
                 }
                 i += 1;
+                if last {
+                    break;
+                }
             }
             (ok, failed)
         });
@@ -271,7 +279,7 @@ pub async fn keys_rotate_under_load_then_the_old_key_can_be_removed(backend: Bac
         cli(&config, &["keys", "rotate", "--batch", "7"], None, &[])
     });
     let (code, _, stderr) = rotate.await.unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("re-encrypted 30 connections"), "{stderr}");
     let (mut ok, mut failed) = (0, 0);

@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -10,7 +9,9 @@ use axum::routing::post;
 use axum::Router;
 use serde_json::Value;
 
-use crate::helpers::{cli, spawn_app_with, unique, AppOptions, FakeProvider, Mode, TestApp};
+use crate::helpers::{
+    cli, eventually, spawn_app_with, unique, wait_until, AppOptions, FakeProvider, Mode, TestApp,
+};
 
 struct Receiver {
     secret: String,
@@ -86,12 +87,14 @@ async fn app_with_hook(provider: &FakeProvider, url: &str, secret: &str) -> Test
     app
 }
 
-async fn wait_for(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The outbox rows as `event_type:attempts:delivered` (the app's database, as stored).
+async fn outbox(app: &TestApp) -> Vec<String> {
+    app.query_strings(
+        "SELECT event_type || ':' || CAST(attempts AS TEXT) || ':' || \
+         CASE WHEN delivered_at IS NULL THEN 'pending' ELSE 'delivered' END \
+         FROM webhook_deliveries ORDER BY id",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,10 +106,17 @@ async fn each_connection_event_is_delivered_once_with_a_valid_signature() {
     app.import_expired("acme").await; // connection.created
     provider.set_mode(Mode::Down);
     assert_eq!(app.get_token("acme", "acme", "").await.status(), 503); // refresh_failed
-    tokio::time::sleep(Duration::from_millis(3200)).await; // past the back-off
     provider.set_mode(Mode::Rotating);
-    assert_eq!(app.get_token("acme", "acme", "").await.status(), 200); // recovered
+    // Answered from the back-off until it ends, then refreshed.
+    let recovered = eventually("the back-off to end", || async {
+        let status = app.get_token("acme", "acme", "").await.status();
+        (status != 503).then_some(status)
+    })
+    .await;
+    assert_eq!(recovered, 200); // recovered
+    let calls = provider.calls();
     assert_eq!(app.get_token("acme", "acme", "").await.status(), 200); // no event
+    assert_eq!(provider.calls(), calls, "served without a refresh");
     provider.set_mode(Mode::Revoked);
     assert_eq!(
         app.get_token("acme", "acme", "force_refresh=true")
@@ -115,11 +125,16 @@ async fn each_connection_event_is_delivered_once_with_a_valid_signature() {
         409
     ); // reauthorization_required
 
-    wait_for("four events", 20, || {
-        hooks.events.lock().unwrap().len() >= 4
+    wait_until("four events", || hooks.events.lock().unwrap().len() >= 4).await;
+    // Every outbox row delivered: nothing more will come.
+    let rows = eventually("the outbox to be delivered", || async {
+        let rows = outbox(&app).await;
+        rows.iter()
+            .all(|r| r.ends_with(":delivered"))
+            .then_some(rows)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rows.len(), 4, "{rows:?}");
     let events = hooks.events.lock().unwrap().clone();
     let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
@@ -161,16 +176,26 @@ async fn a_failing_receiver_gets_the_event_on_the_third_try_even_across_a_restar
     )
     .await;
 
-    // The first attempt fails; tokenbox restarts before the retry.
-    wait_for("a first attempt", 10, || {
-        hooks.attempts.load(Ordering::SeqCst) >= 1
+    // The first attempt fails and is recorded; tokenbox stops before the retry.
+    eventually("a failed attempt recorded in the outbox", || async {
+        let rows = outbox(&app).await;
+        (rows.len() == 1 && !rows[0].starts_with("connection.created:0:")).then_some(())
     })
     .await;
-    app.restart();
-    wait_for("the delivery", 20, || {
-        !hooks.events.lock().unwrap().is_empty()
-    })
-    .await;
+    app.stop();
+    let failed = hooks.attempts.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&failed),
+        "{failed} failed attempts before the restart"
+    );
+    assert!(hooks.events.lock().unwrap().is_empty(), "not delivered yet");
+    assert_eq!(
+        outbox(&app).await,
+        [format!("connection.created:{failed}:pending")],
+        "the outbox records the failed attempts"
+    );
+    app.start_again();
+    wait_until("the delivery", || !hooks.events.lock().unwrap().is_empty()).await;
     assert_eq!(
         hooks.attempts.load(Ordering::SeqCst),
         3,
@@ -254,7 +279,7 @@ async fn a_slow_endpoint_does_not_delay_the_others() {
     app.remember_secret(&hooks.secret);
 
     app.import_expired("acme").await; // connection.created, for both endpoints
-    wait_for("the fast endpoint's event", 60, || {
+    wait_until("the fast endpoint's event", || {
         hooks.events.lock().unwrap().len() == 1
     })
     .await;

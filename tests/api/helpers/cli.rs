@@ -1,8 +1,9 @@
 //! The `tokenbox` binary run as a command, as an operator would.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use super::process::{output_within, COMMAND_DEADLINE};
 use super::BIN;
 
 /// Runs the CLI and returns its stdout; panics with stderr when it fails.
@@ -19,28 +20,17 @@ pub fn cli(
     stdin: Option<&str>,
     env: &[(&str, &str)],
 ) -> (i32, String, String) {
-    use std::io::Write;
     let mut command = Command::new(BIN);
     command
         .arg("--config")
         .arg(config)
         .args(args)
         .env_remove("TOKENBOX_LOG")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("RUST_LOG");
     for (k, v) in env {
         command.env(k, v);
     }
-    let mut child = command.spawn().expect("spawn tokenbox");
-    {
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(&mut command, stdin, COMMAND_DEADLINE);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

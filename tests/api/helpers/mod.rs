@@ -10,6 +10,8 @@
 //! - `postgres`: a database per test, the `with_db!` macro and the SQL helpers;
 //! - `cli`: running the `tokenbox` binary as a command;
 //! - `oidc`: the real OAuth server (oidc-provider) and the headless browser of `tests/e2e`.
+//! - `cluster`: a throwaway PostgreSQL cluster a test may stop and start;
+//! - `process`: child processes with a deadline.
 //!
 //! Every public name is re-exported here: tests import from `crate::helpers`.
 
@@ -19,16 +21,20 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod cli;
+mod cluster;
 mod oidc;
 mod postgres;
+mod process;
 mod provider;
 mod requests;
 mod server;
 mod signup;
 
 pub use cli::{cli, cli_ok};
-pub use oidc::{browse, start_oidc_server, userinfo, OidcClient, OidcServer};
+pub use cluster::PgCluster;
+pub use oidc::{browse, userinfo, OidcClient, OidcServer};
 pub use postgres::PgDatabase;
+pub use process::{output_within, COMMAND_DEADLINE};
 pub use provider::{FakeProvider, Mode, CLIENT_ID, HUGE_BODY};
 pub use server::{spawn_app, spawn_app_on, spawn_app_with, AppOptions, Backend, TestApp};
 pub use signup::set_cookies;
@@ -79,6 +85,17 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A fresh, empty directory for a test's screenshots (`target/e2e/<name>`): a check that a
+/// screenshot exists then proves this run made it.
+pub fn fresh_screenshot_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/e2e")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// Waits until `done` holds (a condition on local state).

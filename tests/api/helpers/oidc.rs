@@ -52,12 +52,6 @@ impl Drop for OidcServer {
     }
 }
 
-/// Starts the server with 8-second access tokens; `client_id` is the Basic client, the body
-/// client is `{client_id}-post`.
-pub fn start_oidc_server(client_id: &str, client_secret: &str, redirect_uri: &str) -> OidcServer {
-    OidcServer::start(client_id, client_secret, redirect_uri, 8)
-}
-
 impl OidcServer {
     pub fn start(
         client_id: &str,
@@ -283,7 +277,7 @@ pub fn browse(link: &str, screenshots: &std::path::Path, deny: bool) -> Value {
     if deny {
         command.arg("--deny");
     }
-    let out = command.output().expect("node must be installed");
+    let out = super::output_within(&mut command, None, super::COMMAND_DEADLINE);
     assert!(
         out.status.success(),
         "the browser run failed: {}",

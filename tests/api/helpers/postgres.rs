@@ -24,8 +24,12 @@ fn with_database(url: &str, name: &str) -> String {
 
 impl PgDatabase {
     pub async fn create() -> Self {
+        Self::create_on(pg_admin_url()).await
+    }
+
+    /// A fresh database on the server of `admin_url` (a throwaway cluster's, for instance).
+    pub async fn create_on(admin_url: String) -> Self {
         use sqlx::{ConnectOptions, Connection};
-        let admin_url = pg_admin_url();
         let name = unique("tokenbox_test").replace('-', "_");
         let mut admin =
             <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&admin_url)

@@ -40,7 +40,7 @@ pub enum Mode {
     NoAccessToken,
     /// Answers 401 invalid_client (our client secret is wrong).
     InvalidClient,
-    /// Answers only after 3 seconds.
+    /// Answers only when released (`FakeProvider::release_hung`): a provider that hangs.
     Hang,
     /// Answers 200 with a JSON content type and a 64 MiB body of spaces, chunked (no length).
     HugeBody,
@@ -119,7 +119,16 @@ fn huge_body(counters: &Arc<BodyCounters>, announced: Option<u64>) -> Response {
 }
 
 pub struct ProviderState {
+    /// Token requests received, counted on arrival (before any hold or delay).
     pub calls: AtomicUsize,
+    /// Token requests answered (after any hold or delay).
+    pub answered: AtomicUsize,
+    /// Token requests received and not yet answered or abandoned by the client.
+    pub pending: AtomicUsize,
+    /// While `true`, token answers are held (the request counted and decided), until `release`.
+    gate: tokio::sync::watch::Sender<bool>,
+    /// While `true`, `Mode::Hang` requests are held (the hung provider), until released.
+    hang: tokio::sync::watch::Sender<bool>,
     /// Refresh attempts with a token that was already spent.
     pub reuses: AtomicUsize,
     mode: Mutex<Mode>,
@@ -152,6 +161,10 @@ impl FakeProvider {
     pub async fn start() -> Self {
         let state = Arc::new(ProviderState {
             calls: AtomicUsize::new(0),
+            answered: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            gate: tokio::sync::watch::Sender::new(false),
+            hang: tokio::sync::watch::Sender::new(true),
             reuses: AtomicUsize::new(0),
             mode: Mutex::new(Mode::Rotating),
             delay: Mutex::new(Duration::ZERO),
@@ -179,6 +192,32 @@ impl FakeProvider {
 
     pub fn calls(&self) -> usize {
         self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// Token requests answered so far (a held request is received but not answered).
+    pub fn answered(&self) -> usize {
+        self.state.answered.load(Ordering::SeqCst)
+    }
+
+    /// Token requests received and still running in the provider (held, delayed, or hung).
+    pub fn pending(&self) -> usize {
+        self.state.pending.load(Ordering::SeqCst)
+    }
+
+    /// Holds the answer to every token request received from now on (counted in `calls`, its
+    /// rotation done) until `release`: the test decides when the provider answers.
+    pub fn hold(&self) {
+        self.state.gate.send_replace(true);
+    }
+
+    /// Lets the held token requests (and later ones) through.
+    pub fn release(&self) {
+        self.state.gate.send_replace(false);
+    }
+
+    /// Lets the requests held by `Mode::Hang` finish (with an error), and later ones at once.
+    pub fn release_hung(&self) {
+        self.state.hang.send_replace(false);
     }
 
     pub fn reuses(&self) -> usize {
@@ -240,15 +279,31 @@ async fn token_endpoint(
     Form(form): Form<std::collections::HashMap<String, String>>,
 ) -> Response {
     state.calls.fetch_add(1, Ordering::SeqCst);
+    state.pending.fetch_add(1, Ordering::SeqCst);
+    let _pending = Pending(&state);
     if *state.mode.lock().unwrap() == Mode::Hang {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = state.hang.subscribe().wait_for(|hung| !hung).await;
     }
     let response = token_decision(&state, &headers, &form);
+    // The decision is committed; a held answer waits for the test's signal (a request whose
+    // client went away is dropped here, its rotation done, as with a real provider).
+    let _ = state.gate.subscribe().wait_for(|held| !held).await;
     let delay = *state.delay.lock().unwrap();
     if !delay.is_zero() {
+        // Fault injection only (a slow provider): no test waits on this clock.
         tokio::time::sleep(delay).await;
     }
+    state.answered.fetch_add(1, Ordering::SeqCst);
     response
+}
+
+/// Counts a token request out of `pending` when it ends, answered or dropped.
+struct Pending<'a>(&'a ProviderState);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn token_decision(

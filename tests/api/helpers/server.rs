@@ -50,6 +50,9 @@ pub struct AppOptions {
     pub log_filter: String,
     /// `allow_insecure_loopback` (on by default: the fake provider is plain http on loopback).
     pub allow_insecure_loopback: bool,
+    /// The PostgreSQL server the test database is created on (its admin URL); default: the
+    /// one of `TOKENBOX_TEST_DATABASE_URL`, else the local one.
+    pub pg_server: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -63,6 +66,7 @@ impl Default for AppOptions {
             extra_config: String::new(),
             log_filter: "debug,hyper=info,h2=info,tower=info".into(),
             allow_insecure_loopback: true,
+            pg_server: None,
         }
     }
 }
@@ -85,7 +89,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     std::fs::create_dir_all(&dir).unwrap();
     let pg = match options.backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some(Arc::new(PgDatabase::create().await)),
+        Backend::Postgres => Some(Arc::new(match options.pg_server.clone() {
+            Some(admin_url) => PgDatabase::create_on(admin_url).await,
+            None => PgDatabase::create().await,
+        })),
     };
     let database_url = match &pg {
         Some(db) => db.url.clone(),
@@ -214,12 +221,25 @@ impl TestApp {
 
     /// Sends SIGTERM and waits (at most `deadline`, a guard against a hang) for the process to
     /// exit; returns its exit code. Panics when it is still running then.
+    #[allow(dead_code)] // the shutdown tests send SIGTERM and wait apart; kept for others
     pub fn terminate(&mut self, deadline: Duration) -> Option<i32> {
-        let mut child = self.child.take().expect("the server is running");
+        self.sigterm();
+        self.wait_exit(deadline)
+    }
+
+    /// Sends SIGTERM, and returns at once.
+    pub fn sigterm(&self) {
+        let child = self.child.as_ref().expect("the server is running");
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
             .status();
+    }
+
+    /// Waits (at most `deadline`, a guard against a hang) for the process to exit; returns its
+    /// exit code. Panics when it is still running then.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("the server is running");
         let until = Instant::now() + deadline;
         while Instant::now() < until {
             if let Ok(Some(status)) = child.try_wait() {
@@ -245,6 +265,21 @@ impl TestApp {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Log lines containing `needle` so far.
+    pub fn log_lines_containing(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Passes of the background refresher finished so far (from its debug log).
+    pub fn refresher_passes(&self) -> usize {
+        self.log_lines_containing("background refresh pass done")
     }
 
     /// Registers a secret that must never appear in the logs.
