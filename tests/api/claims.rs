@@ -973,11 +973,13 @@ async fn tokenbox_token_exits_5_6_and_1_as_documented() {
         cli(&app.config_path, &full, None, &env)
     };
     let superadmin = app.superadmin.clone();
-    let cases: Vec<(&str, String, Vec<&str>, Mode, i32, &str)> = vec![
+    // (what, bearer, arguments, provider mode, exit code, error code)
+    type Case<'a> = (&'a str, String, [&'a str; 2], Mode, i32, &'a str);
+    let cases: [Case; 5] = [
         (
             "provider down",
             superadmin.clone(),
-            vec!["down", "acme"],
+            ["down", "acme"],
             Mode::Down,
             5,
             "provider_unavailable",
@@ -985,7 +987,7 @@ async fn tokenbox_token_exits_5_6_and_1_as_documented() {
         (
             "HTML answer",
             superadmin.clone(),
-            vec!["broken", "acme"],
+            ["broken", "acme"],
             Mode::Html,
             5,
             "provider_error",
@@ -993,7 +995,7 @@ async fn tokenbox_token_exits_5_6_and_1_as_documented() {
         (
             "unknown token",
             unique("tbx_wrong"),
-            vec!["down", "acme"],
+            ["down", "acme"],
             Mode::Rotating,
             6,
             "unauthorized",
@@ -1001,7 +1003,7 @@ async fn tokenbox_token_exits_5_6_and_1_as_documented() {
         (
             "admin token",
             app.admin.clone(),
-            vec!["down", "acme"],
+            ["down", "acme"],
             Mode::Rotating,
             6,
             "forbidden",
@@ -1009,7 +1011,7 @@ async fn tokenbox_token_exits_5_6_and_1_as_documented() {
         (
             "unknown connector type",
             superadmin.clone(),
-            vec!["down", "nosuchtype"],
+            ["down", "nosuchtype"],
             Mode::Rotating,
             1,
             "unknown_connector_type",

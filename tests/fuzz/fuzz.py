@@ -6,11 +6,14 @@ Called by run-fuzz.sh (inside tests/fuzz/.venv). Steps:
    remembers which connection each one belongs to;
 2. start `tokenbox serve` on 127.0.0.1:0 in a temporary directory, with a config whose `acme`
    connector type points at that endpoint;
-3. create a superadmin and an admin service account (CLI), seed connections with known secret
+3. create a superadmin, an admin and a scoped service account (CLI, before the server starts,
+   which then knows them at once), seed connections with known secret
    tokens (some expired, so refreshes happen), a connect link, and one connection made through
    the whole signup flow (connect link -> OAuth callback -> code exchange);
 4. run `st run` against /openapi.json with the hooks of hooks.py (valid ids often, a request
-   counter, and the `no_secret_leak` check) plus `not_a_server_error` and a request timeout;
+   counter, and the `no_secret_leak` check) plus `not_a_server_error`, status-code,
+   response-schema and content-type conformance and a request timeout, once per caller:
+   superadmin, scoped account, no credential;
 5. stop the server with SIGTERM, scan its log for secrets, print a summary.
 
 Exit code 0 only when: schemathesis passed, at least --min-requests requests were made, no
