@@ -138,6 +138,9 @@ pub struct Config {
     pub audit_retention_days: u64,
     /// Delivered webhooks older than this many days are deleted (0: kept for ever).
     pub webhook_retention_days: u64,
+    /// The first retry of a failed webhook delivery waits this long, doubling per attempt up to
+    /// an hour (20 attempts at most); 0 retries at once.
+    pub webhook_retry_seconds: u64,
     /// How often old audit events and webhook deliveries are pruned.
     #[serde(rename = "prune_interval_seconds", with = "seconds")]
     pub prune_interval: Duration,
@@ -206,6 +209,7 @@ impl Default for Config {
             max_connections: 1000,
             audit_retention_days: 365,
             webhook_retention_days: 30,
+            webhook_retry_seconds: 1,
             prune_interval: Duration::from_secs(3600),
             jwt_lifetime_seconds: 900,
             jwt_key_overlap_seconds: 1800,

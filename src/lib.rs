@@ -117,7 +117,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         .iter()
         .map(|w| webhooks::Endpoint::resolve(w, config.allow_insecure_loopback))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let webhooks = webhooks::Webhooks::new(store.clone(), endpoints)?;
+    let webhooks = webhooks::Webhooks::new(store.clone(), endpoints, config.webhook_retry_seconds)?;
     let keeper = SecretsKeeper::new(
         store.clone(),
         catalog,

@@ -129,11 +129,18 @@ pub struct Webhooks {
     endpoints: Arc<Vec<Endpoint>>,
     http: reqwest::Client,
     wake: Arc<Notify>,
+    /// The wait before the first retry, in seconds (doubling per attempt, up to an hour).
+    retry_seconds: u64,
 }
 
 impl Webhooks {
-    pub fn new(store: Arc<dyn SecretsStore>, endpoints: Vec<Endpoint>) -> anyhow::Result<Self> {
+    pub fn new(
+        store: Arc<dyn SecretsStore>,
+        endpoints: Vec<Endpoint>,
+        retry_seconds: u64,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
+            retry_seconds,
             store,
             endpoints: Arc::new(endpoints),
             http: reqwest::Client::builder()
@@ -191,7 +198,12 @@ impl Webhooks {
                     continue;
                 }
             };
+            let busy = !claimed.is_empty();
             self.deliver_claimed(claimed).await;
+            if busy {
+                // More may be due already (a retry interval of 0, a batch of 50): look again.
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -278,8 +290,10 @@ impl Webhooks {
                 }),
             ),
         };
-        // 1 s, 2 s, 4 s, ... up to an hour between attempts.
-        let backoff = (1i64 << delivery.attempts.clamp(0, 12)).min(3600);
+        // 1 s, 2 s, 4 s, ... (webhook_retry_seconds, doubling) up to an hour between attempts.
+        let backoff = (self.retry_seconds as i64)
+            .saturating_mul(1i64 << delivery.attempts.clamp(0, 12))
+            .min(3600);
         if !delivered {
             tracing::warn!(delivery = delivery.id, event = %delivery.event_type, attempts = delivery.attempts + 1, error = error.as_deref().unwrap_or(""), "webhook delivery failed; will retry");
         }

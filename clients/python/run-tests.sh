@@ -8,6 +8,7 @@
 # PyJWT[crypto]==2.*, cryptography==50.*) when pyproject.toml changed since the last install,
 # uses $TOKENBOX_BIN or target/debug/tokenbox (under $CARGO_TARGET_DIR when set; built with
 # `cargo build --bin tokenbox` when missing), and runs pytest. Non-interactive and idempotent; the exit code is pytest's.
+# A skipped test fails the run (tests/conftest.py; ALLOW_SKIPPED_TESTS=1 allows skips locally).
 # $PYTHON picks the interpreter for a new virtualenv (default: python3; 3.11 or newer).
 set -euo pipefail
 

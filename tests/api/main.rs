@@ -7,6 +7,7 @@
 
 mod admin;
 mod binb_token;
+mod claims;
 mod cli;
 mod clients;
 mod demo;

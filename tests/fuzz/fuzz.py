@@ -6,11 +6,14 @@ Called by run-fuzz.sh (inside tests/fuzz/.venv). Steps:
    remembers which connection each one belongs to;
 2. start `tokenbox serve` on 127.0.0.1:0 in a temporary directory, with a config whose `acme`
    connector type points at that endpoint;
-3. create a superadmin and an admin service account (CLI), seed connections with known secret
+3. create a superadmin, an admin and a scoped service account (CLI, before the server starts,
+   which then knows them at once), seed connections with known secret
    tokens (some expired, so refreshes happen), a connect link, and one connection made through
    the whole signup flow (connect link -> OAuth callback -> code exchange);
 4. run `st run` against /openapi.json with the hooks of hooks.py (valid ids often, a request
-   counter, and the `no_secret_leak` check) plus `not_a_server_error` and a request timeout;
+   counter, and the `no_secret_leak` check) plus `not_a_server_error`, status-code,
+   response-schema and content-type conformance and a request timeout, once per caller:
+   superadmin, scoped account, no credential;
 5. stop the server with SIGTERM, scan its log for secrets, print a summary.
 
 Exit code 0 only when: schemathesis passed, at least --min-requests requests were made, no
@@ -258,6 +261,9 @@ def main() -> int:
     endpoint = TokenEndpoint(store, client_id, client_secret)
     endpoint.start()
     server: subprocess.Popen | None = None
+    pump: LogPump | None = None
+    role_rcs: dict[str, int] = {}
+    st_rc, seeding_lines = 1, 0
     server_log_path = out / "server.log"
     server_log = open(server_log_path, "wb")
     try:
@@ -281,22 +287,10 @@ client_secret = "{client_secret}"
         )
         env = scrubbed_env()
         cli = [args.bin, "--config", str(config)]
-        server = subprocess.Popen(
-            cli + ["serve"], env=env, cwd=tmp, stdin=subprocess.DEVNULL,
-            stdout=server_log, stderr=server_log, preexec_fn=die_with_parent,
-        )
-        base = wait_for_address(server, server_log_path)
-        log(f"server pid {server.pid} at {base}; token endpoint at {provider}")
 
-        # The key file the server created is a secret too.
-        for line in (tmp / "encryption.key").read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                store.add(line, "encryption_key")
-
-        def account(name: str, role: str) -> str:
+        def account(name: str, role: str, *scope: str) -> str:
             result = subprocess.run(
-                cli + ["service-account", "create", name, "--role", role],
+                cli + ["service-account", "create", name, "--role", role, *scope],
                 env=env, cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
             )
             if result.returncode != 0:
@@ -307,23 +301,48 @@ client_secret = "{client_secret}"
             store.add(token, "bearer")
             return token
 
+        # The accounts exist before the server starts, so it knows them from its first request.
         superadmin = account("fuzz-superadmin", "superadmin")
         admin = account("fuzz-admin", "admin")
+        limited = account("fuzz-limited", "superadmin", "--apps", "tenant-1,tenant-2", "--connector-types", "acme")
+        # The key file the first command created is a secret too.
+        for line in (tmp / "encryption.key").read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                store.add(line, "encryption_key")
+        server = subprocess.Popen(
+            cli + ["serve"], env=env, cwd=tmp, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+        )
+        pump = LogPump(server, server_log)
+        base = pump.wait_for_address(deadline_seconds=60)
+        log(f"server pid {server.pid} at {base}; token endpoint at {provider}")
         seed(base, admin, superadmin, store, endpoint, failures)
 
         if failures.items:
             raise SystemExit("seeding failed")
         seeding_lines = count_access_lines(server_log_path.read_text(errors="replace"))
-        st_rc = run_schemathesis(args, base, superadmin, out, store)
+        # One run per kind of caller; the OpenAPI document must be truthful for each.
+        st_rc = 0
+        for role, token, examples in (
+            ("superadmin", superadmin, args.max_examples),
+            ("limited", limited, max(1, args.max_examples // 4)),
+            ("none", None, max(1, args.max_examples // 4)),
+        ):
+            rc = run_schemathesis(args, base, token, out, role, examples)
+            role_rcs[role] = rc
+            st_rc = st_rc or rc
     finally:
         server_rc = stop_server(server, failures)
+        if pump is not None:
+            pump.join(timeout=30)
         endpoint.stop()
         server_log.close()
         if os.environ.get("FUZZ_KEEP_TMP") != "1":
             shutil.rmtree(tmp, ignore_errors=True)
 
     return summarize(
-        args, out, store, endpoint, failures, st_rc, server_rc, seeding_lines, time.monotonic() - started
+        args, out, store, endpoint, failures, st_rc, server_rc, seeding_lines, time.monotonic() - started, role_rcs
     )
 
 
@@ -331,19 +350,44 @@ def count_access_lines(text: str) -> int:
     return sum(1 for line in text.splitlines() if "tokenbox::access" in line)
 
 
-def wait_for_address(server: subprocess.Popen, log_path: Path) -> str:
-    deadline = time.monotonic() + 60
-    pattern = re.compile(r"tokenbox listening address=(127\.0\.0\.1:\d+)")
-    ansi = re.compile(r"\x1b\[[0-9;]*m")
-    while time.monotonic() < deadline:
-        text = ansi.sub("", log_path.read_text(errors="replace"))
-        match = pattern.search(text)
-        if match:
-            return "http://" + match.group(1)
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with {server.returncode}:\n{text}")
-        time.sleep(0.1)
-    raise SystemExit("the server did not log its address within 60 s")
+class LogPump:
+    """Copies the server's output to its log file, line by line, and tells when the server
+    logged the address it listens on (or ended its output, i.e. exited)."""
+
+    PATTERN = re.compile(r"tokenbox listening address=(127\.0\.0\.1:\d+)")
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, server: subprocess.Popen, sink) -> None:
+        self.server = server
+        self.sink = sink
+        self.address: str | None = None
+        self.decided = threading.Event()
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        assert self.server.stdout is not None
+        for line in iter(self.server.stdout.readline, b""):
+            self.sink.write(line)
+            self.sink.flush()
+            if self.address is None:
+                match = self.PATTERN.search(self.ANSI.sub("", line.decode(errors="replace")))
+                if match:
+                    self.address = "http://" + match.group(1)
+                    self.decided.set()
+        self.decided.set()  # end of output: the server exited
+
+    def wait_for_address(self, deadline_seconds: float) -> str:
+        """Blocks until the address is logged; the deadline only guards against a hang."""
+        if not self.decided.wait(timeout=deadline_seconds):
+            raise SystemExit(f"the server did not log its address within {deadline_seconds:.0f} s")
+        if self.address is None:
+            self.server.wait(timeout=30)
+            raise SystemExit(f"the server exited with {self.server.returncode} before listening (see server.log)")
+        return self.address
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout=timeout)
 
 
 def seed(base: str, admin: str, superadmin: str, store: Secrets, endpoint: TokenEndpoint, failures: Failures) -> None:
@@ -351,16 +395,11 @@ def seed(base: str, admin: str, superadmin: str, store: Secrets, endpoint: Token
     as_admin = {"Authorization": f"Bearer {admin}"}
     as_super = {"Authorization": f"Bearer {superadmin}"}
 
-    # The server trusts its cached account list for a while; wait until both tokens work.
-    deadline = time.monotonic() + 30
-    while True:
-        a = session.get(f"{base}/connector-types", headers=as_admin, timeout=10).status_code
-        s = session.get(f"{base}/audit", headers=as_super, timeout=10).status_code
-        if a == 200 and s == 200:
-            break
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the new service accounts are not accepted (admin {a}, superadmin {s})")
-        time.sleep(0.5)
+    # The accounts were created before the server started: both work at once.
+    a = session.get(f"{base}/connector-types", headers=as_admin, timeout=10).status_code
+    s = session.get(f"{base}/audit", headers=as_super, timeout=10).status_code
+    if a != 200 or s != 200:
+        raise SystemExit(f"the service accounts are not accepted (admin {a}, superadmin {s})")
 
     connections = [
         # app_id, connector_type, expired?
@@ -442,14 +481,27 @@ def seed(base: str, admin: str, superadmin: str, store: Secrets, endpoint: Token
         log(f"FUZZ_SELFTEST={selftest}: this run must FAIL")
 
 
-def run_schemathesis(args, base: str, superadmin: str, out: Path, store: Secrets) -> int:
+# Besides "no 5xx" and "no leak": every status code, response body and content type must be
+# the ones the OpenAPI document declares for the operation.
+CHECKS = ",".join([
+    "not_a_server_error",
+    "status_code_conformance",
+    "response_schema_conformance",
+    "content_type_conformance",
+    "no_secret_leak",
+])
+
+
+def run_schemathesis(args, base: str, token: str | None, out: Path, role: str, max_examples: int) -> int:
+    """One schemathesis run as `role` (its bearer token, or none at all)."""
     st = Path(sys.executable).parent / "st"
-    cmd = [
-        str(st), "run", f"{base}/openapi.json",
-        "--header", f"Authorization: Bearer {superadmin}",
-        "--checks", "not_a_server_error,no_secret_leak",
+    cmd = [str(st), "run", f"{base}/openapi.json"]
+    if token is not None:
+        cmd += ["--header", f"Authorization: Bearer {token}"]
+    cmd += [
+        "--checks", CHECKS,
         "--request-timeout", str(args.request_timeout),
-        "--max-examples", str(args.max_examples),
+        "--max-examples", str(max_examples),
         "--workers", str(args.workers),
         "--phases", "examples,coverage,fuzzing,stateful",
         "--mode", "all",
@@ -458,7 +510,7 @@ def run_schemathesis(args, base: str, superadmin: str, out: Path, store: Secrets
         "--generation-database", "none",
         "--suppress-health-check", "filter_too_much,too_slow",
         "--report", "junit,ndjson",
-        "--report-dir", str(out / "schemathesis-report"),
+        "--report-dir", str(out / f"schemathesis-report-{role}"),
         "--no-color",
     ]
     if args.seed:
@@ -472,10 +524,12 @@ def run_schemathesis(args, base: str, superadmin: str, out: Path, store: Secrets
         "FUZZ_REQUESTS_LOG": str(out / "requests.jsonl"),
         "FUZZ_LEAKS_LOG": str(out / "leaks.jsonl"),
         "FUZZ_KNOWN_LOG": str(out / "known-issues.jsonl"),
+        "FUZZ_ROLE": role,
     })
-    printable = " ".join(c if superadmin not in c else "'Authorization: Bearer ***'" for c in cmd)
-    log(f"running: SCHEMATHESIS_HOOKS=tests/fuzz/hooks.py {printable}")
-    with open(out / "schemathesis.log", "wb") as st_log:
+    printable = " ".join(c if token is None or token not in c else "'Authorization: Bearer ***'" for c in cmd)
+    log(f"running as {role}: SCHEMATHESIS_HOOKS=tests/fuzz/hooks.py {printable}")
+    role_started = time.monotonic()
+    with open(out / f"schemathesis-{role}.log", "wb") as st_log:
         proc = subprocess.Popen(
             cmd, env=env, cwd=out, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
@@ -497,6 +551,7 @@ def run_schemathesis(args, base: str, superadmin: str, out: Path, store: Secrets
                 proc.wait()
     if rc < 0:
         log(f"schemathesis was killed after {args.st_timeout:.0f} s")
+    log(f"run as {role}: exit code {rc} after {time.monotonic() - role_started:.0f} s")
     return rc
 
 
@@ -523,7 +578,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def summarize(args, out: Path, store: Secrets, endpoint: TokenEndpoint, failures: Failures,
-              st_rc: int, server_rc: int | None, seeding_lines: int, elapsed: float) -> int:
+              st_rc: int, server_rc: int | None, seeding_lines: int, elapsed: float,
+              role_rcs: dict[str, int]) -> int:
     requests_log = read_jsonl(out / "requests.jsonl")
     leaks = read_jsonl(out / "leaks.jsonl")
     server_text = (out / "server.log").read_text(errors="replace")
@@ -549,13 +605,18 @@ def summarize(args, out: Path, store: Secrets, endpoint: TokenEndpoint, failures
     print(f"requests made by schemathesis: {len(made)} (hooks) / {served} (server access log); "
           f"at least {args.min_requests} required; network errors/timeouts: {len(network_errors)}")
     print("status codes: " + ", ".join(f"{code}: {n}" for code, n in sorted(statuses.items())))
+    by_role = collections.Counter(r.get("role", "?") for r in made)
+    print("per role: " + ", ".join(f"{role}: {by_role[role]} requests (exit code {rc})" for role, rc in role_rcs.items()))
     print("per operation: " + ", ".join(f"{op}: {n}" for op, n in sorted(by_operation.items())))
     print("server outcomes: " + ", ".join(f"{o}: {n}" for o, n in sorted(outcomes.items())) + f"; refreshed=true: {refreshed}")
     print("token endpoint: " + ", ".join(f"{k}: {n}" for k, n in sorted(endpoint.calls.items())))
     print(f"secrets tracked: {len(store.all())}")
 
-    if st_rc != 0:
-        failures.add(f"schemathesis reported failures (exit code {st_rc}); see its output above")
+    for role, rc in role_rcs.items():
+        if rc != 0:
+            failures.add(f"schemathesis as {role} reported failures (exit code {rc}); see its output above")
+        if by_role[role] == 0:
+            failures.add(f"no request was made as {role}")
     if min(len(made), served) < args.min_requests:
         failures.add(f"only {min(len(made), served)} requests were made, fewer than {args.min_requests}")
     for r in network_errors[:10]:

@@ -208,6 +208,7 @@ def after_call(context, case, response):
         "status": response.status_code,
         "elapsed": round(response.elapsed, 4),
         "query": case.query,
+        "role": os.environ.get("FUZZ_ROLE", "?"),
     }
     if response.status_code >= 500:
         record["body"] = response.content[:500].decode("utf-8", "replace")
@@ -225,6 +226,7 @@ def after_network_error(context, case, request):
             "path": urllib.parse.urlsplit(request.url).path,
             "status": None,
             "error": "no response (timeout or connection error)",
+            "role": os.environ.get("FUZZ_ROLE", "?"),
         },
     )
 

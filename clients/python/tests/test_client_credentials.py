@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import tokenbox_client.client as client_module
 from tokenbox_client import (
     ConfigurationError,
     Forbidden,
@@ -76,39 +77,53 @@ def test_get_token_with_client_credentials_reuses_one_jwt(tokenbox: Tokenbox, pr
     assert tokenbox.superadmin_name in repr(client)
 
 
+class FrozenClock:
+    """The client's ``time`` module with a monotonic clock that moves only when told to; the
+    rest (wall clock, sleep) is the real module."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
 def test_the_jwt_is_renewed_before_it_expires(
-    short_jwt_tokenbox: Tokenbox, short_proxy: CountingProxy
+    short_jwt_tokenbox: Tokenbox, short_proxy: CountingProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """JWTs of 3 s: renewed once less than half their lifetime is left (the 60 s margin is
-    capped at half the lifetime), so the server never sees an expired JWT."""
+    """JWTs of 100 s: renewed once less than half their lifetime is left (the 60 s margin is
+    capped at half the lifetime: 50 s), so the server never sees an expired JWT. The client's
+    clock is moved by hand; no test time passes."""
+    clock = FrozenClock()
+    monkeypatch.setattr(client_module, "time", clock)
     app = connected_app(short_jwt_tokenbox)
     client = cc_client(short_jwt_tokenbox, short_proxy.url)
-    started = time.monotonic()
     assert client.get_token(app, "github").access_token == f"{app}~gho"
     first_jwt = client.access_token()
-    assert claims_of(first_jwt)["exp"] - claims_of(first_jwt)["iat"] == 3
+    assert claims_of(first_jwt)["exp"] - claims_of(first_jwt)["iat"] == 100
+    # Before the renewal point (50 s in): reused. With the uncapped 60 s margin it would be
+    # renewed at 40 s already.
+    clock.now += 49
     client.get_token(app, "github")
     assert len(short_proxy.paths(OAUTH)) == 1  # reused while fresh
 
-    # Past the renewal point (1.5 s), before the expiry (3 s): renewed ahead of time.
-    time.sleep(max(0.0, started + 2.0 - time.monotonic()))
+    # Past the renewal point, before the expiry: renewed ahead of time.
+    clock.now += 2
     assert client.get_token(app, "github").access_token == f"{app}~gho"
     assert len(short_proxy.paths(OAUTH)) == 2
     second_jwt = client.access_token()
     assert second_jwt != first_jwt
     assert len(short_proxy.paths(OAUTH)) == 2
 
-    # Long after the second JWT expired: a new one, still no refused request.
-    time.sleep(3.5)
+    # Long after the second JWT's lifetime: a new one, still no refused request.
+    clock.now += 150
     assert client.get_token(app, "github").access_token == f"{app}~gho"
     assert len(short_proxy.paths(OAUTH)) == 3
     assert 401 not in short_proxy.statuses
     assert set(short_proxy.statuses) == {200}
-
-    # What the renewal avoided: tokenbox refuses the first JWT now (5.5 s after it was issued:
-    # past its 3 s lifetime, tokenbox's 1 s leeway and the whole-second rounding of its claims).
-    assert short_jwt_tokenbox.request("GET", "/connector-types", token=first_jwt)[0] == 401
-    assert short_jwt_tokenbox.request("GET", "/connector-types", token=client.access_token())[0] == 200
 
 
 def test_a_refused_jwt_is_renewed_once_and_the_request_retried(

@@ -5,6 +5,7 @@ that receives such a JWT would do."""
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import time
 import urllib.parse
@@ -28,13 +29,21 @@ def b64url(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
+ISSUED_AFTER = ISSUED_BEFORE = 0
+
+
 @pytest.fixture(scope="module")
 def issued(tokenbox: Tokenbox) -> str:
-    """A JWT the Python client obtained (HTTP Basic client authentication)."""
+    """A JWT the Python client obtained (HTTP Basic client authentication); its iat must fall
+    between the whole seconds before and after the request."""
+    global ISSUED_AFTER, ISSUED_BEFORE
     client = TokenboxClient(
         url=tokenbox.url, client_id=tokenbox.superadmin_name, client_secret=tokenbox.superadmin_token
     )
-    return client.access_token()
+    ISSUED_AFTER = int(time.time())
+    token = client.access_token()
+    ISSUED_BEFORE = int(time.time()) + 1
+    return token
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +88,7 @@ def test_pyjwt_validates_the_jwt(tokenbox: Tokenbox, issued: str, jwks_client: j
     assert claims["iss"] == tokenbox.url
     assert claims["aud"] == "tokenbox"
     assert claims["exp"] - claims["iat"] == 900
-    assert abs(claims["iat"] - time.time()) < 60
+    assert ISSUED_AFTER <= claims["iat"] <= ISSUED_BEFORE
     assert claims["jti"]
     assert "scope" not in claims  # an unscoped account
 
@@ -159,15 +168,27 @@ def test_pyjwt_rejects_a_wrong_audience_or_issuer(
         jwt.decode(issued, key, algorithms=["RS256"], audience="tokenbox", issuer=tokenbox.url)
 
 
-def test_pyjwt_rejects_an_expired_jwt(short_jwt_tokenbox: Tokenbox) -> None:
-    """A JWT of the 3-second server, checked just after its exp without leeway: expired."""
+def test_pyjwt_rejects_an_expired_jwt(short_jwt_tokenbox: Tokenbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JWT of the 100-second server, checked by PyJWT with its clock set one second before,
+    then one second after the JWT's exp (no test time passes)."""
     server = short_jwt_tokenbox
     token = TokenboxClient(
         url=server.url, client_id=server.superadmin_name, client_secret=server.superadmin_token
     ).access_token()
     key = jwt.PyJWKClient(f"{server.url}/.well-known/jwks.json").get_signing_key_from_jwt(token).key
     claims = jwt.decode(token, key, algorithms=["EdDSA"], audience="tokenbox", issuer=server.url)
-    assert claims["exp"] - claims["iat"] == 3
-    time.sleep(max(0.0, claims["exp"] + 0.2 - time.time()))
+    assert claims["exp"] - claims["iat"] == 100
+
+    def pyjwt_clock_at(epoch: float) -> None:
+        class At(datetime.datetime):
+            @classmethod
+            def now(cls, tz: datetime.tzinfo | None = None) -> datetime.datetime:  # type: ignore[override]
+                return datetime.datetime.fromtimestamp(epoch, tz)
+
+        monkeypatch.setattr(jwt.api_jwt, "datetime", At)
+
+    pyjwt_clock_at(claims["exp"] - 1)
+    jwt.decode(token, key, algorithms=["EdDSA"], audience="tokenbox", issuer=server.url)
+    pyjwt_clock_at(claims["exp"] + 1)
     with pytest.raises(jwt.ExpiredSignatureError):
         jwt.decode(token, key, algorithms=["EdDSA"], audience="tokenbox", issuer=server.url)

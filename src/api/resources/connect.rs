@@ -54,6 +54,7 @@ impl From<SignupError> for ApiError {
         (status = 201, description = "a single-use, expiring link", body = CreatedLinkBody),
         (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
         (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 403, description = "forbidden: the role or the scope of the account does not allow it", body = crate::api::error::ErrorBody),
         (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
         (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody),
         (status = 409, description = "connector_not_configured", body = crate::api::error::ErrorBody)

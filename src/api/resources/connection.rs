@@ -84,6 +84,7 @@ impl From<&ConnectionSummary> for ConnectionView {
         (status = 201, description = "created", body = ConnectionView),
         (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
         (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 403, description = "forbidden: the role or the scope of the account does not allow it", body = crate::api::error::ErrorBody),
         (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
         (status = 422, description = "invalid_credentials: the provider refused the credential; nothing stored", body = crate::api::error::ErrorBody),
         (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody),
@@ -129,6 +130,7 @@ pub async fn put(
         (status = 200, description = "the connection, never a token", body = ConnectionView),
         (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
         (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 403, description = "forbidden: the role or the scope of the account does not allow it", body = crate::api::error::ErrorBody),
         (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
         (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody)
     )
@@ -166,6 +168,7 @@ pub struct Deleted {
         (status = 200, description = "deleted (and revoked at the provider when it can)", body = Deleted),
         (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
         (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 403, description = "forbidden: the role or the scope of the account does not allow it", body = crate::api::error::ErrorBody),
         (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
         (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody)
     )

@@ -112,7 +112,8 @@ pub fn filter_of(query: ListQuery) -> Result<ConnectionFilter, ApiError> {
     responses(
         (status = 200, description = "a page of connections, never a token", body = ConnectionPage),
         (status = 400, description = "invalid_request", body = crate::api::error::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody)
+        (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 403, description = "forbidden: the role or the scope of the account does not allow it", body = crate::api::error::ErrorBody)
     )
 )]
 /// `GET /connections` — role admin or superadmin. Keyset pagination in (app, type) order.

@@ -62,6 +62,7 @@ impl From<&ConnectorType> for ConnectorTypeView {
     responses(
         (status = 200, description = "every connector type", body = Vec<ConnectorTypeView>),
         (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
+        (status = 403, description = "forbidden: the role or the scope of the account does not allow it", body = crate::api::error::ErrorBody),
         (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody)
     )
 )]
