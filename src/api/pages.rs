@@ -118,7 +118,7 @@ pub struct CredentialFormView<'a> {
     pub help: Option<&'a str>,
     /// Where the tenant finds the key (placeholders already filled in).
     pub help_url: Option<String>,
-    /// Where the form posts to (relative to the page).
+    /// Where the form posts to (a path on this server).
     pub action: String,
     /// The single-use token that binds this form to the browser's cookie.
     pub form_token: &'a str,

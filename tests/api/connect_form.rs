@@ -170,7 +170,8 @@ pub async fn a_wrong_api_key_shows_the_form_again_and_the_right_one_is_stored_an
     assert!(form
         .html
         .contains(&format!("href=\"{}/help/eu/api-keys\"", provider.url)));
-    assert!(form.html.contains("method=\"post\""));
+    let action = format!("method=\"post\" action=\"/connect/{secret}/credential\"");
+    assert!(form.html.contains(&action), "{}", form.html);
 
     // A wrong key: the form again with the reason, the key not echoed, nothing stored.
     let wrong = "wrong-key-typed-by-the-tenant";
@@ -192,6 +193,10 @@ pub async fn a_wrong_api_key_shows_the_form_again_and_the_right_one_is_stored_an
     assert!(again.html.contains("data-error=\"invalid_credentials\""));
     assert!(!again.html.contains(wrong), "the typed key is never echoed");
     assert_ne!(again.token, form.token, "a new single-use token");
+    assert!(
+        again.html.contains(&action),
+        "the form shown again posts to the same path"
+    );
     assert_eq!(provider.verifications(), 1, "the provider checked the key");
     not_stored(&app, "acme", "form-key").await;
 
@@ -458,4 +463,73 @@ pub async fn a_form_post_from_another_browser_or_site_is_refused_and_stores_noth
         json_of(app.get_token("acme", "form-key", "").await).await["access_token"],
         key.as_str()
     );
+}
+
+/// The form in headless Chromium (`tests/e2e/connect-form-browser.mjs`, set up by
+/// `scripts/e2e-setup.sh`): the field found by its label, a refused key, then the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_form_in_a_real_browser_refuses_a_wrong_key_then_connects() {
+    let provider = KindsProvider::start().await;
+    let app = app_for(Backend::Sqlite, &provider).await;
+    let key = provider.api_key();
+    let wrong = crate::helpers::unique("wrong-key");
+    app.remember_secret(&wrong);
+    let link = new_link(
+        &app,
+        "acme",
+        "form-key",
+        json!({"params": {"region": "eu"}}),
+    )
+    .await;
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let screenshots = root.join("target/e2e/connect-form");
+    std::fs::create_dir_all(&screenshots).unwrap();
+
+    // The values travel in the environment, not the command line; the child is killed when
+    // its handle is dropped, which the deadline below does.
+    let child = tokio::process::Command::new("node")
+        .arg(root.join("tests/e2e/connect-form-browser.mjs"))
+        .args(["--url", &link, "--label", "API key", "--timeout", "90"])
+        .arg("--screenshots")
+        .arg(&screenshots)
+        .env("E2E_WRONG", &wrong)
+        .env("E2E_RIGHT", &key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed (scripts/e2e-setup.sh)");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        child.wait_with_output(),
+    )
+    .await
+    .expect("the browser run ended before its deadline")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the browser run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value =
+        serde_json::from_slice(out.stdout.trim_ascii()).expect("one JSON line");
+
+    assert_eq!(result["field_type"], "password", "{result}");
+    assert_eq!(result["error_code"], "invalid_credentials", "{result}");
+    assert!(
+        result["error_text"]
+            .as_str()
+            .unwrap()
+            .contains("The provider refused this key"),
+        "{result}"
+    );
+    assert_eq!(result["field_after_error"], "", "the form comes back empty");
+    assert_eq!(result["status"], "connected", "{result}");
+    assert!(result["text"].as_str().unwrap().contains("Keyed API"));
+    for shot in ["form-page.png", "form-error.png", "form-result.png"] {
+        assert!(screenshots.join(shot).exists(), "{shot}");
+    }
+    assert_eq!(provider.verifications(), 2, "each submission was checked");
+    let served = json_of(app.get_token("acme", "form-key", "").await).await;
+    assert_eq!(served["headers"]["X-Api-Key"], key.as_str());
 }

@@ -328,8 +328,8 @@ async fn credential_form(
             fields,
             help: ct.help.as_deref(),
             help_url,
-            // Relative to the page's /connect/{secret}: behind a path prefix too.
-            action: format!("{secret}/{FORM_RESOURCE}"),
+            // The same path from the link's page and from the form shown again after a post.
+            action: form_path(&state.public_url, secret),
             form_token: &form.token,
             error,
         },
