@@ -1137,4 +1137,45 @@ mod tests {
             .authorization_url(zendesk, &values, "https://t/cb", "s")
             .is_err());
     }
+
+    #[test]
+    fn connect_form_labels_default_and_come_from_the_catalog_or_the_config() {
+        let configured: BTreeMap<String, ConnectorTypeSpec> = toml::from_str(
+            "[aircall-basic]\nfield_labels = { password = \"Token\" }\n\
+             [mine]\nkind = \"api_key\"\nverify_url = \"https://api.example.com/me\"\n\
+             help_url = \"https://{sub}.example.com/keys\"\nplaceholders = { sub = { pattern = \"dns_label\" } }\n",
+        )
+        .unwrap();
+        let catalog = Catalog::build_with_env(&configured, &no_env, false).unwrap();
+        let get = |n: &str| catalog.get(&ConnectorTypeName::parse(n).unwrap()).unwrap();
+        let stripe = get("stripe");
+        assert_eq!(stripe.field_labels.api_key, "Secret or restricted key");
+        assert!(stripe.help_url.as_deref().unwrap().starts_with("https://"));
+        let zendesk = get("zendesk-basic");
+        assert_eq!(zendesk.field_labels.password, "API token");
+        // A deployment's table replaces the catalog's; a label it leaves out is the default.
+        let aircall = get("aircall-basic");
+        assert_eq!(aircall.field_labels.password, "Token");
+        assert_eq!(aircall.field_labels.username, "Username");
+        let mine = get("mine");
+        assert_eq!(mine.field_labels.api_key, "API key");
+        let mut values = Metadata::new();
+        values.insert("sub".into(), "acme".into());
+        assert_eq!(
+            mine.expand_url(mine.help_url.as_ref().unwrap(), &values)
+                .unwrap(),
+            "https://acme.example.com/keys"
+        );
+        // A help link is a provider URL like the others: https, declared placeholders only.
+        for bad in ["http://example.com/keys", "https://{nope}.example.com/"] {
+            let configured: BTreeMap<String, ConnectorTypeSpec> = toml::from_str(&format!(
+                "[mine]\nkind = \"api_key\"\nhelp_url = \"{bad}\"\n"
+            ))
+            .unwrap();
+            assert!(
+                Catalog::build_with_env(&configured, &no_env, false).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }
