@@ -124,6 +124,8 @@ pub struct CredentialFormView<'a> {
     pub form_token: &'a str,
     /// Why the last attempt failed: `(stable code, sentence)`. Never holds what was typed.
     pub error: Option<(&'a str, String)>,
+    /// Whether the provider checks the credential before it is stored (`verify_url`).
+    pub verified: bool,
 }
 
 /// The page a tenant sees when opening a connect link of an `api_key` or `basic` connector
@@ -172,8 +174,7 @@ pub fn credential_form_page(status: StatusCode, view: &CredentialFormView) -> Re
         &format!(
             "<h1>Connect your {provider} account</h1>\
              <p>The app <strong>{app}</strong> asks for access to your {provider} account so that its \
-             data can be extracted on schedule. {provider} will be asked to confirm what you enter \
-             before it is stored, encrypted.</p>\
+             data can be extracted on schedule. {check}What you enter is stored encrypted.</p>\
              <dl><dt>App</dt><dd>{app}</dd><dt>Provider</dt><dd>{provider} <span style=\"font-weight:400;color:#6b7587\">({ct})</span></dd></dl>\
              {error}{help}\
              <form method=\"post\" action=\"{action}\" id=\"credential-form\" autocomplete=\"off\">\
@@ -182,6 +183,11 @@ pub fn credential_form_page(status: StatusCode, view: &CredentialFormView) -> Re
              <p class=\"note\">You can revoke this access at any time from your {provider} account settings.</p>",
             app = escape(view.app_id),
             ct = escape(view.connector_type),
+            check = if view.verified {
+                format!("{provider} is asked to confirm it first. ")
+            } else {
+                String::new()
+            },
             action = escape(&view.action),
             token = escape(view.form_token),
         ),

@@ -332,6 +332,7 @@ async fn credential_form(
             action: form_path(&state.public_url, secret),
             form_token: &form.token,
             error,
+            verified: ct.verify_url.is_some(),
         },
     );
     // SameSite=Strict: the form posts from this very page; another site's post never carries
