@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::connectors::{ConnectorType, RefreshError};
-use crate::domain::{now_epoch, ConnectLink, ConnectionKey, Metadata, OAuthState};
+use crate::connectors::{ConnectorType, Kind, RefreshError};
+use crate::domain::{now_epoch, ConnectLink, ConnectionKey, CredentialInput, Metadata, OAuthState};
 use crate::refresh::{KeeperError, SecretsKeeper};
+use crate::secret::Secret;
 use crate::store::StoreError;
 use crate::token::hash;
 
@@ -38,6 +39,9 @@ pub enum SignupError {
     Denied(String),
     #[error("the provider did not complete the connection: {0}")]
     ProviderFailed(String),
+    /// The provider refused the API key or the username and password typed in the form.
+    #[error("{0}")]
+    CredentialRefused(String),
     #[error("storage failure")]
     Store(#[from] StoreError),
 }
@@ -136,14 +140,16 @@ pub fn return_url_allowed(allowed: &[String], candidate: &str) -> bool {
     })
 }
 
+/// The connector type of a link: an OAuth one (the tenant consents at the provider) or a
+/// static one (the tenant types the key into tokenbox's form).
 fn connector(
     keeper: &SecretsKeeper,
     key: &ConnectionKey,
 ) -> Result<Arc<ConnectorType>, SignupError> {
     let ct = keeper.connector_type(key)?.clone();
-    if ct.kind != crate::connectors::Kind::Oauth2 {
+    if ct.kind != Kind::Oauth2 && !ct.kind.is_static() {
         return Err(SignupError::InvalidRequest(format!(
-            "connector type '{}' is of kind {}: it has no browser consent; save its credential with PUT /{{app_id}}/{}/connection",
+            "connector type '{}' is of kind {}: it has nothing for a tenant to enter; save its credential with PUT /{{app_id}}/{}/connection",
             ct.name,
             ct.kind.as_str(),
             ct.name
@@ -190,7 +196,7 @@ fn check_params(ct: &ConnectorType, params: &BTreeMap<String, String>) -> Result
     Ok(())
 }
 
-fn params_as_metadata(params: &BTreeMap<String, String>) -> Metadata {
+pub fn params_as_metadata(params: &BTreeMap<String, String>) -> Metadata {
     params
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
@@ -272,6 +278,7 @@ pub async fn start(
     secret: &str,
 ) -> Result<Started, SignupError> {
     let LinkView { link, connector } = usable_link(keeper, secret).await?;
+    require_oauth(&connector)?;
     let state = random_secret();
     let browser = random_secret();
     let (url, verifier) = keeper
@@ -317,7 +324,8 @@ pub async fn finish(
     browser: Option<&str>,
 ) -> Result<Connected, SignupError> {
     let now = now_epoch();
-    let flow = take_flow(keeper, query, browser, now).await?;
+    let flow =
+        take_bound_state(keeper, query.get("state").map(String::as_str), browser, now).await?;
     let link = keeper
         .store()
         .connect_link(&flow.link_hash)
@@ -331,6 +339,7 @@ pub async fn finish(
         SignupError::ProviderFailed("the provider sent no authorization code".into())
     })?;
     let ct = connector(keeper, &link.key)?;
+    require_oauth(&ct)?;
     if !keeper
         .store()
         .spend_connect_link(&link.secret_hash, now)
@@ -379,15 +388,15 @@ pub async fn finish(
     })
 }
 
-/// Spends the callback's OAuth state and checks that it comes back to the browser that started
-/// the flow (the cookie set by `POST /connect/...`).
-async fn take_flow(
+/// Spends a state (the callback's OAuth state, or a credential form's token) and checks that
+/// it comes back from the browser it was given to (the cookie set with it).
+async fn take_bound_state(
     keeper: &SecretsKeeper,
-    query: &BTreeMap<String, String>,
+    state: Option<&str>,
     browser: Option<&str>,
     now: i64,
 ) -> Result<OAuthState, SignupError> {
-    let state = query.get("state").ok_or(SignupError::StateInvalid)?;
+    let state = state.ok_or(SignupError::StateInvalid)?;
     if !looks_like_secret(state) {
         return Err(SignupError::StateInvalid);
     }
@@ -408,11 +417,173 @@ async fn take_flow(
     if !same_browser {
         tracing::warn!(
             cookie_presented = browser.is_some(),
-            "signup callback refused: not the browser that started the flow"
+            "signup refused: not the browser that started the flow"
         );
         return Err(SignupError::BrowserMismatch);
     }
     Ok(flow)
+}
+
+fn require_oauth(ct: &ConnectorType) -> Result<(), SignupError> {
+    if ct.kind == Kind::Oauth2 {
+        Ok(())
+    } else {
+        Err(SignupError::InvalidRequest(format!(
+            "connector type '{}' is of kind {}: its connect link shows a form, it has no OAuth flow",
+            ct.name,
+            ct.kind.as_str()
+        )))
+    }
+}
+
+/// A credential form (API key, or username and password) bound to the browser it is shown
+/// to: a single-use form token in the page, and a cookie set with it. Only their hashes are
+/// stored, as an OAuth state without a PKCE verifier.
+pub struct CredentialForm {
+    pub token: String,
+    pub cookie_name: String,
+    pub cookie_value: String,
+}
+
+/// What the tenant typed into the credential form.
+#[derive(Default)]
+pub struct TypedCredential {
+    pub api_key: Option<Secret>,
+    pub username: Option<Secret>,
+    pub password: Option<Secret>,
+}
+
+/// A new credential form for a usable link of a static kind (`api_key`, `basic`).
+pub async fn new_form(
+    keeper: &SecretsKeeper,
+    view: &LinkView,
+) -> Result<CredentialForm, SignupError> {
+    if !view.connector.kind.is_static() {
+        return Err(SignupError::InvalidRequest(format!(
+            "connector type '{}' is of kind {}: it has no credential form",
+            view.connector.name,
+            view.connector.kind.as_str()
+        )));
+    }
+    let token = random_secret();
+    let browser = random_secret();
+    keeper
+        .store()
+        .create_oauth_state(
+            &hash(&token),
+            &OAuthState {
+                link_hash: view.link.secret_hash,
+                pkce_verifier: None,
+                expires_at: now_epoch() + STATE_TTL,
+                browser_hash: Some(hash(&browser)),
+            },
+        )
+        .await?;
+    Ok(CredentialForm {
+        cookie_name: browser_cookie_name(&token),
+        token,
+        cookie_value: browser,
+    })
+}
+
+/// The tenant sent the credential form of the link `secret`: checks the form token and the
+/// browser, verifies the credential with the provider (`SecretsKeeper::connect`), stores it
+/// and spends the link. Nothing is stored when the provider refuses it; the link stays usable.
+pub async fn submit_form(
+    keeper: &SecretsKeeper,
+    secret: &str,
+    form_token: Option<&str>,
+    browser: Option<&str>,
+    typed: TypedCredential,
+) -> Result<Connected, SignupError> {
+    if !looks_like_secret(secret) {
+        return Err(SignupError::LinkInvalid);
+    }
+    let now = now_epoch();
+    let form = take_bound_state(keeper, form_token, browser, now).await?;
+    // A form token opens only the link whose page it was shown on.
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        &form.link_hash[..],
+        &hash(secret)[..],
+    )) {
+        return Err(SignupError::StateInvalid);
+    }
+    let link = keeper
+        .store()
+        .connect_link(&form.link_hash)
+        .await?
+        .filter(|l| l.is_usable(now))
+        .ok_or(SignupError::LinkInvalid)?;
+    let ct = connector(keeper, &link.key)?;
+    let input = typed_input(&ct, typed, params_as_metadata(&link.params))?;
+    if !keeper
+        .store()
+        .spend_connect_link(&link.secret_hash, now)
+        .await?
+    {
+        return Err(SignupError::LinkInvalid);
+    }
+    if let Err(error) = keeper.connect(&link.key, input).await {
+        // Nothing was stored: the tenant may try again with the same link.
+        keeper
+            .store()
+            .unspend_connect_link(&link.secret_hash)
+            .await?;
+        return Err(match error {
+            KeeperError::InvalidCredentials(message) => SignupError::CredentialRefused(message),
+            KeeperError::InvalidRequest(message) => SignupError::InvalidRequest(message),
+            other => other.into(),
+        });
+    }
+    tracing::info!(app_id = %link.key.app_id, connector_type = %link.key.connector_type, "connection created through the credential form");
+    Ok(Connected {
+        display_name: ct.display_name.clone(),
+        key: link.key,
+        return_to: link.return_to,
+    })
+}
+
+/// The form's fields as the `PUT /{app_id}/{connector_type}/connection` body of the kind, so
+/// that both ways in check the same things; the messages never repeat a value.
+fn typed_input(
+    ct: &ConnectorType,
+    typed: TypedCredential,
+    metadata: Metadata,
+) -> Result<CredentialInput, SignupError> {
+    let missing = |label: &str| SignupError::InvalidRequest(format!("{label} must not be empty"));
+    let present = |value: Option<Secret>| value.filter(|v| !v.expose().trim().is_empty());
+    match ct.kind {
+        Kind::ApiKey => {
+            let api_key =
+                present(typed.api_key).ok_or_else(|| missing(&ct.field_labels.api_key))?;
+            Ok(CredentialInput::ApiKey {
+                api_key: Secret::new(api_key.expose().trim().to_string()),
+                metadata,
+            })
+        }
+        Kind::Basic => {
+            let username =
+                present(typed.username).ok_or_else(|| missing(&ct.field_labels.username))?;
+            let password =
+                present(typed.password).ok_or_else(|| missing(&ct.field_labels.password))?;
+            if username.expose().contains(':') {
+                return Err(SignupError::InvalidRequest(format!(
+                    "{} must not contain ':'",
+                    ct.field_labels.username
+                )));
+            }
+            Ok(CredentialInput::Basic {
+                username: Secret::new(username.expose().trim().to_string()),
+                password,
+                metadata,
+            })
+        }
+        other => Err(SignupError::InvalidRequest(format!(
+            "connector type '{}' is of kind {}: it has no credential form",
+            ct.name,
+            other.as_str()
+        ))),
+    }
 }
 
 /// The provider's own refusal in the callback (`error=access_denied`, ...), if any.

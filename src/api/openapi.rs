@@ -44,6 +44,7 @@ impl Modify for BearerAuth {
         connect::create,
         connect::show,
         connect::start,
+        connect::submit,
         connect::callback,
         connector_types::list,
         connections::list,

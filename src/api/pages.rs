@@ -37,6 +37,11 @@ button:hover { background: #1c44b0; }
 .status { display: inline-block; padding: 2px 10px; border-radius: 999px; font-size: .8rem; font-weight: 600; margin-bottom: 12px; }
 .ok { background: #e3f6ea; color: #17663a; } .bad { background: #fdecec; color: #a3211f; }
 .note { font-size: .85rem; color: #6b7587; margin: 16px 0 0; }
+label { display: block; font-size: .9rem; font-weight: 600; margin: 0 0 6px; }
+input[type=text], input[type=password] { width: 100%; padding: 10px 12px; margin: 0 0 16px; font-size: 1rem;
+  border: 1px solid #c9d0db; border-radius: 8px; }
+.help { font-size: .9rem; }
+.error { background: #fdecec; color: #a3211f; border-radius: 8px; padding: 10px 12px; font-size: .9rem; }
 ";
 
 fn layout(title: &str, body: &str) -> String {
@@ -99,6 +104,92 @@ pub fn connect_page(
             provider = escape(provider),
             app = escape(app_id),
             ct = escape(connector_type),
+        ),
+    )
+}
+
+/// What the credential form of an `api_key` or `basic` connector type shows.
+pub struct CredentialFormView<'a> {
+    pub app_id: &'a str,
+    pub provider: &'a str,
+    pub connector_type: &'a str,
+    /// `(id and name, label, input type)` of each field, in order.
+    pub fields: Vec<(&'static str, &'a str, &'static str)>,
+    pub help: Option<&'a str>,
+    /// Where the tenant finds the key (placeholders already filled in).
+    pub help_url: Option<String>,
+    /// Where the form posts to (a path on this server).
+    pub action: String,
+    /// The single-use token that binds this form to the browser's cookie.
+    pub form_token: &'a str,
+    /// Why the last attempt failed: `(stable code, sentence)`. Never holds what was typed.
+    pub error: Option<(&'a str, String)>,
+    /// Whether the provider checks the credential before it is stored (`verify_url`).
+    pub verified: bool,
+}
+
+/// The page a tenant sees when opening a connect link of an `api_key` or `basic` connector
+/// type: the labelled fields, the help and the link to where the key is found. The fields are
+/// always empty: nothing the tenant typed is ever sent back.
+pub fn credential_form_page(status: StatusCode, view: &CredentialFormView) -> Response {
+    let provider = escape(view.provider);
+    let error = view
+        .error
+        .as_ref()
+        .map(|(code, message)| {
+            format!(
+                "<p id=\"form-error\" class=\"error\" role=\"alert\" data-error=\"{}\">{}</p>",
+                escape(code),
+                escape(message)
+            )
+        })
+        .unwrap_or_default();
+    let help = match (view.help, view.help_url.as_deref()) {
+        (None, None) => String::new(),
+        (help, url) => format!(
+            "<p class=\"help\" id=\"help\">{}{}</p>",
+            help.map(escape).unwrap_or_default(),
+            url.map(|u| format!(
+                " <a id=\"help-link\" href=\"{}\" target=\"_blank\" rel=\"noopener noreferrer\">Where to find it</a>",
+                escape(u)
+            ))
+            .unwrap_or_default()
+        ),
+    };
+    let fields: String = view
+        .fields
+        .iter()
+        .map(|(name, label, kind)| {
+            format!(
+                "<label for=\"{name}\">{label}</label>\
+                 <input id=\"{name}\" name=\"{name}\" type=\"{kind}\" required autocomplete=\"off\" \
+                 autocapitalize=\"off\" spellcheck=\"false\">",
+                label = escape(label),
+            )
+        })
+        .collect();
+    page(
+        status,
+        &format!("Connect {}", view.provider),
+        &format!(
+            "<h1>Connect your {provider} account</h1>\
+             <p>The app <strong>{app}</strong> asks for access to your {provider} account so that its \
+             data can be extracted on schedule. {check}What you enter is stored encrypted.</p>\
+             <dl><dt>App</dt><dd>{app}</dd><dt>Provider</dt><dd>{provider} <span style=\"font-weight:400;color:#6b7587\">({ct})</span></dd></dl>\
+             {error}{help}\
+             <form method=\"post\" action=\"{action}\" id=\"credential-form\" autocomplete=\"off\">\
+             <input type=\"hidden\" name=\"form_token\" value=\"{token}\">{fields}\
+             <button id=\"connect\" type=\"submit\">Connect {provider}</button></form>\
+             <p class=\"note\">You can revoke this access at any time from your {provider} account settings.</p>",
+            app = escape(view.app_id),
+            ct = escape(view.connector_type),
+            check = if view.verified {
+                format!("{provider} is asked to confirm it first. ")
+            } else {
+                String::new()
+            },
+            action = escape(&view.action),
+            token = escape(view.form_token),
         ),
     )
 }

@@ -74,6 +74,13 @@ fn declare(t: &mut RouteTable) {
         PUBLIC,
         get(connect::show).post(connect::start),
     );
+    t.add_resource(
+        "/connect/{secret}/credential",
+        &[Post],
+        PUBLIC,
+        post(connect::submit),
+    )
+    .audit(Post, "connection.connect");
     t.add_resource("/oauth/callback", &[Get], PUBLIC, get(connect::callback))
         .audit(Get, "connection.connect");
     t.add_resource("/oauth/token", &[Post], PUBLIC, post(oauth_token::token))

@@ -146,6 +146,31 @@ pub struct ConnectorTypeSpec {
     /// The provider lives in the operator's private network: its hosts may resolve to private
     /// addresses (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
     pub private_network: Option<bool>,
+    /// `api_key`, `basic`: the connect form's labels, instead of "API key", "Username",
+    /// "Password".
+    pub field_labels: Option<FieldLabels>,
+    /// `api_key`, `basic`: a sentence on the connect form telling the tenant what to enter.
+    pub help: Option<String>,
+    /// `api_key`, `basic`: where the tenant finds the key (may hold {placeholders}).
+    pub help_url: Option<String>,
+}
+
+/// The labels of the connect form's fields (`api_key` for the `api_key` kind, `username` and
+/// `password` for `basic`); a field left out keeps its default label.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FieldLabels {
+    pub api_key: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// The labels the connect form shows, defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormLabels {
+    pub api_key: String,
+    pub username: String,
+    pub password: String,
 }
 
 /// A resolved connector type: catalog entry and configuration merged.
@@ -197,6 +222,10 @@ pub struct ConnectorType {
     /// Whether provider requests may reach private networks (never link-local or reserved
     /// ranges; loopback only with `allow_insecure_loopback`).
     pub private_network: bool,
+    /// The connect form of a static kind: labels (defaults filled in), help text and link.
+    pub field_labels: FormLabels,
+    pub help: Option<String>,
+    pub help_url: Option<String>,
 }
 
 impl ConnectorType {
@@ -480,6 +509,9 @@ impl ConnectorType {
             placeholders: pick!(placeholders).unwrap_or_default(),
             placeholder_suffixes: pick!(placeholder_suffixes).unwrap_or_default(),
             private_network: pick!(private_network).unwrap_or(false),
+            field_labels: form_labels(pick!(field_labels).unwrap_or_default()),
+            help: pick!(help),
+            help_url: pick!(help_url),
         };
         ct.check_placeholder_suffixes()?;
         for url in ct.urls() {
@@ -546,6 +578,7 @@ impl ConnectorType {
             self.revocation_url.as_ref(),
             self.api_base_url.as_ref(),
             self.verify_url.as_ref(),
+            self.help_url.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -573,6 +606,20 @@ impl ConnectorType {
 }
 
 /// Whether the authority (host) part of a URL template holds a placeholder.
+/// The connect form's labels with the defaults filled in.
+fn form_labels(labels: FieldLabels) -> FormLabels {
+    let label = |value: Option<String>, default: &str| {
+        value
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| default.to_string())
+    };
+    FormLabels {
+        api_key: label(labels.api_key, "API key"),
+        username: label(labels.username, "Username"),
+        password: label(labels.password, "Password"),
+    }
+}
+
 fn host_has_placeholder(template: &str) -> bool {
     let rest = template.split_once("://").map_or(template, |(_, r)| r);
     rest.split(['/', '?', '#'])
@@ -1137,5 +1184,46 @@ mod tests {
         assert!(provider
             .authorization_url(zendesk, &values, "https://t/cb", "s")
             .is_err());
+    }
+
+    #[test]
+    fn connect_form_labels_default_and_come_from_the_catalog_or_the_config() {
+        let configured: BTreeMap<String, ConnectorTypeSpec> = toml::from_str(
+            "[aircall-basic]\nfield_labels = { password = \"Token\" }\n\
+             [mine]\nkind = \"api_key\"\nverify_url = \"https://api.example.com/me\"\n\
+             help_url = \"https://{sub}.example.com/keys\"\nplaceholders = { sub = { pattern = \"dns_label\" } }\n",
+        )
+        .unwrap();
+        let catalog = Catalog::build_with_env(&configured, &no_env, false).unwrap();
+        let get = |n: &str| catalog.get(&ConnectorTypeName::parse(n).unwrap()).unwrap();
+        let stripe = get("stripe");
+        assert_eq!(stripe.field_labels.api_key, "Secret or restricted key");
+        assert!(stripe.help_url.as_deref().unwrap().starts_with("https://"));
+        let zendesk = get("zendesk-basic");
+        assert_eq!(zendesk.field_labels.password, "API token");
+        // A deployment's table replaces the catalog's; a label it leaves out is the default.
+        let aircall = get("aircall-basic");
+        assert_eq!(aircall.field_labels.password, "Token");
+        assert_eq!(aircall.field_labels.username, "Username");
+        let mine = get("mine");
+        assert_eq!(mine.field_labels.api_key, "API key");
+        let mut values = Metadata::new();
+        values.insert("sub".into(), "acme".into());
+        assert_eq!(
+            mine.expand_url(mine.help_url.as_ref().unwrap(), &values)
+                .unwrap(),
+            "https://acme.example.com/keys"
+        );
+        // A help link is a provider URL like the others: https, declared placeholders only.
+        for bad in ["http://example.com/keys", "https://{nope}.example.com/"] {
+            let configured: BTreeMap<String, ConnectorTypeSpec> = toml::from_str(&format!(
+                "[mine]\nkind = \"api_key\"\nhelp_url = \"{bad}\"\n"
+            ))
+            .unwrap();
+            assert!(
+                Catalog::build_with_env(&configured, &no_env, false).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -74,6 +74,15 @@ impl KindsProvider {
         self.state.api_key.lock().unwrap().clone()
     }
 
+    /// The HTTP Basic credential `/basic/me` accepts.
+    pub fn username(&self) -> String {
+        self.state.username.clone()
+    }
+
+    pub fn password(&self) -> String {
+        self.state.password.clone()
+    }
+
     pub fn mints(&self) -> usize {
         self.state.mints.load(Ordering::SeqCst)
     }

@@ -10,6 +10,7 @@ mod binb_token;
 mod claims;
 mod cli;
 mod clients;
+mod connect_form;
 mod demo;
 mod e2e;
 mod egress;
@@ -121,6 +122,11 @@ conformance! {
         the_cli_creates_connect_links,
         a_callback_from_a_browser_that_did_not_click_connect_is_refused,
         a_return_to_with_a_control_character_is_refused_and_one_with_unicode_is_normalised,
+    }
+    connect_form {
+        a_wrong_api_key_shows_the_form_again_and_the_right_one_is_stored_and_served,
+        a_basic_form_shows_its_labels_refuses_a_wrong_password_then_returns_to_the_app,
+        a_form_post_from_another_browser_or_site_is_refused_and_stores_nothing,
     }
     admin {
         the_admin_cookie_is_a_server_side_session_and_cross_site_posts_are_refused,

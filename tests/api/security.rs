@@ -7,6 +7,7 @@ use crate::helpers::{cli, cli_ok, holds_eventually, spawn_app};
 /// Routes that need no credential. A route made public must be added here on purpose.
 const PUBLIC: &[&str] = &[
     "/connect/{secret}",
+    "/connect/{secret}/credential",
     "/oauth/callback",
     "/healthz",
     "/readyz",

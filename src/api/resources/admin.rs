@@ -94,7 +94,7 @@ async fn session(state: &AppState, headers: &HeaderMap) -> Option<Session> {
 /// `Origin` (when sent) names this host. These pages send `Referrer-Policy: no-referrer`, so a
 /// browser posts their forms with `Origin: null`; `Sec-Fetch-Site` decides then (and the
 /// session's forms also need their CSRF token).
-fn same_site(headers: &HeaderMap) -> bool {
+pub(crate) fn same_site(headers: &HeaderMap) -> bool {
     let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     if fetch_site.is_some_and(|v| v != "same-origin" && v != "none") {
         return false;

@@ -10,9 +10,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Principal;
 use crate::api::error::ApiError;
-use crate::api::pages::{connect_page, request_cookie, result_page, result_page_with_code};
+use crate::api::pages::{
+    connect_page, credential_form_page, page, request_cookie, result_page, result_page_with_code,
+    CredentialFormView,
+};
 use crate::api::{AppState, AuditKey, RequestBody, SmallApp};
-use crate::signup::{self, NewLink, SignupError};
+use crate::connectors::Kind;
+use crate::secret::Secret;
+use crate::signup::{self, LinkView, NewLink, SignupError, TypedCredential};
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +135,12 @@ fn error_page(error: SignupError) -> Response {
             "Your account was not connected",
             &format!("Nothing was connected: {reason}. You can try again with the same link while it is valid."),
         ),
+        SignupError::CredentialRefused(_) => result_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "error",
+            "The provider refused this credential",
+            "Nothing was stored. Open your connect link again and check what you enter.",
+        ),
         SignupError::ProviderFailed(reason) => result_page(
             StatusCode::BAD_GATEWAY,
             "error",
@@ -163,14 +174,18 @@ fn error_page(error: SignupError) -> Response {
     tag = "signup",
     params(("secret" = String, Path, description = "the link's secret")),
     responses(
-        (status = 200, description = "the page naming the app and the provider", content_type = "text/html"),
+        (status = 200, description = "the page naming the app and the provider, with one Connect button (oauth2), or the labelled form for an API key or a username and password (api_key, basic), which sets the cookie that binds the form to this browser", content_type = "text/html"),
         (status = 400, description = "the link is no longer valid", content_type = "text/html")
     )
 )]
 /// `GET /connect/{secret}` — public (the link's secret is the credential). The page naming the
-/// app and the provider, with one Connect button.
+/// app and the provider, with one Connect button; for an `api_key` or `basic` connector type,
+/// the form that collects the credential.
 pub async fn show(State(state): State<AppState>, Path(secret): Path<String>) -> Response {
     match signup::usable_link(&state.keeper, &secret).await {
+        Ok(view) if view.connector.kind.is_static() => {
+            credential_form(&state, &secret, &view, StatusCode::OK, None).await
+        }
         Ok(view) => connect_page(
             view.link.key.app_id.as_str(),
             &view.connector.display_name,
@@ -275,6 +290,233 @@ pub async fn callback(
             response.headers_mut().append(header::SET_COOKIE, value);
         }
     }
+    response
+}
+
+/// The credential form of a static-kind link, with a new form token and the cookie that binds
+/// it to this browser (sent only with the form's post).
+async fn credential_form(
+    state: &AppState,
+    secret: &str,
+    view: &LinkView,
+    status: StatusCode,
+    error: Option<(&str, String)>,
+) -> Response {
+    let form = match signup::new_form(&state.keeper, view).await {
+        Ok(form) => form,
+        Err(e) => return error_page(e),
+    };
+    let ct = &view.connector;
+    let labels = &ct.field_labels;
+    let fields = if ct.kind == Kind::ApiKey {
+        vec![("api_key", labels.api_key.as_str(), "password")]
+    } else {
+        vec![
+            ("username", labels.username.as_str(), "text"),
+            ("password", labels.password.as_str(), "password"),
+        ]
+    };
+    let help_url = ct.help_url.as_ref().and_then(|template| {
+        ct.expand_url(template, &signup::params_as_metadata(&view.link.params))
+            .ok()
+    });
+    let mut response = credential_form_page(
+        status,
+        &CredentialFormView {
+            app_id: view.link.key.app_id.as_str(),
+            provider: &ct.display_name,
+            connector_type: ct.name.as_str(),
+            fields,
+            help: ct.help.as_deref(),
+            help_url,
+            // The same path from the link's page and from the form shown again after a post.
+            action: form_path(&state.public_url, secret),
+            form_token: &form.token,
+            error,
+            verified: ct.verify_url.is_some(),
+        },
+    );
+    // SameSite=Strict: the form posts from this very page; another site's post never carries
+    // the cookie, and without it the post is refused.
+    let cookie = format!(
+        "{}={}; Path={}; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        form.cookie_name,
+        form.cookie_value,
+        form_path(&state.public_url, secret),
+        signup::STATE_TTL,
+        secure_flag(&state.public_url)
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// The last segment of the credential form's route, `/connect/{secret}/credential`.
+const FORM_RESOURCE: &str = "credential";
+
+/// The path the credential form posts to, as the browser sees it: its cookie is sent there only.
+fn form_path(public_url: &str, secret: &str) -> String {
+    oauth2::url::Url::parse(&format!("{public_url}/connect/{secret}/{FORM_RESOURCE}"))
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|_| format!("/connect/{secret}/{FORM_RESOURCE}"))
+}
+
+fn cross_site_form() -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        "Refused",
+        "<div id=\"result\" data-status=\"invalid\" data-error=\"cross_site_request\">\
+         <span class=\"status bad\">Refused</span><h1>This form was not sent from its own page</h1>\
+         <p>Nothing was stored. Open your connect link and enter the credential there.</p></div>",
+    )
+}
+
+/// The fields of the credential form; a field sent twice is taken once (the first).
+struct CredentialFormBody {
+    form_token: Option<String>,
+    api_key: Option<Secret>,
+    username: Option<Secret>,
+    password: Option<Secret>,
+}
+
+impl CredentialFormBody {
+    fn parse(body: &[u8]) -> Self {
+        let mut form = Self {
+            form_token: None,
+            api_key: None,
+            username: None,
+            password: None,
+        };
+        for (name, value) in oauth2::url::form_urlencoded::parse(body) {
+            let value = value.into_owned();
+            match name.as_ref() {
+                "form_token" if form.form_token.is_none() => form.form_token = Some(value),
+                "api_key" if form.api_key.is_none() => form.api_key = Some(Secret::new(value)),
+                "username" if form.username.is_none() => form.username = Some(Secret::new(value)),
+                "password" if form.password.is_none() => form.password = Some(Secret::new(value)),
+                _ => {}
+            }
+        }
+        form
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/connect/{secret}/credential",
+    tag = "signup",
+    params(("secret" = String, Path, description = "the link's secret")),
+    request_body(
+        content_type = "application/x-www-form-urlencoded",
+        description = "`form_token` (from the form page) and `api_key`, or `username` and `password`; the page's cookie must come with it"
+    ),
+    responses(
+        (status = 200, description = "connected (the result page)", content_type = "text/html"),
+        (status = 303, description = "connected: to return_to"),
+        (status = 400, description = "the link or the form is no longer valid, it was sent from another browser, or a field is empty (the form again)", content_type = "text/html"),
+        (status = 403, description = "a cross-site post", content_type = "text/html"),
+        (status = 422, description = "the provider refused the credential: the form again, with the reason; nothing stored", content_type = "text/html"),
+        (status = 502, description = "the provider could not check the credential: the form again; nothing stored", content_type = "text/html")
+    )
+)]
+/// `POST /connect/{secret}/credential` — public. The credential form of an `api_key` or
+/// `basic` link: checks the form token and this browser's cookie, verifies the credential
+/// with the provider (`verify_url`), stores it and spends the link; then the success page or
+/// 303 to `return_to`. A refused credential shows the form again and stores nothing.
+pub async fn submit(
+    State(state): State<AppState>,
+    Path(secret): Path<String>,
+    headers: HeaderMap,
+    RequestBody(body): RequestBody,
+) -> Response {
+    if !super::admin::same_site(&headers) {
+        tracing::warn!("credential form refused: a cross-site post");
+        return cross_site_form();
+    }
+    let form = CredentialFormBody::parse(&body);
+    let cookie_name = form.form_token.as_deref().map(signup::browser_cookie_name);
+    let browser = cookie_name
+        .as_deref()
+        .and_then(|name| request_cookie(&headers, name));
+    let typed = TypedCredential {
+        api_key: form.api_key,
+        username: form.username,
+        password: form.password,
+    };
+    let outcome = signup::submit_form(
+        &state.keeper,
+        &secret,
+        form.form_token.as_deref(),
+        browser.as_deref(),
+        typed,
+    )
+    .await;
+    let mut response = match outcome {
+        Ok(done) => {
+            let key = done.key.clone();
+            let mut response = connected_response(done);
+            response.extensions_mut().insert(AuditKey(key));
+            response
+        }
+        Err(
+            e @ (SignupError::CredentialRefused(_)
+            | SignupError::InvalidRequest(_)
+            | SignupError::ProviderFailed(_)),
+        ) => form_again(&state, &secret, e).await,
+        Err(e) => error_page(e),
+    };
+    // The form token is spent either way: the browser forgets its cookie.
+    if let (Some(name), Some(_)) = (cookie_name, browser) {
+        let clear = format!(
+            "{name}=; Path={}; HttpOnly; SameSite=Strict; Max-Age=0{}",
+            form_path(&state.public_url, &secret),
+            secure_flag(&state.public_url)
+        );
+        if let Ok(value) = HeaderValue::from_str(&clear) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+/// The form again after a failed attempt, with the reason (never what was typed).
+async fn form_again(state: &AppState, secret: &str, error: SignupError) -> Response {
+    let view = match signup::usable_link(&state.keeper, secret).await {
+        Ok(view) => view,
+        Err(e) => return error_page(e),
+    };
+    let what = if view.connector.kind == Kind::ApiKey {
+        "this key"
+    } else {
+        "this username and password"
+    };
+    let (status, code, message) = match error {
+        SignupError::CredentialRefused(_) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_credentials",
+            format!(
+                "The provider refused {what} ({}). Nothing was stored: check it and try again.",
+                view.connector.display_name
+            ),
+        ),
+        SignupError::InvalidRequest(message) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{message}. Nothing was stored."),
+        ),
+        _ => (
+            StatusCode::BAD_GATEWAY,
+            "provider_unavailable",
+            format!(
+                "{} could not check {what} just now. Nothing was stored: try again in a moment.",
+                view.connector.display_name
+            ),
+        ),
+    };
+    let key = view.link.key.clone();
+    let mut response = credential_form(state, secret, &view, status, Some((code, message))).await;
+    response.extensions_mut().insert(AuditKey(key));
     response
 }
 
