@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::refresh::breaker::Breakers;
 use crate::refresh::decision::{self, decide, Decision, Refusal, Situation};
 use crate::refresh::kind::{self, CredentialKind};
+use crate::refresh::scoped::{GithubScope, ScopedTokens};
 use crate::refresh::{Flights, TokenCache};
 use crate::store::{RefreshGuard, RefreshWrite, SecretsStore, StoreError};
 use crate::webhooks::{ConnectionEvent, Webhooks};
@@ -118,6 +119,8 @@ struct Inner {
     provider: Provider,
     cache: TokenCache,
     flights: Flights,
+    /// Scoped-down GitHub App tokens, per connection and scope.
+    scoped: ScopedTokens,
     breakers: Breakers,
     refresh_margin: i64,
     request_timeout: Duration,
@@ -155,6 +158,7 @@ impl SecretsKeeper {
                 provider,
                 cache: TokenCache::new(config.cache_ttl),
                 flights: Flights::default(),
+                scoped: ScopedTokens::default(),
                 breakers: Breakers::new(5, Duration::from_secs(30)),
                 refresh_margin: config.refresh_margin_seconds,
                 request_timeout: config.request_timeout,
@@ -201,6 +205,7 @@ impl SecretsKeeper {
         let _flight = self.inner.flights.acquire(key).await;
         let deleted = self.inner.store.delete_connection(key).await?;
         self.inner.cache.remove(key);
+        self.inner.scoped.forget(key);
         let Some(deleted) = deleted else {
             return Ok(None);
         };
@@ -272,6 +277,7 @@ impl SecretsKeeper {
             .store
             .upsert_connection(key, tokens, obtained_at)
             .await?;
+        self.inner.scoped.forget(key);
         if stored.version == 1 {
             self.inner
                 .webhooks
@@ -372,6 +378,62 @@ impl SecretsKeeper {
             .map_err(|e| refused_credential(ct, e))?;
         self.save_obtained_connection(key, &kind.merge(&seed, minted))
             .await
+    }
+
+    /// A GitHub App installation token limited to `scope` (`binb-token?repositories=...&
+    /// permissions=...`): the connection is served as `retrieve_token` would (so a removed
+    /// installation is reported the same way), then the scoped token is taken from this
+    /// process's cache or minted, once per connection and scope however many callers ask.
+    pub async fn retrieve_scoped(
+        &self,
+        key: &ConnectionKey,
+        request: TokenRequest,
+        scope: &GithubScope,
+    ) -> Result<ServedToken, KeeperError> {
+        let ct = self.connector_type(key)?.clone();
+        if ct.kind != crate::connectors::Kind::GithubApp {
+            return Err(KeeperError::InvalidRequest(format!(
+                "repositories and permissions scope GitHub App tokens; connector type '{}' is of kind {}",
+                ct.name,
+                ct.kind.as_str()
+            )));
+        }
+        let base = self.retrieve_token(key, TokenRequest::default()).await?;
+        let slot = self.inner.scoped.slot(key, scope);
+        let mut cached = slot.lock().await;
+        let now = now_epoch();
+        let within = request
+            .min_validity
+            .unwrap_or(0)
+            .max(self.inner.refresh_margin.min(1800))
+            .max(1);
+        let fresh = cached
+            .as_ref()
+            .filter(|t| !request.force_refresh && t.valid_for(now, within));
+        let (tokens, refreshed) = match fresh {
+            Some(tokens) => (tokens.clone(), false),
+            None => {
+                let minted = kind::GithubAppInstallation::mint_scoped(
+                    &self.inner.provider,
+                    &ct,
+                    &base.connection.tokens,
+                    &scope.body(),
+                    self.inner.request_timeout,
+                )
+                .await
+                .map_err(|e| scoped_failure(&ct, e))?;
+                let mut tokens = minted;
+                tokens.metadata = base.connection.tokens.metadata.clone();
+                *cached = Some(tokens.clone());
+                (tokens, true)
+            }
+        };
+        let mut connection = (*base.connection).clone();
+        connection.tokens = tokens;
+        Ok(ServedToken {
+            connection: Arc::new(connection),
+            refreshed,
+        })
     }
 
     /// Checks a connection's credential at the provider now (`POST .../connection/check`). A
@@ -970,6 +1032,24 @@ fn refused_credential(ct: &ConnectorType, error: RefreshError) -> KeeperError {
         RefreshError::Rejected(m) => KeeperError::ProviderError {
             message: format!("{m}; nothing was stored"),
             retry_after: None,
+        },
+    }
+}
+
+/// The answer to a scoped GitHub token request that GitHub refused or could not answer.
+fn scoped_failure(ct: &ConnectorType, error: RefreshError) -> KeeperError {
+    match error {
+        RefreshError::Unavailable { reason, .. } => KeeperError::ProviderUnavailable {
+            message: format!("GitHub is unavailable: {reason}"),
+            retry_after: FAILURE_RETRY_AFTER,
+        },
+        RefreshError::Rejected(m) => KeeperError::InvalidRequest(format!(
+            "{m}: the repositories or permissions asked for are not granted to this installation of {}",
+            ct.display_name
+        )),
+        other => KeeperError::ProviderError {
+            message: other.to_string(),
+            retry_after: Some(FAILURE_RETRY_AFTER),
         },
     }
 }

@@ -224,6 +224,24 @@ impl GithubAppInstallation {
     fn installation_id(metadata: &crate::domain::Metadata) -> Option<u64> {
         metadata.get("installation_id").and_then(|v| v.as_u64())
     }
+
+    /// An installation token limited by `scope` (GitHub's `{"repositories", "permissions"}`).
+    pub async fn mint_scoped(
+        provider: &Provider,
+        ct: &ConnectorType,
+        current: &TokenSet,
+        scope: &serde_json::Value,
+        budget: Duration,
+    ) -> Result<TokenSet, RefreshError> {
+        let installation =
+            Self::installation_id(&current.metadata).ok_or_else(|| RefreshError::Revoked {
+                code: "no installation_id".into(),
+            })?;
+        let jwt = Self::app_jwt(ct)?;
+        provider
+            .installation_token(ct, installation, &jwt, Some(scope), budget)
+            .await
+    }
 }
 
 #[async_trait]

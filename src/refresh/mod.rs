@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod decision;
 pub mod keeper;
 pub mod kind;
+pub mod scoped;
 
 pub use keeper::{CheckOutcome, KeeperError, SecretsKeeper, ServedToken, TokenRequest};
 

@@ -276,3 +276,48 @@ def test_the_assertion_and_the_app_jwt_are_what_the_providers_require(
     log = minting_tokenbox.log.read_text(errors="replace")
     for secret in ("BEGIN PRIVATE KEY", "BEGIN RSA PRIVATE KEY", "ya29.minted", "ghs_minted"):
         assert secret not in log
+
+
+def test_a_scoped_down_github_token_is_minted_once_per_scope(
+    minting_tokenbox: Tokenbox, minting: MintingProvider
+) -> None:
+    app = unique("tenant")
+    minting.lifetime = 3600
+    status, view = minting_tokenbox.request("PUT", f"/{app}/ghapp/connection", {"installation_id": 4242})
+    assert status == 201, view
+    unscoped = minting_tokenbox.request(
+        "GET", f"/{app}/ghapp/binb-token", token=minting_tokenbox.superadmin_token
+    )[1]
+    before = minting.mints["github_app"]
+
+    path = f"/{app}/ghapp/binb-token?repositories=jobs,api&permissions=contents:read"
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(
+            pool.map(
+                lambda _: minting_tokenbox.request("GET", path, token=minting_tokenbox.superadmin_token),
+                range(20),
+            )
+        )
+    assert all(status == 200 for status, _ in answers), answers
+    tokens = {body["access_token"] for _, body in answers}
+    assert len(tokens) == 1 and unscoped["access_token"] not in tokens
+    assert minting.mints["github_app"] == before + 1, "one mint for twenty callers of one scope"
+    assert minting.scopes[-1] == {"repositories": ["api", "jobs"], "permissions": {"contents": "read"}}
+
+    # The same scope written differently shares the token; another scope gets its own.
+    same = f"/{app}/ghapp/binb-token?repositories=api,jobs&permissions=contents:read"
+    assert (
+        minting_tokenbox.request("GET", same, token=minting_tokenbox.superadmin_token)[1]["access_token"]
+        in tokens
+    )
+    other = f"/{app}/ghapp/binb-token?permissions=issues:write"
+    status, body = minting_tokenbox.request("GET", other, token=minting_tokenbox.superadmin_token)
+    assert status == 200 and body["access_token"] not in tokens
+    assert minting.scopes[-1] == {"permissions": {"issues": "write"}}
+    assert minting.mints["github_app"] == before + 2
+
+    # A scope on another kind, or a malformed one, is a 400.
+    status, body = minting_tokenbox.request(
+        "GET", f"/{app}/ghapp/binb-token?permissions=contents", token=minting_tokenbox.superadmin_token
+    )
+    assert status == 400 and body["error"] == "invalid_request"

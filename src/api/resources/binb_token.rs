@@ -12,6 +12,7 @@ use crate::api::auth::Principal;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Outcome, SmallApp};
 use crate::domain::{now_epoch, Metadata};
+use crate::refresh::scoped::GithubScope;
 use crate::refresh::TokenRequest;
 
 /// The resource of the design note: `GET /{app_id}/{connector_type}/binb-token`, served by
@@ -27,6 +28,8 @@ impl BinBToken {
 pub struct BinBTokenQuery {
     min_validity: Option<String>,
     force_refresh: Option<String>,
+    repositories: Option<String>,
+    permissions: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -55,6 +58,12 @@ pub struct BinBTokenResponse {
 }
 
 impl BinBTokenQuery {
+    /// The GitHub App scope asked for, if any.
+    fn scope(&self) -> Result<Option<GithubScope>, ApiError> {
+        GithubScope::parse(self.repositories.as_deref(), self.permissions.as_deref())
+            .map_err(ApiError::InvalidRequest)
+    }
+
     fn parse(self) -> Result<TokenRequest, ApiError> {
         let min_validity = self
             .min_validity
@@ -97,6 +106,8 @@ impl BinBTokenQuery {
         ("connector_type" = String, Path, description = "a connector type of the catalog or the configuration"),
         ("min_validity" = Option<i64>, Query, description = "seconds the token must stay valid (0 to 31536000)"),
         ("force_refresh" = Option<bool>, Query, description = "refresh even if the stored token looks valid"),
+        ("repositories" = Option<String>, Query, description = "github_app: comma-separated repository names the token is limited to"),
+        ("permissions" = Option<String>, Query, description = "github_app: comma-separated name:level permissions the token is limited to (contents:read)"),
     ),
     responses(
         (status = 200, description = "a valid access token", body = BinBTokenResponse),
@@ -121,8 +132,13 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let Query(query) =
         query.map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
+    let scope = query.scope()?;
     let request = query.parse()?;
-    let served = match state.keeper.retrieve_token(&key, request).await {
+    let served = match &scope {
+        Some(scope) => state.keeper.retrieve_scoped(&key, request, scope).await,
+        None => state.keeper.retrieve_token(&key, request).await,
+    };
+    let served = match served {
         Ok(served) => served,
         Err(e) => {
             let error = ApiError::from(e);
