@@ -147,7 +147,7 @@ fn connector(
     key: &ConnectionKey,
 ) -> Result<Arc<ConnectorType>, SignupError> {
     let ct = keeper.connector_type(key)?.clone();
-    if ct.kind != Kind::Oauth2 && !ct.kind.is_static() {
+    if !matches!(ct.kind, Kind::Oauth2 | Kind::GithubApp) && !ct.kind.is_static() {
         return Err(SignupError::InvalidRequest(format!(
             "connector type '{}' is of kind {}: it has nothing for a tenant to enter; save its credential with PUT /{{app_id}}/{}/connection",
             ct.name,
@@ -281,15 +281,19 @@ pub async fn start(
     require_oauth(&connector)?;
     let state = random_secret();
     let browser = random_secret();
-    let (url, verifier) = keeper
-        .provider()
-        .authorization_url(
-            &connector,
-            &params_as_metadata(&link.params),
-            &redirect_uri(public_url),
-            &state,
-        )
-        .map_err(|e| SignupError::ProviderFailed(e.to_string()))?;
+    let (url, verifier) = if connector.kind == Kind::GithubApp {
+        (installation_url(&connector, &state)?, None)
+    } else {
+        keeper
+            .provider()
+            .authorization_url(
+                &connector,
+                &params_as_metadata(&link.params),
+                &redirect_uri(public_url),
+                &state,
+            )
+            .map_err(|e| SignupError::ProviderFailed(e.to_string()))?
+    };
     keeper
         .store()
         .create_oauth_state(
@@ -334,6 +338,9 @@ pub async fn finish(
         .ok_or(SignupError::LinkInvalid)?;
     if let Some(refusal) = provider_refusal(query) {
         return Err(refusal);
+    }
+    if keeper.connector_type(&link.key)?.kind == Kind::GithubApp {
+        return finish_installation(keeper, link, query, now).await;
     }
     let code = query.get("code").filter(|c| !c.is_empty()).ok_or_else(|| {
         SignupError::ProviderFailed("the provider sent no authorization code".into())
@@ -424,8 +431,64 @@ async fn take_bound_state(
     Ok(flow)
 }
 
+/// The GitHub App's installation page (`authorization_url` of a `github_app` type, such as
+/// `https://github.com/apps/<slug>/installations/new`) with the flow's state. GitHub sends the
+/// browser back to the app's Setup URL (tokenbox's callback) with `installation_id` and the
+/// same state.
+fn installation_url(ct: &ConnectorType, state: &str) -> Result<String, SignupError> {
+    if ct.authorization_url.is_empty() {
+        return Err(SignupError::NotConfigured(ct.name.to_string()));
+    }
+    let mut url = oauth2::url::Url::parse(&ct.authorization_url)
+        .map_err(|_| SignupError::ProviderFailed("the installation URL is not valid".into()))?;
+    url.query_pairs_mut().append_pair("state", state);
+    Ok(url.into())
+}
+
+/// The setup redirect of a GitHub App installation: the state was checked (link and
+/// browser); the installation id is checked by minting its first token with the app's key,
+/// which fails for an installation of another app.
+async fn finish_installation(
+    keeper: &SecretsKeeper,
+    link: ConnectLink,
+    query: &BTreeMap<String, String>,
+    now: i64,
+) -> Result<Connected, SignupError> {
+    let installation_id = query
+        .get("installation_id")
+        .and_then(|id| id.parse::<u64>().ok())
+        .ok_or_else(|| SignupError::ProviderFailed("GitHub sent no installation_id".into()))?;
+    let ct = connector(keeper, &link.key)?;
+    if !keeper
+        .store()
+        .spend_connect_link(&link.secret_hash, now)
+        .await?
+    {
+        return Err(SignupError::LinkInvalid);
+    }
+    let input = crate::domain::CredentialInput::Installation {
+        installation_id,
+        metadata: params_as_metadata(&link.params),
+    };
+    if let Err(error) = keeper.connect(&link.key, input).await {
+        keeper
+            .store()
+            .unspend_connect_link(&link.secret_hash)
+            .await?;
+        return Err(SignupError::ProviderFailed(format!(
+            "the installation could not be used: {error}"
+        )));
+    }
+    tracing::info!(app_id = %link.key.app_id, connector_type = %link.key.connector_type, "GitHub App installation connected through signup");
+    Ok(Connected {
+        display_name: ct.display_name.clone(),
+        key: link.key,
+        return_to: link.return_to,
+    })
+}
+
 fn require_oauth(ct: &ConnectorType) -> Result<(), SignupError> {
-    if ct.kind == Kind::Oauth2 {
+    if matches!(ct.kind, Kind::Oauth2 | Kind::GithubApp) {
         Ok(())
     } else {
         Err(SignupError::InvalidRequest(format!(

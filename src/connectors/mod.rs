@@ -288,10 +288,17 @@ impl ConnectorType {
     }
 
     /// The API base URL for a connection, placeholders filled from its metadata.
+    /// Without a catalog URL, a provider that names the connection's API host in its token
+    /// answer (Salesforce's `instance_url`) gives it.
     pub fn api_base_url_for(&self, metadata: &Metadata) -> Option<String> {
-        self.api_base_url
-            .as_ref()
-            .and_then(|template| self.expand_url(template, metadata).ok())
+        match &self.api_base_url {
+            Some(template) => self.expand_url(template, metadata).ok(),
+            None => metadata
+                .get("instance_url")
+                .and_then(|v| v.as_str())
+                .filter(|url| url.starts_with("https://"))
+                .map(str::to_string),
+        }
     }
 
     /// Fills `{placeholders}` of a URL from connection metadata or the defaults; every value is
@@ -456,8 +463,8 @@ impl ConnectorType {
         })
         .transpose()?;
         let app_id = pick!(app_id);
-        if kind == Kind::GithubApp && (app_id.is_none() || private_key.is_none()) {
-            bail!("connector type '{name}' of kind github_app needs app_id and private_key_file (or private_key_env)");
+        if kind == Kind::GithubApp && (app_id.is_none() != private_key.is_none()) {
+            bail!("connector type '{name}' of kind github_app needs both app_id and private_key_file (or private_key_env)");
         }
         let assertion_lifetime = pick!(assertion_lifetime_seconds).unwrap_or(3600);
         if !(1..=3600).contains(&assertion_lifetime) {
@@ -1023,9 +1030,18 @@ mod tests {
                     .is_some_and(|u| u.starts_with("https://")),
                 "{name}: docs_url"
             );
+            let mut with_instance = values.clone();
+            with_instance.insert(
+                "instance_url".into(),
+                "https://acme.my.salesforce.com".into(),
+            );
             let base = ct
-                .api_base_url_for(&values)
+                .api_base_url_for(&with_instance)
                 .unwrap_or_else(|| panic!("{name}: api_base_url"));
+            assert!(
+                ct.api_base_url.is_some() || ct.metadata_fields.iter().any(|f| f == "instance_url"),
+                "{name}: api_base_url or an instance_url in the answer"
+            );
             assert!(
                 base.starts_with("https://") && !base.contains('{'),
                 "{name}: {base}"
@@ -1045,15 +1061,21 @@ mod tests {
                 );
             } else {
                 minting += 1;
-                assert!(
-                    !ct.has_credentials(),
-                    "{name}: minting needs the operator's client"
+                // A service-account key comes with each connection; a client or an app key is
+                // the operator's, so the catalog alone does not configure those kinds.
+                assert_eq!(
+                    ct.has_credentials(),
+                    ct.kind == Kind::JwtBearer,
+                    "{name}: configured without the operator"
                 );
                 ct.expand_url(&ct.token_url, &values).unwrap();
             }
         }
         assert!(statics >= 12, "{statics} API-key and basic entries");
-        assert!(minting >= 3, "{minting} client-credentials entries");
+        assert!(
+            minting >= 3,
+            "{minting} client-credentials and assertion entries"
+        );
     }
 
     #[test]

@@ -14,10 +14,13 @@ Fifty concurrent ``binb-token`` calls on an expired minted credential cause exac
 from __future__ import annotations
 
 import datetime
+import http.cookiejar
 import json
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -183,6 +186,7 @@ api_base_url = "{minting.url}/gapi"
 
 [connector_types.ghapp]
 kind = "github_app"
+authorization_url = "{minting.url}/apps/tokenbox-test/installations/new"
 api_base_url = "{minting.url}"
 app_id = "{APP_ID}"
 private_key_file = "{key_file}"
@@ -321,3 +325,60 @@ def test_a_scoped_down_github_token_is_minted_once_per_scope(
         "GET", f"/{app}/ghapp/binb-token?permissions=contents", token=minting_tokenbox.superadmin_token
     )
     assert status == 400 and body["error"] == "invalid_request"
+
+
+def test_a_tenant_installs_the_github_app_through_a_connect_link(
+    minting_tokenbox: Tokenbox, minting: MintingProvider
+) -> None:
+    app = unique("tenant")
+    status, link = minting_tokenbox.request("POST", f"/{app}/ghapp/connect-links", {})
+    assert status == 201, link
+    secret = link["url"].rsplit("/", 1)[1]
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(NoRedirect, urllib.request.HTTPCookieProcessor(jar))
+
+    def go(method: str, url: str) -> tuple[int, Any, str]:
+        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        try:
+            with browser.open(request, timeout=30) as response:
+                return response.status, response.headers, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.headers, exc.read().decode()
+
+    # Connect sends the browser to the app's installation page with a state.
+    status, headers, _ = go("POST", f"{minting_tokenbox.url}/connect/{secret}")
+    assert status == 303
+    install = urllib.parse.urlsplit(headers["Location"])
+    assert install.path == "/apps/tokenbox-test/installations/new"
+    state = urllib.parse.parse_qs(install.query)["state"][0]
+
+    # GitHub comes back to the Setup URL with the installation and the same state; an unknown
+    # installation (another app's) is refused and the link stays usable.
+    before = minting.mints["github_app"]
+    callback = f"{minting_tokenbox.url}/oauth/callback"
+    status, _, page = go("GET", f"{callback}?installation_id=1&setup_action=install&state={state}")
+    assert status == 502, page
+    assert minting_tokenbox.request("GET", f"/{app}/ghapp/connection")[0] == 404
+    status, headers, _ = go("POST", f"{minting_tokenbox.url}/connect/{secret}")
+    assert status == 303
+    state = urllib.parse.parse_qs(urllib.parse.urlsplit(headers["Location"]).query)["state"][0]
+    status, _, page = go("GET", f"{callback}?installation_id=4242&setup_action=install&state={state}")
+    assert status == 200, page
+    assert minting.mints["github_app"] == before + 1
+    view = minting_tokenbox.connection(app, "ghapp")
+    assert view["status"] == "active"
+    answer = minting_tokenbox.request(
+        "GET", f"/{app}/ghapp/binb-token", token=minting_tokenbox.superadmin_token
+    )[1]
+    assert answer["access_token"].startswith("ghs_minted")
+    assert answer["metadata"]["installation_id"] == 4242
+
+    # The state is single-use: replaying the setup redirect is refused.
+    status, _, _ = go("GET", f"{callback}?installation_id=4242&setup_action=install&state={state}")
+    assert status == 400
