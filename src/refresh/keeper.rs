@@ -618,6 +618,7 @@ impl SecretsKeeper {
     ) -> Result<ServedToken, KeeperError> {
         let inner = &self.inner;
         let ct = self.connector_type(key)?.clone();
+        tracing::debug!(app_id = %key.app_id, connector_type = %key.connector_type, "joining the refresh flight");
         let _flight = inner.flights.acquire(key).await;
         let Some(guard) = inner.store.begin_refresh(key, inner.lease_seconds).await? else {
             inner.cache.remove(key);

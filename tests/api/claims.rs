@@ -330,7 +330,9 @@ async fn concurrent_forced_refreshes_share_one_refresh() {
         &json!({"access_token": imported, "refresh_token": provider.new_refresh_token(), "expires_in": 3600}),
     )
     .await;
-    provider.set_delay(Duration::from_secs(2));
+    // The provider holds its answer until every caller has joined the refresh flight (each
+    // logs it before queueing): none of them can have come after the refresh finished.
+    provider.hold();
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let request = app
@@ -341,13 +343,21 @@ async fn concurrent_forced_refreshes_share_one_refresh() {
             (response.status().as_u16(), json_of(response).await)
         });
     }
+    wait_until("all 20 forced calls joined the flight", || {
+        app.log_lines_containing("joining the refresh flight") >= 20
+    })
+    .await;
+    wait_until("the refresh reached the provider", || {
+        provider.pending() == 1
+    })
+    .await;
+    provider.release();
     let mut served = std::collections::HashSet::new();
     while let Some(answer) = requests.join_next().await {
         let (status, body) = answer.unwrap();
         assert_eq!(status, 200, "{body}");
         served.insert(access_token(&body));
     }
-    provider.set_delay(Duration::ZERO);
     assert_eq!(
         provider.calls(),
         1,

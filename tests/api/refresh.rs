@@ -7,13 +7,27 @@ use crate::helpers::{
     FakeProvider, Mode, TestApp,
 };
 
-/// `n` concurrent token requests for acme/acme, each answered 200: the tokens they got.
+/// `n` concurrent token requests for acme/acme, each answered 200: the tokens they got. The
+/// provider holds its answer until all `n` callers have joined the refresh flight (each logs it
+/// before queueing), so none of them can have arrived after the refresh.
 async fn concurrent_tokens(app: &TestApp, n: usize) -> Vec<String> {
+    let provider = app.provider.as_ref().expect("a provider");
+    let joined_before = app.log_lines_containing("joining the refresh flight");
+    provider.hold();
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..n {
         let request = app.get("/acme/acme/binb-token").as_superadmin();
         requests.spawn(async move { request.send().await });
     }
+    wait_until("every caller joined the refresh flight", || {
+        app.log_lines_containing("joining the refresh flight") >= joined_before + n
+    })
+    .await;
+    wait_until("the refresh reached the provider", || {
+        provider.pending() >= 1
+    })
+    .await;
+    provider.release();
     let mut tokens = Vec::new();
     while let Some(response) = requests.join_next().await {
         let response = response.unwrap();
@@ -26,8 +40,6 @@ async fn concurrent_tokens(app: &TestApp, n: usize) -> Vec<String> {
 
 pub async fn an_expired_token_is_refreshed_once_for_fifty_concurrent_requests(backend: Backend) {
     let provider = FakeProvider::start().await;
-    // The provider is slow, so every request arrives while the refresh is in flight.
-    provider.set_delay(Duration::from_millis(300));
     let app = spawn_app_on(backend, Some(&provider)).await;
     let old = app.import_expired("acme").await;
 
@@ -312,8 +324,6 @@ pub async fn one_minute_tokens_are_refreshed_once_for_concurrent_and_sequential_
 ) {
     let provider = FakeProvider::start().await;
     provider.set_expires_in(Some(60));
-    // Slow enough that the twenty callers queue behind one flight.
-    provider.set_delay(Duration::from_millis(300));
     let app = spawn_app_on(backend, Some(&provider)).await;
     app.import_expired("acme").await;
 
