@@ -171,6 +171,13 @@ pub struct Config {
     /// Lifetime of a session of the /admin page (it also ends at sign-out, and when its
     /// account expires or is revoked).
     pub admin_session_seconds: i64,
+    /// The proxy mode: the largest request body passed through, and the most bytes of an
+    /// answer streamed back (a longer answer is cut).
+    pub proxy_max_body_bytes: u64,
+    /// The proxy mode: the longest wait for the provider's next bytes (an export may stream
+    /// for long; this bounds a stalled one).
+    #[serde(rename = "proxy_timeout_seconds", with = "seconds")]
+    pub proxy_timeout: Duration,
     /// Mount the built-in sandbox OAuth provider under /sandbox/ (demo, local development).
     pub sandbox: bool,
     /// Endpoints that receive connection events (file only).
@@ -221,6 +228,8 @@ impl Default for Config {
             max_concurrent_refreshes_per_host: 16,
             shutdown_grace: Duration::from_secs(30),
             admin_session_seconds: 43_200,
+            proxy_max_body_bytes: 1 << 30,
+            proxy_timeout: Duration::from_secs(60),
             sandbox: false,
             webhooks: Vec::new(),
             connector_types: BTreeMap::new(),

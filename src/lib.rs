@@ -109,7 +109,8 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
     let (connector_types, sandbox_secret) = connector_types_of(&config, &public_url);
     let catalog = Catalog::build(&connector_types, config.allow_insecure_loopback)?;
     let store = open_store(&config).await?;
-    let provider = Provider::new(config.provider_timeout, config.allow_insecure_loopback)?;
+    let provider = Provider::new(config.provider_timeout, config.allow_insecure_loopback)?
+        .with_proxy_timeout(config.proxy_timeout)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let (audit, audit_writer) = audit::Audit::start(store.clone());
     let endpoints = config

@@ -53,13 +53,15 @@ impl<S: Send + Sync> FromRequestParts<S> for SmallApp {
         if let Some(DecodedKey(key)) = parts.extensions.get::<DecodedKey>() {
             return Ok(Self(key.clone()));
         }
-        let Path((app_id, connector_type)) =
-            Path::<(String, String)>::from_request_parts(parts, state)
+        // By name: a route may have more parameters (the proxy's `{*path}`).
+        let Path(params) =
+            Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, state)
                 .await
                 .map_err(|_| ApiError::InvalidRequest("malformed path".into()))?;
-        let app_id = AppId::parse(&app_id).map_err(ApiError::InvalidRequest)?;
+        let param = |name: &str| params.get(name).map(String::as_str).unwrap_or_default();
+        let app_id = AppId::parse(param("app_id")).map_err(ApiError::InvalidRequest)?;
         let connector_type =
-            ConnectorTypeName::parse(&connector_type).map_err(ApiError::InvalidRequest)?;
+            ConnectorTypeName::parse(param("connector_type")).map_err(ApiError::InvalidRequest)?;
         Ok(Self(ConnectionKey::new(app_id, connector_type)))
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::middleware;
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, on, post, MethodFilter, MethodRouter};
 use axum::Router;
 use serde::Serialize;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -14,7 +14,7 @@ use super::auth::{require_role, Authenticator};
 use super::error::ApiError;
 use super::resources::binb_token::{self, BinBToken};
 use super::resources::{
-    admin, audit, connect, connection, connections, connector_types, health, oauth_token,
+    admin, audit, connect, connection, connections, connector_types, health, oauth_token, proxy,
 };
 use super::{access_log, AppState};
 use crate::store::Role;
@@ -57,6 +57,22 @@ fn declare(t: &mut RouteTable) {
     .audit(Delete, "connection.delete");
     t.add_smallapp_resource("connection/check", &[Post], ADMIN, post(connection::check))
         .audit(Post, "connection.check");
+    // The proxy mode streams bodies of any size (up to `proxy_max_body_bytes`), outside the
+    // JSON API's body limit; it records its own audit event per call.
+    t.add_smallapp_resource(
+        "proxy/{*path}",
+        &[Get, Post, Put, Patch, Delete],
+        SUPERADMIN,
+        on(
+            MethodFilter::GET
+                .or(MethodFilter::POST)
+                .or(MethodFilter::PUT)
+                .or(MethodFilter::PATCH)
+                .or(MethodFilter::DELETE),
+            proxy::forward,
+        ),
+    )
+    .streaming();
     t.add_smallapp_resource("connect-links", &[Post], ADMIN, post(connect::create))
         .audit(Post, "connect_link.create");
     t.add_resource(
@@ -125,6 +141,7 @@ pub enum Method {
     Get,
     Post,
     Put,
+    Patch,
     Delete,
 }
 
@@ -138,6 +155,11 @@ pub struct RouteEntry {
     /// The audit action recorded for a method, when the method is audited.
     #[serde(skip)]
     pub audit: Vec<(Method, &'static str)>,
+    /// Whether the route streams large bodies outside the JSON API's body limit and passes a
+    /// provider's API through (the proxy): not in the OpenAPI document, which describes the
+    /// JSON API.
+    #[serde(rename = "passthrough")]
+    pub streaming: bool,
 }
 
 impl Method {
@@ -148,6 +170,7 @@ impl Method {
             (Self::Get, &M::GET)
                 | (Self::Post, &M::POST)
                 | (Self::Put, &M::PUT)
+                | (Self::Patch, &M::PATCH)
                 | (Self::Delete, &M::DELETE)
         )
     }
@@ -172,11 +195,21 @@ impl Declared<'_> {
         }
         self
     }
+
+    /// Serves this route outside the JSON API's body limit, with the proxy's own.
+    pub fn streaming(self) -> Self {
+        if let Some(entry) = self.table.entries.last_mut() {
+            entry.streaming = true;
+        }
+        self
+    }
 }
 
 /// Collects the declared routes into a router (with the role checks) and a description.
 pub struct RouteTable {
     router: Router<AppState>,
+    /// The streaming routes (the proxy), under their own body limit.
+    streaming: Router<AppState>,
     auth: Option<Arc<Authenticator>>,
     entries: Vec<RouteEntry>,
     /// The last declared route, added to the router once its audit actions are known.
@@ -218,6 +251,7 @@ impl RouteTable {
                 Access::Role(role) => role.as_str(),
             },
             audit: Vec::new(),
+            streaming: false,
         });
         if let Some(auth) = &self.auth {
             self.pending = Some(guard(auth, access, method_router));
@@ -251,8 +285,13 @@ impl RouteTable {
                 },
             ))
         };
-        let router = std::mem::take(&mut self.router);
-        self.router = router.route(&entry.path, method_router);
+        if entry.streaming {
+            let router = std::mem::take(&mut self.streaming);
+            self.streaming = router.route(&entry.path, method_router);
+        } else {
+            let router = std::mem::take(&mut self.router);
+            self.router = router.route(&entry.path, method_router);
+        }
     }
 }
 
@@ -280,6 +319,7 @@ fn guard(
 pub fn router(state: AppState) -> Router {
     let mut table = RouteTable {
         router: Router::new(),
+        streaming: Router::new(),
         auth: Some(state.auth.clone()),
         entries: Vec::new(),
         pending: None,
@@ -296,13 +336,19 @@ pub fn router(state: AppState) -> Router {
     let slow_client_timeout = state.config.slow_client_timeout;
     let body_timeout = state.config.body_timeout;
     // The sandbox (when mounted) sits inside the same layers as the API.
+    let proxy_limit = usize::try_from(state.config.proxy_max_body_bytes).unwrap_or(usize::MAX);
+    let streaming = table
+        .streaming
+        .with_state(state.clone())
+        .layer(RequestBodyLimitLayer::new(proxy_limit));
     table
         .router
         .fallback(|| async { ApiError::NotFound })
         .with_state(state.clone())
         .merge(sandbox)
-        .layer(middleware::from_fn_with_state(state, access_log))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .merge(streaming)
+        .layer(middleware::from_fn_with_state(state, access_log))
         // A client that sends its body slowly gets 408 instead of holding the request open.
         .layer(RequestBodyTimeoutLayer::new(slow_client_timeout))
         // ... and a whole-body deadline, however steadily it trickles in.
@@ -315,6 +361,7 @@ pub fn router(state: AppState) -> Router {
 pub fn describe() -> Vec<RouteEntry> {
     let mut table = RouteTable {
         router: Router::new(),
+        streaming: Router::new(),
         auth: None,
         entries: Vec::new(),
         pending: None,

@@ -24,6 +24,9 @@ use crate::secret::Secret;
 /// Ten years: longer lifetimes in a token response are capped.
 const MAX_LIFETIME: u64 = 10 * 365 * 86_400;
 
+/// The default longest gap between two reads of a proxied answer.
+const DEFAULT_PROXY_IDLE: Duration = Duration::from_secs(60);
+
 /// At most this much of a provider's answer is read (a token answer is a few kilobytes).
 pub const MAX_PROVIDER_BODY: usize = 1024 * 1024;
 
@@ -198,6 +201,9 @@ pub struct Provider {
     http: reqwest::Client,
     /// Also reaches private networks: for connector types marked `private_network`.
     http_private: reqwest::Client,
+    /// The proxy mode's clients (`forward`): no total timeout, an idle one.
+    proxy: reqwest::Client,
+    proxy_private: reqwest::Client,
     timeout: Duration,
     allow_loopback: bool,
 }
@@ -208,6 +214,36 @@ impl Provider {
     /// `private_network`; link-local and other reserved addresses never.
     pub fn new(timeout: Duration, allow_insecure_loopback: bool) -> anyhow::Result<Self> {
         let client = |private: bool| {
+            Self::builder(allow_insecure_loopback, private, timeout)
+                .timeout(timeout)
+                .build()
+        };
+        let provider = Self {
+            http: client(false)?,
+            http_private: client(true)?,
+            proxy: reqwest::Client::new(),
+            proxy_private: reqwest::Client::new(),
+            timeout,
+            allow_loopback: allow_insecure_loopback,
+        };
+        provider.with_proxy_timeout(DEFAULT_PROXY_IDLE)
+    }
+
+    /// The clients of the proxy mode: the same address policy, no total timeout (an export
+    /// may stream for long), but no gap between two reads longer than `idle`.
+    pub fn with_proxy_timeout(mut self, idle: Duration) -> anyhow::Result<Self> {
+        let client = |private: bool| {
+            Self::builder(self.allow_loopback, private, self.timeout)
+                .read_timeout(idle)
+                .build()
+        };
+        self.proxy = client(false)?;
+        self.proxy_private = client(true)?;
+        Ok(self)
+    }
+
+    fn builder(loopback: bool, private: bool, timeout: Duration) -> reqwest::ClientBuilder {
+        {
             reqwest::Client::builder()
                 // A token endpoint that redirects is refused: following it could send our
                 // client secret or a refresh token to another host.
@@ -216,23 +252,65 @@ impl Provider {
                 // not allow, at each new connection. A proxy would resolve names itself and
                 // bypass that check, so none is used.
                 .dns_resolver(std::sync::Arc::new(PublicOnlyResolver {
-                    policy: AddressPolicy {
-                        loopback: allow_insecure_loopback,
-                        private,
-                    },
+                    policy: AddressPolicy { loopback, private },
                 }))
                 .no_proxy()
                 .connect_timeout(timeout.min(Duration::from_secs(5)))
-                .timeout(timeout)
                 .user_agent(concat!("tokenbox/", env!("CARGO_PKG_VERSION")))
-                .build()
+        }
+    }
+
+    /// Sends a proxied request to a connector type's API (`url` already checked against its
+    /// API host) and returns the answer unread, for streaming. Redirects are not followed.
+    pub async fn forward(
+        &self,
+        ct: &ConnectorType,
+        method: http::Method,
+        url: reqwest::Url,
+        headers: http::HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<reqwest::Response, RefreshError> {
+        let literal = match url.host() {
+            Some(oauth2::url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(oauth2::url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
         };
-        Ok(Self {
-            http: client(false)?,
-            http_private: client(true)?,
-            timeout,
-            allow_loopback: allow_insecure_loopback,
-        })
+        let policy = AddressPolicy {
+            loopback: self.allow_loopback,
+            private: ct.private_network,
+        };
+        if literal.is_some_and(|ip| !netguard::address_allowed(ip, policy)) {
+            return Err(RefreshError::Rejected(Fault::Blocked.to_string()));
+        }
+        let http = if ct.private_network {
+            &self.proxy_private
+        } else {
+            &self.proxy
+        };
+        http.request(method, url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                let fault = if netguard::is_blocked(&e) {
+                    Fault::Blocked
+                } else if e.is_timeout() {
+                    Fault::Timeout
+                } else if e.is_connect() {
+                    Fault::Connect
+                } else {
+                    Fault::Other
+                };
+                match fault {
+                    Fault::Blocked => RefreshError::Rejected(fault.to_string()),
+                    _ => RefreshError::Unavailable {
+                        reason: fault.to_string(),
+                        retry_after: None,
+                        retryable: false,
+                    },
+                }
+            })
     }
 
     /// Runs the refresh-token grant, retrying transient failures (connection refused, 429, 5xx)

@@ -438,6 +438,17 @@ pub trait MaintenanceStore: Send + Sync {
     ) -> Result<u64, StoreError>;
 }
 
+/// The proxy mode's pauses, shared by the replicas.
+#[async_trait]
+pub trait ProxyStore: Send + Sync {
+    /// Until when proxied calls of a connection are paused (epoch seconds), if they are.
+    async fn proxy_paused_until(&self, key: &ConnectionKey) -> Result<Option<i64>, StoreError>;
+
+    /// Pauses proxied calls of a connection until `until` (a later pause already recorded
+    /// stays).
+    async fn pause_proxy(&self, key: &ConnectionKey, until: i64) -> Result<(), StoreError>;
+}
+
 /// The whole store: every narrow store of one database. Callers hold an `Arc<dyn SecretsStore>`;
 /// a part that needs one concern only can take that narrow trait.
 pub trait SecretsStore:
@@ -448,6 +459,7 @@ pub trait SecretsStore:
     + SigningKeyStore
     + AccountStore
     + MaintenanceStore
+    + ProxyStore
     + 'static
 {
 }
@@ -460,6 +472,7 @@ impl<
             + SigningKeyStore
             + AccountStore
             + MaintenanceStore
+            + ProxyStore
             + 'static,
     > SecretsStore for T
 {
@@ -607,6 +620,15 @@ macro_rules! embedded_migrations {
                     "../../migrations/",
                     $backend,
                     "/0011_audit_count.sql"
+                )),
+            ),
+            (
+                14,
+                "proxy_pauses",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0014_proxy_pauses.sql"
                 )),
             ),
         ]

@@ -10,11 +10,13 @@ mod audit;
 mod connections;
 mod links;
 mod maintenance;
+mod proxy;
 mod signing_keys;
 mod webhooks;
 
 pub(crate) use {
-    accounts::*, audit::*, connections::*, links::*, maintenance::*, signing_keys::*, webhooks::*,
+    accounts::*, audit::*, connections::*, links::*, maintenance::*, proxy::*, signing_keys::*,
+    webhooks::*,
 };
 
 /// Ciphertexts and encoded columns of a token set, ready to bind.
@@ -78,6 +80,7 @@ macro_rules! sql_store {
         $crate::store::sql::signing_key_store!($store, $db, $row);
         $crate::store::sql::account_store!($store, $db, $row);
         $crate::store::sql::maintenance_store!($store, $db, $row);
+        $crate::store::sql::proxy_store!($store, $db, $row);
     };
 }
 

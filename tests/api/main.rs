@@ -20,6 +20,7 @@ mod helpers;
 mod kinds;
 mod listing;
 mod outage;
+mod proxy;
 mod real_oauth;
 mod refresh;
 mod replicas;
@@ -68,6 +69,12 @@ conformance! {
         api_keys_and_basic_credentials_are_verified_then_served_with_their_headers,
         client_credentials_tokens_are_minted_once_for_fifty_callers_with_either_client_auth,
         a_key_revoked_later_is_found_by_the_check_and_reported_with_its_webhook,
+    }
+    proxy {
+        the_proxy_adds_the_credential_and_passes_everything_else_through,
+        a_401_is_retried_once_with_a_fresh_token_and_a_post_only_when_the_caller_opts_in,
+        a_429_pauses_the_connection_for_every_caller_on_every_replica,
+        paths_that_leave_the_api_host_are_refused,
     }
     refresh {
         an_expired_token_is_refreshed_once_for_fifty_concurrent_requests,

@@ -9,3 +9,4 @@ pub mod connections;
 pub mod connector_types;
 pub mod health;
 pub mod oauth_token;
+pub mod proxy;
