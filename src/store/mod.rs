@@ -609,6 +609,15 @@ macro_rules! embedded_migrations {
                     "/0011_audit_count.sql"
                 )),
             ),
+            (
+                12,
+                "tenant_clients",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0012_tenant_clients.sql"
+                )),
+            ),
         ]
     };
 }
