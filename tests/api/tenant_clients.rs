@@ -341,7 +341,8 @@ impl Seen {
             for secret in secrets {
                 assert!(
                     !text.contains(secret),
-                    "a client secret appeared in a response: {text}"
+                    "a client secret appeared in a response: {}",
+                    text.replace(secret, "[the secret]")
                 );
             }
         }
@@ -616,7 +617,7 @@ pub async fn a_connect_link_with_its_own_client_signs_up_and_refreshes_with_it(b
     app.remember_secret(&query_param(&callback, "code").unwrap_or_default());
     let (status, _) = seen.text(app.callback(&callback).await).await;
     assert_eq!(status, 200, "the signup succeeded");
-    assert_eq!(provider.authorized(), [a.id.clone()]);
+    assert_eq!(provider.authorized(), std::slice::from_ref(&a.id));
     assert_eq!(
         provider.clients_of("authorization_code"),
         [Some(a.id.clone())],
@@ -760,8 +761,7 @@ pub async fn keys_rotate_re_encrypts_the_tenant_clients(backend: Backend) {
     let newest = std::fs::read_to_string(&key_file)
         .unwrap()
         .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .last()
+        .rfind(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .unwrap()
         .to_string();
     std::fs::write(&key_file, format!("{newest}\n")).unwrap();
