@@ -146,6 +146,7 @@ async fn seed(config_path: &Path, count: usize, expired: bool) -> String {
                     expires_at: Some(now_epoch() + if expired { -60 } else { 86_400 }),
                     scope: None,
                     metadata: Metadata::new(),
+                    client: None,
                 };
                 store.upsert_connection(&key, &tokens, None).await.unwrap();
             }

@@ -121,6 +121,60 @@ pub struct TokenSet {
     pub expires_at: Option<i64>,
     pub scope: Option<String>,
     pub metadata: Metadata,
+    /// The tenant's own OAuth client, when the connection brought one: every call for this
+    /// connection (refresh, mint, revocation) authenticates with it instead of the operator's.
+    /// Stored with the connection (the secret encrypted), never returned.
+    pub client: Option<TenantClient>,
+}
+
+/// A tenant's own OAuth client (a self-managed GitLab's application, a customer's Salesforce
+/// connected app), used for its connection instead of the operator's `client_id` and
+/// `client_secret`. `Debug` never shows the secret.
+#[derive(Clone, Debug)]
+pub struct TenantClient {
+    pub client_id: String,
+    /// `None` for a public client (PKCE only).
+    pub client_secret: Option<Secret>,
+}
+
+impl TenantClient {
+    /// The client given with a connection or a link: `client_id` (and `client_secret`) both
+    /// absent is no client; a secret without an id is refused, as is a missing secret when
+    /// `secret_required`. The error is a sentence that never repeats a value.
+    pub fn from_fields(
+        client_id: Option<String>,
+        client_secret: Option<Secret>,
+        secret_required: bool,
+    ) -> Result<Option<Self>, String> {
+        let client_secret = client_secret.filter(|s| !s.is_empty());
+        let Some(client_id) = client_id else {
+            return match client_secret {
+                Some(_) => Err("client_secret was given without client_id".into()),
+                None => Ok(None),
+            };
+        };
+        if client_id.trim().is_empty()
+            || client_id.len() > 255
+            || client_id.chars().any(char::is_control)
+        {
+            return Err("client_id must be 1 to 255 characters with no control character".into());
+        }
+        if client_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() > 4096 || s.expose().chars().any(char::is_control))
+        {
+            return Err(
+                "client_secret must be at most 4096 characters with no control character".into(),
+            );
+        }
+        if secret_required && client_secret.is_none() {
+            return Err("client_id was given without client_secret".into());
+        }
+        Ok(Some(Self {
+            client_id,
+            client_secret,
+        }))
+    }
 }
 
 impl TokenSet {
@@ -196,8 +250,12 @@ pub enum CredentialInput {
         password: Secret,
         metadata: Metadata,
     },
-    /// A minting kind with the operator's client: `{}` (optionally `metadata`).
-    Mint { metadata: Metadata },
+    /// A minting kind: `{}` (the operator's client) or `{"client_id", "client_secret"}` (the
+    /// tenant's own client), optionally `metadata`.
+    Mint {
+        metadata: Metadata,
+        client: Option<TenantClient>,
+    },
     /// `jwt_bearer`: a service-account key (Google's JSON) and an optional subject (the user
     /// impersonated with domain-wide delegation; Salesforce's username). The key is kept as
     /// the connection's renewal secret: `{"client_email", "private_key", "private_key_id",
@@ -261,6 +319,10 @@ struct BasicBody {
 struct MintBody {
     #[serde(default)]
     metadata: Metadata,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret: Option<Secret>,
 }
 
 impl CredentialInput {
@@ -302,8 +364,12 @@ impl CredentialInput {
                 })
             }
             Kind::ClientCredentials => {
-                let body: MintBody = parse(bytes, "{} (the operator's client is used)")?;
+                let body: MintBody = parse(
+                    bytes,
+                    r#"{} (the operator's client) or {"client_id": string, "client_secret": string} (the tenant's own)"#,
+                )?;
                 Ok(Self::Mint {
+                    client: TenantClient::from_fields(body.client_id, body.client_secret, true)?,
                     metadata: body.metadata,
                 })
             }
@@ -457,6 +523,9 @@ pub struct ConnectLink {
     pub created_at: i64,
     pub expires_at: i64,
     pub spent_at: Option<i64>,
+    /// The tenant's own OAuth client, handed to the connection at the callback (its secret
+    /// stored encrypted with the link).
+    pub client: Option<TenantClient>,
 }
 
 impl ConnectLink {
@@ -497,6 +566,13 @@ pub struct ImportTokenSet {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     metadata: Option<Metadata>,
+    /// The tenant's own OAuth client: refreshes and the revocation use it instead of the
+    /// operator's. Stored encrypted, never returned.
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    client_secret: Option<Secret>,
 }
 
 impl ImportTokenSet {
@@ -529,6 +605,7 @@ impl ImportTokenSet {
             (None, Some(s)) => Some(now.saturating_add(s)),
             (None, None) => None,
         };
+        let client = TenantClient::from_fields(self.client_id, self.client_secret, false)?;
         Ok(TokenSet {
             access_token: self.access_token,
             refresh_token: self.refresh_token.filter(|t| !t.is_empty()),
@@ -536,6 +613,7 @@ impl ImportTokenSet {
             expires_at,
             scope: self.scope,
             metadata: self.metadata.unwrap_or_default(),
+            client,
         })
     }
 }
@@ -574,6 +652,7 @@ mod tests {
             expires_at: Some(1_000),
             scope: None,
             metadata: Metadata::new(),
+            client: None,
         };
         assert!(t.valid_for(500, 500));
         assert!(!t.valid_for(501, 500));

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::connectors::{ConnectorType, Kind, RefreshError};
-use crate::domain::{now_epoch, ConnectLink, ConnectionKey, CredentialInput, Metadata, OAuthState};
+use crate::domain::{
+    now_epoch, ConnectLink, ConnectionKey, CredentialInput, Metadata, OAuthState, TenantClient,
+};
 use crate::refresh::{KeeperError, SecretsKeeper};
 use crate::secret::Secret;
 use crate::store::StoreError;
@@ -62,6 +64,9 @@ pub struct NewLink {
     pub expires_in: Option<i64>,
     pub return_to: Option<String>,
     pub params: BTreeMap<String, String>,
+    /// The tenant's own OAuth client: the authorization URL, the code exchange and then the
+    /// connection use it instead of the operator's.
+    pub client: Option<TenantClient>,
 }
 
 #[derive(Debug)]
@@ -141,10 +146,12 @@ pub fn return_url_allowed(allowed: &[String], candidate: &str) -> bool {
 }
 
 /// The connector type of a link: an OAuth one (the tenant consents at the provider) or a
-/// static one (the tenant types the key into tokenbox's form).
+/// static one (the tenant types the key into tokenbox's form). A link with its own OAuth
+/// client (`own_client`) needs none of the operator's.
 fn connector(
     keeper: &SecretsKeeper,
     key: &ConnectionKey,
+    own_client: bool,
 ) -> Result<Arc<ConnectorType>, SignupError> {
     let ct = keeper.connector_type(key)?.clone();
     if !matches!(ct.kind, Kind::Oauth2 | Kind::GithubApp) && !ct.kind.is_static() {
@@ -155,7 +162,7 @@ fn connector(
             ct.name
         )));
     }
-    if !ct.has_credentials() {
+    if !ct.has_credentials() && !own_client {
         return Err(SignupError::NotConfigured(ct.name.to_string()));
     }
     Ok(ct)
@@ -210,7 +217,14 @@ pub async fn create_link(
     key: &ConnectionKey,
     request: NewLink,
 ) -> Result<CreatedLink, SignupError> {
-    let ct = connector(keeper, key)?;
+    let ct = connector(keeper, key, request.client.is_some())?;
+    if request.client.is_some() && ct.kind != Kind::Oauth2 {
+        return Err(SignupError::InvalidRequest(format!(
+            "connector type '{}' is of kind {}: only an oauth2 link takes client_id and client_secret",
+            ct.name,
+            ct.kind.as_str()
+        )));
+    }
     check_params(&ct, &request.params)?;
     // The URL is stored (and later sent in a Location header) as it was checked: normalised
     // by the URL parser, which percent-encodes what a header cannot carry.
@@ -247,6 +261,7 @@ pub async fn create_link(
         created_at: now,
         expires_at: now + ttl,
         spent_at: None,
+        client: request.client,
     };
     keeper.store().create_connect_link(&link).await?;
     Ok(CreatedLink {
@@ -266,7 +281,7 @@ pub async fn usable_link(keeper: &SecretsKeeper, secret: &str) -> Result<LinkVie
         .await?
         .filter(|l| l.is_usable(now_epoch()))
         .ok_or(SignupError::LinkInvalid)?;
-    let connector = connector(keeper, &link.key)?;
+    let connector = connector(keeper, &link.key, link.client.is_some())?;
     Ok(LinkView { link, connector })
 }
 
@@ -288,6 +303,7 @@ pub async fn start(
             .provider()
             .authorization_url(
                 &connector,
+                link.client.as_ref(),
                 &params_as_metadata(&link.params),
                 &redirect_uri(public_url),
                 &state,
@@ -345,7 +361,7 @@ pub async fn finish(
     let code = query.get("code").filter(|c| !c.is_empty()).ok_or_else(|| {
         SignupError::ProviderFailed("the provider sent no authorization code".into())
     })?;
-    let ct = connector(keeper, &link.key)?;
+    let ct = connector(keeper, &link.key, link.client.is_some())?;
     require_oauth(&ct)?;
     if !keeper
         .store()
@@ -359,6 +375,7 @@ pub async fn finish(
         .provider()
         .exchange_code(
             &ct,
+            link.client.as_ref(),
             &values,
             &redirect_uri(public_url),
             code,
@@ -386,6 +403,8 @@ pub async fn finish(
     }
     metadata.append(&mut tokens.metadata);
     tokens.metadata = metadata;
+    // The link's own client becomes the connection's: every refresh and the revocation use it.
+    tokens.client = link.client.clone();
     keeper.save_obtained_connection(&link.key, &tokens).await?;
     tracing::info!(app_id = %link.key.app_id, connector_type = %link.key.connector_type, "connection created through signup");
     Ok(Connected {
@@ -458,7 +477,7 @@ async fn finish_installation(
         .get("installation_id")
         .and_then(|id| id.parse::<u64>().ok())
         .ok_or_else(|| SignupError::ProviderFailed("GitHub sent no installation_id".into()))?;
-    let ct = connector(keeper, &link.key)?;
+    let ct = connector(keeper, &link.key, false)?;
     if !keeper
         .store()
         .spend_connect_link(&link.secret_hash, now)
@@ -577,7 +596,7 @@ pub async fn submit_form(
         .await?
         .filter(|l| l.is_usable(now))
         .ok_or(SignupError::LinkInvalid)?;
-    let ct = connector(keeper, &link.key)?;
+    let ct = connector(keeper, &link.key, link.client.is_some())?;
     let input = typed_input(&ct, typed, params_as_metadata(&link.params))?;
     if !keeper
         .store()

@@ -63,6 +63,7 @@ pub async fn run(command: ConnectLinkCommand, config: Config) -> anyhow::Result<
             expires_in,
             return_to,
             params,
+            client: None,
         },
     )
     .await

@@ -1094,6 +1094,7 @@ mod tests {
             expires_at: None,
             scope: None,
             metadata: Metadata::new(),
+            client: None,
         };
         let (h, q) = get("stripe").credential_headers(&tokens("sk_1", None));
         assert_eq!(h["Authorization"], "Bearer sk_1");
@@ -1143,6 +1144,7 @@ mod tests {
             let (url, verifier) = provider
                 .authorization_url(
                     ct,
+                    None,
                     &values,
                     "https://tokens.example.com/oauth/callback",
                     "st4te",
@@ -1186,7 +1188,7 @@ mod tests {
             .get(&ConnectorTypeName::parse("slack").unwrap())
             .unwrap();
         let (url, _) = provider
-            .authorization_url(slack, &values, "https://t/cb", "s")
+            .authorization_url(slack, None, &values, "https://t/cb", "s")
             .unwrap();
         assert!(
             url.contains("scope=channels%3Ahistory%2Cchannels%3Aread"),
@@ -1196,7 +1198,7 @@ mod tests {
             .get(&ConnectorTypeName::parse("zendesk").unwrap())
             .unwrap();
         let (url, _) = provider
-            .authorization_url(zendesk, &values, "https://t/cb", "s")
+            .authorization_url(zendesk, None, &values, "https://t/cb", "s")
             .unwrap();
         assert!(
             url.starts_with("https://acme.zendesk.com/oauth/authorizations/new?"),
@@ -1204,7 +1206,7 @@ mod tests {
         );
         values.insert("subdomain".into(), "evil.com/x".into());
         assert!(provider
-            .authorization_url(zendesk, &values, "https://t/cb", "s")
+            .authorization_url(zendesk, None, &values, "https://t/cb", "s")
             .is_err());
     }
 

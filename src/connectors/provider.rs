@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::netguard::{self, AddressPolicy, PublicOnlyResolver};
 use super::{ClientAuth, ConnectorType, RequestBody};
-use crate::domain::{now_epoch, Metadata, TokenSet};
+use crate::domain::{now_epoch, Metadata, TenantClient, TokenSet};
 use crate::secret::Secret;
 
 /// Ten years: longer lifetimes in a token response are capped.
@@ -316,42 +316,52 @@ impl Provider {
     /// Runs the refresh-token grant, retrying transient failures (connection refused, 429, 5xx)
     /// with backoff and jitter while `budget` allows. A timeout is not
     /// retried: the provider may have rotated the refresh token already.
+    /// `client` is the connection's own OAuth client, used instead of the operator's.
     pub async fn refresh(
         &self,
         ct: &ConnectorType,
+        client: Option<&TenantClient>,
         refresh_token: &Secret,
         metadata: &Metadata,
         budget: Duration,
     ) -> Result<TokenSet, RefreshError> {
-        self.grant(ct, Grant::Refresh(refresh_token), metadata, budget)
+        self.grant(ct, client, Grant::Refresh(refresh_token), metadata, budget)
             .await
     }
 
     /// Mints an access token with the client-credentials grant (RFC 6749 §4.4), with the
-    /// connector type's scopes, retried like a refresh.
+    /// connector type's scopes, retried like a refresh. `client` is the connection's own
+    /// client, used instead of the operator's.
     pub async fn client_credentials(
         &self,
         ct: &ConnectorType,
+        client: Option<&TenantClient>,
         metadata: &Metadata,
         budget: Duration,
     ) -> Result<TokenSet, RefreshError> {
-        self.grant(ct, Grant::ClientCredentials, metadata, budget)
+        self.grant(ct, client, Grant::ClientCredentials, metadata, budget)
             .await
     }
 
     /// Runs a grant with the newest client secret, then the older ones while the provider
-    /// answers `invalid_client` (a client-secret rotation in progress).
+    /// answers `invalid_client` (a client-secret rotation in progress). A connection's own
+    /// client has one secret.
     async fn grant(
         &self,
         ct: &ConnectorType,
+        tenant: Option<&TenantClient>,
         grant: Grant<'_>,
         metadata: &Metadata,
         budget: Duration,
     ) -> Result<TokenSet, RefreshError> {
-        let candidates = candidate_secrets(ct);
+        let (client_id, candidates) = client_candidates(ct, tenant)?;
         let last = candidates.len() - 1;
         for (i, secret) in candidates.into_iter().enumerate() {
-            match self.grant_with(ct, secret, grant, metadata, budget).await {
+            match self
+                .grant_with(ct, client_id, secret, grant, metadata, budget)
+                .await
+                .map_err(|e| tenant_refusal(tenant, e))
+            {
                 Err(RefreshError::InvalidClient) if i < last => {
                     tracing::warn!(connector_type = %ct.name, "a client secret was refused (invalid_client); trying an older one");
                 }
@@ -368,12 +378,13 @@ impl Provider {
     async fn grant_with(
         &self,
         ct: &ConnectorType,
+        client_id: &str,
         secret: Option<&Secret>,
         grant: Grant<'_>,
         metadata: &Metadata,
         budget: Duration,
     ) -> Result<TokenSet, RefreshError> {
-        let client = self.client(ct, metadata, secret)?;
+        let client = self.client(ct, metadata, client_id, secret)?;
         let started = Instant::now();
         let timeout = self.timeout;
         let attempt = || async {
@@ -571,9 +582,11 @@ impl Provider {
 
     /// The URL the tenant's browser is sent to (RFC 6749 §4.1.1), with PKCE S256 (RFC 7636)
     /// unless the connector type disables it. Returns the URL and the PKCE verifier to keep.
+    /// `client` is the link's own OAuth client, used instead of the operator's.
     pub fn authorization_url(
         &self,
         ct: &ConnectorType,
+        client: Option<&TenantClient>,
         values: &Metadata,
         redirect_uri: &str,
         state: &str,
@@ -581,8 +594,9 @@ impl Provider {
         let auth_url = ct
             .expand_url(&ct.authorization_url, values)
             .map_err(RefreshError::NotConfigured)?;
+        let (client_id, _) = client_candidates(ct, client)?;
         let client = self
-            .client(ct, values, ct.client_secret.as_ref())?
+            .client(ct, values, client_id, None)?
             .set_auth_uri(AuthUrl::new(auth_url).map_err(|_| {
                 RefreshError::NotConfigured("the authorization URL is not a valid URL".into())
             })?)
@@ -608,21 +622,31 @@ impl Provider {
     }
 
     /// Exchanges an authorization code for a token set (RFC 6749 §4.1.3). Not retried: a code
-    /// is single-use.
+    /// is single-use. `client` is the link's own OAuth client, used instead of the operator's.
     pub async fn exchange_code(
         &self,
         ct: &ConnectorType,
+        client: Option<&TenantClient>,
         values: &Metadata,
         redirect_uri: &str,
         code: &str,
         pkce_verifier: Option<&Secret>,
     ) -> Result<TokenSet, RefreshError> {
-        let candidates = candidate_secrets(ct);
+        let (client_id, candidates) = client_candidates(ct, client)?;
         let last = candidates.len() - 1;
         for (i, secret) in candidates.into_iter().enumerate() {
             match self
-                .exchange_code_with(ct, secret, values, redirect_uri, code, pkce_verifier)
+                .exchange_code_with(
+                    ct,
+                    client_id,
+                    secret,
+                    values,
+                    redirect_uri,
+                    code,
+                    pkce_verifier,
+                )
                 .await
+                .map_err(|e| tenant_refusal(client, e))
             {
                 Err(RefreshError::InvalidClient) if i < last => {
                     tracing::warn!(connector_type = %ct.name, "a client secret was refused (invalid_client); trying an older one");
@@ -633,9 +657,11 @@ impl Provider {
         unreachable!("the last candidate always returns")
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn exchange_code_with(
         &self,
         ct: &ConnectorType,
+        client_id: &str,
         secret: Option<&Secret>,
         values: &Metadata,
         redirect_uri: &str,
@@ -643,7 +669,7 @@ impl Provider {
         pkce_verifier: Option<&Secret>,
     ) -> Result<TokenSet, RefreshError> {
         let client = self
-            .client(ct, values, secret)?
+            .client(ct, values, client_id, secret)?
             .set_redirect_uri(redirect_url(redirect_uri)?);
         let code = AuthorizationCode::new(code.to_string());
         let mut request = client.exchange_code(code);
@@ -661,10 +687,12 @@ impl Provider {
     /// Revokes a token at the provider's RFC 7009 endpoint, when the catalog has one.
     /// Returns whether the provider confirmed. (The `oauth2` crate refuses any non-https
     /// revocation URL; the URL rules are enforced when the catalog is built instead, where
-    /// plain http is allowed for loopback test providers only.)
+    /// plain http is allowed for loopback test providers only.) `client` is the connection's
+    /// own OAuth client, used instead of the operator's.
     pub async fn revoke(
         &self,
         ct: &ConnectorType,
+        client: Option<&TenantClient>,
         values: &Metadata,
         refresh_token: Option<&Secret>,
         access_token: &Secret,
@@ -679,7 +707,9 @@ impl Provider {
             Some(t) => (t.expose(), "refresh_token"),
             None => (access_token.expose(), "access_token"),
         };
-        let request = revocation_request(ct, url, token, hint)?;
+        let (client_id, secrets) = client_candidates(ct, client)?;
+        let secret = secrets.into_iter().next().flatten();
+        let request = revocation_request(ct, client_id, secret, url, token, hint)?;
         // Only the status matters; the body is still read within the cap (or not at all).
         match self.send_raw(ct, request).await {
             Ok(answer) if answer.status.is_success() => Ok(true),
@@ -698,24 +728,21 @@ impl Provider {
         }
     }
 
+    /// The `oauth2` client of one call: `client_id` and `secret` are the operator's or the
+    /// connection's own (`client_candidates`).
     fn client(
         &self,
         ct: &ConnectorType,
         metadata: &Metadata,
+        client_id: &str,
         secret: Option<&Secret>,
     ) -> Result<OAuthClient, RefreshError> {
-        let client_id = ct.client_id.as_ref().ok_or_else(|| {
-            RefreshError::NotConfigured(format!(
-                "connector type '{}' has no client credentials configured; an operator must set client_id and client_secret",
-                ct.name
-            ))
-        })?;
         let token_url = ct
             .expand_url(&ct.token_url, metadata)
             .map_err(RefreshError::NotConfigured)?;
         let token_url = TokenUrl::new(token_url)
             .map_err(|_| RefreshError::NotConfigured("the token URL is not a valid URL".into()))?;
-        let mut client = oauth2::Client::new(ClientId::new(client_id.clone()))
+        let mut client = oauth2::Client::new(ClientId::new(client_id.to_string()))
             .set_auth_type(match ct.client_auth {
                 ClientAuth::Basic => AuthType::BasicAuth,
                 ClientAuth::Body => AuthType::RequestBody,
@@ -847,24 +874,52 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<
     Ok(body)
 }
 
-/// The client secrets to try, newest first (`None` for a public client).
-fn candidate_secrets(ct: &ConnectorType) -> Vec<Option<&Secret>> {
-    match &ct.client_secret {
+/// The client a call authenticates with: the connection's own when it has one (a single
+/// secret), else the operator's with its client secrets to try, newest first (`None` for a
+/// public client).
+fn client_candidates<'a>(
+    ct: &'a ConnectorType,
+    tenant: Option<&'a TenantClient>,
+) -> Result<(&'a str, Vec<Option<&'a Secret>>), RefreshError> {
+    if let Some(tenant) = tenant {
+        return Ok((&tenant.client_id, vec![tenant.client_secret.as_ref()]));
+    }
+    let client_id = ct.client_id.as_deref().ok_or_else(|| {
+        RefreshError::NotConfigured(format!(
+            "connector type '{}' has no client credentials configured; an operator must set client_id and client_secret (or the connection must bring its own client)",
+            ct.name
+        ))
+    })?;
+    let secrets = match &ct.client_secret {
         None => vec![None],
         Some(newest) => std::iter::once(Some(newest))
             .chain(ct.older_client_secrets.iter().map(Some))
             .collect(),
+    };
+    Ok((client_id, secrets))
+}
+
+/// A connection's own client refused by the provider is the tenant's to fix, not the
+/// operator's: the connection must be reconnected with a working client.
+fn tenant_refusal(tenant: Option<&TenantClient>, error: RefreshError) -> RefreshError {
+    match error {
+        RefreshError::InvalidClient if tenant.is_some() => RefreshError::Revoked {
+            code: "invalid_client".into(),
+        },
+        other => other,
     }
 }
 
-/// An RFC 7009 revocation request, with the connector type's client authentication.
+/// An RFC 7009 revocation request, with the connector type's client authentication and the
+/// client the connection uses.
 fn revocation_request(
     ct: &ConnectorType,
+    client_id: &str,
+    secret: Option<&Secret>,
     url: String,
     token: &str,
     hint: &str,
 ) -> Result<HttpRequest, RefreshError> {
-    let client_id = ct.client_id.as_deref().unwrap_or_default();
     let mut form = oauth2::url::form_urlencoded::Serializer::new(String::new());
     form.append_pair("token", token)
         .append_pair("token_type_hint", hint);
@@ -876,7 +931,7 @@ fn revocation_request(
             "application/x-www-form-urlencoded",
         )
         .header(http::header::ACCEPT, "application/json");
-    match (ct.client_auth, &ct.client_secret) {
+    match (ct.client_auth, secret) {
         (ClientAuth::Basic, Some(secret)) => {
             use base64::Engine;
             let encode = |s: &str| -> String {
@@ -1074,6 +1129,7 @@ fn installation_answer(answer: &RawAnswer) -> Result<TokenSet, RefreshError> {
                 expires_at: Some(expires_at),
                 scope: None,
                 metadata: Metadata::new(),
+                client: None,
             })
         }
         401 => Err(RefreshError::InvalidClient),
@@ -1118,6 +1174,7 @@ fn to_token_set(ct: &ConnectorType, r: ProviderTokenResponse, now: i64) -> Token
         expires_at,
         scope: r.scope,
         metadata,
+        client: None,
     }
 }
 

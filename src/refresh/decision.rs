@@ -200,6 +200,7 @@ mod tests {
                 expires_at: Some(NOW - age + lifetime),
                 scope: None,
                 metadata: Default::default(),
+                client: None,
             },
             status: ConnectionStatus::Active,
             version: 7,

@@ -209,7 +209,8 @@ impl SecretsKeeper {
         let Some(deleted) = deleted else {
             return Ok(None);
         };
-        if ct.revocation_url.is_none() || !ct.has_credentials() {
+        let client = deleted.tokens.client.as_ref();
+        if ct.revocation_url.is_none() || !(ct.has_credentials() || client.is_some()) {
             return Ok(Some(false));
         }
         let revoked = self
@@ -217,6 +218,7 @@ impl SecretsKeeper {
             .provider
             .revoke(
                 &ct,
+                client,
                 &deleted.tokens.metadata,
                 deleted.tokens.refresh_token.as_ref(),
                 &deleted.tokens.access_token,
@@ -316,18 +318,20 @@ impl SecretsKeeper {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
                 static_tokens(&ct, crate::secret::Secret::new(encoded), metadata)
             }
-            CredentialInput::Mint { metadata } => {
-                return self.mint_first(key, &ct, None, metadata).await
+            CredentialInput::Mint { metadata, client } => {
+                return self.mint_first(key, &ct, None, metadata, client).await
             }
             CredentialInput::ServiceAccount { renewal, metadata } => {
-                return self.mint_first(key, &ct, Some(renewal), metadata).await
+                return self
+                    .mint_first(key, &ct, Some(renewal), metadata, None)
+                    .await
             }
             CredentialInput::Installation {
                 installation_id,
                 mut metadata,
             } => {
                 metadata.insert("installation_id".into(), installation_id.into());
-                return self.mint_first(key, &ct, None, metadata).await;
+                return self.mint_first(key, &ct, None, metadata, None).await;
             }
         };
         ct.check_metadata(&tokens.metadata)
@@ -352,14 +356,15 @@ impl SecretsKeeper {
     }
 
     /// Mints the first token of a connection of a minting kind, and stores it with the
-    /// connection's renewal secret (a service-account key) and metadata. Nothing is stored
-    /// when the provider refuses.
+    /// connection's renewal secret (a service-account key), metadata and own OAuth client
+    /// (`client`, used instead of the operator's). Nothing is stored when the provider refuses.
     async fn mint_first(
         &self,
         key: &ConnectionKey,
         ct: &ConnectorType,
         renewal: Option<crate::secret::Secret>,
         metadata: crate::domain::Metadata,
+        client: Option<crate::domain::TenantClient>,
     ) -> Result<Arc<StoredConnection>, KeeperError> {
         ct.check_metadata(&metadata)
             .map_err(KeeperError::InvalidRequest)?;
@@ -370,14 +375,16 @@ impl SecretsKeeper {
             expires_at: None,
             scope: None,
             metadata,
+            client,
         };
         let kind = kind::of(ct);
         let minted = kind
             .obtain(&self.inner.provider, ct, &seed, self.inner.request_timeout)
             .await
             .map_err(|e| refused_credential(ct, e))?;
-        self.save_obtained_connection(key, &kind.merge(&seed, minted))
-            .await
+        let mut tokens = kind.merge(&seed, minted);
+        tokens.client = seed.client;
+        self.save_obtained_connection(key, &tokens).await
     }
 
     /// A GitHub App installation token limited to `scope` (`binb-token?repositories=...&
@@ -632,7 +639,8 @@ impl SecretsKeeper {
             request,
             margin: inner.refresh_margin,
             refresh_within,
-            has_credentials: ct.has_credentials(),
+            // A connection with its own OAuth client needs none of the operator's.
+            has_credentials: ct.has_credentials() || current.tokens.client.is_some(),
             renewable: kind.renewable(&current),
             now: now_epoch(),
         });
@@ -812,7 +820,8 @@ impl SecretsKeeper {
         let key = &current.key;
         match outcome {
             Ok(tokens) => {
-                let tokens = kind.merge(&current.tokens, tokens);
+                let mut tokens = kind.merge(&current.tokens, tokens);
+                tokens.client = current.tokens.client.clone();
                 let Some(stored) = guard.finish(RefreshWrite::Refreshed(tokens)).await? else {
                     return self.reread(key, hard_min).await;
                 };
@@ -1011,6 +1020,7 @@ fn static_tokens(
         expires_at: None,
         scope: None,
         metadata,
+        client: None,
     };
     tokens.token_type = Some(ct.token_type(&tokens));
     tokens

@@ -81,7 +81,7 @@ impl CredentialKind for ClientCredentialsGrant {
         budget: Duration,
     ) -> Result<TokenSet, RefreshError> {
         provider
-            .client_credentials(ct, &current.metadata, budget)
+            .client_credentials(ct, current.client.as_ref(), &current.metadata, budget)
             .await
     }
 
@@ -349,7 +349,13 @@ impl CredentialKind for RefreshTokenGrant {
             });
         };
         provider
-            .refresh(ct, refresh_token, &current.metadata, budget)
+            .refresh(
+                ct,
+                current.client.as_ref(),
+                refresh_token,
+                &current.metadata,
+                budget,
+            )
             .await
     }
 
@@ -389,6 +395,7 @@ mod tests {
                 metadata: [("instance_url".to_string(), "https://a.example".into())]
                     .into_iter()
                     .collect(),
+                client: None,
             },
             status: ConnectionStatus::Active,
             version: 1,
@@ -411,6 +418,7 @@ mod tests {
             expires_at: Some(100),
             scope: None,
             metadata: Default::default(),
+            client: None,
         }
     }
 

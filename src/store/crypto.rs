@@ -217,6 +217,24 @@ pub fn connection_aad(app_id: &str, connector_type: &str, field: &str) -> Vec<u8
     format!("tokenbox/v1\0connections\0{app_id}\0{connector_type}\0{field}").into_bytes()
 }
 
+/// Associated data of a connection's own OAuth client secret: bound to its row and to the
+/// client id stored beside it (a client id swapped in the row makes the secret undecryptable).
+pub fn connection_client_aad(app_id: &str, connector_type: &str, client_id: &str) -> Vec<u8> {
+    let mut aad = connection_aad(app_id, connector_type, "client_secret");
+    aad.push(0);
+    aad.extend_from_slice(client_id.as_bytes());
+    aad
+}
+
+/// Associated data of a connect link's OAuth client secret: bound to the link and its client id.
+pub fn link_client_aad(link_hash: &[u8; 32], client_id: &str) -> Vec<u8> {
+    let mut aad = b"tokenbox/v1\0connect_links\0client_secret\0".to_vec();
+    aad.extend_from_slice(link_hash);
+    aad.push(0);
+    aad.extend_from_slice(client_id.as_bytes());
+    aad
+}
+
 /// Associated data of an authorization request's PKCE verifier: bound to its state.
 pub fn oauth_state_aad(state_hash: &[u8; 32]) -> Vec<u8> {
     let mut aad = b"tokenbox/v1\0oauth_states\0pkce_verifier\0".to_vec();

@@ -623,6 +623,15 @@ macro_rules! embedded_migrations {
                 )),
             ),
             (
+                12,
+                "tenant_clients",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0012_tenant_clients.sql"
+                )),
+            ),
+            (
                 14,
                 "proxy_pauses",
                 include_str!(concat!(

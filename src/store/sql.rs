@@ -24,6 +24,9 @@ pub(crate) struct Sealed {
     pub(crate) access_token: Vec<u8>,
     pub(crate) refresh_token: Option<Vec<u8>>,
     pub(crate) metadata: String,
+    /// The connection's own OAuth client: its id, and its secret encrypted.
+    pub(crate) client_id: Option<String>,
+    pub(crate) client_secret: Option<Vec<u8>>,
 }
 
 /// Encrypts a token set's secrets, bound to its connection, and encodes its metadata.
@@ -32,9 +35,16 @@ pub(crate) fn seal(
     key: &crate::domain::ConnectionKey,
     tokens: &crate::domain::TokenSet,
 ) -> Sealed {
-    use crate::store::crypto::connection_aad;
+    use crate::store::crypto::{connection_aad, connection_client_aad};
     let (app, ct) = (key.app_id.as_str(), key.connector_type.as_str());
+    let client = tokens.client.as_ref();
     Sealed {
+        client_id: client.map(|c| c.client_id.clone()),
+        client_secret: client.and_then(|c| {
+            c.client_secret
+                .as_ref()
+                .map(|s| keys.encrypt_secret(s, &connection_client_aad(app, ct, &c.client_id)))
+        }),
         access_token: keys.encrypt_secret(
             &tokens.access_token,
             &connection_aad(app, ct, "access_token"),

@@ -28,6 +28,7 @@ mod security;
 mod shutdown;
 mod signup;
 mod storage;
+mod tenant_clients;
 mod webhooks;
 
 /// Instantiates every scenario once per backend.
@@ -134,6 +135,12 @@ conformance! {
         a_wrong_api_key_shows_the_form_again_and_the_right_one_is_stored_and_served,
         a_basic_form_shows_its_labels_refuses_a_wrong_password_then_returns_to_the_app,
         a_form_post_from_another_browser_or_site_is_refused_and_stores_nothing,
+    }
+    tenant_clients {
+        two_tenants_refresh_and_revoke_with_their_own_clients,
+        a_connect_link_with_its_own_client_signs_up_and_refreshes_with_it,
+        client_credentials_with_the_tenants_own_client_mint_with_it,
+        keys_rotate_re_encrypts_the_tenant_clients,
     }
     admin {
         the_admin_cookie_is_a_server_side_session_and_cross_site_posts_are_refused,

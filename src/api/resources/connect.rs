@@ -28,6 +28,14 @@ pub struct CreateLinkBody {
     return_to: Option<String>,
     #[serde(default)]
     params: BTreeMap<String, String>,
+    /// The tenant's own OAuth client (oauth2 connector types): the authorization URL, the
+    /// code exchange, every refresh and the revocation of the connection use it instead of
+    /// the operator's. Stored encrypted, never returned.
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    client_secret: Option<Secret>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -77,12 +85,25 @@ pub async fn create(
         CreateLinkBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
+            // Only the field names of serde's message are repeated, never a value (the body
+            // may carry a client secret).
+            let message = e.to_string();
+            let reason = if ["unknown field", "missing field", "duplicate field"]
+                .iter()
+                .any(|p| message.starts_with(p))
+            {
+                message.split(" at line").next().unwrap_or("malformed JSON")
+            } else {
+                "malformed JSON or a value of the wrong type"
+            };
             ApiError::InvalidRequest(format!(
-                "invalid body: {}; expected {{\"expires_in\": seconds, \"return_to\": url, \"params\": {{name: value}}}}",
-                e.to_string().split(" at line").next().unwrap_or("malformed JSON")
+                "invalid body: {reason}; expected {{\"expires_in\": seconds, \"return_to\": url, \"params\": {{name: value}}, \"client_id\": string, \"client_secret\": string}}"
             ))
         })?
     };
+    let client =
+        crate::domain::TenantClient::from_fields(body.client_id, body.client_secret, false)
+            .map_err(ApiError::InvalidRequest)?;
     let created = signup::create_link(
         &state.keeper,
         &state.config,
@@ -92,6 +113,7 @@ pub async fn create(
             expires_in: body.expires_in,
             return_to: body.return_to,
             params: body.params,
+            client,
         },
     )
     .await?;

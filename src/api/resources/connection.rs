@@ -34,6 +34,13 @@ pub struct ConnectionView {
     #[serde(skip_serializing_if = "Metadata::is_empty")]
     #[schema(value_type = Object)]
     pub metadata: Metadata,
+    /// Whether the connection uses the tenant's own OAuth client instead of the operator's
+    /// (shown by `GET .../connection`; its secret is never shown).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub own_client: bool,
+    /// The id of the connection's own OAuth client, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 impl From<&StoredConnection> for ConnectionView {
@@ -50,6 +57,8 @@ impl From<&StoredConnection> for ConnectionView {
             refreshed_at: c.refreshed_at,
             last_error: c.last_error.clone(),
             metadata: c.tokens.metadata.clone(),
+            own_client: c.tokens.client.is_some(),
+            client_id: c.tokens.client.as_ref().map(|c| c.client_id.clone()),
         }
     }
 }
@@ -68,6 +77,8 @@ impl From<&ConnectionSummary> for ConnectionView {
             refreshed_at: c.refreshed_at,
             last_error: c.last_error.clone(),
             metadata: Metadata::new(),
+            own_client: false,
+            client_id: None,
         }
     }
 }

@@ -4,7 +4,7 @@
 pub(crate) const CONNECTION_COLUMNS: &str = "app_id, connector_type, status, access_token, \
      refresh_token, token_type, expires_at, scope, metadata, version, created_at, updated_at, \
      refreshed_at, last_error, backoff_until, refresh_failures, last_error_kind, \
-     refresh_interrupted_at";
+     refresh_interrupted_at, client_id, client_secret";
 
 pub(crate) fn select_connection(suffix: &str) -> String {
     format!(
@@ -15,10 +15,12 @@ pub(crate) fn select_connection(suffix: &str) -> String {
 pub(crate) fn upsert_connection_sql() -> String {
     format!(
         "INSERT INTO connections (app_id, connector_type, status, access_token, refresh_token, \
-         token_type, expires_at, scope, metadata, version, created_at, updated_at, refreshed_at) \
-         VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, 1, $9, $9, $10) \
+         token_type, expires_at, scope, metadata, version, created_at, updated_at, refreshed_at, \
+         client_id, client_secret) \
+         VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, 1, $9, $9, $10, $11, $12) \
          ON CONFLICT (app_id, connector_type) DO UPDATE SET status = 'active', \
          access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
+         client_id = excluded.client_id, client_secret = excluded.client_secret, \
          token_type = excluded.token_type, expires_at = excluded.expires_at, \
          scope = excluded.scope, metadata = excluded.metadata, \
          version = connections.version + 1, updated_at = excluded.updated_at, \
@@ -119,7 +121,7 @@ macro_rules! connection_store {
             row: &$row,
         ) -> Result<$crate::domain::StoredConnection, $crate::store::StoreError> {
             use sqlx::Row;
-            use $crate::store::crypto::connection_aad;
+            use $crate::store::crypto::{connection_aad, connection_client_aad};
             use $crate::store::StoreError;
             let app: String = row.try_get("app_id")?;
             let ct: String = row.try_get("connector_type")?;
@@ -127,6 +129,24 @@ macro_rules! connection_store {
             let refresh: Option<Vec<u8>> = row.try_get("refresh_token")?;
             let status: String = row.try_get("status")?;
             let metadata: String = row.try_get("metadata")?;
+            let client_id: Option<String> = row.try_get("client_id")?;
+            let client_secret: Option<Vec<u8>> = row.try_get("client_secret")?;
+            let client = match (client_id, client_secret) {
+                (Some(client_id), secret) => Some($crate::domain::TenantClient {
+                    client_secret: secret
+                        .map(|b| {
+                            keys.decrypt_secret(&b, &connection_client_aad(&app, &ct, &client_id))
+                        })
+                        .transpose()?,
+                    client_id,
+                }),
+                (None, Some(_)) => {
+                    return Err(StoreError::Corrupt(
+                        "a connection has a client secret without a client id".into(),
+                    ))
+                }
+                (None, None) => None,
+            };
             Ok($crate::domain::StoredConnection {
                 tokens: $crate::domain::TokenSet {
                     access_token: keys
@@ -142,6 +162,7 @@ macro_rules! connection_store {
                     metadata: serde_json::from_str(&metadata).map_err(|_| {
                         StoreError::Corrupt("connection metadata is not JSON".into())
                     })?,
+                    client,
                 },
                 status: $crate::domain::ConnectionStatus::parse(&status).ok_or_else(|| {
                     StoreError::Corrupt(format!("unknown connection status {status}"))
@@ -184,6 +205,9 @@ macro_rules! connection_store {
                 RefreshWrite::Refreshed(tokens) => {
                     let sealed = sql::seal(keys, key, &tokens);
                     next.tokens = tokens;
+                    // A refresh never changes the connection's own client (its columns are
+                    // not written): what is returned is what the row holds.
+                    next.tokens.client = current.tokens.client.clone();
                     next.status = ConnectionStatus::Active;
                     next.refreshed_at = Some(now);
                     next.last_error = None;
@@ -318,6 +342,8 @@ macro_rules! connection_store {
                     .bind(sealed.metadata)
                     .bind($crate::domain::now_epoch())
                     .bind(obtained_at)
+                    .bind(sealed.client_id)
+                    .bind(sealed.client_secret)
                     .fetch_one(&self.pool)
                     .await?;
                 decode(&self.keys, &row)

@@ -1,10 +1,12 @@
 //! Connect links and OAuth states: their statements and `LinkStore`.
 
 pub(crate) const INSERT_LINK: &str = "INSERT INTO connect_links (secret_hash, app_id, \
-     connector_type, params, return_to, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+     connector_type, params, return_to, created_at, expires_at, client_id, client_secret) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 pub(crate) const SELECT_LINK: &str = "SELECT app_id, connector_type, params, return_to, \
-     created_at, expires_at, spent_at FROM connect_links WHERE secret_hash = $1";
+     created_at, expires_at, spent_at, client_id, client_secret FROM connect_links \
+     WHERE secret_hash = $1";
 
 pub(crate) const SPEND_LINK: &str = "UPDATE connect_links SET spent_at = $2 \
      WHERE secret_hash = $1 AND spent_at IS NULL AND expires_at > $2";
@@ -31,6 +33,14 @@ macro_rules! link_store {
                 &self,
                 link: &$crate::domain::ConnectLink,
             ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::crypto::link_client_aad;
+                let client = link.client.as_ref();
+                let client_secret = client.and_then(|c| {
+                    c.client_secret.as_ref().map(|s| {
+                        self.keys
+                            .encrypt_secret(s, &link_client_aad(&link.secret_hash, &c.client_id))
+                    })
+                });
                 sqlx::query(sql::INSERT_LINK)
                     .bind(&link.secret_hash[..])
                     .bind(link.key.app_id.as_str())
@@ -39,6 +49,8 @@ macro_rules! link_store {
                     .bind(link.return_to.as_deref())
                     .bind(link.created_at)
                     .bind(link.expires_at)
+                    .bind(client.map(|c| c.client_id.as_str()))
+                    .bind(client_secret)
                     .execute(&self.pool)
                     .await?;
                 Ok(())
@@ -57,6 +69,25 @@ macro_rules! link_store {
                 let app: String = row.try_get("app_id")?;
                 let ct: String = row.try_get("connector_type")?;
                 let params: String = row.try_get("params")?;
+                let client_id: Option<String> = row.try_get("client_id")?;
+                let client_secret: Option<Vec<u8>> = row.try_get("client_secret")?;
+                let client = match client_id {
+                    Some(client_id) => Some($crate::domain::TenantClient {
+                        client_secret: client_secret
+                            .map(|b| {
+                                self.keys.decrypt_secret(
+                                    &b,
+                                    &$crate::store::crypto::link_client_aad(
+                                        secret_hash,
+                                        &client_id,
+                                    ),
+                                )
+                            })
+                            .transpose()?,
+                        client_id,
+                    }),
+                    None => None,
+                };
                 Ok(Some($crate::domain::ConnectLink {
                     secret_hash: *secret_hash,
                     key: sql::parse_key(&app, &ct)?,
@@ -69,6 +100,7 @@ macro_rules! link_store {
                     created_at: row.try_get("created_at")?,
                     expires_at: row.try_get("expires_at")?,
                     spent_at: row.try_get("spent_at")?,
+                    client,
                 }))
             }
 

@@ -2,11 +2,18 @@
 //! `MaintenanceStore`.
 
 pub(crate) const SCAN_SECRETS: &str = "SELECT app_id, connector_type, version, access_token, \
-     refresh_token FROM connections WHERE (app_id, connector_type) > ($1, $2) \
-     ORDER BY app_id, connector_type LIMIT $3";
+     refresh_token, client_id, client_secret FROM connections \
+     WHERE (app_id, connector_type) > ($1, $2) ORDER BY app_id, connector_type LIMIT $3";
 
 pub(crate) const REWRITE_SECRETS: &str = "UPDATE connections SET access_token = $4, \
-     refresh_token = $5 WHERE app_id = $1 AND connector_type = $2 AND version = $3";
+     refresh_token = $5, client_secret = $6 \
+     WHERE app_id = $1 AND connector_type = $2 AND version = $3";
+
+pub(crate) const SCAN_LINK_CLIENTS: &str = "SELECT secret_hash, client_id, client_secret \
+     FROM connect_links WHERE client_secret IS NOT NULL";
+
+pub(crate) const REWRITE_LINK_CLIENT: &str =
+    "UPDATE connect_links SET client_secret = $2 WHERE secret_hash = $1";
 
 pub(crate) const SCAN_STATES: &str = "SELECT state_hash, pkce_verifier FROM oauth_states \
      WHERE pkce_verifier IS NOT NULL";
@@ -74,7 +81,7 @@ macro_rules! maintenance_store {
                 limit: i64,
             ) -> Result<$crate::store::Reencrypted, $crate::store::StoreError> {
                 use sqlx::Row;
-                use $crate::store::crypto::connection_aad;
+                use $crate::store::crypto::{connection_aad, connection_client_aad};
                 let (app, ct) = after
                     .map(|k| (k.app_id.as_str(), k.connector_type.as_str()))
                     .unwrap_or(("", ""));
@@ -91,13 +98,25 @@ macro_rules! maintenance_store {
                     let version: i64 = row.try_get("version")?;
                     let access: Vec<u8> = row.try_get("access_token")?;
                     let refresh: Option<Vec<u8>> = row.try_get("refresh_token")?;
+                    let client_id: Option<String> = row.try_get("client_id")?;
+                    let client_secret: Option<Vec<u8>> = row.try_get("client_secret")?;
                     progress.scanned += 1;
                     progress.last = Some(sql::parse_key(&app, &ct)?);
                     if self.keys.is_current(&access)
                         && refresh.as_deref().is_none_or(|r| self.keys.is_current(r))
+                        && client_secret
+                            .as_deref()
+                            .is_none_or(|c| self.keys.is_current(c))
                     {
                         continue;
                     }
+                    let client_secret = client_secret
+                        .map(|c| {
+                            let client_id = client_id.as_deref().unwrap_or_default();
+                            self.keys
+                                .reencrypt(&c, &connection_client_aad(&app, &ct, client_id))
+                        })
+                        .transpose()?;
                     let access = self
                         .keys
                         .reencrypt(&access, &connection_aad(&app, &ct, "access_token"))?;
@@ -113,6 +132,7 @@ macro_rules! maintenance_store {
                         .bind(version)
                         .bind(access)
                         .bind(refresh)
+                        .bind(client_secret)
                         .execute(&self.pool)
                         .await?;
                     if result.rows_affected() == 1 {
@@ -151,6 +171,27 @@ macro_rules! maintenance_store {
                     sqlx::query(sql::REWRITE_JWT_KEY)
                         .bind(&kid)
                         .bind(self.keys.reencrypt(&private, &aad)?)
+                        .execute(&self.pool)
+                        .await?;
+                    rotated += 1;
+                }
+                let links = sqlx::query(sql::SCAN_LINK_CLIENTS)
+                    .fetch_all(&self.pool)
+                    .await?;
+                for row in &links {
+                    let hash = sql::hash32(row.try_get("secret_hash")?)?;
+                    let client_id: Option<String> = row.try_get("client_id")?;
+                    let secret: Vec<u8> = row.try_get("client_secret")?;
+                    if self.keys.is_current(&secret) {
+                        continue;
+                    }
+                    let aad = $crate::store::crypto::link_client_aad(
+                        &hash,
+                        client_id.as_deref().unwrap_or_default(),
+                    );
+                    sqlx::query(sql::REWRITE_LINK_CLIENT)
+                        .bind(&hash[..])
+                        .bind(self.keys.reencrypt(&secret, &aad)?)
                         .execute(&self.pool)
                         .await?;
                     rotated += 1;
