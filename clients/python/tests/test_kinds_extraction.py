@@ -175,3 +175,29 @@ def test_the_client_and_the_toucan_keeper_expose_headers_query_and_api_base_url(
     credential = keeper.credential(f"{app}/keyed")
     assert credential.request_headers() == {"X-Api-Key": API_KEY}
     assert credential.api_base_url == f"{api.url}/keyed"
+
+
+def test_the_proxy_calls_the_api_without_the_job_holding_the_credential(
+    kinds_tokenbox: Tokenbox, api: KindsApi
+) -> None:
+    from tokenbox_client import TokenboxClient
+
+    app = unique("tenant")
+    status, answer = kinds_tokenbox.request(
+        "PUT", f"/{app}/basicauth/connection", {"username": USER, "password": PASSWORD}
+    )
+    assert status == 201, answer
+    client = TokenboxClient(url=kinds_tokenbox.url, token=kinds_tokenbox.superadmin_token)
+    proxy = client.proxy(app, "basicauth")
+    before = len(api.seen)
+    response = proxy.get("/records", params={"page": 2})
+    assert response.status_code == 200 and response.ok
+    assert len(response.json()["items"]) == 3
+    assert api.seen[before:] == [("/basic/records", "basic")]
+    streamed = b"".join(proxy.get("/records", stream=True).iter_content(4))
+    assert b'"items"' in streamed
+    missing = proxy.get("/records", params={"x": 1})
+    assert missing.status_code == 200
+    refused = client.proxy(app, "keyed").get("/records")
+    assert refused.status_code == 404
+    assert refused.json()["error"] == "not_connected"

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from . import errors
 from .errors import TokenboxError
+from .proxy import Proxy
 
 __all__ = ["TokenboxClient", "TokenInfo", "DEFAULT_URL"]
 
@@ -243,6 +244,12 @@ class TokenboxClient:
             return self._token
         jwt = self._jwt
         return self._retrying(jwt.current, "the client-credentials grant")
+
+    def proxy(self, app_id: str, connector_type: str) -> Proxy:
+        """The provider's API of one connection through tokenbox's proxy mode (the job never
+        holds the credential): ``client.proxy("acme", "hubspot").get("/crm/v3/...",
+        params=...)`` returns a ``requests``-like response."""
+        return Proxy(self, app_id, connector_type)
 
     # ------------------------------------------------------------------ internals
 
