@@ -82,19 +82,27 @@ async fn a_replica_serves_another_replicas_refresh_at_once_even_after_its_listen
             listener_name(&a)
         ))
         .await;
-    assert_eq!(killed, vec!["true".to_string()], "A's listener was found and killed");
+    assert_eq!(
+        killed,
+        vec!["true".to_string()],
+        "A's listener was found and killed"
+    );
     // B refreshes while A's listener is down or coming back: A reads through meanwhile.
     let second = token(&b, "force_refresh=true").await;
     assert_ne!(second, refreshed);
     until_served(&a, &second, "A to serve B's second refresh").await;
-    wait_until("A's listener to notice the loss and subscribe again", || {
-        a.log_lines_containing("cache listener lost") >= 1
-            && a.log_lines_containing("cache listener subscribed") >= 2
-    })
+    wait_until(
+        "A's listener to notice the loss and subscribe again",
+        || {
+            a.log_lines_containing("cache listener lost") >= 1
+                && a.log_lines_containing("cache listener subscribed") >= 2
+        },
+    )
     .await;
-    eventually("A's listener connection to be back in pg_stat_activity", || async {
-        (listeners_of(&a).await == 1).then_some(())
-    })
+    eventually(
+        "A's listener connection to be back in pg_stat_activity",
+        || async { (listeners_of(&a).await == 1).then_some(()) },
+    )
     .await;
 
     // Back to caching, and coherent again: A caches the token, B refreshes, A follows.
