@@ -198,7 +198,7 @@ impl Default for Config {
             encryption_key: None,
             refresh_margin_seconds: 300,
             cache_ttl: Duration::from_secs(10),
-            cache_max_entries: 50_000,
+            cache_max_entries: 20_000,
             cache_listener_heartbeat: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             provider_timeout: Duration::from_secs(10),
