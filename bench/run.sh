@@ -3,7 +3,7 @@
 # project's machine. Not part of the test suite. Loopback only; every run is bounded.
 #
 #   bench/run.sh            # everything
-#   bench/run.sh hot        # hot path only (also: storm, rss)
+#   bench/run.sh hot        # hot path only (also: storm, rss, scale, rss-bound)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -64,5 +64,25 @@ case "$what" in all|storm)
 
 case "$what" in all|rss)
   echo "== resident memory with 100000 connections stored (SQLite)"
+  "$BENCH" rss --count 100000
+;; esac
+
+# Scale of the store: 1,000,000 connections in a scratch PostgreSQL database (loaded with
+# generate_series, not through the API), and the plans of the refresher's claim and the listing.
+case "$what" in all|scale)
+  echo "== scale: 1000000 connections on PostgreSQL, EXPLAIN of the claim and the listing"
+  scale_url="$(fresh_pg scale)"
+  scale_dir="$(mktemp -d)"
+  printf 'database_url = "%s"\nencryption_key_file = "%s/key"\n' "$scale_url" "$scale_dir" \
+    >"$scale_dir/tokenbox.toml"
+  timeout 120 target/release/tokenbox --config "$scale_dir/tokenbox.toml" migrate >/dev/null
+  timeout 600 psql "$scale_url" -q -v now="$(date +%s)" -f bench/scale.sql
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS ${scale_url##*/} WITH (FORCE)" >/dev/null
+  rm -rf "$scale_dir"
+;; esac
+
+# Resident memory with the cache at its bound (cache_max_entries, default unless set).
+case "$what" in rss-bound)
+  echo "== resident memory, 100000 connections (SQLite), cache_max_entries=${TOKENBOX_CACHE_MAX_ENTRIES:-default}"
   "$BENCH" rss --count 100000
 ;; esac

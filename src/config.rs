@@ -98,6 +98,12 @@ pub struct Config {
     /// How long a decrypted token may be served from memory before the store is read again.
     #[serde(rename = "cache_ttl_seconds", with = "seconds")]
     pub cache_ttl: Duration,
+    /// Connections the token cache holds at most (the least useful are evicted beyond).
+    pub cache_max_entries: u64,
+    /// PostgreSQL: how often a replica checks that its change listener still hears the
+    /// database; after three silent periods it reads through until the listener is back.
+    #[serde(rename = "cache_listener_heartbeat_seconds", with = "seconds")]
+    pub cache_listener_heartbeat: Duration,
     /// No request waits longer than this.
     #[serde(rename = "request_timeout_seconds", with = "seconds")]
     pub request_timeout: Duration,
@@ -199,6 +205,8 @@ impl Default for Config {
             encryption_key: None,
             refresh_margin_seconds: 300,
             cache_ttl: Duration::from_secs(10),
+            cache_max_entries: 20_000,
+            cache_listener_heartbeat: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             provider_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
@@ -324,8 +332,9 @@ impl Config {
             || self.slow_client_timeout.is_zero()
             || self.body_timeout.is_zero()
             || self.prune_interval.is_zero()
+            || self.cache_listener_heartbeat.is_zero()
         {
-            bail!("request_timeout_seconds, provider_timeout_seconds, slow_client_timeout_seconds, body_timeout_seconds and prune_interval_seconds must be positive");
+            bail!("request_timeout_seconds, provider_timeout_seconds, slow_client_timeout_seconds, body_timeout_seconds, prune_interval_seconds and cache_listener_heartbeat_seconds must be positive");
         }
         if self.jwt_lifetime_seconds <= 0 || self.jwt_key_overlap_seconds < 0 {
             bail!("jwt_lifetime_seconds must be positive and jwt_key_overlap_seconds not negative");

@@ -222,6 +222,12 @@ impl Application {
                 stop.clone(),
             ))
         });
+        let follower = {
+            let keeper = self.state.keeper.clone();
+            let heartbeat = self.state.config.cache_listener_heartbeat;
+            let stop = stop.clone();
+            tokio::spawn(async move { keeper.follow_changes(heartbeat, stop).await })
+        };
         let deliverer = tokio::spawn(self.state.webhooks.clone().run());
         let config = &self.state.config;
         let pruner = tokio::spawn(audit::prune_periodically(
@@ -243,6 +249,7 @@ impl Application {
         // still wait on a provider. Nothing is aborted: each refresh ends (stored, or given up
         // before its lease ends) or the grace period does.
         stop.cancel();
+        let _ = follower.await;
         let keeper = self.state.keeper.clone();
         let drained = tokio::time::timeout_at(deadline, async {
             if let Some(task) = background {

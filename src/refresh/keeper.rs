@@ -148,6 +148,11 @@ impl SecretsKeeper {
         webhooks: Webhooks,
         config: &Config,
     ) -> Self {
+        let cache = TokenCache::new(config.cache_ttl, config.cache_max_entries);
+        if store.has_change_feed() {
+            // Read through until the change feed listens (`follow_changes`).
+            cache.set_listening(false);
+        }
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -156,7 +161,7 @@ impl SecretsKeeper {
                 webhooks,
                 catalog,
                 provider,
-                cache: TokenCache::new(config.cache_ttl),
+                cache,
                 flights: Flights::default(),
                 scoped: ScopedTokens::default(),
                 breakers: Breakers::new(5, Duration::from_secs(30)),
@@ -180,6 +185,23 @@ impl SecretsKeeper {
         tokio::time::timeout(grace, self.inner.tasks.wait())
             .await
             .is_ok()
+    }
+
+    /// Keeps the token cache coherent with changes other replicas make, until `stop`: each
+    /// change the store's feed reports drops the cached copy; while the feed is not listening,
+    /// reads go through to the store. Returns at once for a store without a feed (SQLite).
+    pub async fn follow_changes(
+        &self,
+        heartbeat: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let cache = &self.inner.cache;
+        let on = |event: crate::store::FeedEvent| match event {
+            crate::store::FeedEvent::Listening => cache.set_listening(true),
+            crate::store::FeedEvent::Lost => cache.set_listening(false),
+            crate::store::FeedEvent::Changed { key, version } => cache.invalidate(&key, version),
+        };
+        self.inner.store.follow_changes(&on, heartbeat, stop).await;
     }
 
     /// Connector types whose circuit breaker is open (for metrics).
@@ -274,6 +296,7 @@ impl SecretsKeeper {
         self.connector_type(key)?
             .check_metadata(&tokens.metadata)
             .map_err(KeeperError::InvalidRequest)?;
+        let ticket = self.inner.cache.ticket();
         let stored = self
             .inner
             .store
@@ -286,7 +309,7 @@ impl SecretsKeeper {
                 .emit(ConnectionEvent::Created, key, None)
                 .await;
         }
-        Ok(self.inner.cache.put(stored))
+        Ok(self.inner.cache.put(ticket, stored))
     }
 
     /// Saves a connection from what `PUT .../connection` carries, by the connector type's
@@ -532,12 +555,14 @@ impl SecretsKeeper {
         }
         let seen = match self.inner.cache.get(key) {
             Some(hit) => Some(hit),
-            None => self
-                .inner
-                .store
-                .load(key)
-                .await?
-                .map(|c| self.inner.cache.put(c)),
+            None => {
+                let ticket = self.inner.cache.ticket();
+                self.inner
+                    .store
+                    .load(key)
+                    .await?
+                    .map(|c| self.inner.cache.put(ticket, c))
+            }
         };
         let Some(seen) = seen else {
             return Err(not_connected(key));
@@ -627,6 +652,7 @@ impl SecretsKeeper {
         let ct = self.connector_type(key)?.clone();
         tracing::debug!(app_id = %key.app_id, connector_type = %key.connector_type, "joining the refresh flight");
         let _flight = inner.flights.acquire(key).await;
+        let ticket = inner.cache.ticket();
         let Some(guard) = inner.store.begin_refresh(key, inner.lease_seconds).await? else {
             inner.cache.remove(key);
             return Err(not_connected(key));
@@ -651,13 +677,13 @@ impl SecretsKeeper {
                     inner.metrics.backoff();
                 }
                 Ok(ServedToken {
-                    connection: inner.cache.put(current),
+                    connection: inner.cache.put(ticket, current),
                     refreshed: decision == Decision::Serve,
                 })
             }
             Decision::Refuse(refusal) => {
                 guard.release().await;
-                let connection = inner.cache.put(current);
+                let connection = inner.cache.put(ticket, current);
                 Err(self.refusal(refusal, &connection, &ct))
             }
             Decision::MarkRevoked => {
@@ -822,6 +848,7 @@ impl SecretsKeeper {
             Ok(tokens) => {
                 let mut tokens = kind.merge(&current.tokens, tokens);
                 tokens.client = current.tokens.client.clone();
+                let ticket = inner.cache.ticket();
                 let Some(stored) = guard.finish(RefreshWrite::Refreshed(tokens)).await? else {
                     return self.reread(key, hard_min).await;
                 };
@@ -832,7 +859,7 @@ impl SecretsKeeper {
                         .await;
                 }
                 tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, "token refreshed");
-                let connection = inner.cache.put(stored);
+                let connection = inner.cache.put(ticket, stored);
                 if !connection.tokens.is_valid(now_epoch()) {
                     // Stored all the same: a rotated refresh token must never be lost.
                     return Err(KeeperError::ProviderError {
@@ -908,6 +935,7 @@ impl SecretsKeeper {
             },
         };
         tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, error = %error, "refresh failed");
+        let ticket = inner.cache.ticket();
         let written = guard
             .finish(RefreshWrite::Failed {
                 reason: error.to_string(),
@@ -927,7 +955,7 @@ impl SecretsKeeper {
                 .await;
         }
         let connection = match written {
-            Ok(Some(stored)) => inner.cache.put(stored),
+            Ok(Some(stored)) => inner.cache.put(ticket, stored),
             Ok(None) => return self.reread(key, hard_min).await,
             Err(e) => {
                 tracing::error!(error = %e, "cannot record a refresh failure");
@@ -951,8 +979,10 @@ impl SecretsKeeper {
         key: &ConnectionKey,
         write: impl std::future::Future<Output = Result<Option<StoredConnection>, StoreError>>,
     ) -> Result<ServedToken, KeeperError> {
+        // The write is a future not yet started: the ticket comes before it.
+        let ticket = self.inner.cache.ticket();
         match write.await? {
-            Some(stored) => Err(reauthorization(&self.inner.cache.put(stored))),
+            Some(stored) => Err(reauthorization(&self.inner.cache.put(ticket, stored))),
             // Someone else wrote meanwhile (another replica refreshed, or a re-import): the
             // refusal was a lost race, not a revocation.
             None => self.reread(key, 1).await,
@@ -960,11 +990,12 @@ impl SecretsKeeper {
     }
 
     async fn reread(&self, key: &ConnectionKey, hard_min: i64) -> Result<ServedToken, KeeperError> {
+        let ticket = self.inner.cache.ticket();
         let Some(stored) = self.inner.store.load(key).await? else {
             self.inner.cache.remove(key);
             return Err(not_connected(key));
         };
-        let connection = self.inner.cache.put(stored);
+        let connection = self.inner.cache.put(ticket, stored);
         if connection.status == ConnectionStatus::ReauthorizationRequired {
             return Err(reauthorization(&connection));
         }

@@ -10,9 +10,10 @@ pub mod scoped;
 
 pub use keeper::{CheckOutcome, KeeperError, SecretsKeeper, ServedToken, TokenRequest};
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::OwnedMutexGuard;
 
@@ -66,59 +67,170 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
-struct Entry {
-    connection: Arc<StoredConnection>,
-    loaded: Instant,
+/// Decrypted connections kept in memory so that the hot path neither reads the database nor
+/// decrypts. Every write through this process replaces the entry; a change made elsewhere is
+/// announced by the store's change feed (PostgreSQL `LISTEN/NOTIFY`, see `invalidate`), and
+/// `ttl` bounds how long a change can go unseen where there is no feed (SQLite: one node; other
+/// processes on the same file). The cache holds at most `max_entries` connections (TinyLFU
+/// admission, so a scan of connections asked for once does not evict the working set).
+///
+/// With a feed, the cache is used only while the feed listens: until the first `Listening` and
+/// from a `Lost` to the next `Listening`, every read goes to the store (read-through).
+pub struct TokenCache {
+    entries: Option<moka::sync::Cache<ConnectionKey, Arc<StoredConnection>>>,
+    /// Whether cached entries may be served (false while a change feed is not listening).
+    usable: AtomicBool,
+    /// Recent invalidations, to refuse a read that raced with one (see `put`).
+    recent: Mutex<Invalidations>,
 }
 
-/// Decrypted connections kept in memory so that the hot path neither reads the database nor
-/// decrypts. Every write through this process replaces the entry; `ttl` bounds how long a change
-/// made elsewhere (another process, another replica) can go unseen.
-pub struct TokenCache {
-    ttl: Duration,
-    entries: RwLock<HashMap<ConnectionKey, Entry>>,
+/// The invalidations of the last moments, numbered: a reader takes a `Ticket` (the number of
+/// the last one) before it reads the store, and its result is cached only if no invalidation of
+/// its connection to a newer version came after the ticket.
+#[derive(Default)]
+struct Invalidations {
+    /// Number of the last invalidation (0: none yet).
+    last: u64,
+    /// (number, key, version announced; `i64::MAX` for a deletion or a reset), oldest first.
+    log: VecDeque<(u64, Option<ConnectionKey>, i64)>,
 }
+
+/// Invalidations remembered for racing readers; an older ticket is treated as raced.
+const RECENT_INVALIDATIONS: usize = 4096;
+
+/// Taken before reading the store, handed to `TokenCache::put` with what was read.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket(u64);
 
 impl TokenCache {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration, max_entries: u64) -> Self {
+        let entries = (!ttl.is_zero() && max_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl)
+                .build()
+        });
         Self {
-            ttl,
-            entries: RwLock::new(HashMap::new()),
+            entries,
+            usable: AtomicBool::new(true),
+            recent: Mutex::default(),
         }
     }
 
     pub fn get(&self, key: &ConnectionKey) -> Option<Arc<StoredConnection>> {
-        let entries = self.entries.read().expect("cache poisoned");
-        entries
-            .get(key)
-            .filter(|e| e.loaded.elapsed() < self.ttl)
-            .map(|e| e.connection.clone())
+        if !self.usable.load(Ordering::Acquire) {
+            return None;
+        }
+        self.entries.as_ref()?.get(key)
     }
 
-    pub fn put(&self, connection: StoredConnection) -> Arc<StoredConnection> {
+    /// Take one before reading the store; hand it to `put` with what was read.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.recent.lock().expect("cache poisoned").last)
+    }
+
+    /// Caches a connection read from (or just written to) the store after `ticket` was taken,
+    /// and returns it. Not cached when it is older than the cached one, or when an
+    /// invalidation of a newer version came after the ticket (a reader racing a change).
+    pub fn put(&self, ticket: Ticket, connection: StoredConnection) -> Arc<StoredConnection> {
         let connection = Arc::new(connection);
-        if self.ttl.is_zero() {
+        let Some(entries) = &self.entries else {
+            return connection;
+        };
+        if !self.usable.load(Ordering::Acquire) {
             return connection;
         }
-        let mut entries = self.entries.write().expect("cache poisoned");
-        // Never replace a newer version with an older one (a slow reader racing a refresh).
-        let keep_existing = entries.get(&connection.key).is_some_and(|e| {
-            e.connection.version > connection.version && e.loaded.elapsed() < self.ttl
-        });
-        if !keep_existing {
-            entries.insert(
-                connection.key.clone(),
-                Entry {
-                    connection: connection.clone(),
-                    loaded: Instant::now(),
-                },
-            );
+        let version = connection.version;
+        entries
+            .entry(connection.key.clone())
+            .and_compute_with(|existing| match existing {
+                // Never replace a newer version with an older one (a slow reader racing a refresh).
+                Some(e) if e.value().version > version => moka::ops::compute::Op::Nop,
+                _ => moka::ops::compute::Op::Put(connection.clone()),
+            });
+        // Checked after the insertion: an invalidation is logged before it removes, so either
+        // it removed our entry or we see it here.
+        if self.raced(ticket, &connection.key, version) {
+            entries.invalidate(&connection.key);
         }
         connection
     }
 
+    fn raced(&self, ticket: Ticket, key: &ConnectionKey, version: i64) -> bool {
+        let recent = self.recent.lock().expect("cache poisoned");
+        if recent.last == ticket.0 {
+            return false;
+        }
+        match recent.log.front() {
+            // The log no longer reaches back to the ticket: assume the worst.
+            Some((first, _, _)) if *first > ticket.0 + 1 => return true,
+            None => return true,
+            _ => {}
+        }
+        recent
+            .log
+            .iter()
+            .rev()
+            .take_while(|(n, _, _)| *n > ticket.0)
+            .any(|(_, k, v)| k.as_ref().is_none_or(|k| k == key) && *v > version)
+    }
+
+    fn log(&self, key: Option<ConnectionKey>, version: i64) {
+        let mut recent = self.recent.lock().expect("cache poisoned");
+        recent.last += 1;
+        let n = recent.last;
+        recent.log.push_back((n, key, version));
+        if recent.log.len() > RECENT_INVALIDATIONS {
+            recent.log.pop_front();
+        }
+    }
+
+    /// Drops the cached copy of a connection this process changed or deleted.
     pub fn remove(&self, key: &ConnectionKey) {
-        self.entries.write().expect("cache poisoned").remove(key);
+        self.invalidate(key, None);
+    }
+
+    /// Another process changed the connection to `version` (`None`: deleted it): drops the
+    /// cached copy unless it is that version or newer.
+    pub fn invalidate(&self, key: &ConnectionKey, version: Option<i64>) {
+        let version = version.unwrap_or(i64::MAX);
+        self.log(Some(key.clone()), version);
+        if let Some(entries) = &self.entries {
+            entries
+                .entry(key.clone())
+                .and_compute_with(|existing| match existing {
+                    Some(e) if e.value().version < version => moka::ops::compute::Op::Remove,
+                    _ => moka::ops::compute::Op::Nop,
+                });
+        }
+    }
+
+    /// Whether the change feed listens (`true`) or lost its connection (`false`). Either way
+    /// the cache is emptied: changes may have been missed. While `false`, reads go through.
+    pub fn set_listening(&self, listening: bool) {
+        if !listening {
+            self.usable.store(false, Ordering::Release);
+        }
+        self.log(None, i64::MAX);
+        if let Some(entries) = &self.entries {
+            entries.invalidate_all();
+        }
+        if listening {
+            self.usable.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether cached entries are served (false while a change feed is not listening).
+    pub fn is_usable(&self) -> bool {
+        self.usable.load(Ordering::Acquire)
+    }
+
+    /// Entries held (approximate until pending maintenance has run).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |e| {
+            e.run_pending_tasks();
+            e.entry_count()
+        })
     }
 }
 
@@ -132,6 +244,117 @@ mod tests {
             AppId::parse(app).unwrap(),
             ConnectorTypeName::parse("github").unwrap(),
         )
+    }
+
+    fn stored(app: &str, version: i64) -> StoredConnection {
+        StoredConnection {
+            key: key(app),
+            tokens: crate::domain::TokenSet {
+                access_token: crate::secret::Secret::new(format!("at-{app}-{version}")),
+                refresh_token: None,
+                token_type: None,
+                expires_at: None,
+                scope: None,
+                metadata: Default::default(),
+                client: None,
+            },
+            status: crate::domain::ConnectionStatus::Active,
+            version,
+            created_at: 0,
+            updated_at: 0,
+            refreshed_at: None,
+            last_error: None,
+            backoff_until: None,
+            refresh_failures: 0,
+            last_error_kind: None,
+            refresh_interrupted_at: None,
+        }
+    }
+
+    fn cached_version(cache: &TokenCache, app: &str) -> Option<i64> {
+        cache.get(&key(app)).map(|c| c.version)
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_its_bound_and_keeps_the_working_set() {
+        let cache = TokenCache::new(Duration::from_secs(600), 100);
+        // The working set: 50 connections asked for again and again.
+        for round in 0..10 {
+            for i in 0..50 {
+                let app = format!("hot-{i}");
+                if cache.get(&key(&app)).is_none() {
+                    assert_eq!(round, 0, "{app} was evicted in round {round}");
+                    cache.put(cache.ticket(), stored(&app, 1));
+                }
+            }
+        }
+        // A scan: 10,000 connections asked for once each, while the working set goes on being
+        // asked for.
+        let mut hot_misses = 0;
+        for i in 0..10_000 {
+            for app in [format!("cold-{i}"), format!("hot-{}", i % 50)] {
+                if cache.get(&key(&app)).is_none() {
+                    hot_misses += usize::from(app.starts_with("hot"));
+                    cache.put(cache.ticket(), stored(&app, 1));
+                }
+            }
+        }
+        let held = cache.entry_count();
+        assert!(
+            held <= 100,
+            "the cache holds {held} entries, beyond its bound of 100"
+        );
+        assert!(
+            hot_misses <= 500,
+            "{hot_misses} misses of the working set in 10,000 reads of it (more than 5 %)"
+        );
+    }
+
+    #[test]
+    fn an_announced_change_drops_older_copies_and_a_racing_read_is_not_cached() {
+        let cache = TokenCache::new(Duration::from_secs(600), 1000);
+        cache.put(cache.ticket(), stored("a", 2));
+        // Our own write announced back to us: the copy is that version, kept.
+        cache.invalidate(&key("a"), Some(2));
+        assert_eq!(cached_version(&cache, "a"), Some(2));
+        // Another replica wrote version 3: dropped.
+        cache.invalidate(&key("a"), Some(3));
+        assert_eq!(cached_version(&cache, "a"), None);
+        // A reader took its ticket, read version 3, and version 4 was announced before it
+        // cached what it read: not cached.
+        let ticket = cache.ticket();
+        cache.invalidate(&key("a"), Some(4));
+        cache.put(ticket, stored("a", 3));
+        assert_eq!(cached_version(&cache, "a"), None);
+        // An announcement of another connection does not keep this one out.
+        let ticket = cache.ticket();
+        cache.invalidate(&key("b"), Some(9));
+        cache.put(ticket, stored("a", 4));
+        assert_eq!(cached_version(&cache, "a"), Some(4));
+        // A deletion drops any version.
+        cache.invalidate(&key("a"), None);
+        assert_eq!(cached_version(&cache, "a"), None);
+    }
+
+    #[test]
+    fn without_a_listening_feed_reads_go_through() {
+        let cache = TokenCache::new(Duration::from_secs(600), 1000);
+        cache.put(cache.ticket(), stored("a", 1));
+        let before_loss = cache.ticket();
+        cache.set_listening(false);
+        assert_eq!(cached_version(&cache, "a"), None, "emptied on a loss");
+        cache.put(cache.ticket(), stored("a", 1));
+        assert_eq!(
+            cached_version(&cache, "a"),
+            None,
+            "nothing cached while lost"
+        );
+        cache.set_listening(true);
+        // A read that began before the feed came back may have missed a change.
+        cache.put(before_loss, stored("a", 1));
+        assert_eq!(cached_version(&cache, "a"), None);
+        cache.put(cache.ticket(), stored("a", 1));
+        assert_eq!(cached_version(&cache, "a"), Some(1));
     }
 
     #[tokio::test]

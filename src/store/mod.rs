@@ -449,10 +449,46 @@ pub trait ProxyStore: Send + Sync {
     async fn pause_proxy(&self, key: &ConnectionKey, until: i64) -> Result<(), StoreError>;
 }
 
+/// What the change feed of a store reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// The feed listens: every change committed from now on is reported.
+    Listening,
+    /// The feed lost its connection: changes may go unreported until the next `Listening`.
+    Lost,
+    /// A connection changed (any process, any replica): `version` is its new version, `None`
+    /// when it was deleted.
+    Changed {
+        key: ConnectionKey,
+        version: Option<i64>,
+    },
+}
+
+/// Changes of connections made by other processes, as they commit (PostgreSQL `LISTEN/NOTIFY`,
+/// see migration 0013). A store without a feed (SQLite: one node) relies on cache lifetimes.
+#[async_trait]
+pub trait ChangeFeed: Send + Sync {
+    /// Whether `follow_changes` reports anything.
+    fn has_change_feed(&self) -> bool {
+        false
+    }
+
+    /// Reports changes to `on` until `stop` is cancelled, reconnecting by itself after a loss.
+    /// A connection that stays silent for three `heartbeat`s counts as lost.
+    async fn follow_changes(
+        &self,
+        _on: &(dyn Fn(FeedEvent) + Send + Sync),
+        _heartbeat: std::time::Duration,
+        _stop: tokio_util::sync::CancellationToken,
+    ) {
+    }
+}
+
 /// The whole store: every narrow store of one database. Callers hold an `Arc<dyn SecretsStore>`;
 /// a part that needs one concern only can take that narrow trait.
 pub trait SecretsStore:
     ConnectionStore
+    + ChangeFeed
     + LinkStore
     + AuditStore
     + WebhookStore
@@ -466,6 +502,7 @@ pub trait SecretsStore:
 
 impl<
         T: ConnectionStore
+            + ChangeFeed
             + LinkStore
             + AuditStore
             + WebhookStore
@@ -629,6 +666,15 @@ macro_rules! embedded_migrations {
                     "../../migrations/",
                     $backend,
                     "/0012_tenant_clients.sql"
+                )),
+            ),
+            (
+                13,
+                "coherence_and_scale",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0013_coherence_and_scale.sql"
                 )),
             ),
             (

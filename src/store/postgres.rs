@@ -21,7 +21,13 @@ pub struct PostgresStore {
     keys: Arc<KeyRing>,
     /// This process, as the holder of refresh leases.
     owner: Arc<str>,
+    /// How to open the change listener's own connection.
+    options: PgConnectOptions,
 }
+
+/// The channel on which migration 0013's trigger announces changes of connections, as
+/// `app_id connector_type version` (version `-` for a deletion).
+const CHANGES_CHANNEL: &str = "tokenbox_connections";
 
 super::sql::sql_store!(PostgresStore, Postgres, PgRow);
 
@@ -41,6 +47,9 @@ impl PostgresStore {
             .application_name("tokenbox")
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(10))
             .log_statements(tracing::log::LevelFilter::Trace);
+        let listener_options = options
+            .clone()
+            .application_name(&format!("tokenbox-listener-{}", std::process::id()));
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .min_connections(1)
@@ -77,7 +86,22 @@ impl PostgresStore {
             pool,
             keys: Arc::new(keys),
             owner: super::lease_owner(),
+            options: listener_options,
         })
+    }
+
+    /// Opens the listener's connection (a pool of one, named `tokenbox-listener-<pid>` in
+    /// `pg_stat_activity`) and subscribes.
+    async fn listen(&self) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(self.options.clone());
+        let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+        // A lost connection is reported (and the listener dropped), not silently replaced.
+        listener.eager_reconnect(false);
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok(listener)
     }
 
     fn claim_webhooks_sql() -> String {
@@ -104,5 +128,139 @@ impl PostgresStore {
                 .collect::<Vec<_>>()
                 .join(", ")
         )
+    }
+}
+
+/// A notification's payload as a change (`None` for the heartbeat and anything unexpected).
+fn parse_change(payload: &str) -> Option<super::FeedEvent> {
+    let mut parts = payload.split(' ');
+    let (app, ct, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let version = match version {
+        "-" => None,
+        v => Some(v.parse().ok()?),
+    };
+    let key = super::sql::parse_key(app, ct).ok()?;
+    Some(super::FeedEvent::Changed { key, version })
+}
+
+#[async_trait::async_trait]
+impl super::ChangeFeed for PostgresStore {
+    fn has_change_feed(&self) -> bool {
+        true
+    }
+
+    async fn follow_changes(
+        &self,
+        on: &(dyn Fn(super::FeedEvent) + Send + Sync),
+        heartbeat: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        use super::FeedEvent;
+        // Every replica announces a heartbeat on the channel: a listener that hears nothing,
+        // not even that, for three periods has lost its connection without noticing.
+        let pinger = {
+            let pool = self.pool.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(heartbeat);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    let _ = tokio::time::timeout(
+                        heartbeat,
+                        sqlx::query("SELECT pg_notify($1, 'heartbeat')")
+                            .bind(CHANGES_CHANNEL)
+                            .execute(&pool),
+                    )
+                    .await;
+                }
+            })
+        };
+        let silence = heartbeat * 3;
+        let mut pause = Duration::from_millis(100);
+        let mut subscriptions: u64 = 0;
+        while !stop.is_cancelled() {
+            let mut listener = tokio::select! {
+                listened = tokio::time::timeout(silence, self.listen()) => match listened {
+                    Ok(Ok(listener)) => listener,
+                    failed => {
+                        let error = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".into(),
+                        };
+                        tracing::warn!(error = %error, retry_in_ms = pause.as_millis() as u64, "cache listener cannot connect; reading through");
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = stop.cancelled() => break,
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => break,
+            };
+            subscriptions += 1;
+            pause = Duration::from_millis(100);
+            tracing::info!(subscriptions, "cache listener subscribed");
+            on(FeedEvent::Listening);
+            let why = loop {
+                let received = tokio::select! {
+                    r = tokio::time::timeout(silence, listener.try_recv()) => r,
+                    _ = stop.cancelled() => break None,
+                };
+                match received {
+                    Ok(Ok(Some(notification))) => {
+                        if let Some(change) = parse_change(notification.payload()) {
+                            on(change);
+                        }
+                    }
+                    Ok(Ok(None)) => break Some("connection closed".to_string()),
+                    Ok(Err(e)) => break Some(e.to_string()),
+                    Err(_) => break Some(format!("nothing heard for {} s", silence.as_secs())),
+                }
+            };
+            on(FeedEvent::Lost);
+            drop(listener);
+            match why {
+                Some(why) => {
+                    tracing::warn!(reason = %why, "cache listener lost; reading through until it is back")
+                }
+                None => break,
+            }
+        }
+        pinger.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_payloads_become_changes() {
+        let key = |a: &str| super::super::sql::parse_key(a, "github").unwrap();
+        assert_eq!(
+            parse_change("acme github 7"),
+            Some(super::super::FeedEvent::Changed {
+                key: key("acme"),
+                version: Some(7)
+            })
+        );
+        assert_eq!(
+            parse_change("acme github -"),
+            Some(super::super::FeedEvent::Changed {
+                key: key("acme"),
+                version: None
+            })
+        );
+        assert_eq!(parse_change("heartbeat"), None);
+        assert_eq!(parse_change("acme github x"), None);
+        assert_eq!(parse_change("Bad github 1"), None);
     }
 }

@@ -90,3 +90,6 @@ impl SqliteStore {
         )
     }
 }
+
+/// One node: no change feed (the cache's TTL bounds what other processes' changes can hide).
+impl super::ChangeFeed for SqliteStore {}

@@ -10,6 +10,7 @@ mod binb_token;
 mod claims;
 mod cli;
 mod clients;
+mod coherence;
 mod connect_form;
 mod demo;
 mod e2e;

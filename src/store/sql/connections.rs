@@ -95,18 +95,87 @@ pub(crate) const DUE_WHERE: &str = "status = 'active' AND refresh_token IS NOT N
      AND (backoff_until IS NULL OR backoff_until <= $1) \
      AND (refresh_claimed_until IS NULL OR refresh_claimed_until <= $1) \
      AND (refresh_lease_until IS NULL OR refresh_lease_until <= $1) \
-     AND ((expires_at IS NOT NULL AND expires_at - $1 <= $2 \
+     AND ((expires_at IS NOT NULL AND expires_at <= $1 + $2 \
            AND (refreshed_at IS NULL OR (expires_at - $1) * 2 <= expires_at - refreshed_at)) \
           OR COALESCE(refreshed_at, created_at) <= $3)";
 
-pub(crate) const LIST_CONNECTIONS: &str = "SELECT app_id, connector_type, status, expires_at, \
-     scope, refresh_token IS NOT NULL AS has_refresh_token, created_at, updated_at, refreshed_at, \
-     last_error FROM connections \
-     WHERE (app_id, connector_type) > ($1, $2) \
-     AND ($3 = '' OR status = $3) AND ($4 = '' OR connector_type = $4) \
-     AND ($5 = '' OR substr(app_id, 1, length($5)) = $5) \
-     AND ($6 = 0 OR (expires_at IS NOT NULL AND expires_at <= $6)) \
-     ORDER BY app_id, connector_type LIMIT $7";
+/// The listing's statement for the filters present, and its parameters in order, so that each
+/// filter can use its index (a generic `($3 = '' OR status = $3)` cannot): the keyset walks the
+/// primary key, `status` and `connector_type` have their indexes (migration 0013), a prefix of
+/// the app id becomes a range of the primary key (the key columns compare bytewise on both
+/// backends: SQLite's `BINARY`, PostgreSQL's `COLLATE "C"`).
+pub(crate) fn list_connections_sql(
+    filter: &crate::domain::ConnectionFilter,
+) -> (String, Vec<ListParam>) {
+    let mut sql = String::from(
+        "SELECT app_id, connector_type, status, expires_at, scope, \
+         refresh_token IS NOT NULL AS has_refresh_token, created_at, updated_at, refreshed_at, \
+         last_error FROM connections WHERE TRUE",
+    );
+    let mut params = Vec::new();
+    let mut next = |sql: &mut String, clause: &str, values: Vec<ListParam>| {
+        let mut clause = clause.to_string();
+        for (i, value) in values.into_iter().enumerate() {
+            params.push(value);
+            clause = clause.replace(&format!("${}", i + 1), &format!("${}", params.len()));
+        }
+        sql.push_str(" AND ");
+        sql.push_str(&clause);
+    };
+    if let Some(after) = &filter.after {
+        next(
+            &mut sql,
+            "(app_id, connector_type) > ($1, $2)",
+            vec![
+                ListParam::Text(after.app_id.to_string()),
+                ListParam::Text(after.connector_type.to_string()),
+            ],
+        );
+    }
+    if let Some(status) = filter.status {
+        next(
+            &mut sql,
+            "status = $1",
+            vec![ListParam::Text(status.as_str().into())],
+        );
+    }
+    if let Some(ct) = &filter.connector_type {
+        next(
+            &mut sql,
+            "connector_type = $1",
+            vec![ListParam::Text(ct.to_string())],
+        );
+    }
+    if let Some(prefix) = filter.app_id_prefix.as_deref().filter(|p| !p.is_empty()) {
+        next(
+            &mut sql,
+            "app_id >= $1 AND app_id < $2 AND substr(app_id, 1, length($1)) = $1",
+            vec![
+                ListParam::Text(prefix.into()),
+                ListParam::Text(format!("{prefix}{}", char::MAX)),
+            ],
+        );
+    }
+    if let Some(before) = filter.expiring_before.filter(|b| *b != 0) {
+        next(
+            &mut sql,
+            "expires_at IS NOT NULL AND expires_at <= $1",
+            vec![ListParam::Int(before)],
+        );
+    }
+    params.push(ListParam::Int(filter.limit));
+    sql.push_str(&format!(
+        " ORDER BY app_id, connector_type LIMIT ${}",
+        params.len()
+    ));
+    (sql, params)
+}
+
+/// A parameter of the listing's statement.
+pub(crate) enum ListParam {
+    Text(String),
+    Int(i64),
+}
 
 pub(crate) const COUNT_CONNECTIONS: &str = "SELECT connector_type, status, COUNT(*) AS n \
      FROM connections GROUP BY connector_type, status";
@@ -424,27 +493,15 @@ macro_rules! connection_store {
                 filter: &$crate::domain::ConnectionFilter,
             ) -> Result<Vec<$crate::domain::ConnectionSummary>, $crate::store::StoreError> {
                 use sqlx::Row;
-                let (app, ct) = filter
-                    .after
-                    .as_ref()
-                    .map(|k| (k.app_id.to_string(), k.connector_type.to_string()))
-                    .unwrap_or_default();
-                let rows = sqlx::query(sql::LIST_CONNECTIONS)
-                    .bind(app)
-                    .bind(ct)
-                    .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
-                    .bind(
-                        filter
-                            .connector_type
-                            .as_ref()
-                            .map(|c| c.as_str())
-                            .unwrap_or(""),
-                    )
-                    .bind(filter.app_id_prefix.as_deref().unwrap_or(""))
-                    .bind(filter.expiring_before.unwrap_or(0))
-                    .bind(filter.limit)
-                    .fetch_all(&self.pool)
-                    .await?;
+                let (statement, params) = sql::list_connections_sql(filter);
+                let mut query = sqlx::query(&statement);
+                for param in params {
+                    query = match param {
+                        sql::ListParam::Text(v) => query.bind(v),
+                        sql::ListParam::Int(v) => query.bind(v),
+                    };
+                }
+                let rows = query.fetch_all(&self.pool).await?;
                 rows.iter()
                     .map(|r| {
                         let status: String = r.try_get("status")?;
