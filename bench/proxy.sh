@@ -78,7 +78,7 @@ NO_COLOR=1 "$BIN" --config "$work/tokenbox.toml" serve >"$work/serve.log" 2>&1 &
 tb=$!
 pids+=($tb)
 for _ in $(seq 1 300); do grep -q "tokenbox listening" "$work/serve.log" && break; sleep 0.1; done
-addr="http://$(sed -n 's/.*tokenbox listening address=\(127\.0\.0\.1:[0-9]*\).*/\1/p' "$work/serve.log" | head -1)"
+addr="http://$(sed 's/\x1b\[[0-9;]*m//g' "$work/serve.log" | sed -n 's/.*tokenbox listening address=\(127\.0\.0\.1:[0-9]*\).*/\1/p' | head -1)"
 curl -fsS -X PUT -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
   -d "{\"api_key\": \"$key\"}" "$addr/acme/export/connection" >/dev/null
 
