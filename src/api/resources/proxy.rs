@@ -59,22 +59,7 @@ pub async fn forward(
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let ct = state.keeper.connector_type(&key)?.clone();
-    let now = now_epoch();
-    if let Some(until) = state
-        .keeper
-        .store()
-        .proxy_paused_until(&key)
-        .await?
-        .filter(|until| *until > now)
-    {
-        return Err(ApiError::RateLimited {
-            message: format!(
-                "the provider asked to slow down; calls of this connection are paused for {} seconds, for every caller",
-                until - now
-            ),
-            retry_after: (until - now) as u64,
-        });
-    }
+    refuse_while_paused(&state, &key).await?;
     let served = state
         .keeper
         .retrieve_token(&key, TokenRequest::default())
@@ -89,77 +74,79 @@ pub async fn forward(
         })?;
     let rest = proxied_path(parts.uri.path()).ok_or(ApiError::NotFound)?;
     let target = proxy_target(&base, rest, parts.uri.query()).map_err(ApiError::InvalidRequest)?;
-    let retry_allowed = is_idempotent(&parts.method)
-        || parts
-            .headers
-            .get(RETRY_UNSAFE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-    let small = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n <= REPLAYABLE_BODY)
-        || matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE)
-            && !parts.headers.contains_key(header::TRANSFER_ENCODING)
-            && !parts.headers.contains_key(header::CONTENT_LENGTH);
-    let mut body = if retry_allowed && small {
-        Payload::Replayable(
-            axum::body::to_bytes(body, REPLAYABLE_BODY)
-                .await
-                .map_err(|_| ApiError::PayloadTooLarge)?,
-        )
-    } else {
-        Payload::Stream(Some(body))
-    };
+    let mut body = Payload::of(&parts, body).await?;
     let forwarded = forwarded_headers(&parts.headers);
-    let mut tokens = served.connection.tokens.clone();
+    let tokens = &served.connection.tokens;
     let mut answer = send(
         &state,
         &ct,
         &parts.method,
         &target,
         &forwarded,
-        &tokens,
+        tokens,
         &mut body,
     )
     .await?;
     if answer.status() == StatusCode::UNAUTHORIZED && body.replayable() {
         // The provider refused a token tokenbox thought valid: one forced refresh, one retry.
-        let fresh = state
-            .keeper
-            .retrieve_token(
-                &key,
-                TokenRequest {
-                    min_validity: None,
-                    force_refresh: true,
-                },
-            )
-            .await?;
-        tokens = fresh.connection.tokens.clone();
+        let forced = TokenRequest {
+            min_validity: None,
+            force_refresh: true,
+        };
+        let fresh = state.keeper.retrieve_token(&key, forced).await?;
+        let tokens = &fresh.connection.tokens;
         answer = send(
             &state,
             &ct,
             &parts.method,
             &target,
             &forwarded,
-            &tokens,
+            tokens,
             &mut body,
         )
         .await?;
     }
-    let status = answer.status();
-    if matches!(status.as_u16(), 429 | 503) {
-        if let Some(wait) = provider_wait(answer.headers(), now_epoch()) {
-            state
-                .keeper
-                .store()
-                .pause_proxy(&key, now_epoch() + wait)
-                .await?;
-            tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, status = status.as_u16(), pause_seconds = wait, "the provider asked to slow down: proxied calls of this connection paused");
-        }
-    }
+    pause_when_asked(&state, &key, &answer).await?;
     record(&state, &principal, &key, &parts.method, rest, &answer);
     Ok(stream_back(answer, state.config.proxy_max_body_bytes))
+}
+
+/// `429 rate_limited` while the provider's pause of this connection lasts (any replica may
+/// have recorded it).
+async fn refuse_while_paused(state: &AppState, key: &ConnectionKey) -> Result<(), ApiError> {
+    let now = now_epoch();
+    let paused = state.keeper.store().proxy_paused_until(key).await?;
+    match paused.filter(|until| *until > now) {
+        None => Ok(()),
+        Some(until) => Err(ApiError::RateLimited {
+            message: format!(
+                "the provider asked to slow down; calls of this connection are paused for {} seconds, for every caller",
+                until - now
+            ),
+            retry_after: (until - now) as u64,
+        }),
+    }
+}
+
+/// Records the pause a provider asked for with a 429 or a 503.
+async fn pause_when_asked(
+    state: &AppState,
+    key: &ConnectionKey,
+    answer: &reqwest::Response,
+) -> Result<(), ApiError> {
+    let status = answer.status().as_u16();
+    if !matches!(status, 429 | 503) {
+        return Ok(());
+    }
+    if let Some(wait) = provider_wait(answer.headers(), now_epoch()) {
+        state
+            .keeper
+            .store()
+            .pause_proxy(key, now_epoch() + wait)
+            .await?;
+        tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, status, pause_seconds = wait, "the provider asked to slow down: proxied calls of this connection paused");
+    }
+    Ok(())
 }
 
 /// A proxied request's body: kept for a retry, or streamed once.
@@ -169,6 +156,30 @@ enum Payload {
 }
 
 impl Payload {
+    /// A body small enough to keep when the request may be retried after a 401 (an idempotent
+    /// method, or the caller's opt-in); otherwise streamed once.
+    async fn of(parts: &axum::http::request::Parts, body: Body) -> Result<Self, ApiError> {
+        let retry_allowed = is_idempotent(&parts.method)
+            || parts
+                .headers
+                .get(RETRY_UNSAFE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let bodiless = length.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let small = length.is_some_and(|n| n <= REPLAYABLE_BODY)
+            || matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE) && bodiless;
+        if !(retry_allowed && small) {
+            return Ok(Self::Stream(Some(body)));
+        }
+        axum::body::to_bytes(body, REPLAYABLE_BODY)
+            .await
+            .map(Self::Replayable)
+            .map_err(|_| ApiError::PayloadTooLarge)
+    }
+
     fn replayable(&self) -> bool {
         matches!(self, Self::Replayable(_))
     }
