@@ -161,27 +161,7 @@ impl super::ChangeFeed for PostgresStore {
         use super::FeedEvent;
         // Every replica announces a heartbeat on the channel: a listener that hears nothing,
         // not even that, for three periods has lost its connection without noticing.
-        let pinger = {
-            let pool = self.pool.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(heartbeat);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = stop.cancelled() => return,
-                    }
-                    let _ = tokio::time::timeout(
-                        heartbeat,
-                        sqlx::query("SELECT pg_notify($1, 'heartbeat')")
-                            .bind(CHANGES_CHANNEL)
-                            .execute(&pool),
-                    )
-                    .await;
-                }
-            })
-        };
+        let pinger = spawn_heartbeat(self.pool.clone(), heartbeat, stop.clone());
         let silence = heartbeat * 3;
         let mut pause = Duration::from_millis(100);
         let mut subscriptions: u64 = 0;
@@ -209,22 +189,7 @@ impl super::ChangeFeed for PostgresStore {
             pause = Duration::from_millis(100);
             tracing::info!(subscriptions, "cache listener subscribed");
             on(FeedEvent::Listening);
-            let why = loop {
-                let received = tokio::select! {
-                    r = tokio::time::timeout(silence, listener.try_recv()) => r,
-                    _ = stop.cancelled() => break None,
-                };
-                match received {
-                    Ok(Ok(Some(notification))) => {
-                        if let Some(change) = parse_change(notification.payload()) {
-                            on(change);
-                        }
-                    }
-                    Ok(Ok(None)) => break Some("connection closed".to_string()),
-                    Ok(Err(e)) => break Some(e.to_string()),
-                    Err(_) => break Some(format!("nothing heard for {} s", silence.as_secs())),
-                }
-            };
+            let why = relay(&mut listener, on, silence, &stop).await;
             on(FeedEvent::Lost);
             drop(listener);
             match why {
@@ -235,6 +200,57 @@ impl super::ChangeFeed for PostgresStore {
             }
         }
         pinger.abort();
+    }
+}
+
+/// Announces a heartbeat on the changes channel every `heartbeat`, until `stop`.
+fn spawn_heartbeat(
+    pool: sqlx::PgPool,
+    heartbeat: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let _ = tokio::time::timeout(
+                heartbeat,
+                sqlx::query("SELECT pg_notify($1, 'heartbeat')")
+                    .bind(CHANGES_CHANNEL)
+                    .execute(&pool),
+            )
+            .await;
+        }
+    })
+}
+
+/// Hands the listener's notifications to `on` until the connection is lost (why) or `stop`
+/// (`None`).
+async fn relay(
+    listener: &mut sqlx::postgres::PgListener,
+    on: &(dyn Fn(super::FeedEvent) + Send + Sync),
+    silence: Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<String> {
+    loop {
+        let received = tokio::select! {
+            r = tokio::time::timeout(silence, listener.try_recv()) => r,
+            _ = stop.cancelled() => return None,
+        };
+        match received {
+            Ok(Ok(Some(notification))) => {
+                if let Some(change) = parse_change(notification.payload()) {
+                    on(change);
+                }
+            }
+            Ok(Ok(None)) => return Some("connection closed".to_string()),
+            Ok(Err(e)) => return Some(e.to_string()),
+            Err(_) => return Some(format!("nothing heard for {} s", silence.as_secs())),
+        }
     }
 }
 
