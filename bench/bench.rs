@@ -5,10 +5,14 @@
 //! bench storm --database-url URL --replicas R --count N --callers C   # refresh storm
 //! bench rss   --count N                                               # resident memory
 //! bench serve --database-url URL                                      # a server for wrk
+//! bench floor --database-url URL   # the same route without auth, audit, access log, middleware
+//! bench bare                       # a bare axum handler serving the same JSON from memory
 //! ```
+//! `serve`, `floor` and `bare` print `URL TOKEN` on one line, then serve until SIGTERM or
+//! `--seconds`.
 //! Only loopback addresses are used; every loop is bounded.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,13 +20,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::routing::post;
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use rand::seq::SliceRandom;
 use serde_json::json;
+use tokenbox::api::resources::binb_token::{self, BinBTokenResponse};
 use tokenbox::config::Config;
 use tokenbox::domain::{now_epoch, AppId, ConnectionKey, ConnectorTypeName, Metadata, TokenSet};
+use tokenbox::refresh::{SecretsKeeper, TokenRequest};
 use tokenbox::secret::Secret;
 use tokenbox::store::{open_store, Role, ServiceAccount};
 use tokenbox::token::ServiceToken;
@@ -75,6 +81,76 @@ async fn token(
         "token_type": "bearer",
         "expires_in": 3600,
     }))
+}
+
+/// Waits for `--seconds` (default 120), SIGTERM or Ctrl-C.
+async fn serve_until_stopped() {
+    let seconds = number("--seconds", 120) as u64;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn listen() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+/// The floor: tokenbox's keeper (cache, decision, JSON body) behind one bare route, with no
+/// authentication, audit, access log or middleware. Lives in the bench only.
+async fn floor_handler(
+    State(keeper): State<SecretsKeeper>,
+    UrlPath((app, connector)): UrlPath<(String, String)>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (Ok(app), Ok(connector)) = (AppId::parse(&app), ConnectorTypeName::parse(&connector))
+    else {
+        return axum::http::StatusCode::BAD_REQUEST.into_response();
+    };
+    let key = ConnectionKey::new(app, connector);
+    let served = match keeper.retrieve_token(&key, TokenRequest::default()).await {
+        Ok(served) => served,
+        Err(_) => return axum::http::StatusCode::BAD_GATEWAY.into_response(),
+    };
+    match binb_token::response_body(&keeper, &key, &served) {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The ceiling: a bare axum handler answering the same JSON from a map in memory.
+async fn bare_handler(
+    State(tokens): State<Arc<HashMap<String, (String, i64)>>>,
+    UrlPath((app, connector)): UrlPath<(String, String)>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some((access_token, expires_at)) = tokens.get(&app) else {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    };
+    let mut headers = std::collections::BTreeMap::new();
+    headers.insert(
+        "Authorization".to_string(),
+        format!("Bearer {access_token}"),
+    );
+    Json(BinBTokenResponse {
+        access_token: access_token.clone(),
+        token_type: "Bearer".into(),
+        expires_at: Some(*expires_at),
+        expires_in: Some((*expires_at - now_epoch()).max(0)),
+        scope: None,
+        app_id: app,
+        connector_type: connector,
+        metadata: Metadata::new(),
+        headers,
+        query: Default::default(),
+        api_base_url: None,
+    })
+    .into_response()
 }
 
 async fn start_provider() -> (String, Arc<Provider>) {
@@ -293,17 +369,36 @@ async fn main() {
             let token = seed(&config, count, false).await;
             let server = start_server(&config);
             println!("{} {}", server.url, token);
-            let seconds = number("--seconds", 120) as u64;
             // Stop the server (dropped below) on SIGTERM too, so none is left behind.
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("a SIGTERM handler");
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+            serve_until_stopped().await;
             drop(server);
+        }
+        "floor" => {
+            let (provider_url, _provider) = start_provider().await;
+            let config = write_config(&dir, &database_url(&dir), &provider_url);
+            let token = seed(&config, count, false).await;
+            let (config, _) = Config::load(Some(&config)).unwrap();
+            let state = tokenbox::build_state(config, None).await.unwrap();
+            let app = Router::new()
+                .route("/{app}/{connector}/binb-token", get(floor_handler))
+                .with_state(state.keeper.clone());
+            let (listener, url) = listen().await;
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            println!("{url} {token}");
+            serve_until_stopped().await;
+        }
+        "bare" => {
+            let expires_at = now_epoch() + 86_400;
+            let tokens: HashMap<String, (String, i64)> = (0..count)
+                .map(|i| (format!("app-{i}"), (format!("seed-at-{i}"), expires_at)))
+                .collect();
+            let app = Router::new()
+                .route("/{app}/{connector}/binb-token", get(bare_handler))
+                .with_state(Arc::new(tokens));
+            let (listener, url) = listen().await;
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            println!("{url} unused");
+            serve_until_stopped().await;
         }
         "storm" => {
             let replicas = number("--replicas", 1);
@@ -341,7 +436,7 @@ async fn main() {
             );
         }
         _ => {
-            eprintln!("usage: bench serve|storm|rss [--database-url URL] [--count N] [--replicas R] [--callers C]");
+            eprintln!("usage: bench serve|floor|bare|storm|rss [--database-url URL] [--count N] [--replicas R] [--callers C]");
             std::process::exit(2);
         }
     }

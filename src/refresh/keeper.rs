@@ -683,13 +683,16 @@ impl SecretsKeeper {
             outcome_name,
             started.elapsed().as_secs_f64(),
         );
-        inner.audit.record(audit::event(
-            "tokenbox",
-            "token.refresh",
-            Some(&current.key),
-            outcome_name,
-            None,
-        ));
+        inner
+            .audit
+            .record(audit::event(
+                "tokenbox",
+                "token.refresh",
+                Some(&current.key),
+                outcome_name,
+                None,
+            ))
+            .await;
         Ok(outcome)
     }
 

@@ -609,6 +609,15 @@ macro_rules! embedded_migrations {
                     "/0011_audit_count.sql"
                 )),
             ),
+            (
+                12,
+                "audit_last_at",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0012_audit_last_at.sql"
+                )),
+            ),
         ]
     };
 }
