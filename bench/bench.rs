@@ -342,6 +342,68 @@ async fn ask_all(
     )
 }
 
+/// The storm: `workers` tasks take the connections one after another; for each, `at_once`
+/// callers ask for it at the same moment. Returns (elapsed, requests, errors).
+async fn storm_at_once(
+    servers: &[String],
+    token: &str,
+    count: usize,
+    at_once: usize,
+    workers: usize,
+) -> (Duration, usize, usize) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(workers * at_once)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let errors = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let (client, token) = (client.clone(), token.to_string());
+        let (errors, requests, next) = (errors.clone(), requests.clone(), next.clone());
+        let servers = servers.to_vec();
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let mut callers = tokio::task::JoinSet::new();
+                for c in 0..at_once {
+                    let request = client
+                        .get(format!(
+                            "{}/app-{i}/{CONNECTOR}/binb-token",
+                            servers[(w + c) % servers.len()]
+                        ))
+                        .bearer_auth(&token);
+                    callers.spawn(async move {
+                        request
+                            .send()
+                            .await
+                            .map(|r| r.status().is_success())
+                            .unwrap_or(false)
+                    });
+                }
+                while let Some(ok) = callers.join_next().await {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    if !ok.unwrap_or(false) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    (
+        started.elapsed(),
+        requests.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+    )
+}
+
 fn workdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tokenbox-bench-{}-{}",
@@ -408,7 +470,17 @@ async fn main() {
             let token = seed(&config, count, true).await;
             let servers: Vec<Server> = (0..replicas).map(|_| start_server(&config)).collect();
             let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
-            let (elapsed, requests, errors) = ask_all(&urls, &token, count, callers, true).await;
+            let at_once = number("--at-once", 0);
+            let (elapsed, requests, errors) = if at_once > 0 {
+                storm_at_once(&urls, &token, count, at_once, callers).await
+            } else {
+                ask_all(&urls, &token, count, callers, true).await
+            };
+            let callers = if at_once > 0 {
+                format!("{at_once}_at_once_per_connection({callers}_connections_at_a_time)")
+            } else {
+                callers.to_string()
+            };
             println!(
                 "storm: replicas={replicas} connections={count} callers={callers} requests={requests} \
                  time_until_all_served={:.2}s provider_calls={} refresh_token_reuses={} errors={errors}",

@@ -30,10 +30,10 @@ macro_rules! audit_store {
                 &self,
                 events: &[$crate::domain::AuditEvent],
             ) -> Result<(), $crate::store::StoreError> {
-                // Multi-row inserts: one statement per 50 events (SQLite looks each parameter
+                // Multi-row inserts: one statement per 16 events (SQLite looks each parameter
                 // up by name: a statement's cost grows with the square of its parameters).
                 let mut tx = self.pool.begin().await?;
-                for chunk in events.chunks(50) {
+                for chunk in events.chunks(16) {
                     let statement = sql::insert_audit_sql(chunk.len());
                     let mut query = sqlx::query(&statement);
                     for e in chunk {
