@@ -557,6 +557,20 @@ impl SecretsKeeper {
         let inner = &self.inner;
         let ct = self.connector_type(key)?.clone();
         let _flight = inner.flights.acquire(key).await;
+        // A caller that queued behind this process's refresh of the connection is served what
+        // it stored, without a lease of its own (two writes each otherwise: a storm's callers
+        // would queue on the database rather than on the provider).
+        if refresh_within.is_none() {
+            if let Some(hit) = inner.cache.get(key).filter(|hit| {
+                hit.version != seen_version
+                    && decision::fresh_enough(inner.refresh_margin, hit, request, now_epoch())
+            }) {
+                return Ok(ServedToken {
+                    connection: hit,
+                    refreshed: true,
+                });
+            }
+        }
         let Some(guard) = inner.store.begin_refresh(key, inner.lease_seconds).await? else {
             inner.cache.remove(key);
             return Err(not_connected(key));
