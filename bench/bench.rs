@@ -5,10 +5,14 @@
 //! bench storm --database-url URL --replicas R --count N --callers C   # refresh storm
 //! bench rss   --count N                                               # resident memory
 //! bench serve --database-url URL                                      # a server for wrk
+//! bench floor --database-url URL   # the same route without auth, audit, access log, middleware
+//! bench bare                       # a bare axum handler serving the same JSON from memory
 //! ```
+//! `serve`, `floor` and `bare` print `URL TOKEN` on one line, then serve until SIGTERM or
+//! `--seconds`.
 //! Only loopback addresses are used; every loop is bounded.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,13 +20,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::routing::post;
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use rand::seq::SliceRandom;
 use serde_json::json;
+use tokenbox::api::resources::binb_token::{self, BinBTokenResponse};
 use tokenbox::config::Config;
 use tokenbox::domain::{now_epoch, AppId, ConnectionKey, ConnectorTypeName, Metadata, TokenSet};
+use tokenbox::refresh::{SecretsKeeper, TokenRequest};
 use tokenbox::secret::Secret;
 use tokenbox::store::{open_store, Role, ServiceAccount};
 use tokenbox::token::ServiceToken;
@@ -75,6 +81,76 @@ async fn token(
         "token_type": "bearer",
         "expires_in": 3600,
     }))
+}
+
+/// Waits for `--seconds` (default 120), SIGTERM or Ctrl-C.
+async fn serve_until_stopped() {
+    let seconds = number("--seconds", 120) as u64;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn listen() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+/// The floor: tokenbox's keeper (cache, decision, JSON body) behind one bare route, with no
+/// authentication, audit, access log or middleware. Lives in the bench only.
+async fn floor_handler(
+    State(keeper): State<SecretsKeeper>,
+    UrlPath((app, connector)): UrlPath<(String, String)>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (Ok(app), Ok(connector)) = (AppId::parse(&app), ConnectorTypeName::parse(&connector))
+    else {
+        return axum::http::StatusCode::BAD_REQUEST.into_response();
+    };
+    let key = ConnectionKey::new(app, connector);
+    let served = match keeper.retrieve_token(&key, TokenRequest::default()).await {
+        Ok(served) => served,
+        Err(_) => return axum::http::StatusCode::BAD_GATEWAY.into_response(),
+    };
+    match binb_token::response_body(&keeper, &key, &served) {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The ceiling: a bare axum handler answering the same JSON from a map in memory.
+async fn bare_handler(
+    State(tokens): State<Arc<HashMap<String, (String, i64)>>>,
+    UrlPath((app, connector)): UrlPath<(String, String)>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some((access_token, expires_at)) = tokens.get(&app) else {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    };
+    let mut headers = std::collections::BTreeMap::new();
+    headers.insert(
+        "Authorization".to_string(),
+        format!("Bearer {access_token}"),
+    );
+    Json(BinBTokenResponse {
+        access_token: access_token.clone(),
+        token_type: "Bearer".into(),
+        expires_at: Some(*expires_at),
+        expires_in: Some((*expires_at - now_epoch()).max(0)),
+        scope: None,
+        app_id: app,
+        connector_type: connector,
+        metadata: Metadata::new(),
+        headers,
+        query: Default::default(),
+        api_base_url: None,
+    })
+    .into_response()
 }
 
 async fn start_provider() -> (String, Arc<Provider>) {
@@ -267,6 +343,68 @@ async fn ask_all(
     )
 }
 
+/// The storm: `workers` tasks take the connections one after another; for each, `at_once`
+/// callers ask for it at the same moment. Returns (elapsed, requests, errors).
+async fn storm_at_once(
+    servers: &[String],
+    token: &str,
+    count: usize,
+    at_once: usize,
+    workers: usize,
+) -> (Duration, usize, usize) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(workers * at_once)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let errors = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let (client, token) = (client.clone(), token.to_string());
+        let (errors, requests, next) = (errors.clone(), requests.clone(), next.clone());
+        let servers = servers.to_vec();
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let mut callers = tokio::task::JoinSet::new();
+                for c in 0..at_once {
+                    let request = client
+                        .get(format!(
+                            "{}/app-{i}/{CONNECTOR}/binb-token",
+                            servers[(w + c) % servers.len()]
+                        ))
+                        .bearer_auth(&token);
+                    callers.spawn(async move {
+                        request
+                            .send()
+                            .await
+                            .map(|r| r.status().is_success())
+                            .unwrap_or(false)
+                    });
+                }
+                while let Some(ok) = callers.join_next().await {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    if !ok.unwrap_or(false) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    (
+        started.elapsed(),
+        requests.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+    )
+}
+
 fn workdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tokenbox-bench-{}-{}",
@@ -294,17 +432,36 @@ async fn main() {
             let token = seed(&config, count, false).await;
             let server = start_server(&config);
             println!("{} {}", server.url, token);
-            let seconds = number("--seconds", 120) as u64;
             // Stop the server (dropped below) on SIGTERM too, so none is left behind.
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("a SIGTERM handler");
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+            serve_until_stopped().await;
             drop(server);
+        }
+        "floor" => {
+            let (provider_url, _provider) = start_provider().await;
+            let config = write_config(&dir, &database_url(&dir), &provider_url);
+            let token = seed(&config, count, false).await;
+            let (config, _) = Config::load(Some(&config)).unwrap();
+            let state = tokenbox::build_state(config, None).await.unwrap();
+            let app = Router::new()
+                .route("/{app}/{connector}/binb-token", get(floor_handler))
+                .with_state(state.keeper.clone());
+            let (listener, url) = listen().await;
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            println!("{url} {token}");
+            serve_until_stopped().await;
+        }
+        "bare" => {
+            let expires_at = now_epoch() + 86_400;
+            let tokens: HashMap<String, (String, i64)> = (0..count)
+                .map(|i| (format!("app-{i}"), (format!("seed-at-{i}"), expires_at)))
+                .collect();
+            let app = Router::new()
+                .route("/{app}/{connector}/binb-token", get(bare_handler))
+                .with_state(Arc::new(tokens));
+            let (listener, url) = listen().await;
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            println!("{url} unused");
+            serve_until_stopped().await;
         }
         "storm" => {
             let replicas = number("--replicas", 1);
@@ -314,7 +471,17 @@ async fn main() {
             let token = seed(&config, count, true).await;
             let servers: Vec<Server> = (0..replicas).map(|_| start_server(&config)).collect();
             let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
-            let (elapsed, requests, errors) = ask_all(&urls, &token, count, callers, true).await;
+            let at_once = number("--at-once", 0);
+            let (elapsed, requests, errors) = if at_once > 0 {
+                storm_at_once(&urls, &token, count, at_once, callers).await
+            } else {
+                ask_all(&urls, &token, count, callers, true).await
+            };
+            let callers = if at_once > 0 {
+                format!("{at_once}_at_once_per_connection({callers}_connections_at_a_time)")
+            } else {
+                callers.to_string()
+            };
             println!(
                 "storm: replicas={replicas} connections={count} callers={callers} requests={requests} \
                  time_until_all_served={:.2}s provider_calls={} refresh_token_reuses={} errors={errors}",
@@ -342,7 +509,7 @@ async fn main() {
             );
         }
         _ => {
-            eprintln!("usage: bench serve|storm|rss [--database-url URL] [--count N] [--replicas R] [--callers C]");
+            eprintln!("usage: bench serve|floor|bare|storm|rss [--database-url URL] [--count N] [--replicas R] [--callers C]");
             std::process::exit(2);
         }
     }

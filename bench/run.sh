@@ -3,7 +3,7 @@
 # project's machine. Not part of the test suite. Loopback only; every run is bounded.
 #
 #   bench/run.sh            # everything
-#   bench/run.sh hot        # hot path only (also: storm, rss, scale, rss-bound)
+#   bench/run.sh hot        # hot path, floor and bare handler with ratios (also: storm, rss, scale, rss-bound)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -32,34 +32,51 @@ fresh_pg() {
   echo "${PG_ADMIN%/*}/$name"
 }
 
+# hot MODE LABEL [bench args]: a server (`bench serve`: tokenbox; `floor`: the same route without
+# auth, audit, access log or middleware; `bare`: a bare axum handler with the same JSON), warmed
+# once, then measured. Prints the figures and keeps requests/s in $RESULTS/MODE.
 hot() {
-  local label="$1" url_arg=("${@:2}")
+  local mode="$1" label="$2" extra=("${@:3}")
   local out
   out=$(mktemp)
-  "$BENCH" serve --count 10000 --seconds 60 "${url_arg[@]}" >"$out" &
+  "$BENCH" "$mode" --count 10000 --seconds 120 "${extra[@]}" >"$out" &
   local pid=$!
   for _ in $(seq 1 600); do [ -s "$out" ] && break; sleep 0.5; done
   read -r url token <"$out"
   # Warm the cache once (every connection read and decrypted), then measure.
   BENCH_TOKEN="$token" wrk -t2 -c64 -d5s -s bench/hot.lua "$url" >/dev/null
-  echo "== hot path, $label, 10000 connections, 64 connections, $DURATION"
-  BENCH_TOKEN="$token" wrk -t2 -c64 -d"$DURATION" --latency -s bench/hot.lua "$url" \
-    | grep -E "Requests/sec|Latency  |50%|99%|Non-2xx|Socket errors|requests in"
+  echo "== $label, 10000 connections, wrk -t2 -c64 -d$DURATION (wrk shares the 2 cores)"
+  BENCH_TOKEN="$token" wrk -t2 -c64 -d"$DURATION" --latency -s bench/hot.lua "$url" >"$out.wrk"
+  grep -E "Requests/sec|Latency  |50%|99%|Non-2xx|Socket errors|requests in" "$out.wrk"
+  awk '/Requests\/sec/ {print $2}' "$out.wrk" >"$RESULTS/$mode"
+  if [ "$mode" = serve ]; then
+    # Every read accounted for: the audit rows count the served reads, nothing dropped.
+    curl -s "$url/metrics" | grep -E '^tokenbox_(audit_dropped|token_requests_total)'
+  fi
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  rm -f "$out"
+  rm -f "$out" "$out.wrk"
 }
 
+ratio() { awk -v a="$(cat "$RESULTS/$1")" -v b="$(cat "$RESULTS/$2")" 'BEGIN {printf "%.2f", a / b}'; }
+
 case "$what" in all|hot)
-  hot "SQLite"
-  hot "PostgreSQL" --database-url "$(fresh_pg hot)"
+  RESULTS=$(mktemp -d)
+  hot bare "bare axum handler, same JSON from memory (the ceiling)"
+  hot floor "tokenbox route without auth, audit, access log, middleware (the floor)"
+  hot serve "tokenbox hot path (SQLite, audit on, rate limit off)"
+  echo "ratios: hot/bare=$(ratio serve bare) floor/bare=$(ratio floor bare) hot/floor=$(ratio serve floor)"
+  hot serve "tokenbox hot path (PostgreSQL, audit on, rate limit off)" --database-url "$(fresh_pg hot)"
+  rm -rf "$RESULTS"
 ;; esac
 
 case "$what" in all|storm)
-  echo "== refresh storm: 10000 expired connections, 100 callers each asking for all of them"
+  echo "== refresh storm: 10000 expired connections, each asked for by 10 callers at once (100000 requests, 500 at a time)"
+  "$BENCH" storm --replicas 1 --count 10000 --at-once 10 --callers 50
+  "$BENCH" storm --replicas 1 --count 10000 --at-once 10 --callers 50 --database-url "$(fresh_pg storm1)"
+  "$BENCH" storm --replicas 2 --count 10000 --at-once 10 --callers 50 --database-url "$(fresh_pg storm2)"
+  echo "== refresh storm, earlier shape: 100 callers each asking for all 10000 connections (1000000 requests)"
   "$BENCH" storm --replicas 1 --count 10000 --callers 100
-  "$BENCH" storm --replicas 1 --count 10000 --callers 100 --database-url "$(fresh_pg storm1)"
-  "$BENCH" storm --replicas 2 --count 10000 --callers 100 --database-url "$(fresh_pg storm2)"
 ;; esac
 
 case "$what" in all|rss)

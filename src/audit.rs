@@ -1,6 +1,15 @@
-//! The audit trail, written off the hot path: callers hand events to a bounded channel and a
-//! writer task stores them in batches. When the channel is full (the database cannot keep up)
-//! events are dropped and counted rather than slowing token requests down.
+//! The audit trail, written off the hot path, without loss.
+//!
+//! Token reads (`token.read`) are the bulk of it: identical reads (same account, app, connector
+//! type, outcome and client address) within a short window (`audit_coalesce_seconds`) are
+//! counted in memory and written as one row with the count, the first time (`at`) and the last
+//! one (`last_at`). Every other event (refreshes, connects, deletions, administrative actions)
+//! is one row, handed to a bounded channel. A writer task stores both in batches.
+//!
+//! Nothing is dropped when the database is slow: the channel and the table of counted reads
+//! are bounded, and when either is full the caller waits (back-pressure) until the writer has
+//! made room. Only a caller that has waited `WAIT_FOR_ROOM` (a stuck database) gives up and
+//! counts the event as dropped (`tokenbox_audit_dropped`, a guard that stays 0).
 //!
 //! Anonymous refusals (no credential, a wrong one) are not written one by one: the writer
 //! counts them per action, outcome and client address and writes one row per window with the
@@ -8,10 +17,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::domain::{now_epoch, AuditEvent, ConnectionKey};
@@ -19,6 +28,11 @@ use crate::store::SecretsStore;
 
 const CHANNEL: usize = 50_000;
 const BATCH: usize = 2000;
+/// Distinct kinds of token read counted at once, before the next write; beyond, a read of a
+/// new kind waits for the writer.
+const PENDING_READS: usize = 100_000;
+/// How long a caller waits for room before its event is counted as dropped (a stuck database).
+const WAIT_FOR_ROOM: Duration = Duration::from_secs(30);
 /// Anonymous refusals of one kind are written as one row per window.
 const ANONYMOUS_WINDOW: Duration = Duration::from_secs(60);
 /// Distinct (action, outcome, client address) kept apart within a window; beyond, refusals
@@ -26,34 +40,140 @@ const ANONYMOUS_WINDOW: Duration = Duration::from_secs(60);
 const ANONYMOUS_KEYS: usize = 1000;
 /// The principal of a request that did not authenticate.
 pub const ANONYMOUS: &str = "anonymous";
+/// The action of a token read: the one that is coalesced.
+pub const TOKEN_READ: &str = "token.read";
+
+/// What makes two token reads the same row.
+type ReadKey = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+);
+
+/// Token reads counted since the last write: per kind, first time, last time and count.
+#[derive(Default)]
+struct Reads {
+    pending: Mutex<HashMap<ReadKey, (i64, i64, i64)>>,
+    /// Woken when the writer took the pending reads.
+    room: Notify,
+}
+
+impl Reads {
+    /// Counts a read of kind `key`; gives the key back when the table is full and the kind
+    /// new.
+    fn add(&self, key: ReadKey, at: i64, count: i64) -> Result<(), ReadKey> {
+        let mut pending = self.pending.lock().expect("audit reads poisoned");
+        if let Some(entry) = pending.get_mut(&key) {
+            entry.1 = entry.1.max(at);
+            entry.2 += count;
+            return Ok(());
+        }
+        if pending.len() >= PENDING_READS {
+            return Err(key);
+        }
+        pending.insert(key, (at, at, count));
+        Ok(())
+    }
+
+    fn take(&self) -> Vec<AuditEvent> {
+        let taken = std::mem::take(&mut *self.pending.lock().expect("audit reads poisoned"));
+        self.room.notify_waiters();
+        taken
+            .into_iter()
+            .map(
+                |((principal, app_id, connector_type, outcome, client_addr), (at, last, count))| {
+                    AuditEvent {
+                        at,
+                        last_at: (last != at).then_some(last),
+                        principal,
+                        action: TOKEN_READ.to_string(),
+                        app_id,
+                        connector_type,
+                        outcome,
+                        client_addr,
+                        subject: None,
+                        count,
+                    }
+                },
+            )
+            .collect()
+    }
+}
 
 #[derive(Clone)]
 pub struct Audit {
     sender: mpsc::Sender<AuditEvent>,
+    /// Token reads counted until the next write; `None` when reads are not coalesced.
+    reads: Option<Arc<Reads>>,
     dropped: Arc<AtomicU64>,
 }
 
 impl Audit {
     /// Starts the writer; it stops (after writing what it holds) when every `Audit` is dropped.
-    pub fn start(store: Arc<dyn SecretsStore>) -> (Self, JoinHandle<()>) {
+    /// Identical token reads within `coalesce` are written as one row (`0`: one row each).
+    pub fn start(store: Arc<dyn SecretsStore>, coalesce: Duration) -> (Self, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(CHANNEL);
-        let writer = tokio::spawn(write_batches(store, receiver));
+        let reads = (!coalesce.is_zero()).then(|| Arc::new(Reads::default()));
+        let writer = tokio::spawn(write_batches(store, receiver, reads.clone(), coalesce));
         (
             Self {
                 sender,
+                reads,
                 dropped: Arc::new(AtomicU64::new(0)),
             },
             writer,
         )
     }
 
-    pub fn record(&self, event: AuditEvent) {
-        if self.sender.try_send(event).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Records `event`. Waits while the writer cannot keep up (back-pressure), at most
+    /// `WAIT_FOR_ROOM`.
+    pub async fn record(&self, event: AuditEvent) {
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_ROOM;
+        if let Some(reads) = self
+            .reads
+            .as_ref()
+            .filter(|_| event.action == TOKEN_READ && event.principal != ANONYMOUS)
+        {
+            let (at, count) = (event.at, event.count);
+            let mut key = (
+                event.principal,
+                event.app_id,
+                event.connector_type,
+                event.outcome,
+                event.client_addr,
+            );
+            loop {
+                // Registered before the attempt, so a write in between is not missed.
+                let room = reads.room.notified();
+                key = match reads.add(key, at, count) {
+                    Ok(()) => return,
+                    Err(key) => key,
+                };
+                if tokio::time::timeout_at(deadline, room).await.is_err() {
+                    break;
+                }
+            }
+        } else {
+            let sent = match self.sender.try_send(event) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    tokio::time::timeout_at(deadline, self.sender.send(event))
+                        .await
+                        .is_ok_and(|sent| sent.is_ok())
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            };
+            if sent {
+                return;
+            }
         }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("an audit event was dropped: the audit writer is stuck");
     }
 
-    /// Events lost because the writer could not keep up (also a metric).
+    /// Events lost because the writer was stuck (also a metric; stays 0).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -69,6 +189,7 @@ pub fn event(
 ) -> AuditEvent {
     AuditEvent {
         at: now_epoch(),
+        last_at: None,
         principal: principal.to_string(),
         action: action.to_string(),
         app_id: key.map(|k| k.app_id.to_string()),
@@ -109,6 +230,7 @@ impl Aggregate {
             .drain()
             .map(|((action, outcome, client_addr), (at, count))| AuditEvent {
                 at,
+                last_at: None,
                 principal: ANONYMOUS.to_string(),
                 action,
                 app_id: None,
@@ -122,13 +244,26 @@ impl Aggregate {
     }
 }
 
-async fn write_batches(store: Arc<dyn SecretsStore>, mut receiver: mpsc::Receiver<AuditEvent>) {
+async fn write_batches(
+    store: Arc<dyn SecretsStore>,
+    mut receiver: mpsc::Receiver<AuditEvent>,
+    reads: Option<Arc<Reads>>,
+    coalesce: Duration,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut anonymous = Aggregate::default();
+    let mut tick = tokio::time::interval(coalesce.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let window_end = anonymous.deadline();
         let first = tokio::select! {
             received = receiver.recv() => received,
+            _ = tick.tick(), if reads.is_some() => {
+                if let Some(reads) = &reads {
+                    write(&store, &reads.take()).await;
+                }
+                continue;
+            }
             _ = async {
                 match window_end {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -160,6 +295,9 @@ async fn write_batches(store: Arc<dyn SecretsStore>, mut receiver: mpsc::Receive
         batch.clear();
     }
     // Every sender is gone (shutdown): what was counted is written too.
+    if let Some(reads) = &reads {
+        write(&store, &reads.take()).await;
+    }
     write(&store, &anonymous.take()).await;
 }
 

@@ -142,6 +142,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Audit events older than this many days are deleted (0: kept for ever).
     pub audit_retention_days: u64,
+    /// Identical token reads (same account, app, connector type, outcome, client address)
+    /// within this window are written as one audit row with their count (0: one row each).
+    #[serde(rename = "audit_coalesce_seconds", with = "seconds")]
+    pub audit_coalesce: Duration,
     /// Delivered webhooks older than this many days are deleted (0: kept for ever).
     pub webhook_retention_days: u64,
     /// The first retry of a failed webhook delivery waits this long, doubling per attempt up to
@@ -223,6 +227,7 @@ impl Default for Config {
             body_timeout: Duration::from_secs(20),
             max_connections: 1000,
             audit_retention_days: 365,
+            audit_coalesce: Duration::from_secs(1),
             webhook_retention_days: 30,
             webhook_retry_seconds: 1,
             prune_interval: Duration::from_secs(3600),

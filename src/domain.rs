@@ -485,7 +485,11 @@ pub struct ConnectionSummary {
 /// One entry of the audit trail.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {
+    /// When it happened; for a row that counts several token reads, the first of them.
     pub at: i64,
+    /// The last of the token reads a row counts (absent when one, or all in the same second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_at: Option<i64>,
     /// The service account, `tenant` (signup), `refresher` or `cli`.
     pub principal: String,
     /// `token.read`, `token.refresh`, `connection.import`, `connection.connect`,
@@ -502,8 +506,9 @@ pub struct AuditEvent {
     /// What the action was about when it is not a connection (a service account's name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    /// How many events this row stands for: anonymous refusals are aggregated per window,
-    /// action, outcome and client address (absent when 1).
+    /// How many events this row stands for (absent when 1): identical token reads are
+    /// counted per window, account, app, connector type, outcome and client address;
+    /// anonymous refusals per window, action, outcome and client address.
     #[serde(skip_serializing_if = "is_one")]
     pub count: i64,
 }

@@ -112,7 +112,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
     let provider = Provider::new(config.provider_timeout, config.allow_insecure_loopback)?
         .with_proxy_timeout(config.proxy_timeout)?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let (audit, audit_writer) = audit::Audit::start(store.clone());
+    let (audit, audit_writer) = audit::Audit::start(store.clone(), config.audit_coalesce);
     let endpoints = config
         .webhooks
         .iter()
@@ -138,7 +138,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         )
         .with_keys_ttl(config.jwt_keys_cache),
     );
-    Ok(AppState {
+    Ok(AppState::new(api::AppStateInner {
         keeper,
         auth: Arc::new(
             Authenticator::new(store, config.rate_limit_per_second, jwt.clone())
@@ -152,7 +152,7 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         audit_writer: Arc::new(std::sync::Mutex::new(Some(audit_writer))),
         webhooks,
         sandbox_secret,
-    })
+    }))
 }
 
 /// The route table (path, methods, access) without a server, for `tokenbox routes`: the

@@ -38,6 +38,21 @@ pub fn random_hex<const N: usize>() -> String {
         .collect()
 }
 
+/// A request id: 16 hex digits, unique within the process (a counter from a random start), so
+/// ids of different replicas do not collide in practice. Not a secret: no system random number
+/// per request.
+pub fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| u64::from_le_bytes(random_bytes::<8>()));
+    format!(
+        "{:016x}",
+        start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
+    )
+}
+
 /// The SHA-256 digest under which a token or secret is stored and looked up.
 pub fn hash(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()

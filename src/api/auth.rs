@@ -44,8 +44,29 @@ pub fn account_generation(token_hash: &[u8; 32]) -> String {
     URL_SAFE_NO_PAD.encode(&digest.finalize()[..12])
 }
 
-/// The known accounts: token hash and principal.
-type Accounts = Arc<Vec<([u8; 32], Principal)>>;
+/// The known accounts: token hash and principal, and an index by token hash.
+#[derive(Default)]
+struct Known {
+    list: Vec<([u8; 32], Principal)>,
+    by_hash: std::collections::HashMap<[u8; 32], usize>,
+}
+
+impl Known {
+    fn new(list: Vec<([u8; 32], Principal)>) -> Self {
+        let by_hash = list
+            .iter()
+            .enumerate()
+            .map(|(i, (hash, _))| (*hash, i))
+            .collect();
+        Self { list, by_hash }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, ([u8; 32], Principal)> {
+        self.list.iter()
+    }
+}
+
+type Accounts = Arc<Known>;
 
 struct Snapshot {
     accounts: Accounts,
@@ -85,7 +106,7 @@ impl Authenticator {
         Self {
             store,
             snapshot: RwLock::new(Snapshot {
-                accounts: Arc::new(Vec::new()),
+                accounts: Arc::new(Known::default()),
                 loaded: None,
             }),
             accounts_ttl: ACCOUNTS_TTL,
@@ -151,7 +172,7 @@ impl Authenticator {
                 )
             })
             .collect();
-        let loaded = Arc::new(loaded);
+        let loaded = Arc::new(Known::new(loaded));
         *self.snapshot.write().expect("auth snapshot poisoned") = Snapshot {
             accounts: loaded.clone(),
             loaded: Some(Instant::now()),
@@ -266,15 +287,18 @@ impl Authenticator {
     }
 }
 
-/// Compares against every account in constant time; no early exit on a match.
+/// The account whose token has this SHA-256: a hash-map lookup, then a constant-time
+/// comparison of the whole hash.
+///
+/// This used to be a constant-time scan of every account. What a scan protects is the stored
+/// hashes against a timing attack, which the lookup does not need: the key is the SHA-256 of
+/// the presented token, which the caller cannot steer towards a stored hash without a preimage,
+/// so how long the lookup takes (bucket, partial matches) tells nothing about any stored token.
+/// Tokens themselves are never compared; the final `ct_eq` keeps the equality check constant
+/// time all the same.
 fn find(accounts: &Accounts, hash: &[u8; 32]) -> Option<Principal> {
-    let mut found = None;
-    for (stored, principal) in accounts.iter() {
-        if bool::from(stored.ct_eq(hash)) {
-            found = Some(principal.clone());
-        }
-    }
-    found
+    let (stored, principal) = &accounts.list[*accounts.by_hash.get(hash)?];
+    bool::from(stored.ct_eq(hash)).then(|| principal.clone())
 }
 
 fn bearer(request: &Request) -> Option<&str> {

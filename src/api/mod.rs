@@ -24,9 +24,27 @@ use crate::refresh::SecretsKeeper;
 use auth::Authenticator;
 use error::{ApiError, ErrorCode};
 
-/// Shared state of every handler.
+/// Shared state of every handler: one reference count per clone (each layer and handler of a
+/// request takes one), the fields behind it.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl AppState {
+    pub fn new(inner: AppStateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct AppStateInner {
     pub keeper: SecretsKeeper,
     pub auth: Arc<Authenticator>,
     pub jwt: Arc<crate::jwt::JwtIssuer>,
@@ -145,7 +163,7 @@ fn request_id(request: &Request) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_string)
-        .unwrap_or_else(crate::token::random_hex::<8>)
+        .unwrap_or_else(crate::token::request_id)
 }
 
 /// The connection a request concerned, when its path does not name it (the OAuth callback).
@@ -162,14 +180,15 @@ pub struct PrincipalName(pub String);
 pub async fn access_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&request);
-    let method = request.method().clone();
+    // The line's fields are gathered only when the line is written (`tokenbox::access=info`).
+    let logged = tracing::enabled!(target: "tokenbox::access", tracing::Level::INFO);
+    let method = logged.then(|| request.method().clone());
     let route = request
         .extensions()
         .get::<MatchedPath>()
+        .filter(|_| logged)
         .map(|p| p.as_str().to_string());
     let (request, path_key) = route_key(request).await;
-    let app_id = path_key.as_ref().map(|k| k.app_id.to_string());
-    let connector_type = path_key.as_ref().map(|k| k.connector_type.to_string());
     let client_addr = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -187,19 +206,21 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
             false,
         ),
     };
-    tracing::info!(
-        target: "tokenbox::access",
-        request_id = %id,
-        method = %method,
-        route = route.as_deref().unwrap_or("-"),
-        status,
-        app_id = app_id.as_deref().unwrap_or("-"),
-        connector_type = connector_type.as_deref().unwrap_or("-"),
-        outcome,
-        refreshed,
-        latency_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
-        "request"
-    );
+    if let Some(method) = method {
+        tracing::info!(
+            target: "tokenbox::access",
+            request_id = %id,
+            method = %method,
+            route = route.as_deref().unwrap_or("-"),
+            status,
+            app_id = path_key.as_ref().map_or("-", |k| k.app_id.as_str()),
+            connector_type = path_key.as_ref().map_or("-", |k| k.connector_type.as_str()),
+            outcome,
+            refreshed,
+            latency_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+            "request"
+        );
+    }
     let principal = response
         .extensions()
         .get::<PrincipalName>()
@@ -214,13 +235,16 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
             } else {
                 crate::audit::ANONYMOUS
             });
-        state.audit.record(crate::audit::event(
-            principal,
-            action,
-            key.as_ref(),
-            audit_outcome,
-            client_addr,
-        ));
+        state
+            .audit
+            .record(crate::audit::event(
+                principal,
+                action,
+                key.as_ref(),
+                audit_outcome,
+                client_addr,
+            ))
+            .await;
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);

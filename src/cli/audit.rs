@@ -37,10 +37,10 @@ fn table_row(e: &AuditEvent) -> String {
         _ => "-".into(),
     };
     let target = e.subject.clone().unwrap_or(connection);
-    let outcome = if e.count == 1 {
-        e.outcome.clone()
-    } else {
-        format!("{} x{}", e.outcome, e.count)
+    let outcome = match (e.count, e.last_at) {
+        (1, _) => e.outcome.clone(),
+        (n, Some(last)) => format!("{} x{n} to {last}", e.outcome),
+        (n, None) => format!("{} x{n}", e.outcome),
     };
     format!(
         "{:<11} {:<16} {:<20} {:<24} {:<24} {}",

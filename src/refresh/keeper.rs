@@ -652,6 +652,20 @@ impl SecretsKeeper {
         let ct = self.connector_type(key)?.clone();
         tracing::debug!(app_id = %key.app_id, connector_type = %key.connector_type, "joining the refresh flight");
         let _flight = inner.flights.acquire(key).await;
+        // A caller that queued behind this process's refresh of the connection is served what
+        // it stored, without a lease of its own (two writes each otherwise: a storm's callers
+        // would queue on the database rather than on the provider).
+        if refresh_within.is_none() {
+            if let Some(hit) = inner.cache.get(key).filter(|hit| {
+                hit.version != seen_version
+                    && decision::fresh_enough(inner.refresh_margin, hit, request, now_epoch())
+            }) {
+                return Ok(ServedToken {
+                    connection: hit,
+                    refreshed: true,
+                });
+            }
+        }
         let ticket = inner.cache.ticket();
         let Some(guard) = inner.store.begin_refresh(key, inner.lease_seconds).await? else {
             inner.cache.remove(key);
@@ -780,13 +794,16 @@ impl SecretsKeeper {
             outcome_name,
             started.elapsed().as_secs_f64(),
         );
-        inner.audit.record(audit::event(
-            "tokenbox",
-            "token.refresh",
-            Some(&current.key),
-            outcome_name,
-            None,
-        ));
+        inner
+            .audit
+            .record(audit::event(
+                "tokenbox",
+                "token.refresh",
+                Some(&current.key),
+                outcome_name,
+                None,
+            ))
+            .await;
         Ok(outcome)
     }
 

@@ -686,6 +686,15 @@ macro_rules! embedded_migrations {
                     "/0014_proxy_pauses.sql"
                 )),
             ),
+            (
+                15,
+                "audit_last_at",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0015_audit_last_at.sql"
+                )),
+            ),
         ]
     };
 }

@@ -6,6 +6,7 @@
 //! tests are plain `#[tokio::test]`s in their modules.
 
 mod admin;
+mod audit_counting;
 mod binb_token;
 mod claims;
 mod cli;
@@ -55,6 +56,9 @@ macro_rules! conformance {
 }
 
 conformance! {
+    audit_counting {
+        audit_counts_add_up_to_the_served_reads,
+    }
     binb_token {
         an_imported_connection_is_served_with_the_documented_json_and_headers,
         a_token_without_expiry_is_served_as_it_is_without_expires_fields,

@@ -96,6 +96,31 @@ impl BinBTokenQuery {
     }
 }
 
+/// The JSON body of a served token (also used by the benchmark's floor, `bench/bench.rs`).
+pub fn response_body(
+    keeper: &crate::refresh::SecretsKeeper,
+    key: &crate::domain::ConnectionKey,
+    served: &crate::refresh::ServedToken,
+) -> Result<BinBTokenResponse, ApiError> {
+    let c = &served.connection;
+    let now = now_epoch();
+    let ct = keeper.connector_type(key)?;
+    let (headers, query) = ct.credential_headers(&c.tokens);
+    Ok(BinBTokenResponse {
+        access_token: c.tokens.access_token.expose().to_string(),
+        token_type: ct.token_type(&c.tokens),
+        expires_at: c.tokens.expires_at,
+        expires_in: c.tokens.expires_at.map(|at| (at - now).max(0)),
+        scope: c.tokens.scope.clone(),
+        app_id: key.app_id.to_string(),
+        connector_type: key.connector_type.to_string(),
+        metadata: c.tokens.metadata.clone(),
+        headers,
+        query,
+        api_base_url: ct.api_base_url_for(&c.tokens.metadata),
+    })
+}
+
 #[utoipa::path(
     get,
     path = "/{app_id}/{connector_type}/binb-token",
@@ -151,23 +176,7 @@ pub async fn get(
     } else {
         "served"
     });
-    let c = &served.connection;
-    let now = now_epoch();
-    let ct = state.keeper.connector_type(&key)?;
-    let (headers, query) = ct.credential_headers(&c.tokens);
-    let body = BinBTokenResponse {
-        access_token: c.tokens.access_token.expose().to_string(),
-        token_type: ct.token_type(&c.tokens),
-        expires_at: c.tokens.expires_at,
-        expires_in: c.tokens.expires_at.map(|at| (at - now).max(0)),
-        scope: c.tokens.scope.clone(),
-        app_id: key.app_id.to_string(),
-        connector_type: key.connector_type.to_string(),
-        metadata: c.tokens.metadata.clone(),
-        headers,
-        query,
-        api_base_url: ct.api_base_url_for(&c.tokens.metadata),
-    };
+    let body = response_body(&state.keeper, &key, &served)?;
     let mut headers = HeaderMap::new();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

@@ -107,7 +107,7 @@ pub async fn forward(
         .await?;
     }
     pause_when_asked(&state, &key, &answer).await?;
-    record(&state, &principal, &key, &parts.method, rest, &answer);
+    record(&state, &principal, &key, &parts.method, rest, &answer).await;
     Ok(stream_back(answer, state.config.proxy_max_body_bytes))
 }
 
@@ -342,7 +342,7 @@ fn provider_wait(headers: &HeaderMap, now: i64) -> Option<i64> {
 }
 
 /// One audit event per proxied call: method, path without its query, status, size when known.
-fn record(
+async fn record(
     state: &AppState,
     principal: &Principal,
     key: &ConnectionKey,
@@ -371,7 +371,7 @@ fn record(
         if path.is_empty() { "/" } else { &path },
         answer.status().as_u16()
     ));
-    state.audit.record(event);
+    state.audit.record(event).await;
 }
 
 /// The provider's answer, streamed back: status, end-to-end headers, and at most `cap` bytes.

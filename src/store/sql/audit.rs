@@ -1,29 +1,19 @@
 //! The audit log: its statements and `AuditStore`.
 
 pub(crate) const INSERT_AUDIT_HEAD: &str = "INSERT INTO audit_events (at, principal, action, \
-     app_id, connector_type, outcome, client_addr, subject, count)";
+     app_id, connector_type, outcome, client_addr, subject, count, last_at)";
 
 pub(crate) const READ_AUDIT: &str = "SELECT at, principal, action, app_id, connector_type, \
-     outcome, client_addr, subject, count FROM audit_events WHERE at >= $1 AND ($2 = '' OR app_id = $2) \
+     outcome, client_addr, subject, count, last_at FROM audit_events WHERE at >= $1 AND ($2 = '' OR app_id = $2) \
      ORDER BY id DESC LIMIT $3";
 
-/// A multi-row insert of `rows` audit events (nine parameters each).
+/// A multi-row insert of `rows` audit events (ten parameters each).
 pub(crate) fn insert_audit_sql(rows: usize) -> String {
     let placeholders: Vec<String> = (0..rows)
         .map(|i| {
-            let b = i * 9;
-            format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9
-            )
+            let b = i * 10;
+            let row: Vec<String> = (1..=10).map(|p| format!("${}", b + p)).collect();
+            format!("({})", row.join(", "))
         })
         .collect();
     format!("{INSERT_AUDIT_HEAD} VALUES {}", placeholders.join(", "))
@@ -40,9 +30,10 @@ macro_rules! audit_store {
                 &self,
                 events: &[$crate::domain::AuditEvent],
             ) -> Result<(), $crate::store::StoreError> {
-                // Multi-row inserts: one statement per 500 events.
+                // Multi-row inserts: one statement per 16 events (SQLite looks each parameter
+                // up by name: a statement's cost grows with the square of its parameters).
                 let mut tx = self.pool.begin().await?;
-                for chunk in events.chunks(500) {
+                for chunk in events.chunks(16) {
                     let statement = sql::insert_audit_sql(chunk.len());
                     let mut query = sqlx::query(&statement);
                     for e in chunk {
@@ -55,7 +46,8 @@ macro_rules! audit_store {
                             .bind(&e.outcome)
                             .bind(e.client_addr.as_deref())
                             .bind(e.subject.as_deref())
-                            .bind(e.count);
+                            .bind(e.count)
+                            .bind(e.last_at);
                     }
                     query.execute(&mut *tx).await?;
                 }
@@ -88,6 +80,7 @@ macro_rules! audit_store {
                             client_addr: r.try_get("client_addr")?,
                             subject: r.try_get("subject")?,
                             count: r.try_get("count")?,
+                            last_at: r.try_get("last_at")?,
                         })
                     })
                     .collect()
