@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from email.message import Message
     from http.client import HTTPResponse
 
     from .client import TokenboxClient
@@ -32,8 +33,8 @@ class ProxyResponse:
     ``iter_content()`` to read a large answer in chunks (``stream=True``)."""
 
     def __init__(
-        self, status: int, headers: Mapping[str, str], raw: HTTPResponse | None, content: bytes | None
-    ):
+        self, status: int, headers: Message, raw: HTTPResponse | None, content: bytes | None
+    ) -> None:
         self.status_code = status
         self.headers = headers
         self._raw = raw
