@@ -244,6 +244,7 @@ def filter_failure(context, failure, case, response):
 def no_secret_leak(ctx, response, case):
     """No response body or header holds a stored secret (tokens, client secret, bearer tokens,
     connect-link secrets, the encryption key), except the requested connection's access token in
+    its `access_token` field and as the credential of its `headers` (or `query`), in
     the body of a 200 from GET /{app_id}/{connector_type}/binb-token."""
     secrets = _load_state()["secrets"]
     body = response.content.decode("utf-8", "replace")
@@ -264,7 +265,7 @@ def no_secret_leak(ctx, response, case):
                 with _lock:
                     owner = _claims.setdefault(value, requested)
             served = _json_field(response.content, "access_token")
-            if owner == requested and served == value and body.count(value) == 1:
+            if owner == requested and served == value and _only_where_served(response.content, value):
                 continue
             problems.append(
                 f"the access token of {owner} was served for {requested} (in the {where})"
@@ -286,6 +287,29 @@ def no_secret_leak(ctx, response, case):
             },
         )
         raise AssertionError("stored secret in the response: " + "; ".join(sorted(problems)))
+
+
+def _only_where_served(content: bytes, value: str) -> bool:
+    """The token appears once in `access_token`, and otherwise only as the credential of the
+    `headers` a job sends to the provider (`Authorization: Bearer <token>`, or a key header or
+    query parameter, the whole value or after a prefix), nowhere else."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    rest = {k: v for k, v in data.items() if k not in ("headers", "query")}
+    if json.dumps(rest).count(value) != 1:
+        return False
+    for field in ("headers", "query"):
+        carried = data.get(field) or {}
+        if not isinstance(carried, dict):
+            return False
+        for name, v in carried.items():
+            if value in str(name) or (value in str(v) and not str(v).endswith(value)):
+                return False
+    return True
 
 
 def _json_field(content: bytes, name: str):
