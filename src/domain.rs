@@ -235,6 +235,12 @@ impl Kind {
     pub fn is_static(self) -> bool {
         matches!(self, Self::ApiKey | Self::Basic)
     }
+
+    /// Whether a connect link shows tokenbox's form, where the tenant types or pastes the
+    /// credential (an API key, a username and password, a service-account key).
+    pub fn has_form(self) -> bool {
+        matches!(self, Self::ApiKey | Self::Basic | Self::JwtBearer)
+    }
 }
 
 /// What `PUT /{app_id}/{connector_type}/connection` carries, by the connector type's kind.

@@ -154,7 +154,7 @@ fn connector(
     own_client: bool,
 ) -> Result<Arc<ConnectorType>, SignupError> {
     let ct = keeper.connector_type(key)?.clone();
-    if !matches!(ct.kind, Kind::Oauth2 | Kind::GithubApp) && !ct.kind.is_static() {
+    if !matches!(ct.kind, Kind::Oauth2 | Kind::GithubApp) && !ct.kind.has_form() {
         return Err(SignupError::InvalidRequest(format!(
             "connector type '{}' is of kind {}: it has nothing for a tenant to enter; save its credential with PUT /{{app_id}}/{}/connection",
             ct.name,
@@ -533,6 +533,10 @@ pub struct TypedCredential {
     pub api_key: Option<Secret>,
     pub username: Option<Secret>,
     pub password: Option<Secret>,
+    /// `jwt_bearer`: the service-account key file's contents (JSON).
+    pub service_account_key: Option<Secret>,
+    /// `jwt_bearer`: the user to act as (optional).
+    pub subject: Option<Secret>,
 }
 
 /// A new credential form for a usable link of a static kind (`api_key`, `basic`).
@@ -540,7 +544,7 @@ pub async fn new_form(
     keeper: &SecretsKeeper,
     view: &LinkView,
 ) -> Result<CredentialForm, SignupError> {
-    if !view.connector.kind.is_static() {
+    if !view.connector.kind.has_form() {
         return Err(SignupError::InvalidRequest(format!(
             "connector type '{}' is of kind {}: it has no credential form",
             view.connector.name,
@@ -658,6 +662,30 @@ fn typed_input(
                 username: Secret::new(username.expose().trim().to_string()),
                 password,
                 metadata,
+            })
+        }
+        Kind::JwtBearer => {
+            let subject = present(typed.subject).map(|s| s.expose().trim().to_string());
+            let key = match present(typed.service_account_key) {
+                Some(text) => Some(
+                    serde_json::from_str::<serde_json::Value>(text.expose()).map_err(|_| {
+                        SignupError::InvalidRequest(
+                            "the service-account key is not the JSON of a key file".into(),
+                        )
+                    })?,
+                ),
+                None if ct.private_key.is_some() => None,
+                None => return Err(missing("The service-account key")),
+            };
+            let body = serde_json::json!({
+                "service_account_key": key,
+                "subject": subject,
+                "metadata": metadata,
+            });
+            CredentialInput::from_json(Kind::JwtBearer, body.to_string().as_bytes()).map_err(|_| {
+                SignupError::InvalidRequest(
+                    "the service-account key lacks client_email or private_key".into(),
+                )
             })
         }
         other => Err(SignupError::InvalidRequest(format!(

@@ -160,10 +160,23 @@ pub fn credential_form_page(status: StatusCode, view: &CredentialFormView) -> Re
         .fields
         .iter()
         .map(|(name, label, kind)| {
+            let (kind, required) = match kind.strip_prefix("optional-") {
+                Some(kind) => (kind, ""),
+                None => (*kind, " required"),
+            };
+            let control = if kind == "textarea" {
+                format!(
+                    "<textarea id=\"{name}\" name=\"{name}\" rows=\"8\"{required} autocomplete=\"off\" \
+                     autocapitalize=\"off\" spellcheck=\"false\"></textarea>"
+                )
+            } else {
+                format!(
+                    "<input id=\"{name}\" name=\"{name}\" type=\"{kind}\"{required} autocomplete=\"off\" \
+                     autocapitalize=\"off\" spellcheck=\"false\">"
+                )
+            };
             format!(
-                "<label for=\"{name}\">{label}</label>\
-                 <input id=\"{name}\" name=\"{name}\" type=\"{kind}\" required autocomplete=\"off\" \
-                 autocapitalize=\"off\" spellcheck=\"false\">",
+                "<label for=\"{name}\">{label}</label>{control}",
                 label = escape(label),
             )
         })

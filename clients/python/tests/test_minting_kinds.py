@@ -382,3 +382,48 @@ def test_a_tenant_installs_the_github_app_through_a_connect_link(
     # The state is single-use: replaying the setup redirect is refused.
     status, _, _ = go("GET", f"{callback}?installation_id=4242&setup_action=install&state={state}")
     assert status == 400
+
+
+def test_a_tenant_pastes_its_service_account_key_into_the_connect_form(
+    minting_tokenbox: Tokenbox, minting: MintingProvider
+) -> None:
+    app = unique("tenant")
+    status, link = minting_tokenbox.request("POST", f"/{app}/gsa/connect-links", {})
+    assert status == 201, link
+    page_url = link["url"]
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+    def form_token() -> str:
+        with browser.open(page_url, timeout=30) as response:
+            page = response.read().decode()
+        assert 'name="service_account_key"' in page and "<textarea" in page
+        assert 'name="subject"' in page
+        return page.split('name="form_token" value="', 1)[1].split('"', 1)[0]
+
+    def submit(fields: dict[str, str]) -> tuple[int, str]:
+        data = urllib.parse.urlencode({"form_token": form_token(), **fields}).encode()
+        request = urllib.request.Request(f"{page_url}/credential", data=data, method="POST")
+        try:
+            with browser.open(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
+
+    # Not a key file: refused, nothing stored.
+    status, page = submit({"service_account_key": "not json", "subject": SUBJECT})
+    assert status == 400, page
+    assert minting_tokenbox.request("GET", f"/{app}/gsa/connection")[0] == 404
+    # The key file's contents: the first token is minted with an assertion the provider checks.
+    before = minting.mints["jwt_bearer"]
+    key = json.dumps(minting.service_account_json())
+    status, page = submit({"service_account_key": key, "subject": SUBJECT})
+    assert status == 200, page
+    assert minting.mints["jwt_bearer"] == before + 1
+    assert not minting.problems, minting.problems
+    assert "BEGIN PRIVATE KEY" not in page
+    answer = minting_tokenbox.request(
+        "GET", f"/{app}/gsa/binb-token", token=minting_tokenbox.superadmin_token
+    )[1]
+    assert answer["access_token"].startswith("ya29.minted")

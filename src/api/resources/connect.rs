@@ -205,7 +205,7 @@ fn error_page(error: SignupError) -> Response {
 /// the form that collects the credential.
 pub async fn show(State(state): State<AppState>, Path(secret): Path<String>) -> Response {
     match signup::usable_link(&state.keeper, &secret).await {
-        Ok(view) if view.connector.kind.is_static() => {
+        Ok(view) if view.connector.kind.has_form() => {
             credential_form(&state, &secret, &view, StatusCode::OK, None).await
         }
         Ok(view) => connect_page(
@@ -332,6 +332,20 @@ async fn credential_form(
     let labels = &ct.field_labels;
     let fields = if ct.kind == Kind::ApiKey {
         vec![("api_key", labels.api_key.as_str(), "password")]
+    } else if ct.kind == Kind::JwtBearer {
+        // The key comes with the connection unless the operator configured one.
+        let key = if ct.private_key.is_some() {
+            vec![]
+        } else {
+            vec![(
+                "service_account_key",
+                "Service account key (the contents of its JSON key file)",
+                "textarea",
+            )]
+        };
+        key.into_iter()
+            .chain([("subject", "User to act as (optional)", "optional-text")])
+            .collect()
     } else {
         vec![
             ("username", labels.username.as_str(), "text"),
@@ -400,6 +414,8 @@ struct CredentialFormBody {
     api_key: Option<Secret>,
     username: Option<Secret>,
     password: Option<Secret>,
+    service_account_key: Option<Secret>,
+    subject: Option<Secret>,
 }
 
 impl CredentialFormBody {
@@ -409,6 +425,8 @@ impl CredentialFormBody {
             api_key: None,
             username: None,
             password: None,
+            service_account_key: None,
+            subject: None,
         };
         for (name, value) in oauth2::url::form_urlencoded::parse(body) {
             let value = value.into_owned();
@@ -417,6 +435,10 @@ impl CredentialFormBody {
                 "api_key" if form.api_key.is_none() => form.api_key = Some(Secret::new(value)),
                 "username" if form.username.is_none() => form.username = Some(Secret::new(value)),
                 "password" if form.password.is_none() => form.password = Some(Secret::new(value)),
+                "service_account_key" if form.service_account_key.is_none() => {
+                    form.service_account_key = Some(Secret::new(value))
+                }
+                "subject" if form.subject.is_none() => form.subject = Some(Secret::new(value)),
                 _ => {}
             }
         }
@@ -465,6 +487,8 @@ pub async fn submit(
         api_key: form.api_key,
         username: form.username,
         password: form.password,
+        service_account_key: form.service_account_key,
+        subject: form.subject,
     };
     let outcome = signup::submit_form(
         &state.keeper,
@@ -508,7 +532,7 @@ async fn form_again(state: &AppState, secret: &str, error: SignupError) -> Respo
         Ok(view) => view,
         Err(e) => return error_page(e),
     };
-    let what = if view.connector.kind == Kind::ApiKey {
+    let what = if matches!(view.connector.kind, Kind::ApiKey | Kind::JwtBearer) {
         "this key"
     } else {
         "this username and password"
