@@ -18,6 +18,7 @@ mod egress;
 mod faults;
 mod hardening;
 mod helpers;
+mod identity;
 mod kinds;
 mod listing;
 mod outage;
