@@ -24,17 +24,21 @@ fn text(value: Option<&Value>) -> Option<String> {
     (!s.trim().is_empty()).then_some(s)
 }
 
-/// The account an identity answer describes: the id from `sub`, else `id`; the name from
-/// `name`, else `login`, else `preferred_username`; the e-mail from `email`; the organisation
-/// from the catalog's `userinfo_organisation_field`, when it has one.
+/// The account an identity answer describes: the id from `sub`, else `id`, else `account_id`
+/// (Atlassian); the name from `name`, else `login`, else `display_name` (Zoom), else
+/// `preferred_username`; the e-mail from `email`; the organisation from the catalog's
+/// `userinfo_organisation_field`, when it has one.
 pub fn from_claims(
     claims: &Map<String, Value>,
     organisation_field: Option<&str>,
 ) -> AccountIdentity {
     AccountIdentity {
-        id: text(claims.get("sub")).or_else(|| text(claims.get("id"))),
+        id: text(claims.get("sub"))
+            .or_else(|| text(claims.get("id")))
+            .or_else(|| text(claims.get("account_id"))),
         name: text(claims.get("name"))
             .or_else(|| text(claims.get("login")))
+            .or_else(|| text(claims.get("display_name")))
             .or_else(|| text(claims.get("preferred_username"))),
         email: text(claims.get("email")),
         organisation: organisation_field.and_then(|f| text(claims.get(f))),
@@ -81,6 +85,23 @@ mod tests {
         assert_eq!(github.name.as_deref(), Some("octocat"));
         assert_eq!(github.email.as_deref(), Some("o@example.com"));
         assert_eq!(github.organisation, None);
+    }
+
+    #[test]
+    fn atlassian_and_zoom_answers_are_read() {
+        let atlassian =
+            map(json!({"account_id": "5b10a", "name": "Ann", "email": "a@example.com"}));
+        assert_eq!(from_claims(&atlassian, None).id.as_deref(), Some("5b10a"));
+        let zoom = map(json!({"id": "z1", "display_name": "Zed", "account_id": "acc"}));
+        let a = from_claims(&zoom, Some("account_id"));
+        assert_eq!(
+            (
+                a.id.as_deref(),
+                a.name.as_deref(),
+                a.organisation.as_deref()
+            ),
+            (Some("z1"), Some("Zed"), Some("acc"))
+        );
     }
 
     #[test]

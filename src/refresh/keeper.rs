@@ -359,13 +359,16 @@ impl SecretsKeeper {
         let ct = self.connector_type(key)?.clone();
         ct.check_metadata(&tokens.metadata)
             .map_err(KeeperError::InvalidRequest)?;
-        let account = if ct.kind == Kind::Oauth2 {
-            self.identify(key, &ct, tokens, check.id_token)
-                .await
-                .filter(|a| !a.is_empty())
-        } else {
-            None
-        };
+        // Only a connector type this deployment uses (its client configured, or the
+        // connection's own) is asked: an unconfigured one makes no provider call at all.
+        let account =
+            if ct.kind == Kind::Oauth2 && (ct.has_credentials() || tokens.client.is_some()) {
+                self.identify(key, &ct, tokens, check.id_token)
+                    .await
+                    .filter(|a| !a.is_empty())
+            } else {
+                None
+            };
         let known = self.inner.store.connection_account(key).await?;
         let known_id = known.as_ref().and_then(|k| k.account.id.clone());
         let new_id = account.as_ref().and_then(|a| a.id.clone());
@@ -424,6 +427,17 @@ impl SecretsKeeper {
         } else if stored.version == 1 && known.is_some() {
             // A new connection does not inherit the identity of a deleted one.
             self.inner.store.delete_connection_account(key).await?;
+        }
+        if let Some(id) = account.as_ref().and_then(|a| a.id.as_ref()) {
+            // Whose account, in the audit trail: its id only (never the e-mail).
+            let action = if changed_from.is_some() {
+                "connection.account_changed"
+            } else {
+                "connection.account"
+            };
+            let mut event = audit::event("tokenbox", action, Some(key), "ok", None);
+            event.subject = Some(id.clone());
+            self.inner.audit.record(event);
         }
         if stored.version == 1 {
             self.inner

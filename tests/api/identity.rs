@@ -9,8 +9,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    json_of, location, query_param, spawn_app_with, unique, AppOptions, Backend, OidcServer,
-    TestApp,
+    eventually, json_of, location, query_param, spawn_app_with, unique, AppOptions, Backend,
+    OidcServer, TestApp,
 };
 
 fn free_port() -> u16 {
@@ -129,6 +129,18 @@ async fn reconnecting_with_another_account_is_recorded_and_same_account_refuses_
         .collect();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert_eq!(changed[0].1["data"]["account"]["id"], "bob");
+    // The audit trail names the accounts by id (written in batches: polled).
+    let expected = ["connection.account:alice", "connection.account_changed:bob"];
+    eventually("the audit events of the accounts", || async {
+        let audited = app
+            .query_strings(
+                "SELECT action || ':' || subject FROM audit_events \
+                 WHERE action LIKE 'connection.account%' ORDER BY id",
+            )
+            .await;
+        (audited == expected).then_some(())
+    })
+    .await;
     let listed = connection(&app, "/connections").await;
     assert_eq!(listed["connections"][0]["account"]["id"], "bob", "{listed}");
 
@@ -166,6 +178,17 @@ async fn me(headers: HeaderMap) -> (axum::http::StatusCode, Json<Value>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_stores_the_account_of_the_me_endpoint() {
+    import_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_stores_the_account_of_the_me_endpoint_on_postgres() {
+    import_on(Backend::Postgres).await;
+}
+
+/// Imports into `backend`: the account from the "me" endpoint, then one it refuses; the
+/// listing shows both connections with what is known.
+async fn import_on(backend: Backend) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -174,6 +197,7 @@ async fn an_import_stores_the_account_of_the_me_endpoint() {
             .unwrap()
     });
     let app = spawn_app_with(AppOptions {
+        backend,
         extra_config: format!(
             "[connector_types.hub]\nauthorization_url = \"{base}/authorize\"\n\
              token_url = \"{base}/token\"\nuserinfo_url = \"{base}/user\"\n\
@@ -203,4 +227,13 @@ async fn an_import_stores_the_account_of_the_me_endpoint() {
         .import_ok("other", "hub", &json!({"access_token": "someone-else"}))
         .await;
     assert!(imported.get("account").is_none(), "{imported}");
+    let listed = connection(&app, "/connections").await;
+    assert_eq!(
+        listed["connections"][0]["account"]["id"], "583231",
+        "{listed}"
+    );
+    assert!(
+        listed["connections"][1].get("account").is_none(),
+        "{listed}"
+    );
 }
