@@ -236,4 +236,31 @@ async fn import_on(backend: Backend) {
         listed["connections"][1].get("account").is_none(),
         "{listed}"
     );
+
+    // /admin names the account of a connection that needs its tenant to reconnect.
+    app.execute_sql(
+        "UPDATE connections SET status = 'reauthorization_required' WHERE app_id = 'acme'",
+    )
+    .await;
+    let login = app
+        .post("/admin/login")
+        .form(&[("token", app.admin.clone())])
+        .send()
+        .await;
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let html = app
+        .get("/admin")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .text()
+        .await
+        .unwrap();
+    let attention = &html[html.find("id=\"attention\"").unwrap()..];
+    assert!(
+        attention.contains("<td class=\"account\">octo@example.com</td>"),
+        "{attention}"
+    );
 }
