@@ -127,6 +127,36 @@ pub struct TokenSet {
     pub client: Option<TenantClient>,
 }
 
+/// Whose account a connection is, as the provider's identity request (or the ID token) told.
+/// Every field is absent when unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AccountIdentity {
+    /// The provider's stable id of the account (`sub`, else `id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organisation: Option<String>,
+}
+
+impl AccountIdentity {
+    pub fn is_empty(&self) -> bool {
+        self.id.is_none() && self.name.is_none() && self.email.is_none()
+    }
+}
+
+/// The stored identity of a connection: its account, and the account it had before its last
+/// reconnection with a different one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionAccount {
+    pub account: AccountIdentity,
+    pub previous_account_id: Option<String>,
+    pub updated_at: i64,
+}
+
 /// A tenant's own OAuth client (a self-managed GitLab's application, a customer's Salesforce
 /// connected app), used for its connection instead of the operator's `client_id` and
 /// `client_secret`. `Debug` never shows the secret.
@@ -537,6 +567,8 @@ pub struct ConnectLink {
     /// The tenant's own OAuth client, handed to the connection at the callback (its secret
     /// stored encrypted with the link).
     pub client: Option<TenantClient>,
+    /// The callback refuses an account other than the connection's current one.
+    pub same_account: bool,
 }
 
 impl ConnectLink {

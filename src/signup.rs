@@ -8,7 +8,7 @@ use crate::connectors::{ConnectorType, Kind, RefreshError};
 use crate::domain::{
     now_epoch, ConnectLink, ConnectionKey, CredentialInput, Metadata, OAuthState, TenantClient,
 };
-use crate::refresh::{KeeperError, SecretsKeeper};
+use crate::refresh::{IdentityCheck, KeeperError, SecretsKeeper};
 use crate::secret::Secret;
 use crate::store::StoreError;
 use crate::token::hash;
@@ -44,6 +44,10 @@ pub enum SignupError {
     /// The provider refused the API key or the username and password typed in the form.
     #[error("{0}")]
     CredentialRefused(String),
+    /// The link requires the connection's current account and the tenant signed in with
+    /// another one: nothing was stored.
+    #[error("{0}")]
+    AccountMismatch(String),
     #[error("storage failure")]
     Store(#[from] StoreError),
 }
@@ -67,6 +71,8 @@ pub struct NewLink {
     /// The tenant's own OAuth client: the authorization URL, the code exchange and then the
     /// connection use it instead of the operator's.
     pub client: Option<TenantClient>,
+    /// The callback refuses an account other than the connection's current one.
+    pub same_account: bool,
 }
 
 #[derive(Debug)]
@@ -262,6 +268,7 @@ pub async fn create_link(
         expires_at: now + ttl,
         spent_at: None,
         client: request.client,
+        same_account: request.same_account,
     };
     keeper.store().create_connect_link(&link).await?;
     Ok(CreatedLink {
@@ -382,8 +389,8 @@ pub async fn finish(
             flow.pkce_verifier.as_ref(),
         )
         .await;
-    let mut tokens = match exchanged {
-        Ok(tokens) => tokens,
+    let (mut tokens, id_token) = match exchanged {
+        Ok(answer) => answer,
         Err(error) => {
             // Nothing was stored: the tenant may try the same link again while it is valid.
             keeper
@@ -405,7 +412,26 @@ pub async fn finish(
     tokens.metadata = metadata;
     // The link's own client becomes the connection's: every refresh and the revocation use it.
     tokens.client = link.client.clone();
-    keeper.save_obtained_connection(&link.key, &tokens).await?;
+    let check = IdentityCheck {
+        id_token: id_token.as_ref(),
+        same_account: link.same_account,
+    };
+    if let Err(error) = keeper
+        .save_obtained_connection(&link.key, &tokens, check)
+        .await
+    {
+        if let KeeperError::AccountMismatch(message) = error {
+            // Nothing was stored: the tenant may sign in with the right account and use the
+            // same link again while it is valid.
+            tracing::warn!(app_id = %link.key.app_id, connector_type = %link.key.connector_type, "a reconnection with another account was refused (same_account)");
+            keeper
+                .store()
+                .unspend_connect_link(&link.secret_hash)
+                .await?;
+            return Err(SignupError::AccountMismatch(message));
+        }
+        return Err(error.into());
+    }
     tracing::info!(app_id = %link.key.app_id, connector_type = %link.key.connector_type, "connection created through signup");
     Ok(Connected {
         display_name: ct.display_name.clone(),

@@ -24,14 +24,16 @@ pub enum ConnectionEvent {
     RefreshFailed,
     ReauthorizationRequired,
     Recovered,
+    AccountChanged,
 }
 
 impl ConnectionEvent {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Created,
         Self::RefreshFailed,
         Self::ReauthorizationRequired,
         Self::Recovered,
+        Self::AccountChanged,
     ];
 
     /// The event's name on the wire (`type` in the body, `tokenbox-event` header).
@@ -41,16 +43,18 @@ impl ConnectionEvent {
             Self::RefreshFailed => "connection.refresh_failed",
             Self::ReauthorizationRequired => "connection.reauthorization_required",
             Self::Recovered => "connection.recovered",
+            Self::AccountChanged => "connection.account_changed",
         }
     }
 }
 
 /// The names of every event, as an operator writes them in `events = [...]`.
-pub const EVENTS: [&str; 4] = [
+pub const EVENTS: [&str; 5] = [
     ConnectionEvent::Created.as_str(),
     ConnectionEvent::RefreshFailed.as_str(),
     ConnectionEvent::ReauthorizationRequired.as_str(),
     ConnectionEvent::Recovered.as_str(),
+    ConnectionEvent::AccountChanged.as_str(),
 ];
 
 /// An endpoint as written in the config file (`[[webhooks]]`).
@@ -153,13 +157,24 @@ impl Webhooks {
 
     /// Queues an event for every endpoint that wants it. Never carries a token.
     pub async fn emit(&self, event: ConnectionEvent, key: &ConnectionKey, detail: Option<&str>) {
+        self.emit_with_account(event, key, detail, None).await
+    }
+
+    /// Queues an event that names the connection's account (`data.account`, when known).
+    pub async fn emit_with_account(
+        &self,
+        event: ConnectionEvent,
+        key: &ConnectionKey,
+        detail: Option<&str>,
+        account: Option<&crate::domain::AccountIdentity>,
+    ) {
         let event = event.as_str();
         let wanted: Vec<&Endpoint> = self.endpoints.iter().filter(|e| e.wants(event)).collect();
         if wanted.is_empty() {
             return;
         }
         let now = now_epoch();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "id": crate::token::random_hex::<12>(),
             "type": event,
             "created_at": now,
@@ -168,8 +183,11 @@ impl Webhooks {
                 "connector_type": key.connector_type,
                 "detail": detail,
             },
-        })
-        .to_string();
+        });
+        if let Some(account) = account {
+            body["data"]["account"] = serde_json::json!(account);
+        }
+        let body = body.to_string();
         for endpoint in wanted {
             if let Err(e) = self
                 .store

@@ -196,7 +196,9 @@ impl From<KeeperError> for ApiError {
                 message,
                 retry_after,
             },
-            KeeperError::InvalidRequest(m) => Self::InvalidRequest(m),
+            KeeperError::InvalidRequest(m) | KeeperError::AccountMismatch(m) => {
+                Self::InvalidRequest(m)
+            }
             KeeperError::InvalidCredentials(m) => Self::InvalidCredentials(m),
             KeeperError::ConnectorNotConfigured(_) => {
                 Self::ConnectorNotConfigured(error.to_string())

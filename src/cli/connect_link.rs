@@ -64,6 +64,7 @@ pub async fn run(command: ConnectLinkCommand, config: Config) -> anyhow::Result<
             return_to,
             params,
             client: None,
+            same_account: false,
         },
     )
     .await

@@ -1,6 +1,7 @@
 //! The connector catalog (data compiled into the binary) and the per-type OAuth settings.
 
 mod assertion;
+pub mod identity;
 mod netguard;
 mod provider;
 
@@ -104,6 +105,12 @@ pub struct ConnectorTypeSpec {
     pub api_key_prefix: Option<String>,
     /// `api_key`, `basic`: a GET with the credential that answers 2xx when it is valid.
     pub verify_url: Option<String>,
+    /// The identity request: a GET with the access token that answers who the account is
+    /// (OpenID Connect userinfo or the provider's "me" endpoint; id from `sub` or `id`).
+    pub userinfo_url: Option<String>,
+    /// The field of the identity answer that names the account's organisation (Slack's
+    /// `https://slack.com/team_id`), when the provider has one.
+    pub userinfo_organisation_field: Option<String>,
     /// Where the entry's facts come from (the provider's documentation).
     pub docs_url: Option<String>,
     /// `jwt_bearer`: the assertion's `aud` (default: the token URL).
@@ -185,6 +192,8 @@ pub struct ConnectorType {
     pub api_key_query: Option<String>,
     pub api_key_prefix: String,
     pub verify_url: Option<String>,
+    pub userinfo_url: Option<String>,
+    pub userinfo_organisation_field: Option<String>,
     pub docs_url: Option<String>,
     pub assertion_audience: Option<String>,
     pub assertion_lifetime: i64,
@@ -491,6 +500,8 @@ impl ConnectorType {
             api_key_header: api_key_header.unwrap_or_else(|| "Authorization".into()),
             api_key_query: pick!(api_key_query),
             verify_url: pick!(verify_url),
+            userinfo_url: pick!(userinfo_url),
+            userinfo_organisation_field: pick!(userinfo_organisation_field),
             docs_url: pick!(docs_url),
             display_name: pick!(display_name).unwrap_or_else(|| name.to_string()),
             from_catalog: catalog.is_some(),
@@ -585,6 +596,7 @@ impl ConnectorType {
             self.revocation_url.as_ref(),
             self.api_base_url.as_ref(),
             self.verify_url.as_ref(),
+            self.userinfo_url.as_ref(),
             self.help_url.as_ref(),
         ]
         .into_iter()

@@ -580,6 +580,45 @@ impl Provider {
         }
     }
 
+    /// The identity request: a GET of `url` with the access token as a bearer token, through
+    /// the same guarded client as every provider call. Returns the JSON object it answers.
+    pub async fn userinfo(
+        &self,
+        ct: &ConnectorType,
+        url: &str,
+        access_token: &Secret,
+    ) -> Result<Map<String, Value>, RefreshError> {
+        let url = oauth2::url::Url::parse(url).map_err(|_| {
+            RefreshError::NotConfigured("the userinfo URL is not a valid URL".into())
+        })?;
+        let mut request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(url.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", access_token.expose()),
+            );
+        for (name, value) in &ct.api_headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = request.body(Vec::new()).map_err(|_| {
+            RefreshError::NotConfigured("the userinfo request could not be built".into())
+        })?;
+        match self.send_raw(ct, request).await {
+            Ok(answer) if answer.status.is_success() => {
+                serde_json::from_slice::<Map<String, Value>>(&answer.body).map_err(|_| {
+                    RefreshError::Rejected("the userinfo answer is not a JSON object".into())
+                })
+            }
+            Ok(answer) => Err(RefreshError::Rejected(format!(
+                "the userinfo request answered HTTP {}",
+                answer.status.as_u16()
+            ))),
+            Err(fault) => Err(RefreshError::Rejected(fault.to_string())),
+        }
+    }
+
     /// The URL the tenant's browser is sent to (RFC 6749 §4.1.1), with PKCE S256 (RFC 7636)
     /// unless the connector type disables it. Returns the URL and the PKCE verifier to keep.
     /// `client` is the link's own OAuth client, used instead of the operator's.
@@ -621,8 +660,8 @@ impl Provider {
         Ok((url.to_string(), verifier))
     }
 
-    /// Exchanges an authorization code for a token set (RFC 6749 §4.1.3). Not retried: a code
-    /// is single-use. `client` is the link's own OAuth client, used instead of the operator's.
+    /// Exchanges an authorization code for a token set (RFC 6749 §4.1.3), with the OpenID
+    /// Connect ID token when the provider sent one. Not retried: a code is single-use. `client` is the link's own OAuth client, used instead of the operator's.
     pub async fn exchange_code(
         &self,
         ct: &ConnectorType,
@@ -631,7 +670,7 @@ impl Provider {
         redirect_uri: &str,
         code: &str,
         pkce_verifier: Option<&Secret>,
-    ) -> Result<TokenSet, RefreshError> {
+    ) -> Result<(TokenSet, Option<Secret>), RefreshError> {
         let (client_id, candidates) = client_candidates(ct, client)?;
         let last = candidates.len() - 1;
         for (i, secret) in candidates.into_iter().enumerate() {
@@ -667,7 +706,7 @@ impl Provider {
         redirect_uri: &str,
         code: &str,
         pkce_verifier: Option<&Secret>,
-    ) -> Result<TokenSet, RefreshError> {
+    ) -> Result<(TokenSet, Option<Secret>), RefreshError> {
         let client = self
             .client(ct, values, client_id, secret)?
             .set_redirect_uri(redirect_url(redirect_uri)?);
@@ -681,7 +720,12 @@ impl Provider {
         }
         let transport = Transport { provider: self, ct };
         let response = request.request_async(&transport).await.map_err(classify)?;
-        Ok(to_token_set(ct, response, now_epoch()))
+        let id_token = response
+            .extra
+            .get("id_token")
+            .and_then(Value::as_str)
+            .map(|t| Secret::new(t.to_string()));
+        Ok((to_token_set(ct, response, now_epoch()), id_token))
     }
 
     /// Revokes a token at the provider's RFC 7009 endpoint, when the catalog has one.

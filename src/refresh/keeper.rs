@@ -11,8 +11,8 @@ use crate::audit::{self, Audit};
 use crate::config::Config;
 use crate::connectors::{Catalog, ConnectorType, Provider, RefreshError};
 use crate::domain::{
-    now_epoch, ConnectionKey, ConnectionStatus, CredentialInput, FailureKind, StoredConnection,
-    TokenSet,
+    now_epoch, AccountIdentity, ConnectionAccount, ConnectionKey, ConnectionStatus,
+    CredentialInput, FailureKind, Kind, StoredConnection, TokenSet,
 };
 use crate::metrics::Metrics;
 use crate::refresh::breaker::Breakers;
@@ -20,6 +20,7 @@ use crate::refresh::decision::{self, decide, Decision, Refusal, Situation};
 use crate::refresh::kind::{self, CredentialKind};
 use crate::refresh::scoped::{GithubScope, ScopedTokens};
 use crate::refresh::{Flights, TokenCache};
+use crate::secret::Secret;
 use crate::store::{RefreshGuard, RefreshWrite, SecretsStore, StoreError};
 use crate::webhooks::{ConnectionEvent, Webhooks};
 
@@ -35,6 +36,16 @@ pub enum CheckOutcome {
     Valid,
     /// The provider refuses it (or already did): the tenant must reconnect. The reason says why.
     ReauthorizationRequired(String),
+}
+
+/// What the code exchange adds to the identity check of a connection being saved.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdentityCheck<'a> {
+    /// The exchange's OpenID Connect ID token, whose claims name the account when the
+    /// connector type has no identity request.
+    pub id_token: Option<&'a Secret>,
+    /// Refuse (store nothing) unless the account is the connection's current one.
+    pub same_account: bool,
 }
 
 /// A token served to a caller.
@@ -67,6 +78,10 @@ pub enum KeeperError {
     InvalidCredentials(String),
     #[error("connector type '{0}' has no client credentials configured, so its tokens cannot be refreshed; an operator must set client_id and client_secret")]
     ConnectorNotConfigured(String),
+    /// A connect link required the connection's current account and the provider named
+    /// another one (or none could be confirmed): nothing was stored.
+    #[error("{0}")]
+    AccountMismatch(String),
     #[error("storage failure")]
     Store(#[from] StoreError),
     #[error("internal failure")]
@@ -226,6 +241,7 @@ impl SecretsKeeper {
         let ct = self.connector_type(key)?.clone();
         let _flight = self.inner.flights.acquire(key).await;
         let deleted = self.inner.store.delete_connection(key).await?;
+        self.inner.store.delete_connection_account(key).await?;
         self.inner.cache.remove(key);
         self.inner.scoped.forget(key);
         let Some(deleted) = deleted else {
@@ -273,17 +289,63 @@ impl SecretsKeeper {
         key: &ConnectionKey,
         tokens: &TokenSet,
     ) -> Result<Arc<StoredConnection>, KeeperError> {
-        self.store_connection(key, tokens, None).await
+        self.store_connection(key, tokens, None, IdentityCheck::default())
+            .await
     }
 
     /// Stores a token set the provider issued just now (the signup's code exchange): its
-    /// lifetime is known, as after a refresh.
+    /// lifetime is known, as after a refresh. `identity` carries the ID token of the exchange
+    /// and whether the link requires the connection's current account.
     pub async fn save_obtained_connection(
         &self,
         key: &ConnectionKey,
         tokens: &TokenSet,
+        identity: IdentityCheck<'_>,
     ) -> Result<Arc<StoredConnection>, KeeperError> {
-        self.store_connection(key, tokens, Some(now_epoch())).await
+        self.store_connection(key, tokens, Some(now_epoch()), identity)
+            .await
+    }
+
+    /// The stored identity of a connection (whose account it is), if known.
+    pub async fn connection_account(
+        &self,
+        key: &ConnectionKey,
+    ) -> Result<Option<ConnectionAccount>, KeeperError> {
+        Ok(self.inner.store.connection_account(key).await?)
+    }
+
+    /// Asks the provider whose account a token set belongs to: the catalog's identity request
+    /// (`userinfo_url`) when the connector type has one, else the claims of the exchange's ID
+    /// token. `None` when neither is available or the request fails: the identity of a
+    /// connection is information, never a reason to refuse it (the failure is logged).
+    async fn identify(
+        &self,
+        key: &ConnectionKey,
+        ct: &ConnectorType,
+        tokens: &TokenSet,
+        id_token: Option<&Secret>,
+    ) -> Option<AccountIdentity> {
+        use crate::connectors::identity;
+        let organisation = ct.userinfo_organisation_field.as_deref();
+        if let Some(template) = &ct.userinfo_url {
+            let answer = match ct.expand_url(template, &tokens.metadata) {
+                Ok(url) => {
+                    self.inner
+                        .provider
+                        .userinfo(ct, &url, &tokens.access_token)
+                        .await
+                }
+                Err(e) => Err(RefreshError::NotConfigured(e)),
+            };
+            match answer {
+                Ok(claims) => return Some(identity::from_claims(&claims, organisation)),
+                Err(error) => {
+                    tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, error = %error, "the identity request failed; the account of the connection is unknown");
+                }
+            }
+        }
+        let claims = identity::id_token_claims(id_token?.expose())?;
+        Some(identity::from_claims(&claims, organisation))
     }
 
     async fn store_connection(
@@ -291,11 +353,47 @@ impl SecretsKeeper {
         key: &ConnectionKey,
         tokens: &TokenSet,
         obtained_at: Option<i64>,
+        check: IdentityCheck<'_>,
     ) -> Result<Arc<StoredConnection>, KeeperError> {
         // Placeholder values (a self-managed host) are checked here too, not only at use.
-        self.connector_type(key)?
-            .check_metadata(&tokens.metadata)
+        let ct = self.connector_type(key)?.clone();
+        ct.check_metadata(&tokens.metadata)
             .map_err(KeeperError::InvalidRequest)?;
+        // Only a connector type this deployment uses (its client configured, or the
+        // connection's own) is asked: an unconfigured one makes no provider call at all.
+        let account =
+            if ct.kind == Kind::Oauth2 && (ct.has_credentials() || tokens.client.is_some()) {
+                self.identify(key, &ct, tokens, check.id_token)
+                    .await
+                    .filter(|a| !a.is_empty())
+            } else {
+                None
+            };
+        let known = self.inner.store.connection_account(key).await?;
+        let known_id = known.as_ref().and_then(|k| k.account.id.clone());
+        let new_id = account.as_ref().and_then(|a| a.id.clone());
+        if check.same_account {
+            if let Some(old) = &known_id {
+                match &new_id {
+                    Some(new) if new == old => {}
+                    Some(_) => {
+                        return Err(KeeperError::AccountMismatch(
+                            "you signed in with another account than the one this connection \
+                             belongs to; nothing was changed. Sign in with the same account and \
+                             open the link again"
+                                .into(),
+                        ))
+                    }
+                    None => {
+                        return Err(KeeperError::AccountMismatch(
+                            "the provider did not say which account you signed in with, so it \
+                             could not be checked against the connection's; nothing was changed"
+                                .into(),
+                        ))
+                    }
+                }
+            }
+        }
         let ticket = self.inner.cache.ticket();
         let stored = self
             .inner
@@ -303,10 +401,59 @@ impl SecretsKeeper {
             .upsert_connection(key, tokens, obtained_at)
             .await?;
         self.inner.scoped.forget(key);
+        let changed_from = match (&known_id, &new_id) {
+            (Some(old), Some(new)) if old != new && stored.version > 1 => Some(old.clone()),
+            _ => None,
+        };
+        if let Some(account) = &account {
+            let previous_account_id = changed_from.clone().or_else(|| {
+                // The same account again: a recorded change stays on record.
+                known
+                    .as_ref()
+                    .filter(|_| stored.version > 1 && known_id == new_id)
+                    .and_then(|k| k.previous_account_id.clone())
+            });
+            self.inner
+                .store
+                .save_connection_account(
+                    key,
+                    &ConnectionAccount {
+                        account: account.clone(),
+                        previous_account_id,
+                        updated_at: now_epoch(),
+                    },
+                )
+                .await?;
+        } else if stored.version == 1 && known.is_some() {
+            // A new connection does not inherit the identity of a deleted one.
+            self.inner.store.delete_connection_account(key).await?;
+        }
+        if let Some(id) = account.as_ref().and_then(|a| a.id.as_ref()) {
+            // Whose account, in the audit trail: its id only (never the e-mail).
+            let action = if changed_from.is_some() {
+                "connection.account_changed"
+            } else {
+                "connection.account"
+            };
+            let mut event = audit::event("tokenbox", action, Some(key), "ok", None);
+            event.subject = Some(id.clone());
+            self.inner.audit.record(event).await;
+        }
         if stored.version == 1 {
             self.inner
                 .webhooks
-                .emit(ConnectionEvent::Created, key, None)
+                .emit_with_account(ConnectionEvent::Created, key, None, account.as_ref())
+                .await;
+        } else if let Some(previous) = &changed_from {
+            tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, "the connection was reconnected with a different account");
+            self.inner
+                .webhooks
+                .emit_with_account(
+                    ConnectionEvent::AccountChanged,
+                    key,
+                    Some(&format!("the account changed from {previous}")),
+                    account.as_ref(),
+                )
                 .await;
         }
         Ok(self.inner.cache.put(ticket, stored))
@@ -375,7 +522,8 @@ impl SecretsKeeper {
                 Err(e) => return Err(refused_credential(&ct, e)),
             }
         }
-        self.save_obtained_connection(key, &tokens).await
+        self.save_obtained_connection(key, &tokens, IdentityCheck::default())
+            .await
     }
 
     /// Mints the first token of a connection of a minting kind, and stores it with the
@@ -407,7 +555,8 @@ impl SecretsKeeper {
             .map_err(|e| refused_credential(ct, e))?;
         let mut tokens = kind.merge(&seed, minted);
         tokens.client = seed.client;
-        self.save_obtained_connection(key, &tokens).await
+        self.save_obtained_connection(key, &tokens, IdentityCheck::default())
+            .await
     }
 
     /// A GitHub App installation token limited to `scope` (`binb-token?repositories=...&

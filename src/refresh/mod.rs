@@ -8,7 +8,9 @@ pub mod keeper;
 pub mod kind;
 pub mod scoped;
 
-pub use keeper::{CheckOutcome, KeeperError, SecretsKeeper, ServedToken, TokenRequest};
+pub use keeper::{
+    CheckOutcome, IdentityCheck, KeeperError, SecretsKeeper, ServedToken, TokenRequest,
+};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};

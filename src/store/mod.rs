@@ -449,6 +449,34 @@ pub trait ProxyStore: Send + Sync {
     async fn pause_proxy(&self, key: &ConnectionKey, until: i64) -> Result<(), StoreError>;
 }
 
+/// Whose account each connection is (migration 0016).
+#[async_trait]
+pub trait IdentityStore: Send + Sync {
+    /// The stored identity of a connection, if any.
+    async fn connection_account(
+        &self,
+        key: &ConnectionKey,
+    ) -> Result<Option<crate::domain::ConnectionAccount>, StoreError>;
+
+    /// Records a connection's identity (replacing the previous one).
+    async fn save_connection_account(
+        &self,
+        key: &ConnectionKey,
+        account: &crate::domain::ConnectionAccount,
+    ) -> Result<(), StoreError>;
+
+    /// The stored identities of the connections from `first` to `last` inclusive, in
+    /// (app, type) order: those of one page of the listing.
+    async fn connection_accounts_between(
+        &self,
+        first: &ConnectionKey,
+        last: &ConnectionKey,
+    ) -> Result<Vec<(ConnectionKey, crate::domain::ConnectionAccount)>, StoreError>;
+
+    /// Forgets a connection's identity (the connection was deleted).
+    async fn delete_connection_account(&self, key: &ConnectionKey) -> Result<(), StoreError>;
+}
+
 /// What the change feed of a store reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FeedEvent {
@@ -496,6 +524,7 @@ pub trait SecretsStore:
     + AccountStore
     + MaintenanceStore
     + ProxyStore
+    + IdentityStore
     + 'static
 {
 }
@@ -510,6 +539,7 @@ impl<
             + AccountStore
             + MaintenanceStore
             + ProxyStore
+            + IdentityStore
             + 'static,
     > SecretsStore for T
 {
@@ -693,6 +723,15 @@ macro_rules! embedded_migrations {
                     "../../migrations/",
                     $backend,
                     "/0015_audit_last_at.sql"
+                )),
+            ),
+            (
+                16,
+                "connection_accounts",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0016_connection_accounts.sql"
                 )),
             ),
         ]

@@ -8,6 +8,7 @@
 mod accounts;
 mod audit;
 mod connections;
+mod identities;
 mod links;
 mod maintenance;
 mod proxy;
@@ -15,8 +16,8 @@ mod signing_keys;
 mod webhooks;
 
 pub(crate) use {
-    accounts::*, audit::*, connections::*, links::*, maintenance::*, proxy::*, signing_keys::*,
-    webhooks::*,
+    accounts::*, audit::*, connections::*, identities::*, links::*, maintenance::*, proxy::*,
+    signing_keys::*, webhooks::*,
 };
 
 /// Ciphertexts and encoded columns of a token set, ready to bind.
@@ -91,6 +92,7 @@ macro_rules! sql_store {
         $crate::store::sql::account_store!($store, $db, $row);
         $crate::store::sql::maintenance_store!($store, $db, $row);
         $crate::store::sql::proxy_store!($store, $db, $row);
+        $crate::store::sql::identity_store!($store, $db, $row);
     };
 }
 

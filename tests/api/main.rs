@@ -19,6 +19,7 @@ mod egress;
 mod faults;
 mod hardening;
 mod helpers;
+mod identity;
 mod kinds;
 mod listing;
 mod outage;

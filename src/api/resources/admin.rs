@@ -357,21 +357,37 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
             escape(st)
         ));
     }
+    // Whose account each one is, so the operator knows whom to ask to reconnect.
+    let mut accounts: std::collections::HashMap<_, _> = match (broken.first(), broken.last()) {
+        (Some(first), Some(last)) => store
+            .connection_accounts_between(&first.key, &last.key)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        _ => Default::default(),
+    };
     let mut attention = String::new();
     for c in &broken {
+        let account = accounts
+            .remove(&c.key)
+            .map(|a| a.account)
+            .and_then(|a| a.email.or(a.name).or(a.id))
+            .unwrap_or_default();
         attention.push_str(&format!(
-            "<tr class=\"attention\"><td>{app}</td><td>{ct}</td><td><span class=\"status bad\">reconnect</span></td>\
+            "<tr class=\"attention\"><td>{app}</td><td>{ct}</td><td class=\"account\">{account}</td><td><span class=\"status bad\">reconnect</span></td>\
              <td>{refreshed}</td><td>{error}</td><td><form method=\"post\" action=\"/admin/connect-links\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"app_id\" value=\"{app}\"><input type=\"hidden\" name=\"connector_type\" value=\"{ct}\">\
              <button class=\"new-link\" type=\"submit\" style=\"padding:6px 10px;font-size:.85rem\">New connect link</button></form></td></tr>",
             app = escape(c.key.app_id.as_str()),
             ct = escape(c.key.connector_type.as_str()),
+            account = escape(&account),
             refreshed = ago(now, c.refreshed_at),
             error = escape(&c.last_error.clone().unwrap_or_default().chars().take(80).collect::<String>()),
         ));
     }
     if attention.is_empty() {
-        attention = "<tr><td colspan=\"6\">Nothing needs attention.</td></tr>".into();
+        attention = "<tr><td colspan=\"7\">Nothing needs attention.</td></tr>".into();
     }
     let mut response = page(
         StatusCode::OK,
@@ -383,7 +399,7 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
              style=\"width:auto;padding:6px 12px;font-size:.85rem;background:#8a93a5\">Sign out</button></form>\
              <h1>Connections</h1><p><strong>{total}</strong> connections, <strong id=\"broken-count\">{broken_total}</strong> need their tenant to reconnect.</p>\
              <h2 style=\"font-size:1.05rem\">Need attention</h2>\
-             <table id=\"attention\"><tr><th>App</th><th>Connector</th><th>Status</th><th>Last refresh</th><th>Last error</th><th></th></tr>{attention}</table>\
+             <table id=\"attention\"><tr><th>App</th><th>Connector</th><th>Account</th><th>Status</th><th>Last refresh</th><th>Last error</th><th></th></tr>{attention}</table>\
              <h2 style=\"font-size:1.05rem\">By connector type and status</h2>\
              <table id=\"counts\"><tr><th>Connector</th><th>Status</th><th style=\"text-align:right\">Connections</th></tr>{rows}</table>"
         ),

@@ -36,6 +36,10 @@ pub struct CreateLinkBody {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     client_secret: Option<Secret>,
+    /// Refuse, at the callback, an account other than the connection's current one (the
+    /// old tokens stay).
+    #[serde(default)]
+    same_account: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -97,7 +101,7 @@ pub async fn create(
                 "malformed JSON or a value of the wrong type"
             };
             ApiError::InvalidRequest(format!(
-                "invalid body: {reason}; expected {{\"expires_in\": seconds, \"return_to\": url, \"params\": {{name: value}}, \"client_id\": string, \"client_secret\": string}}"
+                "invalid body: {reason}; expected {{\"expires_in\": seconds, \"return_to\": url, \"params\": {{name: value}}, \"client_id\": string, \"client_secret\": string, \"same_account\": bool}}"
             ))
         })?
     };
@@ -114,6 +118,7 @@ pub async fn create(
             return_to: body.return_to,
             params: body.params,
             client,
+            same_account: body.same_account,
         },
     )
     .await?;
@@ -178,6 +183,13 @@ fn error_page(error: SignupError) -> Response {
         SignupError::InvalidRequest(m) => {
             result_page(StatusCode::BAD_REQUEST, "error", "Invalid request", &m)
         }
+        SignupError::AccountMismatch(reason) => result_page_with_code(
+            StatusCode::CONFLICT,
+            "denied",
+            Some("account_mismatch"),
+            "This is not the account of this connection",
+            &format!("Nothing was changed: {reason}."),
+        ),
         SignupError::Store(e) => {
             tracing::error!(error = %e, "storage failure during signup");
             result_page(

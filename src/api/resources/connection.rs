@@ -10,7 +10,8 @@ use crate::api::auth::Principal;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Outcome, RequestBody, SmallApp};
 use crate::domain::{
-    ConnectionSummary, CredentialInput, ImportTokenSet, Metadata, StoredConnection,
+    AccountIdentity, ConnectionAccount, ConnectionSummary, CredentialInput, ImportTokenSet,
+    Metadata, StoredConnection,
 };
 use crate::refresh::CheckOutcome;
 
@@ -41,6 +42,27 @@ pub struct ConnectionView {
     /// The id of the connection's own OAuth client, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// Whose account the connection is (`id`, `name`, `email`, `organisation`; each absent
+    /// when unknown), from the identity request or the ID token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountIdentity>,
+    /// The account the connection had before it was reconnected with a different one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_account: Option<AccountIdentity>,
+}
+
+impl ConnectionView {
+    /// The view with the connection's stored identity.
+    pub fn with_account(mut self, account: Option<ConnectionAccount>) -> Self {
+        if let Some(a) = account {
+            self.previous_account = a.previous_account_id.map(|id| AccountIdentity {
+                id: Some(id),
+                ..Default::default()
+            });
+            self.account = Some(a.account);
+        }
+        self
+    }
 }
 
 impl From<&StoredConnection> for ConnectionView {
@@ -59,6 +81,8 @@ impl From<&StoredConnection> for ConnectionView {
             metadata: c.tokens.metadata.clone(),
             own_client: c.tokens.client.is_some(),
             client_id: c.tokens.client.as_ref().map(|c| c.client_id.clone()),
+            account: None,
+            previous_account: None,
         }
     }
 }
@@ -79,6 +103,8 @@ impl From<&ConnectionSummary> for ConnectionView {
             metadata: Metadata::new(),
             own_client: false,
             client_id: None,
+            account: None,
+            previous_account: None,
         }
     }
 }
@@ -123,7 +149,9 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    let mut response = (status, Json(ConnectionView::from(stored.as_ref()))).into_response();
+    let account = state.keeper.connection_account(&key).await?;
+    let view = ConnectionView::from(stored.as_ref()).with_account(account);
+    let mut response = (status, Json(view)).into_response();
     response.extensions_mut().insert(Outcome {
         outcome: "imported",
         refreshed: false,
@@ -160,7 +188,10 @@ pub async fn get(
             key.app_id, key.connector_type
         ))
     })?;
-    Ok(Json(ConnectionView::from(&connection)))
+    let account = state.keeper.connection_account(&key).await?;
+    Ok(Json(
+        ConnectionView::from(&connection).with_account(account),
+    ))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -129,8 +129,21 @@ pub async fn list(
     let next_cursor = (rows.len() as i64 == filter.limit)
         .then(|| rows.last().map(|r| encode_cursor(&r.key)))
         .flatten();
+    let mut accounts: std::collections::HashMap<_, _> = match (rows.first(), rows.last()) {
+        (Some(first), Some(last)) => state
+            .keeper
+            .store()
+            .connection_accounts_between(&first.key, &last.key)
+            .await?
+            .into_iter()
+            .collect(),
+        _ => Default::default(),
+    };
     Ok(Json(ConnectionPage {
-        connections: rows.iter().map(ConnectionView::from).collect(),
+        connections: rows
+            .iter()
+            .map(|r| ConnectionView::from(r).with_account(accounts.remove(&r.key)))
+            .collect(),
         next_cursor,
     }))
 }

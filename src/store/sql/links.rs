@@ -1,11 +1,11 @@
 //! Connect links and OAuth states: their statements and `LinkStore`.
 
 pub(crate) const INSERT_LINK: &str = "INSERT INTO connect_links (secret_hash, app_id, \
-     connector_type, params, return_to, created_at, expires_at, client_id, client_secret) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+     connector_type, params, return_to, created_at, expires_at, client_id, client_secret, \
+     same_account) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 pub(crate) const SELECT_LINK: &str = "SELECT app_id, connector_type, params, return_to, \
-     created_at, expires_at, spent_at, client_id, client_secret FROM connect_links \
+     created_at, expires_at, spent_at, client_id, client_secret, same_account FROM connect_links \
      WHERE secret_hash = $1";
 
 pub(crate) const SPEND_LINK: &str = "UPDATE connect_links SET spent_at = $2 \
@@ -51,6 +51,7 @@ macro_rules! link_store {
                     .bind(link.expires_at)
                     .bind(client.map(|c| c.client_id.as_str()))
                     .bind(client_secret)
+                    .bind(link.same_account)
                     .execute(&self.pool)
                     .await?;
                 Ok(())
@@ -101,6 +102,7 @@ macro_rules! link_store {
                     expires_at: row.try_get("expires_at")?,
                     spent_at: row.try_get("spent_at")?,
                     client,
+                    same_account: row.try_get("same_account")?,
                 }))
             }
 

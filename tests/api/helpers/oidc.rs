@@ -197,6 +197,18 @@ impl OidcServer {
         body["redirect"].as_str().unwrap().to_string()
     }
 
+    /// `approve` as the user `login` (the ID token's and userinfo's `sub`).
+    pub async fn approve_as(&self, authorization_url: &str, login: &str) -> String {
+        let (status, body) = self
+            .shortcut(
+                "/__test/approve",
+                &json!({ "authorization_url": authorization_url, "login": login }),
+            )
+            .await;
+        assert_eq!(status, 200, "approve failed: {body}\n{}", self.logs());
+        body["redirect"].as_str().unwrap().to_string()
+    }
+
     /// A fresh grant for `client` (code flow with PKCE, `offline_access`, then the code
     /// exchange with the client's own authentication): the token endpoint's JSON answer.
     pub async fn grant(&self, client: &OidcClient) -> Value {
