@@ -6,6 +6,7 @@
 //! the HTTP service itself is reached through the crate root (`Application`, `route_table`).
 
 mod audit;
+mod config_check;
 mod connect_link;
 mod connection;
 mod connector_types;
@@ -59,6 +60,9 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Check the configuration before a deploy.
+    #[command(subcommand)]
+    Config(config_check::ConfigCommand),
     /// Print the route table (path, methods, access) as JSON.
     Routes,
     /// Show webhook deliveries (newest first): what was delivered, what failed and why.
@@ -133,6 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return token::fetch_token(&url, &token, &request).await;
         }
         Command::Routes => return serve::routes(),
+        Command::Config(command) => return Ok(config_check::run(command, cli.config.as_deref())),
         Command::Demo { listen, data_dir } => return demo::run(&listen, &data_dir).await,
         command => command,
     };
@@ -174,7 +179,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Keys(command) => keys::run(command, config).await,
         Command::ConnectLink(command) => connect_link::run(command, config).await,
         Command::ConnectorTypes(command) => connector_types::run(command, config),
-        Command::Token { .. } | Command::Routes | Command::Demo { .. } => {
+        Command::Token { .. } | Command::Routes | Command::Demo { .. } | Command::Config(_) => {
             unreachable!("handled by run")
         }
     }

@@ -21,6 +21,7 @@ mod hardening;
 mod helpers;
 mod kinds;
 mod listing;
+mod operations;
 mod outage;
 mod proxy;
 mod real_oauth;
