@@ -6,6 +6,7 @@
 //! the HTTP service itself is reached through the crate root (`Application`, `route_table`).
 
 mod audit;
+mod backup;
 mod config_check;
 mod connect_link;
 mod connection;
@@ -60,6 +61,23 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Back up the database while servers run (SQLite: a consistent copy, VACUUM INTO), with
+    /// FILE.manifest.json naming the key ids it needs. Keep the key file apart.
+    Backup {
+        /// Do not back up: decrypt every value of the backup FILE in a scratch copy and report
+        /// counts.
+        #[arg(long)]
+        verify: bool,
+        file: PathBuf,
+    },
+    /// Restore a backup into the configured database (stop the servers first). Refused when
+    /// the configured key file lacks a key the backup needs, or when the database is not empty.
+    Restore {
+        file: PathBuf,
+        /// Replace a database that holds data.
+        #[arg(long)]
+        force: bool,
+    },
     /// Check the configuration before a deploy.
     #[command(subcommand)]
     Config(config_check::ConfigCommand),
@@ -167,6 +185,12 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve::serve(config).await,
         Command::Migrate => serve::migrate(config).await,
+        Command::Backup {
+            verify: false,
+            file,
+        } => backup::backup(&config, &file).await,
+        Command::Backup { verify: true, file } => backup::verify(&config, &file).await,
+        Command::Restore { file, force } => backup::restore(&config, &file, force).await,
         Command::ServiceAccount(command) => service_account::run(command, config).await,
         Command::Connection(command) => connection::run(command, config).await,
         Command::Audit {

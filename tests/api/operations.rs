@@ -1,6 +1,11 @@
 //! Operating tokenbox: `config check` before a deploy, and backups that restore.
 
-use crate::helpers::{cli, unique};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::helpers::{cli, json_of, spawn_app_on, unique, wait_until, Backend, TestApp};
 
 /// A scratch directory for a configuration that no server uses.
 fn scratch_dir() -> std::path::PathBuf {
@@ -48,4 +53,163 @@ fn config_check_lists_every_problem_at_once() {
     assert!(stdout.contains("ACME_OPS_SECRET"), "{stdout}");
     assert!(stdout.contains("3 problem(s)"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A copy of `app`'s configuration in a new directory (its database and key file there).
+fn config_elsewhere(
+    app: &TestApp,
+    key_file: Option<&str>,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = scratch_dir();
+    let text = std::fs::read_to_string(&app.config_path).unwrap();
+    let text = text.replace(app.dir.to_str().unwrap(), dir.to_str().unwrap());
+    let config = dir.join("tokenbox.toml");
+    std::fs::write(&config, text).unwrap();
+    let key = match key_file {
+        Some(text) => text.to_string(),
+        None => std::fs::read_to_string(app.dir.join("encryption.key")).unwrap(),
+    };
+    std::fs::write(dir.join("encryption.key"), key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("encryption.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+/// A backup taken while four readers fetch tokens restores into a new directory, where a server
+/// serves every connection with its token; restoring with a key file that lacks the backup's
+/// key is refused, naming the key id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_load_restores_and_serves_every_connection() {
+    const CONNECTIONS: usize = 20;
+    let app = Arc::new(spawn_app_on(Backend::Sqlite, None).await);
+    let mut tokens = Vec::new();
+    for n in 0..CONNECTIONS {
+        let token = unique("at");
+        app.remember_secret(&token);
+        app.import_ok(
+            &format!("app-{n}"),
+            "github",
+            &json!({"access_token": token}),
+        )
+        .await;
+        tokens.push(token);
+    }
+
+    // The load: four readers, each looping over the connections until told to stop (and at
+    // most 5000 reads each, a guard against a hang).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reads, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut readers = Vec::new();
+    for r in 0..4 {
+        let (app, stop, reads, failures) =
+            (app.clone(), stop.clone(), reads.clone(), failures.clone());
+        readers.push(tokio::spawn(async move {
+            for i in 0..5000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let n = (r * 7 + i) % CONNECTIONS;
+                let status = app
+                    .get_token(&format!("app-{n}"), "github", "")
+                    .await
+                    .status();
+                if status != 200 {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                reads.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    wait_until("the readers run", || reads.load(Ordering::SeqCst) >= 8).await;
+
+    let backup = app.dir.join("backup.db");
+    let (config, file) = (
+        app.config_path.clone(),
+        backup.to_str().unwrap().to_string(),
+    );
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || cli(&config, &["backup", &file], None, &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let after_backup = reads.load(Ordering::SeqCst);
+    // The load outlives the backup: readers still read after it returned.
+    wait_until("the readers read on after the backup", || {
+        reads.load(Ordering::SeqCst) > after_backup
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let total = reads.load(Ordering::SeqCst);
+    eprintln!("token reads during the test: {total}, before the backup returned: {after_backup}");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "every read under load is served"
+    );
+
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(app.dir.join("backup.db.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["rows"]["connections"], CONNECTIONS as i64,
+        "{manifest}"
+    );
+    let key_ids = manifest["key_ids"].as_array().unwrap().clone();
+    assert_eq!(key_ids.len(), 1, "{manifest}");
+    let key_id = key_ids[0].as_str().unwrap().to_string();
+
+    let (code, stdout, stderr) = cli(
+        &app.config_path,
+        &["backup", "--verify", backup.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("{CONNECTIONS} connections")),
+        "{stdout}"
+    );
+
+    // Restored with a key file that lacks the backup's key: refused, naming the key id.
+    let other_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n";
+    let (wrong_dir, wrong_config) = config_elsewhere(&app, Some(other_key));
+    let (code, _, stderr) = cli(
+        &wrong_config,
+        &["restore", backup.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&key_id),
+        "the missing key id is named: {stderr}"
+    );
+    assert!(
+        !wrong_dir.join("tokenbox.db").exists(),
+        "nothing was restored"
+    );
+    let _ = std::fs::remove_dir_all(&wrong_dir);
+
+    // Restored with the key kept apart: a server on the new directory serves every connection.
+    let (dir, config) = config_elsewhere(&app, None);
+    let (code, stdout, stderr) = cli(&config, &["restore", backup.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let restored = app.on_config(dir, config);
+    for (n, token) in tokens.iter().enumerate() {
+        let response = restored.get_token(&format!("app-{n}"), "github", "").await;
+        assert_eq!(response.status(), 200, "app-{n}");
+        assert_eq!(
+            json_of(response).await["access_token"],
+            token.as_str(),
+            "app-{n}"
+        );
+    }
 }
