@@ -165,6 +165,8 @@ async fn a_backup_under_load_restores_and_serves_every_connection() {
     let key_ids = manifest["key_ids"].as_array().unwrap().clone();
     assert_eq!(key_ids.len(), 1, "{manifest}");
     let key_id = key_ids[0].as_str().unwrap().to_string();
+    let (code, ids, _) = cli(&app.config_path, &["keys", "ids"], None, &[]);
+    assert_eq!((code, ids.trim()), (0, key_id.as_str()), "keys ids");
 
     let (code, stdout, stderr) = cli(
         &app.config_path,
