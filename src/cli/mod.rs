@@ -78,6 +78,15 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), generated from
+    /// this command line's definition.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line's definition:
+    /// `tokenbox man > /usr/local/share/man/man1/tokenbox.1`.
+    Man,
     /// Check the configuration before a deploy.
     #[command(subcommand)]
     Config(config_check::ConfigCommand),
@@ -155,6 +164,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return token::fetch_token(&url, &token, &request).await;
         }
         Command::Routes => return serve::routes(),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "tokenbox", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Config(command) => return Ok(config_check::run(command, cli.config.as_deref())),
         Command::Demo { listen, data_dir } => return demo::run(&listen, &data_dir).await,
         command => command,
@@ -203,7 +225,12 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Keys(command) => keys::run(command, config).await,
         Command::ConnectLink(command) => connect_link::run(command, config).await,
         Command::ConnectorTypes(command) => connector_types::run(command, config),
-        Command::Token { .. } | Command::Routes | Command::Demo { .. } | Command::Config(_) => {
+        Command::Token { .. }
+        | Command::Routes
+        | Command::Demo { .. }
+        | Command::Config(_)
+        | Command::Completions { .. }
+        | Command::Man => {
             unreachable!("handled by run")
         }
     }

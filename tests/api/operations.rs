@@ -215,3 +215,49 @@ async fn a_backup_under_load_restores_and_serves_every_connection() {
         );
     }
 }
+
+/// The completion scripts and the man page come from the command line's definition: they name
+/// the operations commands.
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    let dir = scratch_dir();
+    let config = dir.join("none.toml");
+    std::fs::write(&config, "").unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, stderr) = cli(&config, &["completions", shell], None, &[]);
+        assert_eq!(code, 0, "{shell}: {stderr}");
+        for word in ["backup", "restore", "config", "verify", "force"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let (code, page, stderr) = cli(&config, &["man"], None, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH tokenbox 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("backup") && page.contains("restore"),
+        "{page}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The example configuration shipped in deploy/ passes `config check`.
+#[test]
+fn the_example_deploy_configuration_passes_the_check() {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/tokenbox.toml");
+    let (code, stdout, stderr) = cli(
+        &config,
+        &["config", "check"],
+        None,
+        &[("HUBSPOT_CLIENT_SECRET", "example")],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, stdout, _) = cli(&config, &["config", "check"], None, &[]);
+    assert_eq!(
+        code, 1,
+        "the client secret's variable is required: {stdout}"
+    );
+    assert!(stdout.contains("HUBSPOT_CLIENT_SECRET"), "{stdout}");
+}
