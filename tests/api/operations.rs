@@ -204,7 +204,7 @@ async fn a_backup_under_load_restores_and_serves_every_connection() {
     let (dir, config) = config_elsewhere(&app, None);
     let (code, stdout, stderr) = cli(&config, &["restore", backup.to_str().unwrap()], None, &[]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let restored = app.on_config(dir, config);
+    let restored = app.on_config(dir, config.clone());
     for (n, token) in tokens.iter().enumerate() {
         let response = restored.get_token(&format!("app-{n}"), "github", "").await;
         assert_eq!(response.status(), 200, "app-{n}");
@@ -214,6 +214,40 @@ async fn a_backup_under_load_restores_and_serves_every_connection() {
             "app-{n}"
         );
     }
+    // The database now holds data: a second restore is refused without --force.
+    let (code, _, stderr) = cli(&config, &["restore", backup.to_str().unwrap()], None, &[]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("not empty") && stderr.contains("--force"),
+        "{stderr}"
+    );
+
+    // --verify decrypts every value: one damaged ciphertext (in a copy without its manifest,
+    // whose checksum would refuse it first) fails the verification.
+    let damaged = app.dir.join("damaged.db");
+    std::fs::copy(&backup, &damaged).unwrap();
+    let url = format!("sqlite://{}", damaged.display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query(
+        "UPDATE connections SET access_token = substr(access_token, 1, 30) || \
+         CASE WHEN substr(access_token, 31, 1) = x'00' THEN x'01' ELSE x'00' END || \
+         substr(access_token, 32) WHERE app_id = 'app-7'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let (code, stdout, stderr) = cli(
+        &app.config_path,
+        &["backup", "--verify", damaged.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_ne!(
+        code, 0,
+        "a damaged value fails the verification: {stdout}{stderr}"
+    );
+    assert!(stderr.contains("does not decrypt"), "{stderr}");
 }
 
 /// The completion scripts and the man page come from the command line's definition: they name
