@@ -51,8 +51,8 @@ pub struct Manifest {
     pub backend: String,
     /// The schema's newest migration.
     pub schema_version: i64,
-    /// The SHA-256 of the backup file (hex).
-    pub sha256: String,
+    /// The SHA-256 of the backup file (hex); none for PostgreSQL (the dump is made apart).
+    pub sha256: Option<String>,
     /// The ids (hex) of the keys that encrypted its values; the key file must hold them all.
     pub key_ids: Vec<String>,
     pub rows: std::collections::BTreeMap<String, i64>,
@@ -89,44 +89,100 @@ async fn open_read_only(path: &Path) -> anyhow::Result<sqlx::SqliteConnection> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
-/// Reads a SQLite file's key ids, schema version and row counts.
-async fn describe(path: &Path) -> anyhow::Result<(BTreeSet<String>, i64, Manifest)> {
-    let mut conn = open_read_only(path).await?;
-    let mut key_ids = BTreeSet::new();
-    for row in sqlx::query(CIPHERTEXTS).fetch_all(&mut conn).await? {
-        let blob: Vec<u8> = row.try_get("b")?;
-        match key_id_of(&blob) {
-            Some(id) => key_ids.insert(id),
-            None => bail!(
-                "{} holds a value that is not a tokenbox ciphertext",
-                path.display()
-            ),
-        };
-    }
-    let schema_version: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations")
-        .fetch_one(&mut conn)
-        .await?
-        .try_get(0)?;
-    let mut rows = std::collections::BTreeMap::new();
-    for table in COUNTED {
-        let n: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(&mut conn)
-            .await?
-            .try_get(0)?;
-        rows.insert(table.to_string(), n);
-    }
-    conn.close().await?;
-    let manifest = Manifest {
+/// The key ids of every ciphertext, the schema version and the row counts, read through one
+/// connection (either backend: the statements are the same).
+macro_rules! scan {
+    ($conn:expr, $what:expr) => {{
+        let conn = $conn;
+        let mut key_ids = BTreeSet::new();
+        for row in sqlx::query(CIPHERTEXTS).fetch_all(&mut *conn).await? {
+            let blob: Vec<u8> = row.try_get("b")?;
+            match key_id_of(&blob) {
+                Some(id) => key_ids.insert(id),
+                None => bail!("{} holds a value that is not a tokenbox ciphertext", $what),
+            };
+        }
+        let schema_version: i64 =
+            sqlx::query("SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM _sqlx_migrations")
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?;
+        let mut rows = std::collections::BTreeMap::new();
+        for table in COUNTED {
+            let n: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?;
+            rows.insert(table.to_string(), n);
+        }
+        (key_ids, schema_version, rows)
+    }};
+}
+
+fn manifest(
+    backend: &str,
+    key_ids: &BTreeSet<String>,
+    schema_version: i64,
+    rows: std::collections::BTreeMap<String, i64>,
+    sha256: Option<String>,
+) -> Manifest {
+    Manifest {
         format: FORMAT.into(),
         created_at: now_epoch(),
         tokenbox_version: env!("CARGO_PKG_VERSION").into(),
-        backend: "sqlite".into(),
+        backend: backend.into(),
         schema_version,
-        sha256: sha256_of(path)?,
+        sha256,
         key_ids: key_ids.iter().cloned().collect(),
         rows,
-    };
+    }
+}
+
+/// Reads a SQLite file's key ids, schema version and row counts.
+async fn describe(path: &Path) -> anyhow::Result<(BTreeSet<String>, i64, Manifest)> {
+    let mut conn = open_read_only(path).await?;
+    let (key_ids, schema_version, rows) = scan!(&mut conn, path.display());
+    conn.close().await?;
+    let manifest = manifest(
+        "sqlite",
+        &key_ids,
+        schema_version,
+        rows,
+        Some(sha256_of(path)?),
+    );
     Ok((key_ids, schema_version, manifest))
+}
+
+/// PostgreSQL: the manifest of the live database, written beside the `pg_dump` output.
+async fn describe_postgres(config: &Config, file: &Path) -> anyhow::Result<()> {
+    let manifest_file = manifest_path(file);
+    if manifest_file.exists() {
+        bail!(
+            "{} already exists; choose a new name",
+            manifest_file.display()
+        );
+    }
+    let mut conn = sqlx::postgres::PgConnectOptions::from_str(config.database_url.as_str())
+        .context("database_url is not a valid postgres:// URL")?
+        .connect()
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    let (key_ids, schema_version, rows) = scan!(&mut conn, "the database");
+    conn.close().await?;
+    let manifest = manifest("postgres", &key_ids, schema_version, rows, None);
+    std::fs::write(
+        &manifest_file,
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )
+    .with_context(|| format!("cannot write {}", manifest_file.display()))?;
+    println!(
+        "wrote {}: the database needs the key(s) {}; now dump it with\n  \
+         pg_dump --format=custom --file {} \"$DATABASE_URL\"\nand keep the key file apart",
+        manifest_file.display(),
+        manifest.key_ids.join(", "),
+        file.display()
+    );
+    Ok(())
 }
 
 fn sha256_of(path: &Path) -> anyhow::Result<String> {
@@ -143,6 +199,9 @@ fn sha256_of(path: &Path) -> anyhow::Result<String> {
 
 /// `tokenbox backup FILE`: a consistent copy of the live database and its manifest.
 pub async fn backup(config: &Config, file: &Path) -> anyhow::Result<()> {
+    if config.database_url.as_str().starts_with("postgres") {
+        return describe_postgres(config, file).await;
+    }
     let source = sqlite_path(config, "a backup")?;
     if !source.exists() {
         bail!("the database {} does not exist", source.display());
@@ -194,7 +253,7 @@ async fn check_keys(config: &Config, file: &Path) -> anyhow::Result<(String, Man
     if let Ok(text) = std::fs::read_to_string(&manifest_file) {
         let manifest: Manifest = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a backup manifest", manifest_file.display()))?;
-        if manifest.sha256 != described.sha256 {
+        if manifest.sha256.is_some() && manifest.sha256 != described.sha256 {
             bail!(
                 "{} does not match its manifest (SHA-256 differs): the file is damaged or not this backup",
                 file.display()

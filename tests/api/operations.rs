@@ -295,3 +295,33 @@ fn the_example_deploy_configuration_passes_the_check() {
     );
     assert!(stdout.contains("HUBSPOT_CLIENT_SECRET"), "{stdout}");
 }
+
+/// PostgreSQL is dumped with pg_dump; `tokenbox backup FILE` adds the manifest of the live
+/// database, naming the key ids the dump needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_backup_writes_the_manifest_of_its_keys() {
+    let app = spawn_app_on(Backend::Postgres, None).await;
+    let token = unique("at");
+    app.remember_secret(&token);
+    app.import_ok("app-pg", "github", &json!({"access_token": token}))
+        .await;
+    let file = app.dir.join("tokenbox.dump");
+    let (code, stdout, stderr) = cli(
+        &app.config_path,
+        &["backup", file.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("pg_dump"), "{stdout}");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(app.dir.join("tokenbox.dump.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let (code, ids, _) = cli(&app.config_path, &["keys", "ids"], None, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(manifest["backend"], "postgres", "{manifest}");
+    assert_eq!(manifest["key_ids"], json!([ids.trim()]), "{manifest}");
+    assert_eq!(manifest["rows"]["connections"], 1, "{manifest}");
+    assert!(!manifest.to_string().contains(&token));
+}
