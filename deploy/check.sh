@@ -12,7 +12,8 @@ bin="$(realpath "$bin")"
 
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get install -y --no-install-recommends systemd >/dev/null
+    echo "deploy/check.sh: installing Debian's systemd package for systemd-analyze"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd >/dev/null
   else
     echo "deploy/check.sh: SKIP systemd-analyze checks: systemd-analyze is missing and cannot be installed here (not root or no apt-get)"
     skip_systemd=1
