@@ -30,6 +30,9 @@ else
   cargo test --locked --no-fail-fast
 fi
 
+echo "== deploy/: systemd-analyze verify and security on the unit, config check on the example"
+bash deploy/check.sh
+
 echo "== Python client, toucan-connectors keeper and extraction example (pytest)"
 bash clients/python/run-tests.sh
 

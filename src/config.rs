@@ -321,6 +321,117 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(anyhow!(problem)),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a configuration file and the environment as `load` does, but collects every
+    /// problem instead of stopping at the first (`tokenbox config check`): the file's syntax,
+    /// each unknown or ill-typed key, each `TOKENBOX_*` variable (and `*_FILE`), each
+    /// `[[webhooks]]` and `[connector_types.*]` entry's fields, then the values' ranges. The
+    /// configuration is returned when the keys left after dropping the bad ones resolve.
+    pub fn check(path: Option<&Path>) -> (Option<Self>, Vec<String>) {
+        let text = match path {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                Err(e) => {
+                    return (
+                        None,
+                        vec![format!("cannot read config file {}: {e}", path.display())],
+                    )
+                }
+            },
+            None => String::new(),
+        };
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("TOKENBOX_"))
+            .collect();
+        Self::check_text(&text, &env)
+    }
+
+    fn check_text(text: &str, env: &[(String, String)]) -> (Option<Self>, Vec<String>) {
+        let message = |e: toml::de::Error| e.message().trim().to_string();
+        let mut table: toml::Table = match toml::from_str(text) {
+            Ok(table) => table,
+            Err(e) => {
+                return (
+                    None,
+                    vec![format!("the file is not valid TOML: {}", message(e))],
+                )
+            }
+        };
+        let mut problems = Vec::new();
+        let known = keys();
+        for (key, value) in table.clone() {
+            let bad = match key.as_str() {
+                "webhooks" => {
+                    let items = value.as_array().cloned().unwrap_or_default();
+                    let mut bad = !value.is_array();
+                    for (n, item) in items.into_iter().enumerate() {
+                        if let Err(e) = item.try_into::<WebhookSpec>() {
+                            problems.push(format!("[[webhooks]] #{}: {}", n + 1, message(e)));
+                            bad = true;
+                        }
+                    }
+                    bad
+                }
+                "connector_types" => {
+                    let mut entries = value.as_table().cloned().unwrap_or_default();
+                    for (name, spec) in entries.clone() {
+                        if let Err(e) = spec.try_into::<ConnectorTypeSpec>() {
+                            problems.push(format!("[connector_types.{name}]: {}", message(e)));
+                            entries.remove(&name);
+                        }
+                    }
+                    table.insert(key.clone(), toml::Value::Table(entries));
+                    false
+                }
+                _ if !known.contains_key(&key) => {
+                    problems.push(format!("unknown key `{key}`"));
+                    true
+                }
+                _ => toml::Table::from_iter([(key.clone(), value)])
+                    .try_into::<Config>()
+                    .map_err(|e| problems.push(format!("{key}: {}", message(e))))
+                    .is_err(),
+            };
+            if bad {
+                table.remove(&key);
+            }
+        }
+        if problems.iter().any(|p| p.starts_with("[[webhooks]]")) {
+            problems.push("[[webhooks]]: skipped while an entry is invalid".into());
+        }
+        let named = named_variables(&table);
+        for pair in env {
+            match env_overlay(std::slice::from_ref(pair), &named) {
+                Ok(overlay) => table.extend(overlay),
+                Err(e) => problems.push(format!("{e:#}")),
+            }
+        }
+        match table.try_into::<Config>() {
+            Ok(mut config) => {
+                config.refresh_lease_seconds = config.refresh_lease_seconds.min(86_400);
+                problems.extend(config.problems());
+                (Some(config), problems)
+            }
+            Err(e) => {
+                problems.push(message(e));
+                (None, problems)
+            }
+        }
+    }
+
+    /// Every out-of-range value, each as one sentence.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        macro_rules! bail {
+            ($($arg:tt)*) => {
+                problems.push(format!($($arg)*))
+            };
+        }
         if self.refresh_lease_seconds < 2 {
             bail!("refresh_lease_seconds must be at least 2");
         }
@@ -369,7 +480,7 @@ impl Config {
                 bail!("public_url must start with http:// or https://");
             }
         }
-        Ok(())
+        problems
     }
 
     /// The base URL of the service, without a trailing slash.

@@ -23,6 +23,9 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 500)]
         batch: i64,
     },
+    /// Print the ids of the configured encryption keys (no key material), the newest last: the
+    /// ids a backup's manifest lists.
+    Ids,
     /// Start signing JWTs with a new key; the previous one keeps verifying for
     /// jwt_key_overlap_seconds. Servers pick the new key up within 5 seconds.
     RotateSigning,
@@ -31,6 +34,14 @@ pub enum KeysCommand {
 pub async fn run(command: KeysCommand, config: Config) -> anyhow::Result<()> {
     match command {
         KeysCommand::Add => add(&config),
+        KeysCommand::Ids => {
+            let ring = KeyRing::load(&config.encryption_key_file, config.encryption_key.as_ref())?
+                .context("no encryption key is configured (the key file does not exist)")?;
+            for id in ring.key_ids() {
+                println!("{id}");
+            }
+            Ok(())
+        }
         KeysCommand::Rotate { batch } => {
             let store = crate::store::open_store(&config).await?;
             rotate(&store, batch.max(1)).await

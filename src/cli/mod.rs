@@ -6,6 +6,8 @@
 //! the HTTP service itself is reached through the crate root (`Application`, `route_table`).
 
 mod audit;
+mod backup;
+mod config_check;
 mod connect_link;
 mod connection;
 mod connector_types;
@@ -59,6 +61,35 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Back up the database while servers run (SQLite: a consistent copy, VACUUM INTO), with
+    /// FILE.manifest.json naming the key ids it needs. Keep the key file apart.
+    Backup {
+        /// Do not back up: decrypt every value of the backup FILE in a scratch copy and report
+        /// counts.
+        #[arg(long)]
+        verify: bool,
+        file: PathBuf,
+    },
+    /// Restore a backup into the configured database (stop the servers first). Refused when
+    /// the configured key file lacks a key the backup needs, or when the database is not empty.
+    Restore {
+        file: PathBuf,
+        /// Replace a database that holds data.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), generated from
+    /// this command line's definition.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line's definition:
+    /// `tokenbox man > /usr/local/share/man/man1/tokenbox.1`.
+    Man,
+    /// Check the configuration before a deploy.
+    #[command(subcommand)]
+    Config(config_check::ConfigCommand),
     /// Print the route table (path, methods, access) as JSON.
     Routes,
     /// Show webhook deliveries (newest first): what was delivered, what failed and why.
@@ -133,6 +164,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return token::fetch_token(&url, &token, &request).await;
         }
         Command::Routes => return serve::routes(),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "tokenbox", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Config(command) => return Ok(config_check::run(command, cli.config.as_deref())),
         Command::Demo { listen, data_dir } => return demo::run(&listen, &data_dir).await,
         command => command,
     };
@@ -162,6 +207,12 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve::serve(config).await,
         Command::Migrate => serve::migrate(config).await,
+        Command::Backup {
+            verify: false,
+            file,
+        } => backup::backup(&config, &file).await,
+        Command::Backup { verify: true, file } => backup::verify(&config, &file).await,
+        Command::Restore { file, force } => backup::restore(&config, &file, force).await,
         Command::ServiceAccount(command) => service_account::run(command, config).await,
         Command::Connection(command) => connection::run(command, config).await,
         Command::Audit {
@@ -174,7 +225,12 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Keys(command) => keys::run(command, config).await,
         Command::ConnectLink(command) => connect_link::run(command, config).await,
         Command::ConnectorTypes(command) => connector_types::run(command, config),
-        Command::Token { .. } | Command::Routes | Command::Demo { .. } => {
+        Command::Token { .. }
+        | Command::Routes
+        | Command::Demo { .. }
+        | Command::Config(_)
+        | Command::Completions { .. }
+        | Command::Man => {
             unreachable!("handled by run")
         }
     }

@@ -146,6 +146,11 @@ impl KeyRing {
         Ok(self.encrypt(&self.decrypt(blob, aad)?, aad))
     }
 
+    /// The identifiers of every configured key (hex), oldest first.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys.iter().map(|k| hex(&k.id)).collect()
+    }
+
     /// The identifier of the newest key, as stored in front of each ciphertext (hex).
     pub fn current_key_id(&self) -> String {
         self.keys
@@ -210,6 +215,16 @@ impl KeyRing {
             .map(Secret::new)
             .map_err(|_| CryptoError::Malformed)
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The identifier (hex) of the key a ciphertext was encrypted with, read from its header
+/// without decrypting; `None` when the value is not a tokenbox ciphertext.
+pub fn key_id_of(blob: &[u8]) -> Option<String> {
+    (blob.len() >= HEADER_LEN + 16 && blob[0] == FORMAT_V1).then(|| hex(&blob[1..1 + KEY_ID_LEN]))
 }
 
 /// Associated data of a connection's secret field: binds the ciphertext to its row and field.

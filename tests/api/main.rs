@@ -22,6 +22,7 @@ mod helpers;
 mod identity;
 mod kinds;
 mod listing;
+mod operations;
 mod outage;
 mod proxy;
 mod real_oauth;

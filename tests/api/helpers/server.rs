@@ -339,6 +339,30 @@ impl TestApp {
         replica
     }
 
+    /// A server on another directory and configuration (a restored copy, say), trusting this
+    /// app's accounts and checking its logs for this app's secrets. The directory is removed
+    /// with it.
+    pub fn on_config(&self, dir: PathBuf, config_path: PathBuf) -> TestApp {
+        let mut other = TestApp {
+            address: String::new(),
+            pg: None,
+            owns_dir: true,
+            dir,
+            config_path,
+            superadmin: self.superadmin.clone(),
+            admin: self.admin.clone(),
+            client: self.client.clone(),
+            provider: self.provider.clone(),
+            child: None,
+            logs: Arc::new(Mutex::new(String::new())),
+            secrets: Mutex::new(self.secrets.lock().unwrap().clone()),
+            log_filter: self.log_filter.clone(),
+            browser_cookies: Mutex::new(Vec::new()),
+        };
+        other.start();
+        other
+    }
+
     /// Sends SIGKILL: no graceful shutdown, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
