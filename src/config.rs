@@ -125,6 +125,9 @@ pub struct Config {
     pub refresher_interval: Duration,
     /// Refreshes the refresher runs at once in one replica.
     pub refresher_concurrency: usize,
+    /// A `connection.reauthorization_due` webhook (once per connection and deadline) when a
+    /// refresh token will expire within this many days.
+    pub reauthorization_warning_days: i64,
     /// After a failed refresh, the connection is left alone this long (doubling with each
     /// further failure, up to an hour, and at least the provider's Retry-After).
     pub refresh_backoff_seconds: i64,
@@ -216,6 +219,7 @@ impl Default for Config {
             refresh_keepalive_seconds: 86_400,
             refresher_interval: Duration::from_secs(30),
             refresher_concurrency: 8,
+            reauthorization_warning_days: 7,
             refresh_backoff_seconds: 15,
             allow_insecure_loopback: false,
             rate_limit_per_second: 1000,
@@ -316,6 +320,9 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if !(0..=3650).contains(&self.reauthorization_warning_days) {
+            bail!("reauthorization_warning_days must be between 0 and 3650");
+        }
         if self.refresh_lease_seconds < 2 {
             bail!("refresh_lease_seconds must be at least 2");
         }

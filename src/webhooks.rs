@@ -24,14 +24,18 @@ pub enum ConnectionEvent {
     RefreshFailed,
     ReauthorizationRequired,
     Recovered,
+    /// The refresh token dies within `reauthorization_warning_days`: the tenant should
+    /// reconnect before then.
+    ReauthorizationDue,
 }
 
 impl ConnectionEvent {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Created,
         Self::RefreshFailed,
         Self::ReauthorizationRequired,
         Self::Recovered,
+        Self::ReauthorizationDue,
     ];
 
     /// The event's name on the wire (`type` in the body, `tokenbox-event` header).
@@ -41,16 +45,18 @@ impl ConnectionEvent {
             Self::RefreshFailed => "connection.refresh_failed",
             Self::ReauthorizationRequired => "connection.reauthorization_required",
             Self::Recovered => "connection.recovered",
+            Self::ReauthorizationDue => "connection.reauthorization_due",
         }
     }
 }
 
 /// The names of every event, as an operator writes them in `events = [...]`.
-pub const EVENTS: [&str; 4] = [
+pub const EVENTS: [&str; 5] = [
     ConnectionEvent::Created.as_str(),
     ConnectionEvent::RefreshFailed.as_str(),
     ConnectionEvent::ReauthorizationRequired.as_str(),
     ConnectionEvent::Recovered.as_str(),
+    ConnectionEvent::ReauthorizationDue.as_str(),
 ];
 
 /// An endpoint as written in the config file (`[[webhooks]]`).

@@ -34,6 +34,10 @@ pub async fn run(keeper: SecretsKeeper, config: RefresherConfig, stop: Cancellat
             Ok(()) => tracing::debug!("background refresh pass done"),
             Err(e) => tracing::warn!(error = %e, "background refresh pass failed"),
         }
+        // The early warning rides on the same pass, not on a slower timer of its own.
+        if let Err(e) = keeper.warn_due_reauthorizations().await {
+            tracing::warn!(error = %e, "reauthorization warnings failed");
+        }
         wait = jittered(config.interval, 0.8, 1.2);
     }
 }

@@ -126,6 +126,8 @@ struct Inner {
     request_timeout: Duration,
     backoff_base: i64,
     lease_seconds: i64,
+    /// `reauthorization_warning_days`, in seconds.
+    warning_window: i64,
     slots: ProviderSlots,
     /// Refreshes started by requests: a shutdown waits for them (a rotated refresh token must
     /// be stored before the process exits).
@@ -169,6 +171,7 @@ impl SecretsKeeper {
                 request_timeout: config.request_timeout,
                 backoff_base: config.refresh_backoff_seconds,
                 lease_seconds: config.refresh_lease_seconds,
+                warning_window: config.reauthorization_warning_days.saturating_mul(86_400),
                 slots: ProviderSlots::new(
                     config.max_concurrent_refreshes,
                     config.max_concurrent_refreshes_per_host,
@@ -293,14 +296,19 @@ impl SecretsKeeper {
         obtained_at: Option<i64>,
     ) -> Result<Arc<StoredConnection>, KeeperError> {
         // Placeholder values (a self-managed host) are checked here too, not only at use.
-        self.connector_type(key)?
-            .check_metadata(&tokens.metadata)
+        let ct = self.connector_type(key)?;
+        ct.check_metadata(&tokens.metadata)
             .map_err(KeeperError::InvalidRequest)?;
+        let mut tokens = tokens.clone();
+        tokens.refresh_expires_at = match tokens.refresh_token {
+            Some(_) => super::lifetime::at_grant(ct, tokens.refresh_expires_at, now_epoch()),
+            None => None,
+        };
         let ticket = self.inner.cache.ticket();
         let stored = self
             .inner
             .store
-            .upsert_connection(key, tokens, obtained_at)
+            .upsert_connection(key, &tokens, obtained_at)
             .await?;
         self.inner.scoped.forget(key);
         if stored.version == 1 {
@@ -309,7 +317,71 @@ impl SecretsKeeper {
                 .emit(ConnectionEvent::Created, key, None)
                 .await;
         }
+        self.warn_if_due(&stored).await;
         Ok(self.inner.cache.put(ticket, stored))
+    }
+
+    /// The early-warning window (`reauthorization_warning_days`) in seconds.
+    pub fn warning_window(&self) -> i64 {
+        self.inner.warning_window
+    }
+
+    /// Sends `connection.reauthorization_due` when the connection's refresh token dies within
+    /// the warning window and no warning went out for that deadline (by any replica).
+    async fn warn_if_due(&self, stored: &StoredConnection) {
+        let deadline = stored.tokens.refresh_expires_at;
+        if stored.status != crate::domain::ConnectionStatus::Active
+            || !super::lifetime::reauthorization_due(
+                deadline,
+                stored.warned_refresh_expires_at,
+                now_epoch(),
+                self.inner.warning_window,
+            )
+        {
+            return;
+        }
+        if let Some(deadline) = deadline {
+            self.send_warning(&stored.key, deadline).await;
+        }
+    }
+
+    async fn send_warning(&self, key: &ConnectionKey, deadline: i64) {
+        match self
+            .inner
+            .store
+            .mark_reauthorization_warned(key, deadline)
+            .await
+        {
+            Ok(true) => {
+                tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, refresh_expires_at = deadline, "refresh token expires soon: reauthorization due");
+                let detail = format!(
+                    "the refresh token expires at {deadline} (epoch seconds); the tenant must reconnect before then"
+                );
+                self.inner
+                    .webhooks
+                    .emit(ConnectionEvent::ReauthorizationDue, key, Some(&detail))
+                    .await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, error = %e, "could not record a reauthorization warning")
+            }
+        }
+    }
+
+    /// The background refresher's pass: warns about every connection whose refresh token
+    /// entered the warning window since the last pass. Returns how many were warned about.
+    pub async fn warn_due_reauthorizations(&self) -> Result<usize, crate::store::StoreError> {
+        let before = now_epoch().saturating_add(self.inner.warning_window);
+        let due = self
+            .inner
+            .store
+            .unwarned_reauthorizations(before, 500)
+            .await?;
+        for (key, deadline) in &due {
+            self.send_warning(key, *deadline).await;
+        }
+        Ok(due.len())
     }
 
     /// Saves a connection from what `PUT .../connection` carries, by the connector type's
@@ -392,6 +464,7 @@ impl SecretsKeeper {
         ct.check_metadata(&metadata)
             .map_err(KeeperError::InvalidRequest)?;
         let seed = TokenSet {
+            refresh_expires_at: None,
             access_token: crate::secret::Secret::new(String::new()),
             refresh_token: renewal,
             token_type: None,
@@ -848,6 +921,19 @@ impl SecretsKeeper {
             Ok(tokens) => {
                 let mut tokens = kind.merge(&current.tokens, tokens);
                 tokens.client = current.tokens.client.clone();
+                // Never `?` here: a rotated refresh token must be stored whatever happens.
+                if let (Some(_), Ok(ct)) = (&tokens.refresh_token, self.connector_type(key)) {
+                    let after = super::lifetime::after_refresh(
+                        ct,
+                        tokens.refresh_expires_at,
+                        current.tokens.refresh_expires_at,
+                        now_epoch(),
+                    );
+                    if after.cannot_extend {
+                        tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, refresh_expires_at = ?after.refresh_expires_at, "refreshed, but the refresh token's absolute lifetime cannot be extended: the tenant must reconnect before it ends");
+                    }
+                    tokens.refresh_expires_at = after.refresh_expires_at;
+                }
                 let ticket = inner.cache.ticket();
                 let Some(stored) = guard.finish(RefreshWrite::Refreshed(tokens)).await? else {
                     return self.reread(key, hard_min).await;
@@ -859,6 +945,7 @@ impl SecretsKeeper {
                         .await;
                 }
                 tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, "token refreshed");
+                self.warn_if_due(&stored).await;
                 let connection = inner.cache.put(ticket, stored);
                 if !connection.tokens.is_valid(now_epoch()) {
                     // Stored all the same: a rotated refresh token must never be lost.
@@ -1045,6 +1132,7 @@ fn static_tokens(
     metadata: crate::domain::Metadata,
 ) -> TokenSet {
     let mut tokens = TokenSet {
+        refresh_expires_at: None,
         access_token: secret,
         refresh_token: None,
         token_type: None,

@@ -286,6 +286,28 @@ pub trait ConnectionStore: Send + Sync {
     /// Connections by (connector type, status), for metrics.
     async fn count_connections(&self) -> Result<Vec<(String, String, i64)>, StoreError>;
 
+    /// Records that the `reauthorization_due` warning for `deadline` is sent; `false` when it
+    /// already was (by this or another replica) or the deadline changed meanwhile.
+    async fn mark_reauthorization_warned(
+        &self,
+        key: &ConnectionKey,
+        deadline: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Active connections whose refresh token dies before `before` and whose warning for that
+    /// deadline is not sent yet: (connection, deadline), at most `limit`.
+    async fn unwarned_reauthorizations(
+        &self,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<(ConnectionKey, i64)>, StoreError>;
+
+    /// Active connections whose refresh token dies before `before`, by connector type.
+    async fn count_reauthorization_due(
+        &self,
+        before: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
+
     /// Deletes a connection; returns it as it was, for revocation at the provider.
     async fn delete_connection(
         &self,
@@ -685,6 +707,11 @@ macro_rules! embedded_migrations {
                     $backend,
                     "/0014_proxy_pauses.sql"
                 )),
+            ),
+            (
+                16,
+                "expiry",
+                include_str!(concat!("../../migrations/", $backend, "/0016_expiry.sql")),
             ),
         ]
     };
