@@ -189,6 +189,23 @@ impl TokenSet {
         }
     }
 
+    /// The scopes of `required` that the granted `scope` lacks (items separated by spaces or
+    /// commas, as providers write them), in the order asked.
+    pub fn missing_scopes(&self, required: &[String]) -> Vec<String> {
+        let granted: std::collections::BTreeSet<&str> = self
+            .scope
+            .as_deref()
+            .unwrap_or("")
+            .split([' ', ',', '\t', '\n'])
+            .filter(|s| !s.is_empty())
+            .collect();
+        required
+            .iter()
+            .filter(|r| !granted.contains(r.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// Whether the access token is still valid at all.
     pub fn is_valid(&self, now: i64) -> bool {
         self.expires_at.is_none_or(|at| at > now)

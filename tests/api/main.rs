@@ -19,6 +19,7 @@ mod faults;
 mod hardening;
 mod helpers;
 mod kinds;
+mod knowledge;
 mod listing;
 mod outage;
 mod proxy;
@@ -55,6 +56,11 @@ macro_rules! conformance {
 }
 
 conformance! {
+    knowledge {
+        a_refresh_token_dying_within_the_window_is_warned_about_once,
+        a_distant_refresh_deadline_is_not_warned_about,
+        a_connection_without_a_required_scope_is_refused_and_listed,
+    }
     binb_token {
         an_imported_connection_is_served_with_the_documented_json_and_headers,
         a_token_without_expiry_is_served_as_it_is_without_expires_fields,
