@@ -144,6 +144,11 @@ pub struct ConnectorTypeSpec {
     pub refresh_token_lifetime_seconds: Option<i64>,
     /// The refresh token dies after this long unused; each refresh extends it.
     pub refresh_token_idle_seconds: Option<i64>,
+    // --- issue 16, health checks (task I): a minimal `userinfo_url`; helper H adds the same
+    // key for identity, the lead keeps one of the two at merge.
+    /// The identity request (GET with the access token), used by the optional health check.
+    pub userinfo_url: Option<String>,
+    // --- end of task I's userinfo_url
     pub placeholders: Option<BTreeMap<String, PlaceholderSpec>>,
     /// Per placeholder, the host names its values may take: `*.example.com` (any name under
     /// it), `example.com` (that name) or `*` (any).
@@ -222,6 +227,8 @@ pub struct ConnectorType {
     pub default_expires_in: Option<i64>,
     pub refresh_token_lifetime_seconds: Option<i64>,
     pub refresh_token_idle_seconds: Option<i64>,
+    // --- issue 16, task I (see `ConnectorTypeSpec::userinfo_url`).
+    pub userinfo_url: Option<String>,
     pub placeholders: BTreeMap<String, PlaceholderSpec>,
     /// Per placeholder, the allowed host names (`*.example.com`, `example.com`, `*`); a
     /// placeholder without an entry takes any value its pattern accepts.
@@ -522,6 +529,7 @@ impl ConnectorType {
             default_expires_in: pick!(default_expires_in),
             refresh_token_lifetime_seconds: pick!(refresh_token_lifetime_seconds),
             refresh_token_idle_seconds: pick!(refresh_token_idle_seconds),
+            userinfo_url: pick!(userinfo_url),
             placeholders: pick!(placeholders).unwrap_or_default(),
             placeholder_suffixes: pick!(placeholder_suffixes).unwrap_or_default(),
             private_network: pick!(private_network).unwrap_or(false),
@@ -594,6 +602,7 @@ impl ConnectorType {
             self.revocation_url.as_ref(),
             self.api_base_url.as_ref(),
             self.verify_url.as_ref(),
+            self.userinfo_url.as_ref(),
             self.help_url.as_ref(),
         ]
         .into_iter()

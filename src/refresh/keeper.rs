@@ -539,6 +539,124 @@ impl SecretsKeeper {
         })
     }
 
+    /// The health check of one connection (issue 16): the connector type's identity request
+    /// (`userinfo_url`) with the access token. Refused (401 or 403), the token is refreshed
+    /// (forced) and asked again: a refresh refused with `invalid_grant` marks the connection
+    /// `reauthorization_required` (the refresh path emits its webhook), as does a second
+    /// refusal after a successful refresh. Returns whether the grant looked alive.
+    pub async fn health_check(&self, key: &ConnectionKey) -> Result<bool, KeeperError> {
+        let ct = self.connector_type(key)?.clone();
+        let Some(userinfo) = ct.userinfo_url.clone() else {
+            return Ok(true);
+        };
+        let probe = |tokens: crate::domain::TokenSet| {
+            let ct = ct.clone();
+            let userinfo = userinfo.clone();
+            let provider = self.inner.provider.clone();
+            async move {
+                let url = ct
+                    .expand_url(&userinfo, &tokens.metadata)
+                    .map_err(KeeperError::InvalidRequest)?;
+                let (headers, query) = ct.credential_headers(&tokens);
+                provider
+                    .verify(&ct, &url, &headers, &query)
+                    .await
+                    .map_err(|e| refused_credential(&ct, e))
+            }
+        };
+        let served = match self.retrieve_token(key, TokenRequest::default()).await {
+            Ok(served) => served,
+            Err(KeeperError::ReauthorizationRequired(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if probe(served.connection.tokens.clone()).await? {
+            return Ok(true);
+        }
+        tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, "health check: the identity request refused the access token; refreshing");
+        let forced = TokenRequest {
+            min_validity: None,
+            force_refresh: true,
+        };
+        let refreshed = match self.retrieve_token(key, forced).await {
+            Ok(served) => served,
+            Err(KeeperError::ReauthorizationRequired(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if probe(refreshed.connection.tokens.clone()).await? {
+            return Ok(true);
+        }
+        let reason = format!(
+            "the provider refused a freshly refreshed access token of {} (its identity request answered 401 or 403): the grant was revoked, the tenant must reconnect",
+            ct.display_name
+        );
+        self.mark_revoked(key, &reason).await?;
+        Ok(false)
+    }
+
+    /// Marks a connection `reauthorization_required` and emits the webhook event.
+    async fn mark_revoked(&self, key: &ConnectionKey, reason: &str) -> Result<(), KeeperError> {
+        let inner = &self.inner;
+        let _flight = inner.flights.acquire(key).await;
+        let Some(guard) = inner.store.begin_refresh(key, inner.lease_seconds).await? else {
+            return Err(not_connected(key));
+        };
+        if guard.current().status == ConnectionStatus::ReauthorizationRequired {
+            guard.release().await;
+            return Ok(());
+        }
+        tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, "grant revoked: reauthorization required");
+        let written = guard
+            .finish(RefreshWrite::Revoked {
+                reason: reason.to_string(),
+            })
+            .await?;
+        inner.cache.remove(key);
+        if written.is_some() {
+            inner
+                .webhooks
+                .emit(ConnectionEvent::ReauthorizationRequired, key, Some(reason))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The background refresher's pass: claims connections due for a health check (at most
+    /// `limit` per pass, the longest unchecked first, so they spread over passes) and runs
+    /// them. Returns how many ran.
+    pub async fn run_health_checks(
+        &self,
+        interval_seconds: i64,
+        limit: i64,
+    ) -> Result<usize, crate::store::StoreError> {
+        let types: Vec<String> = self
+            .inner
+            .catalog
+            .iter()
+            .filter(|ct| ct.userinfo_url.is_some())
+            .map(|ct| ct.name.to_string())
+            .collect();
+        let now = now_epoch();
+        let keys = self
+            .inner
+            .store
+            .claim_health_checks(&types, now, now - interval_seconds, limit)
+            .await?;
+        for key in &keys {
+            match self.health_check(key).await {
+                Ok(true) => {
+                    tracing::debug!(app_id = %key.app_id, connector_type = %key.connector_type, "health check passed")
+                }
+                Ok(false) => {
+                    tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, "health check: reauthorization required")
+                }
+                Err(e) => {
+                    tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, error = %e, "health check could not run")
+                }
+            }
+        }
+        Ok(keys.len())
+    }
+
     /// Checks a connection's credential at the provider now (`POST .../connection/check`). A
     /// static credential (API key, Basic) runs the catalog's verification request: refused
     /// (401 or 403), the connection becomes `reauthorization_required` and the webhook event

@@ -308,6 +308,17 @@ pub trait ConnectionStore: Send + Sync {
         before: i64,
     ) -> Result<Vec<(String, i64)>, StoreError>;
 
+    /// Claims up to `limit` active connections of `connector_types` not health-checked since
+    /// `checked_before`, the longest unchecked first, and records `now` as their check time
+    /// (so other replicas pick other ones).
+    async fn claim_health_checks(
+        &self,
+        connector_types: &[String],
+        now: i64,
+        checked_before: i64,
+        limit: i64,
+    ) -> Result<Vec<ConnectionKey>, StoreError>;
+
     /// Deletes a connection; returns it as it was, for revocation at the provider.
     async fn delete_connection(
         &self,

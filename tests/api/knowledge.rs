@@ -1,16 +1,18 @@
 //! Knowing each connection (issue 16): its granted scopes, when its refresh token dies, and the
 //! early warning before it does.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    json_of, now, spawn_app_with, unique, wait_until, AppOptions, Backend, FakeProvider, TestApp,
+    json_of, now, spawn_app_with, unique, wait_until, AppOptions, Backend, FakeProvider, Mode,
+    TestApp, CLIENT_ID,
 };
 
 const DAY: i64 = 86_400;
@@ -219,4 +221,104 @@ pub async fn a_connection_without_a_required_scope_is_refused_and_listed(backend
     assert!(lacking("repo").await.is_empty());
     // `_` is a literal, not "any character": `r_po` is missing from both.
     assert_eq!(lacking("r_po").await, ["narrow", "wide"]);
+}
+
+/// A provider's identity endpoint: 200 until the grant is revoked, then 401.
+#[derive(Default)]
+struct Userinfo {
+    revoked: AtomicBool,
+    calls: AtomicUsize,
+}
+
+async fn userinfo(State(u): State<Arc<Userinfo>>, headers: HeaderMap) -> (StatusCode, String) {
+    u.calls.fetch_add(1, Ordering::SeqCst);
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer "));
+    if !bearer || u.revoked.load(Ordering::SeqCst) {
+        return (StatusCode::UNAUTHORIZED, "{}".into());
+    }
+    (StatusCode::OK, json!({"sub": "user-1"}).to_string())
+}
+
+/// Must-show 5: with health checks on, a grant revoked at the provider (the identity request
+/// answers 401, the forced refresh `invalid_grant`) is marked `reauthorization_required` with
+/// its webhook, while no job asked for the token.
+pub async fn a_revoked_grant_is_found_by_the_health_check_before_any_job_asks(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let state = Arc::new(Userinfo::default());
+    let router = Router::new()
+        .route("/userinfo", get(userinfo))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let userinfo_url = format!("http://{}/userinfo", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (url, events) = receiver().await;
+    let app = app_with(
+        backend,
+        &provider,
+        &format!(
+            "health_check_interval_seconds = 1
+[[webhooks]]
+url = \"{url}\"
+secret = \"s\"
+\
+             [connector_types.watched]
+authorization_url = \"{p}/authorize\"
+\
+             token_url = \"{p}/token\"
+client_id = \"{CLIENT_ID}\"
+\
+             client_secret = \"{secret}\"
+client_auth = \"basic\"
+\
+             userinfo_url = \"{userinfo_url}\"
+",
+            p = provider.url,
+            secret = provider.state.client_secret,
+        ),
+    )
+    .await;
+    app.import_ok(
+        "acme",
+        "watched",
+        &json!({"access_token": unique("at"), "refresh_token": unique("rt"), "expires_in": 3600}),
+    )
+    .await;
+    wait_until("a passing health check", || {
+        state.calls.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let connection = json_of(app.get("/acme/watched/connection").as_admin().send().await).await;
+    assert_eq!(connection["status"], "active", "{connection}");
+    let refreshes = provider.calls();
+
+    state.revoked.store(true, Ordering::SeqCst);
+    provider.set_mode(Mode::Revoked);
+    wait_until("the reauthorization_required event", || {
+        !of_type(&events, "connection.reauthorization_required").is_empty()
+    })
+    .await;
+    let connection = json_of(app.get("/acme/watched/connection").as_admin().send().await).await;
+    assert_eq!(
+        connection["status"], "reauthorization_required",
+        "{connection}"
+    );
+    assert!(
+        provider.calls() > refreshes,
+        "a forced refresh was tried before marking it"
+    );
+    let event = &of_type(&events, "connection.reauthorization_required")[0];
+    assert_eq!(event["data"]["connector_type"], "watched");
+    // No job asked: no token was ever served (the audit trail has no token.read).
+    let audit = json_of(app.get("/audit?app_id=acme").as_superadmin().send().await).await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap_or_else(|| panic!("{audit}"))
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"connection.import"), "{actions:?}");
+    assert!(!actions.contains(&"token.read"), "{actions:?}");
 }

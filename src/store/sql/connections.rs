@@ -222,6 +222,22 @@ pub(crate) const UNWARNED_DUE: &str = "SELECT app_id, connector_type, refresh_ex
      AND (warned_refresh_expires_at IS NULL OR warned_refresh_expires_at <> refresh_expires_at) \
      ORDER BY refresh_expires_at LIMIT $2";
 
+/// Health checks to run: $1 now, $2 checked before, $3 limit, then the connector types
+/// ($4, $5, ...).
+pub(crate) fn claim_health_checks_sql(types: usize) -> String {
+    let list: Vec<String> = (0..types).map(|i| format!("${}", i + 4)).collect();
+    format!(
+        "UPDATE connections SET health_checked_at = $1 WHERE (app_id, connector_type) IN \
+         (SELECT app_id, connector_type FROM connections WHERE status = 'active' \
+          AND connector_type IN ({}) \
+          AND (health_checked_at IS NULL OR health_checked_at <= $2) \
+          ORDER BY COALESCE(health_checked_at, 0), app_id, connector_type LIMIT $3) \
+         AND (health_checked_at IS NULL OR health_checked_at <= $2) \
+         RETURNING app_id, connector_type",
+        list.join(", ")
+    )
+}
+
 /// $1 before.
 pub(crate) const COUNT_DUE: &str = "SELECT connector_type, COUNT(*) AS n FROM connections \
      WHERE status = 'active' AND refresh_expires_at IS NOT NULL AND refresh_expires_at <= $1 \
@@ -648,6 +664,35 @@ macro_rules! connection_store {
                     .await?;
                 rows.iter()
                     .map(|r| Ok((r.try_get("connector_type")?, r.try_get("n")?)))
+                    .collect()
+            }
+
+            async fn claim_health_checks(
+                &self,
+                connector_types: &[String],
+                now: i64,
+                checked_before: i64,
+                limit: i64,
+            ) -> Result<Vec<$crate::domain::ConnectionKey>, $crate::store::StoreError> {
+                use sqlx::Row;
+                if connector_types.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let statement = sql::claim_health_checks_sql(connector_types.len());
+                let mut query = sqlx::query(&statement)
+                    .bind(now)
+                    .bind(checked_before)
+                    .bind(limit);
+                for ct in connector_types {
+                    query = query.bind(ct.as_str());
+                }
+                let rows = query.fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|r| {
+                        let app: String = r.try_get("app_id")?;
+                        let ct: String = r.try_get("connector_type")?;
+                        sql::parse_key(&app, &ct)
+                    })
                     .collect()
             }
 
