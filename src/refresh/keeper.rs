@@ -1045,6 +1045,7 @@ impl SecretsKeeper {
                         ct,
                         tokens.refresh_expires_at,
                         current.tokens.refresh_expires_at,
+                        current.created_at,
                         now_epoch(),
                     );
                     if after.cannot_extend {

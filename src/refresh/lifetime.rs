@@ -27,11 +27,14 @@ pub struct AfterRefresh {
 
 /// The deadline after a refresh at `now`: the provider's own figure when it sends one (a
 /// rotated refresh token brings its lifetime); else an idle lifetime starts again from `now`,
-/// bounded by an absolute lifetime, which a refresh never extends (`previous` keeps it).
+/// bounded by an absolute lifetime, which a refresh never extends. The absolute deadline is
+/// `previous` when it is the only lifetime (exact), else `granted_at` plus the lifetime (the
+/// connection's creation: a reconnect does not move it, so the estimate errs early).
 pub fn after_refresh(
     ct: &ConnectorType,
     explicit: Option<i64>,
     previous: Option<i64>,
+    granted_at: i64,
     now: i64,
 ) -> AfterRefresh {
     if explicit.is_some() {
@@ -42,11 +45,17 @@ pub fn after_refresh(
     }
     let idle = ct.refresh_token_idle_seconds.map(|s| now.saturating_add(s));
     match (ct.refresh_token_lifetime_seconds, idle) {
-        (Some(lifetime), idle) => {
-            let absolute = previous.unwrap_or_else(|| now.saturating_add(lifetime));
+        (Some(lifetime), None) => AfterRefresh {
+            refresh_expires_at: Some(
+                previous.unwrap_or_else(|| granted_at.saturating_add(lifetime)),
+            ),
+            cannot_extend: true,
+        },
+        (Some(lifetime), Some(idle)) => {
+            let absolute = granted_at.saturating_add(lifetime);
             AfterRefresh {
-                refresh_expires_at: earlier(idle, Some(absolute)),
-                cannot_extend: true,
+                refresh_expires_at: Some(idle.min(absolute)),
+                cannot_extend: absolute <= idle,
             }
         }
         (None, Some(idle)) => AfterRefresh {
@@ -117,15 +126,26 @@ mod tests {
     fn an_idle_lifetime_is_extended_by_each_refresh_an_absolute_one_is_not() {
         let idle = ct(None, Some(90 * DAY));
         let first = at_grant(&idle, None, 0).unwrap();
-        let later = after_refresh(&idle, None, Some(first), 10 * DAY);
+        let later = after_refresh(&idle, None, Some(first), 0, 10 * DAY);
         assert_eq!(later.refresh_expires_at, Some(100 * DAY));
         assert!(!later.cannot_extend);
 
         let absolute = ct(Some(180 * DAY), None);
         let first = at_grant(&absolute, None, 0).unwrap();
-        let later = after_refresh(&absolute, None, Some(first), 10 * DAY);
+        let later = after_refresh(&absolute, None, Some(first), 0, 10 * DAY);
         assert_eq!(later.refresh_expires_at, Some(180 * DAY));
         assert!(later.cannot_extend);
+
+        // Both (Atlassian: 90 days idle, 365 at most): the idle deadline moves until the
+        // absolute one caps it.
+        let both = ct(Some(365 * DAY), Some(90 * DAY));
+        assert_eq!(at_grant(&both, None, 0), Some(90 * DAY));
+        let later = after_refresh(&both, None, Some(90 * DAY), 0, 80 * DAY);
+        assert_eq!(later.refresh_expires_at, Some(170 * DAY));
+        assert!(!later.cannot_extend);
+        let late = after_refresh(&both, None, Some(360 * DAY), 0, 300 * DAY);
+        assert_eq!(late.refresh_expires_at, Some(365 * DAY));
+        assert!(late.cannot_extend);
     }
 
     /// Must-show 4: `refresh_token_expires_in` of 10 days, a window of 7 days, the clock moved
