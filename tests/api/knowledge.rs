@@ -199,6 +199,22 @@ pub async fn a_connection_without_a_required_scope_is_refused_and_listed(backend
     );
     assert!(body.get("access_token").is_none());
 
+    // A refresh where the provider grants fewer scopes than the connection had (the fake
+    // answers `"scope": "read"`): the answer's scope is stored, and the job is refused.
+    app.import_ok(
+        "shrunk",
+        "acme",
+        &json!({"access_token": unique("at"), "refresh_token": provider.new_refresh_token(),
+                "expires_at": now() - 10, "scope": "read write"}),
+    )
+    .await;
+    let refused = app
+        .get_token("shrunk", "acme", "required_scopes=write")
+        .await;
+    assert_eq!(refused.status(), 409);
+    assert_eq!(json_of(refused).await["missing_scopes"], json!(["write"]));
+    assert_eq!(provider.calls(), 1, "refreshed once");
+
     let lacking = |scope: &'static str| {
         let app = &app;
         async move {
@@ -217,10 +233,10 @@ pub async fn a_connection_without_a_required_scope_is_refused_and_listed(backend
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(lacking("write").await, ["narrow"]);
-    assert!(lacking("repo").await.is_empty());
-    // `_` is a literal, not "any character": `r_po` is missing from both.
-    assert_eq!(lacking("r_po").await, ["narrow", "wide"]);
+    assert_eq!(lacking("write").await, ["narrow", "shrunk"]);
+    assert_eq!(lacking("repo").await, ["shrunk"]);
+    // `_` is a literal, not "any character": `r_po` is missing from all.
+    assert_eq!(lacking("r_po").await, ["narrow", "shrunk", "wide"]);
 }
 
 /// A provider's identity endpoint: 200 until the grant is revoked, then 401.
