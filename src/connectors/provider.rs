@@ -764,6 +764,7 @@ impl Provider {
             answer.status,
             answer.is_form,
             answer.retry_after,
+            answer.header_scopes.as_deref(),
             &answer.body,
         )
     }
@@ -828,6 +829,13 @@ impl Provider {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        // GitHub names the granted scopes in a header, not always in the body.
+        let header_scopes = response
+            .headers()
+            .get("x-oauth-scopes")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+            .filter(|v| v.len() <= 4096);
         let body = if status.as_u16() == 429 || status.is_server_error() {
             Vec::new()
         } else {
@@ -837,6 +845,7 @@ impl Provider {
             status,
             is_form,
             retry_after,
+            header_scopes,
             body,
         })
     }
@@ -847,6 +856,8 @@ struct RawAnswer {
     status: http::StatusCode,
     is_form: bool,
     retry_after: Option<u64>,
+    /// `X-OAuth-Scopes` (GitHub): the granted scopes, comma-separated.
+    header_scopes: Option<String>,
     body: Vec<u8>,
 }
 
@@ -971,6 +982,7 @@ fn normalize(
     status: http::StatusCode,
     is_form: bool,
     retry_after: Option<u64>,
+    header_scopes: Option<&str>,
     bytes: &[u8],
 ) -> Result<HttpResponse, Fault> {
     if status.as_u16() == 429 || status.is_server_error() {
@@ -1008,6 +1020,11 @@ fn normalize(
     if let Some(path) = &ct.token_path {
         if let Some(Value::Object(nested)) = object.get(path).cloned() {
             object.extend(nested);
+        }
+    }
+    if let Some(scopes) = header_scopes.filter(|_| status.is_success()) {
+        if object.get("scope").is_none_or(Value::is_null) {
+            object.insert("scope".into(), Value::String(scopes.to_string()));
         }
     }
     let mut status = status;
@@ -1304,6 +1321,26 @@ mod tests {
         assert_eq!(to_token_set(&lifetimes(None), r, now).expires_at, None);
     }
 
+    /// GitHub's `X-OAuth-Scopes` header fills `scope` when the body has none.
+    #[test]
+    fn granted_scopes_come_from_the_x_oauth_scopes_header_when_the_body_has_none() {
+        let ct = lifetimes(None);
+        let status = http::StatusCode::OK;
+        let scoped = |header: Option<&str>, body: &[u8]| {
+            let normalized = normalize(&ct, status, false, None, header, body).unwrap();
+            let r: ProviderTokenResponse = serde_json::from_slice(normalized.body()).unwrap();
+            to_token_set(&ct, r, 0)
+        };
+        let tokens = scoped(Some("repo, read:org"), br#"{"access_token": "a"}"#);
+        assert_eq!(tokens.scope.as_deref(), Some("repo, read:org"));
+        assert_eq!(
+            tokens.missing_scopes(&["read:org".into(), "admin:org".into()]),
+            ["admin:org"]
+        );
+        let body_wins = scoped(Some("repo"), br#"{"access_token": "a", "scope": "user"}"#);
+        assert_eq!(body_wins.scope.as_deref(), Some("user"));
+    }
+
     #[test]
     fn jwt_exp_reads_only_well_formed_jwts() {
         assert_eq!(jwt_exp(&jwt_with_exp(42)), Some(42));
@@ -1336,7 +1373,7 @@ mod tests {
     /// The whole parse of a token answer: normalization, then the token response, then ours.
     fn parse(ct: &ConnectorType, status: u16, is_form: bool, body: &[u8]) -> Option<TokenSet> {
         let status = http::StatusCode::from_u16(status).ok()?;
-        let normalized = normalize(ct, status, is_form, None, body).ok()?;
+        let normalized = normalize(ct, status, is_form, None, None, body).ok()?;
         if normalized.status() != http::StatusCode::OK {
             return None;
         }
