@@ -216,6 +216,7 @@ async fn seed(config_path: &Path, count: usize, expired: bool) -> String {
                     connector.clone(),
                 );
                 let tokens = TokenSet {
+                    refresh_expires_at: None,
                     access_token: Secret::new(format!("seed-at-{i}")),
                     refresh_token: Some(Secret::new(format!("seed-rt-{i}"))),
                     token_type: None,

@@ -67,6 +67,8 @@ pub struct RefresherConfig {
     /// After a failed refresh, the connection is left alone this long (doubling with each
     /// further failure, up to an hour, and at least the provider's Retry-After).
     pub backoff_base_seconds: i64,
+    /// `health_check_interval_seconds` (0: no health checks).
+    pub health_check_interval_seconds: i64,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -125,6 +127,13 @@ pub struct Config {
     pub refresher_interval: Duration,
     /// Refreshes the refresher runs at once in one replica.
     pub refresher_concurrency: usize,
+    /// A `connection.reauthorization_due` webhook (once per connection and deadline) when a
+    /// refresh token will expire within this many days.
+    pub reauthorization_warning_days: i64,
+    /// Check each connection's grant with the connector type's identity request
+    /// (`userinfo_url`) at most once per this many seconds, on the background refresher's
+    /// passes; 0 (the default) turns the health checks off.
+    pub health_check_interval_seconds: i64,
     /// After a failed refresh, the connection is left alone this long (doubling with each
     /// further failure, up to an hour, and at least the provider's Retry-After).
     pub refresh_backoff_seconds: i64,
@@ -220,6 +229,8 @@ impl Default for Config {
             refresh_keepalive_seconds: 86_400,
             refresher_interval: Duration::from_secs(30),
             refresher_concurrency: 8,
+            reauthorization_warning_days: 7,
+            health_check_interval_seconds: 0,
             refresh_backoff_seconds: 15,
             allow_insecure_loopback: false,
             rate_limit_per_second: 1000,
@@ -317,6 +328,7 @@ impl Config {
             interval: self.refresher_interval,
             concurrency: self.refresher_concurrency,
             backoff_base_seconds: self.refresh_backoff_seconds,
+            health_check_interval_seconds: self.health_check_interval_seconds,
         }
     }
 
@@ -431,6 +443,12 @@ impl Config {
             ($($arg:tt)*) => {
                 problems.push(format!($($arg)*))
             };
+        }
+        if self.health_check_interval_seconds < 0 {
+            bail!("health_check_interval_seconds must not be negative");
+        }
+        if !(0..=3650).contains(&self.reauthorization_warning_days) {
+            bail!("reauthorization_warning_days must be between 0 and 3650");
         }
         if self.refresh_lease_seconds < 2 {
             bail!("refresh_lease_seconds must be at least 2");
@@ -629,6 +647,7 @@ mod tests {
                 interval: Duration::from_secs(30),
                 concurrency: 8,
                 backoff_base_seconds: 15,
+                health_check_interval_seconds: 0,
             }
         );
     }

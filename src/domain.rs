@@ -121,6 +121,9 @@ pub struct TokenSet {
     pub expires_at: Option<i64>,
     pub scope: Option<String>,
     pub metadata: Metadata,
+    /// When the refresh token dies (epoch seconds): from `refresh_token_expires_in`, else the
+    /// catalog's absolute or idle refresh-token lifetime; `None` when unknown.
+    pub refresh_expires_at: Option<i64>,
     /// The tenant's own OAuth client, when the connection brought one: every call for this
     /// connection (refresh, mint, revocation) authenticates with it instead of the operator's.
     /// Stored with the connection (the secret encrypted), never returned.
@@ -214,6 +217,23 @@ impl TokenSet {
             None => true,
             Some(at) => at - now >= seconds,
         }
+    }
+
+    /// The scopes of `required` that the granted `scope` lacks (items separated by spaces or
+    /// commas, as providers write them), in the order asked.
+    pub fn missing_scopes(&self, required: &[String]) -> Vec<String> {
+        let granted: std::collections::BTreeSet<&str> = self
+            .scope
+            .as_deref()
+            .unwrap_or("")
+            .split([' ', ',', '\t', '\n'])
+            .filter(|s| !s.is_empty())
+            .collect();
+        required
+            .iter()
+            .filter(|r| !granted.contains(r.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// Whether the access token is still valid at all.
@@ -489,6 +509,8 @@ pub struct StoredConnection {
     /// its lease expired): the provider may have rotated the refresh token we still hold.
     /// Cleared by the next successful refresh or import.
     pub refresh_interrupted_at: Option<i64>,
+    /// The refresh-token deadline a `connection.reauthorization_due` warning was sent for.
+    pub warned_refresh_expires_at: Option<i64>,
 }
 
 /// Which connections a listing returns.
@@ -499,6 +521,10 @@ pub struct ConnectionFilter {
     pub app_id_prefix: Option<String>,
     /// Only connections that expire before this time (epoch seconds).
     pub expiring_before: Option<i64>,
+    /// Only active connections whose refresh token dies before this time (epoch seconds).
+    pub refresh_expiring_before: Option<i64>,
+    /// Only connections whose granted scopes lack this one.
+    pub missing_scope: Option<String>,
     /// Keyset pagination: connections after this one.
     pub after: Option<ConnectionKey>,
     pub limit: i64,
@@ -512,6 +538,7 @@ pub struct ConnectionSummary {
     pub expires_at: Option<i64>,
     pub scope: Option<String>,
     pub has_refresh_token: bool,
+    pub refresh_expires_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub refreshed_at: Option<i64>,
@@ -602,6 +629,10 @@ pub struct ImportTokenSet {
     expires_at: Option<i64>,
     #[serde(default)]
     expires_in: Option<i64>,
+    /// Seconds the refresh token lives from now, as GitHub, Microsoft or Spotify send it; else
+    /// the catalog's refresh-token lifetimes apply.
+    #[serde(default)]
+    refresh_token_expires_in: Option<i64>,
     #[serde(default)]
     scope: Option<String>,
     #[serde(default)]
@@ -648,8 +679,14 @@ impl ImportTokenSet {
             (None, Some(s)) => Some(now.saturating_add(s)),
             (None, None) => None,
         };
+        let refresh_expires_at = match self.refresh_token_expires_in {
+            Some(s) if s <= 0 => return Err("refresh_token_expires_in must be positive".into()),
+            Some(s) => Some(now.saturating_add(s)),
+            None => None,
+        };
         let client = TenantClient::from_fields(self.client_id, self.client_secret, false)?;
         Ok(TokenSet {
+            refresh_expires_at,
             access_token: self.access_token,
             refresh_token: self.refresh_token.filter(|t| !t.is_empty()),
             token_type: self.token_type,
@@ -689,6 +726,7 @@ mod tests {
     #[test]
     fn validity_compares_expiry_with_the_requested_time() {
         let t = TokenSet {
+            refresh_expires_at: None,
             access_token: Secret::new("x"),
             refresh_token: None,
             token_type: None,

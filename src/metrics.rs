@@ -40,6 +40,9 @@ pub struct Metrics {
     pub refresh_seconds: Family<TypeLabels, Histogram>,
     /// Stored connections by connector type and status (computed at scrape time).
     pub connections: Family<StatusLabels, Gauge>,
+    /// Active connections whose refresh token dies within `reauthorization_warning_days`, by
+    /// connector type (computed at scrape time).
+    pub reauthorization_due: Family<TypeLabels, Gauge>,
     /// Requests answered from a connection's back-off, without a provider call.
     pub backoffs: Counter,
     /// Connector types whose circuit breaker is open (computed at scrape time).
@@ -80,6 +83,12 @@ impl Default for Metrics {
             "stored connections by connector type and status",
             connections.clone(),
         );
+        let reauthorization_due = Family::<TypeLabels, Gauge>::default();
+        registry.register(
+            "connections_reauthorization_due",
+            "active connections whose refresh token expires within the warning window",
+            reauthorization_due.clone(),
+        );
         let backoffs = Counter::default();
         let open_circuits = Gauge::default();
         registry.register(
@@ -117,6 +126,7 @@ impl Default for Metrics {
             refreshes,
             refresh_seconds,
             connections,
+            reauthorization_due,
         }
     }
 }
@@ -167,6 +177,18 @@ impl Metrics {
                 .get_or_create(&StatusLabels {
                     connector_type: connector_type.clone(),
                     status: status.clone(),
+                })
+                .set(*count);
+        }
+    }
+
+    /// Replaces the counts of connections due for reauthorization.
+    pub fn set_reauthorization_due(&self, counts: &[(String, i64)]) {
+        self.reauthorization_due.clear();
+        for (connector_type, count) in counts {
+            self.reauthorization_due
+                .get_or_create(&TypeLabels {
+                    connector_type: connector_type.clone(),
                 })
                 .set(*count);
         }

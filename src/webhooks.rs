@@ -25,15 +25,19 @@ pub enum ConnectionEvent {
     ReauthorizationRequired,
     Recovered,
     AccountChanged,
+    /// The refresh token dies within `reauthorization_warning_days`: the tenant should
+    /// reconnect before then.
+    ReauthorizationDue,
 }
 
 impl ConnectionEvent {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Created,
         Self::RefreshFailed,
         Self::ReauthorizationRequired,
         Self::Recovered,
         Self::AccountChanged,
+        Self::ReauthorizationDue,
     ];
 
     /// The event's name on the wire (`type` in the body, `tokenbox-event` header).
@@ -44,17 +48,19 @@ impl ConnectionEvent {
             Self::ReauthorizationRequired => "connection.reauthorization_required",
             Self::Recovered => "connection.recovered",
             Self::AccountChanged => "connection.account_changed",
+            Self::ReauthorizationDue => "connection.reauthorization_due",
         }
     }
 }
 
 /// The names of every event, as an operator writes them in `events = [...]`.
-pub const EVENTS: [&str; 5] = [
+pub const EVENTS: [&str; 6] = [
     ConnectionEvent::Created.as_str(),
     ConnectionEvent::RefreshFailed.as_str(),
     ConnectionEvent::ReauthorizationRequired.as_str(),
     ConnectionEvent::Recovered.as_str(),
     ConnectionEvent::AccountChanged.as_str(),
+    ConnectionEvent::ReauthorizationDue.as_str(),
 ];
 
 /// An endpoint as written in the config file (`[[webhooks]]`).

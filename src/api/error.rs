@@ -15,6 +15,9 @@ pub struct ErrorBody {
     /// `provider_unavailable`, ...
     pub error: String,
     pub message: String,
+    /// `insufficient_scope` only: the required scopes the connection was not granted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,11 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     ReauthorizationRequired(String),
+    #[error("{message}")]
+    InsufficientScope {
+        message: String,
+        missing: Vec<String>,
+    },
     #[error("{message}")]
     ProviderError {
         message: String,
@@ -73,9 +81,9 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ReauthorizationRequired(_) | Self::ConnectorNotConfigured(_) => {
-                StatusCode::CONFLICT
-            }
+            Self::ReauthorizationRequired(_)
+            | Self::ConnectorNotConfigured(_)
+            | Self::InsufficientScope { .. } => StatusCode::CONFLICT,
             Self::ProviderError { .. } => StatusCode::BAD_GATEWAY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -97,6 +105,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ReauthorizationRequired(_) => "reauthorization_required",
+            Self::InsufficientScope { .. } => "insufficient_scope",
             Self::ProviderError { .. } => "provider_error",
             Self::RateLimited { .. } => "rate_limited",
             Self::RequestTimeout => "request_timeout",
@@ -113,6 +122,10 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.code().to_string(),
             message: self.to_string(),
+            missing_scopes: match &self {
+                Self::InsufficientScope { missing, .. } => Some(missing.clone()),
+                _ => None,
+            },
         };
         let mut response = (self.status_code(), Json(body)).into_response();
         let headers = response.headers_mut();

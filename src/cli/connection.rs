@@ -66,6 +66,8 @@ pub async fn run(command: ConnectionCommand, config: Config) -> anyhow::Result<(
                     .transpose()?,
                 app_id_prefix: app_prefix,
                 expiring_before: None,
+                refresh_expiring_before: None,
+                missing_scope: None,
                 after: None,
                 limit: 1000,
             };

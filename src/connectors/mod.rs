@@ -146,6 +146,11 @@ pub struct ConnectorTypeSpec {
     pub callback_params: Option<Vec<String>>,
     pub expires: Option<bool>,
     pub default_expires_in: Option<i64>,
+    /// The refresh token's absolute lifetime from its issue (consent), when the provider sends
+    /// no `refresh_token_expires_in`.
+    pub refresh_token_lifetime_seconds: Option<i64>,
+    /// The refresh token dies after this long unused; each refresh extends it.
+    pub refresh_token_idle_seconds: Option<i64>,
     pub placeholders: Option<BTreeMap<String, PlaceholderSpec>>,
     /// Per placeholder, the host names its values may take: `*.example.com` (any name under
     /// it), `example.com` (that name) or `*` (any).
@@ -224,6 +229,8 @@ pub struct ConnectorType {
     pub callback_params: Vec<String>,
     pub expires: bool,
     pub default_expires_in: Option<i64>,
+    pub refresh_token_lifetime_seconds: Option<i64>,
+    pub refresh_token_idle_seconds: Option<i64>,
     pub placeholders: BTreeMap<String, PlaceholderSpec>,
     /// Per placeholder, the allowed host names (`*.example.com`, `example.com`, `*`); a
     /// placeholder without an entry takes any value its pattern accepts.
@@ -524,6 +531,8 @@ impl ConnectorType {
             callback_params: pick!(callback_params).unwrap_or_default(),
             expires: pick!(expires).unwrap_or(true),
             default_expires_in: pick!(default_expires_in),
+            refresh_token_lifetime_seconds: pick!(refresh_token_lifetime_seconds),
+            refresh_token_idle_seconds: pick!(refresh_token_idle_seconds),
             placeholders: pick!(placeholders).unwrap_or_default(),
             placeholder_suffixes: pick!(placeholder_suffixes).unwrap_or_default(),
             private_network: pick!(private_network).unwrap_or(false),
@@ -1100,6 +1109,7 @@ mod tests {
                 .clone()
         };
         let tokens = |secret: &str, token_type: Option<&str>| TokenSet {
+            refresh_expires_at: None,
             access_token: Secret::new(secret.to_string()),
             refresh_token: None,
             token_type: token_type.map(str::to_string),

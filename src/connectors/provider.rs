@@ -808,6 +808,7 @@ impl Provider {
             answer.status,
             answer.is_form,
             answer.retry_after,
+            answer.header_scopes.as_deref(),
             &answer.body,
         )
     }
@@ -872,6 +873,13 @@ impl Provider {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        // GitHub names the granted scopes in a header, not always in the body.
+        let header_scopes = response
+            .headers()
+            .get("x-oauth-scopes")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+            .filter(|v| v.len() <= 4096);
         let body = if status.as_u16() == 429 || status.is_server_error() {
             Vec::new()
         } else {
@@ -881,6 +889,7 @@ impl Provider {
             status,
             is_form,
             retry_after,
+            header_scopes,
             body,
         })
     }
@@ -891,6 +900,8 @@ struct RawAnswer {
     status: http::StatusCode,
     is_form: bool,
     retry_after: Option<u64>,
+    /// `X-OAuth-Scopes` (GitHub): the granted scopes, comma-separated.
+    header_scopes: Option<String>,
     body: Vec<u8>,
 }
 
@@ -1015,6 +1026,7 @@ fn normalize(
     status: http::StatusCode,
     is_form: bool,
     retry_after: Option<u64>,
+    header_scopes: Option<&str>,
     bytes: &[u8],
 ) -> Result<HttpResponse, Fault> {
     if status.as_u16() == 429 || status.is_server_error() {
@@ -1052,6 +1064,11 @@ fn normalize(
     if let Some(path) = &ct.token_path {
         if let Some(Value::Object(nested)) = object.get(path).cloned() {
             object.extend(nested);
+        }
+    }
+    if let Some(scopes) = header_scopes.filter(|_| status.is_success()) {
+        if object.get("scope").is_none_or(Value::is_null) {
+            object.insert("scope".into(), Value::String(scopes.to_string()));
         }
     }
     let mut status = status;
@@ -1167,6 +1184,7 @@ fn installation_answer(answer: &RawAnswer) -> Result<TokenSet, RefreshError> {
                 })?
                 .timestamp();
             Ok(TokenSet {
+                refresh_expires_at: None,
                 access_token: parsed.token,
                 refresh_token: None,
                 token_type: Some("Bearer".into()),
@@ -1194,22 +1212,31 @@ fn installation_answer(answer: &RawAnswer) -> Result<TokenSet, RefreshError> {
 /// Builds our token set from a provider response, applying the connector type's expiry rules
 /// and keeping only the declared metadata fields.
 fn to_token_set(ct: &ConnectorType, r: ProviderTokenResponse, now: i64) -> TokenSet {
-    let expires_at = if !ct.expires && r.expires_in.is_none() {
-        None
-    } else {
-        r.expires_in
-            // A lifetime beyond ten years is nonsense (or an overflow): cap it.
-            .map(|s| s.min(MAX_LIFETIME) as i64)
-            .or(ct.default_expires_in)
-            .map(|s| now.saturating_add(s))
-    };
+    let access_token = Secret::new(r.access_token.secret().clone());
+    let expires_at = access_expires_at(ct, r.expires_in, &access_token, now);
+    let refresh_expires_in = r
+        .extra
+        .get("refresh_token_expires_in")
+        .and_then(|v| match v {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        });
+    // The catalog's lifetimes are applied where the grant is stored (`refresh::lifetime`).
+    let refresh_expires_at = refresh_expires_in
+        .filter(|s| *s > 0)
+        .map(|s| now.saturating_add(s.min(MAX_LIFETIME as i64)));
+    let has_refresh = r
+        .refresh_token
+        .as_ref()
+        .is_some_and(|t| !t.secret().is_empty());
     let metadata = ct
         .metadata_fields
         .iter()
         .filter_map(|f| r.extra.get(f).map(|v| (f.clone(), v.clone())))
         .collect();
     TokenSet {
-        access_token: Secret::new(r.access_token.secret().clone()),
+        access_token,
         refresh_token: r
             .refresh_token
             .map(|t| Secret::new(t.secret().clone()))
@@ -1218,8 +1245,48 @@ fn to_token_set(ct: &ConnectorType, r: ProviderTokenResponse, now: i64) -> Token
         expires_at,
         scope: r.scope,
         metadata,
+        refresh_expires_at: if has_refresh {
+            refresh_expires_at
+        } else {
+            None
+        },
         client: None,
     }
+}
+
+/// When an access token expires, from every source in order: the answer's `expires_in`, else
+/// the `exp` claim when the access token is a JWT, else the catalog's `default_expires_in`;
+/// `None` (unknown) for a connector type whose tokens do not expire, or when nothing says.
+pub fn access_expires_at(
+    ct: &ConnectorType,
+    expires_in: Option<u64>,
+    access_token: &Secret,
+    now: i64,
+) -> Option<i64> {
+    if let Some(s) = expires_in {
+        // A lifetime beyond ten years is nonsense (or an overflow): cap it.
+        return Some(now.saturating_add(s.min(MAX_LIFETIME) as i64));
+    }
+    if !ct.expires {
+        return None;
+    }
+    jwt_exp(access_token.expose()).or_else(|| ct.default_expires_in.map(|s| now.saturating_add(s)))
+}
+
+/// The `exp` claim of a token that is a JWT (three base64url parts, a JSON payload); the
+/// signature is not checked: it only tells how long the provider meant the token to live.
+pub fn jwt_exp(token: &str) -> Option<i64> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || payload.len() > 16 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("exp")?.as_i64().filter(|e| *e > 0)
 }
 
 #[cfg(test)]
@@ -1232,6 +1299,113 @@ mod tests {
     use crate::connectors::{Catalog, ConnectorTypeSpec};
     use crate::domain::ConnectorTypeName;
 
+    fn lifetimes(default_expires_in: Option<i64>) -> std::sync::Arc<ConnectorType> {
+        let name = ConnectorTypeName::parse("lifetimes").unwrap();
+        let spec = ConnectorTypeSpec {
+            authorization_url: Some("https://example.com/authorize".into()),
+            token_url: Some("https://example.com/token".into()),
+            default_expires_in,
+            ..Default::default()
+        };
+        let overrides = BTreeMap::from([(name.to_string(), spec)]);
+        let catalog = Catalog::build_with_env(&overrides, &|_| None, false).unwrap();
+        catalog.get(&name).unwrap().clone()
+    }
+
+    fn jwt_with_exp(exp: i64) -> String {
+        use base64::Engine as _;
+        let part = |v: Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+        };
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            part(serde_json::json!({"alg": "RS256", "typ": "JWT"})),
+            part(serde_json::json!({"sub": "someone", "exp": exp}))
+        )
+    }
+
+    /// Must-show 3: the access token's expiry from `expires_in`, else a JWT's `exp`, else the
+    /// catalog default; at each, the token is served until its expiry and not at it (the clock
+    /// is the `now` given, the decision step's `is_valid`).
+    #[test]
+    fn expiry_comes_from_expires_in_then_jwt_exp_then_catalog_default() {
+        let now = 1_000_000;
+        let ct = lifetimes(Some(3_600));
+        let answer = |body: Value| {
+            let r: ProviderTokenResponse = serde_json::from_value(body).unwrap();
+            to_token_set(&ct, r, now)
+        };
+        let jwt = jwt_with_exp(now + 500);
+        let cases = [
+            // expires_in wins over the JWT's exp and the default.
+            (
+                answer(serde_json::json!({"access_token": jwt, "expires_in": 60})),
+                now + 60,
+            ),
+            // No expires_in: the JWT's exp.
+            (answer(serde_json::json!({"access_token": jwt})), now + 500),
+            // Neither: the catalog's default lifetime.
+            (
+                answer(serde_json::json!({"access_token": "opaque"})),
+                now + 3_600,
+            ),
+        ];
+        for (tokens, expiry) in cases {
+            assert_eq!(tokens.expires_at, Some(expiry));
+            assert!(tokens.is_valid(expiry - 1), "served until {expiry}");
+            assert!(!tokens.is_valid(expiry), "not served at {expiry}");
+            assert!(
+                !tokens.is_valid(expiry + 86_400),
+                "not served past {expiry}"
+            );
+        }
+        // Nothing says: unknown.
+        let r: ProviderTokenResponse =
+            serde_json::from_value(serde_json::json!({"access_token": "opaque"})).unwrap();
+        assert_eq!(to_token_set(&lifetimes(None), r, now).expires_at, None);
+    }
+
+    /// GitHub's `X-OAuth-Scopes` header fills `scope` when the body has none.
+    #[test]
+    fn granted_scopes_come_from_the_x_oauth_scopes_header_when_the_body_has_none() {
+        let ct = lifetimes(None);
+        let status = http::StatusCode::OK;
+        let scoped = |header: Option<&str>, body: &[u8]| {
+            let normalized = normalize(&ct, status, false, None, header, body).unwrap();
+            let r: ProviderTokenResponse = serde_json::from_slice(normalized.body()).unwrap();
+            to_token_set(&ct, r, 0)
+        };
+        let tokens = scoped(Some("repo, read:org"), br#"{"access_token": "a"}"#);
+        assert_eq!(tokens.scope.as_deref(), Some("repo, read:org"));
+        assert_eq!(
+            tokens.missing_scopes(&["read:org".into(), "admin:org".into()]),
+            ["admin:org"]
+        );
+        let body_wins = scoped(Some("repo"), br#"{"access_token": "a", "scope": "user"}"#);
+        assert_eq!(body_wins.scope.as_deref(), Some("user"));
+    }
+
+    #[test]
+    fn jwt_exp_reads_only_well_formed_jwts() {
+        assert_eq!(jwt_exp(&jwt_with_exp(42)), Some(42));
+        assert_eq!(jwt_exp("opaque-token"), None);
+        assert_eq!(jwt_exp("a.b.c"), None);
+        assert_eq!(jwt_exp(&format!("{}.extra", jwt_with_exp(42))), None);
+    }
+
+    #[test]
+    fn refresh_token_expires_in_is_read_from_the_answer() {
+        let now = 1_000_000;
+        let r: ProviderTokenResponse = serde_json::from_value(serde_json::json!({
+            "access_token": "a", "refresh_token": "r", "refresh_token_expires_in": "864000"
+        }))
+        .unwrap();
+        assert_eq!(
+            to_token_set(&lifetimes(None), r, now).refresh_expires_at,
+            Some(now + 864_000)
+        );
+    }
+
     fn slack() -> std::sync::Arc<ConnectorType> {
         let catalog = Catalog::build_with_env(&BTreeMap::new(), &|_| None, false).unwrap();
         catalog
@@ -1243,7 +1417,7 @@ mod tests {
     /// The whole parse of a token answer: normalization, then the token response, then ours.
     fn parse(ct: &ConnectorType, status: u16, is_form: bool, body: &[u8]) -> Option<TokenSet> {
         let status = http::StatusCode::from_u16(status).ok()?;
-        let normalized = normalize(ct, status, is_form, None, body).ok()?;
+        let normalized = normalize(ct, status, is_form, None, None, body).ok()?;
         if normalized.status() != http::StatusCode::OK {
             return None;
         }

@@ -34,6 +34,19 @@ pub async fn run(keeper: SecretsKeeper, config: RefresherConfig, stop: Cancellat
             Ok(()) => tracing::debug!("background refresh pass done"),
             Err(e) => tracing::warn!(error = %e, "background refresh pass failed"),
         }
+        // The early warning rides on the same pass, not on a slower timer of its own.
+        if let Err(e) = keeper.warn_due_reauthorizations().await {
+            tracing::warn!(error = %e, "reauthorization warnings failed");
+        }
+        if config.health_check_interval_seconds > 0 {
+            let limit = (config.concurrency * 4) as i64;
+            if let Err(e) = keeper
+                .run_health_checks(config.health_check_interval_seconds, limit)
+                .await
+            {
+                tracing::warn!(error = %e, "health checks failed");
+            }
+        }
         wait = jittered(config.interval, 0.8, 1.2);
     }
 }

@@ -189,11 +189,13 @@ mod tests {
     /// A connection refreshed `age` seconds ago, whose token lives `lifetime` seconds.
     fn connection(age: i64, lifetime: i64) -> StoredConnection {
         StoredConnection {
+            warned_refresh_expires_at: None,
             key: ConnectionKey::new(
                 AppId::parse("acme").unwrap(),
                 ConnectorTypeName::parse("github").unwrap(),
             ),
             tokens: TokenSet {
+                refresh_expires_at: None,
                 access_token: Secret::new("at".to_string()),
                 refresh_token: Some(Secret::new("rt".to_string())),
                 token_type: None,

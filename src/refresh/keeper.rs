@@ -141,6 +141,8 @@ struct Inner {
     request_timeout: Duration,
     backoff_base: i64,
     lease_seconds: i64,
+    /// `reauthorization_warning_days`, in seconds.
+    warning_window: i64,
     slots: ProviderSlots,
     /// Refreshes started by requests: a shutdown waits for them (a rotated refresh token must
     /// be stored before the process exits).
@@ -184,6 +186,7 @@ impl SecretsKeeper {
                 request_timeout: config.request_timeout,
                 backoff_base: config.refresh_backoff_seconds,
                 lease_seconds: config.refresh_lease_seconds,
+                warning_window: config.reauthorization_warning_days.saturating_mul(86_400),
                 slots: ProviderSlots::new(
                     config.max_concurrent_refreshes,
                     config.max_concurrent_refreshes_per_host,
@@ -394,11 +397,16 @@ impl SecretsKeeper {
                 }
             }
         }
+        let mut tokens = tokens.clone();
+        tokens.refresh_expires_at = match tokens.refresh_token {
+            Some(_) => super::lifetime::at_grant(&ct, tokens.refresh_expires_at, now_epoch()),
+            None => None,
+        };
         let ticket = self.inner.cache.ticket();
         let stored = self
             .inner
             .store
-            .upsert_connection(key, tokens, obtained_at)
+            .upsert_connection(key, &tokens, obtained_at)
             .await?;
         self.inner.scoped.forget(key);
         let changed_from = match (&known_id, &new_id) {
@@ -456,7 +464,71 @@ impl SecretsKeeper {
                 )
                 .await;
         }
+        self.warn_if_due(&stored).await;
         Ok(self.inner.cache.put(ticket, stored))
+    }
+
+    /// The early-warning window (`reauthorization_warning_days`) in seconds.
+    pub fn warning_window(&self) -> i64 {
+        self.inner.warning_window
+    }
+
+    /// Sends `connection.reauthorization_due` when the connection's refresh token dies within
+    /// the warning window and no warning went out for that deadline (by any replica).
+    async fn warn_if_due(&self, stored: &StoredConnection) {
+        let deadline = stored.tokens.refresh_expires_at;
+        if stored.status != crate::domain::ConnectionStatus::Active
+            || !super::lifetime::reauthorization_due(
+                deadline,
+                stored.warned_refresh_expires_at,
+                now_epoch(),
+                self.inner.warning_window,
+            )
+        {
+            return;
+        }
+        if let Some(deadline) = deadline {
+            self.send_warning(&stored.key, deadline).await;
+        }
+    }
+
+    async fn send_warning(&self, key: &ConnectionKey, deadline: i64) {
+        match self
+            .inner
+            .store
+            .mark_reauthorization_warned(key, deadline)
+            .await
+        {
+            Ok(true) => {
+                tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, refresh_expires_at = deadline, "refresh token expires soon: reauthorization due");
+                let detail = format!(
+                    "the refresh token expires at {deadline} (epoch seconds); the tenant must reconnect before then"
+                );
+                self.inner
+                    .webhooks
+                    .emit(ConnectionEvent::ReauthorizationDue, key, Some(&detail))
+                    .await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, error = %e, "could not record a reauthorization warning")
+            }
+        }
+    }
+
+    /// The background refresher's pass: warns about every connection whose refresh token
+    /// entered the warning window since the last pass. Returns how many were warned about.
+    pub async fn warn_due_reauthorizations(&self) -> Result<usize, crate::store::StoreError> {
+        let before = now_epoch().saturating_add(self.inner.warning_window);
+        let due = self
+            .inner
+            .store
+            .unwarned_reauthorizations(before, 500)
+            .await?;
+        for (key, deadline) in &due {
+            self.send_warning(key, *deadline).await;
+        }
+        Ok(due.len())
     }
 
     /// Saves a connection from what `PUT .../connection` carries, by the connector type's
@@ -540,6 +612,7 @@ impl SecretsKeeper {
         ct.check_metadata(&metadata)
             .map_err(KeeperError::InvalidRequest)?;
         let seed = TokenSet {
+            refresh_expires_at: None,
             access_token: crate::secret::Secret::new(String::new()),
             refresh_token: renewal,
             token_type: None,
@@ -613,6 +686,124 @@ impl SecretsKeeper {
             connection: Arc::new(connection),
             refreshed,
         })
+    }
+
+    /// The health check of one connection (issue 16): the connector type's identity request
+    /// (`userinfo_url`) with the access token. Refused (401 or 403), the token is refreshed
+    /// (forced) and asked again: a refresh refused with `invalid_grant` marks the connection
+    /// `reauthorization_required` (the refresh path emits its webhook), as does a second
+    /// refusal after a successful refresh. Returns whether the grant looked alive.
+    pub async fn health_check(&self, key: &ConnectionKey) -> Result<bool, KeeperError> {
+        let ct = self.connector_type(key)?.clone();
+        let Some(userinfo) = ct.userinfo_url.clone() else {
+            return Ok(true);
+        };
+        let probe = |tokens: crate::domain::TokenSet| {
+            let ct = ct.clone();
+            let userinfo = userinfo.clone();
+            let provider = self.inner.provider.clone();
+            async move {
+                let url = ct
+                    .expand_url(&userinfo, &tokens.metadata)
+                    .map_err(KeeperError::InvalidRequest)?;
+                let (headers, query) = ct.credential_headers(&tokens);
+                provider
+                    .verify(&ct, &url, &headers, &query)
+                    .await
+                    .map_err(|e| refused_credential(&ct, e))
+            }
+        };
+        let served = match self.retrieve_token(key, TokenRequest::default()).await {
+            Ok(served) => served,
+            Err(KeeperError::ReauthorizationRequired(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if probe(served.connection.tokens.clone()).await? {
+            return Ok(true);
+        }
+        tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, "health check: the identity request refused the access token; refreshing");
+        let forced = TokenRequest {
+            min_validity: None,
+            force_refresh: true,
+        };
+        let refreshed = match self.retrieve_token(key, forced).await {
+            Ok(served) => served,
+            Err(KeeperError::ReauthorizationRequired(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if probe(refreshed.connection.tokens.clone()).await? {
+            return Ok(true);
+        }
+        let reason = format!(
+            "the provider refused a freshly refreshed access token of {} (its identity request answered 401 or 403): the grant was revoked, the tenant must reconnect",
+            ct.display_name
+        );
+        self.mark_revoked(key, &reason).await?;
+        Ok(false)
+    }
+
+    /// Marks a connection `reauthorization_required` and emits the webhook event.
+    async fn mark_revoked(&self, key: &ConnectionKey, reason: &str) -> Result<(), KeeperError> {
+        let inner = &self.inner;
+        let _flight = inner.flights.acquire(key).await;
+        let Some(guard) = inner.store.begin_refresh(key, inner.lease_seconds).await? else {
+            return Err(not_connected(key));
+        };
+        if guard.current().status == ConnectionStatus::ReauthorizationRequired {
+            guard.release().await;
+            return Ok(());
+        }
+        tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, "grant revoked: reauthorization required");
+        let written = guard
+            .finish(RefreshWrite::Revoked {
+                reason: reason.to_string(),
+            })
+            .await?;
+        inner.cache.remove(key);
+        if written.is_some() {
+            inner
+                .webhooks
+                .emit(ConnectionEvent::ReauthorizationRequired, key, Some(reason))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The background refresher's pass: claims connections due for a health check (at most
+    /// `limit` per pass, the longest unchecked first, so they spread over passes) and runs
+    /// them. Returns how many ran.
+    pub async fn run_health_checks(
+        &self,
+        interval_seconds: i64,
+        limit: i64,
+    ) -> Result<usize, crate::store::StoreError> {
+        let types: Vec<String> = self
+            .inner
+            .catalog
+            .iter()
+            .filter(|ct| ct.userinfo_url.is_some())
+            .map(|ct| ct.name.to_string())
+            .collect();
+        let now = now_epoch();
+        let keys = self
+            .inner
+            .store
+            .claim_health_checks(&types, now, now - interval_seconds, limit)
+            .await?;
+        for key in &keys {
+            match self.health_check(key).await {
+                Ok(true) => {
+                    tracing::debug!(app_id = %key.app_id, connector_type = %key.connector_type, "health check passed")
+                }
+                Ok(false) => {
+                    tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, "health check: reauthorization required")
+                }
+                Err(e) => {
+                    tracing::warn!(app_id = %key.app_id, connector_type = %key.connector_type, error = %e, "health check could not run")
+                }
+            }
+        }
+        Ok(keys.len())
     }
 
     /// Checks a connection's credential at the provider now (`POST .../connection/check`). A
@@ -1014,6 +1205,20 @@ impl SecretsKeeper {
             Ok(tokens) => {
                 let mut tokens = kind.merge(&current.tokens, tokens);
                 tokens.client = current.tokens.client.clone();
+                // Never `?` here: a rotated refresh token must be stored whatever happens.
+                if let (Some(_), Ok(ct)) = (&tokens.refresh_token, self.connector_type(key)) {
+                    let after = super::lifetime::after_refresh(
+                        ct,
+                        tokens.refresh_expires_at,
+                        current.tokens.refresh_expires_at,
+                        current.created_at,
+                        now_epoch(),
+                    );
+                    if after.cannot_extend {
+                        tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, refresh_expires_at = ?after.refresh_expires_at, "refreshed, but the refresh token's absolute lifetime cannot be extended: the tenant must reconnect before it ends");
+                    }
+                    tokens.refresh_expires_at = after.refresh_expires_at;
+                }
                 let ticket = inner.cache.ticket();
                 let Some(stored) = guard.finish(RefreshWrite::Refreshed(tokens)).await? else {
                     return self.reread(key, hard_min).await;
@@ -1025,6 +1230,7 @@ impl SecretsKeeper {
                         .await;
                 }
                 tracing::info!(app_id = %key.app_id, connector_type = %key.connector_type, "token refreshed");
+                self.warn_if_due(&stored).await;
                 let connection = inner.cache.put(ticket, stored);
                 if !connection.tokens.is_valid(now_epoch()) {
                     // Stored all the same: a rotated refresh token must never be lost.
@@ -1211,6 +1417,7 @@ fn static_tokens(
     metadata: crate::domain::Metadata,
 ) -> TokenSet {
     let mut tokens = TokenSet {
+        refresh_expires_at: None,
         access_token: secret,
         refresh_token: None,
         token_type: None,

@@ -382,11 +382,13 @@ mod tests {
 
     fn stored(refresh_token: Option<&str>) -> StoredConnection {
         StoredConnection {
+            warned_refresh_expires_at: None,
             key: ConnectionKey::new(
                 AppId::parse("acme").unwrap(),
                 ConnectorTypeName::parse("github").unwrap(),
             ),
             tokens: TokenSet {
+                refresh_expires_at: None,
                 access_token: Secret::new("old".to_string()),
                 refresh_token: refresh_token.map(|t| Secret::new(t.to_string())),
                 token_type: None,
@@ -412,6 +414,7 @@ mod tests {
 
     fn answer(refresh_token: Option<&str>) -> TokenSet {
         TokenSet {
+            refresh_expires_at: None,
             access_token: Secret::new("new".to_string()),
             refresh_token: refresh_token.map(|t| Secret::new(t.to_string())),
             token_type: Some("bearer".into()),

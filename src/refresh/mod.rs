@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod decision;
 pub mod keeper;
 pub mod kind;
+pub mod lifetime;
 pub mod scoped;
 
 pub use keeper::{
@@ -250,8 +251,10 @@ mod tests {
 
     fn stored(app: &str, version: i64) -> StoredConnection {
         StoredConnection {
+            warned_refresh_expires_at: None,
             key: key(app),
             tokens: crate::domain::TokenSet {
+                refresh_expires_at: None,
                 access_token: crate::secret::Secret::new(format!("at-{app}-{version}")),
                 refresh_token: None,
                 token_type: None,

@@ -286,6 +286,39 @@ pub trait ConnectionStore: Send + Sync {
     /// Connections by (connector type, status), for metrics.
     async fn count_connections(&self) -> Result<Vec<(String, String, i64)>, StoreError>;
 
+    /// Records that the `reauthorization_due` warning for `deadline` is sent; `false` when it
+    /// already was (by this or another replica) or the deadline changed meanwhile.
+    async fn mark_reauthorization_warned(
+        &self,
+        key: &ConnectionKey,
+        deadline: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Active connections whose refresh token dies before `before` and whose warning for that
+    /// deadline is not sent yet: (connection, deadline), at most `limit`.
+    async fn unwarned_reauthorizations(
+        &self,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<(ConnectionKey, i64)>, StoreError>;
+
+    /// Active connections whose refresh token dies before `before`, by connector type.
+    async fn count_reauthorization_due(
+        &self,
+        before: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// Claims up to `limit` active connections of `connector_types` not health-checked since
+    /// `checked_before`, the longest unchecked first, and records `now` as their check time
+    /// (so other replicas pick other ones).
+    async fn claim_health_checks(
+        &self,
+        connector_types: &[String],
+        now: i64,
+        checked_before: i64,
+        limit: i64,
+    ) -> Result<Vec<ConnectionKey>, StoreError>;
+
     /// Deletes a connection; returns it as it was, for revocation at the provider.
     async fn delete_connection(
         &self,
@@ -733,6 +766,11 @@ macro_rules! embedded_migrations {
                     $backend,
                     "/0016_connection_accounts.sql"
                 )),
+            ),
+            (
+                17,
+                "expiry",
+                include_str!(concat!("../../migrations/", $backend, "/0017_expiry.sql")),
             ),
         ]
     };

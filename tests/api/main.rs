@@ -21,6 +21,7 @@ mod hardening;
 mod helpers;
 mod identity;
 mod kinds;
+mod knowledge;
 mod listing;
 mod operations;
 mod outage;
@@ -60,6 +61,12 @@ macro_rules! conformance {
 conformance! {
     audit_counting {
         audit_counts_add_up_to_the_served_reads,
+    }
+    knowledge {
+        a_refresh_token_dying_within_the_window_is_warned_about_once,
+        a_distant_refresh_deadline_is_not_warned_about,
+        a_connection_without_a_required_scope_is_refused_and_listed,
+        a_revoked_grant_is_found_by_the_health_check_before_any_job_asks,
     }
     binb_token {
         an_imported_connection_is_served_with_the_documented_json_and_headers,

@@ -386,6 +386,25 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
             error = escape(&c.last_error.clone().unwrap_or_default().chars().take(80).collect::<String>()),
         ));
     }
+    // Issue 16: refresh tokens that die within `reauthorization_warning_days`.
+    let due = store
+        .list_connections(&ConnectionFilter {
+            refresh_expiring_before: Some(now.saturating_add(state.keeper.warning_window())),
+            limit: 200,
+            ..ConnectionFilter::default()
+        })
+        .await
+        .unwrap_or_default();
+    for c in &due {
+        attention.push_str(&format!(
+            "<tr class=\"attention due\"><td>{app}</td><td>{ct}</td><td><span class=\"status\">reconnect soon</span></td>\
+             <td>{refreshed}</td><td>the refresh token expires in {days} day(s)</td><td></td></tr>",
+            app = escape(c.key.app_id.as_str()),
+            ct = escape(c.key.connector_type.as_str()),
+            refreshed = ago(now, c.refreshed_at),
+            days = (c.refresh_expires_at.unwrap_or(now) - now).max(0) / 86_400,
+        ));
+    }
     if attention.is_empty() {
         attention = "<tr><td colspan=\"7\">Nothing needs attention.</td></tr>".into();
     }

@@ -30,6 +30,7 @@ pub struct BinBTokenQuery {
     force_refresh: Option<String>,
     repositories: Option<String>,
     permissions: Option<String>,
+    required_scopes: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -58,6 +59,30 @@ pub struct BinBTokenResponse {
 }
 
 impl BinBTokenQuery {
+    /// `required_scopes=a,b`: the scopes the job needs (commas or spaces between them).
+    fn required_scopes(&self) -> Result<Vec<String>, ApiError> {
+        let Some(raw) = self.required_scopes.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let scopes: Vec<String> = raw
+            .split([',', ' '])
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if scopes.is_empty()
+            || scopes.len() > 50
+            || scopes
+                .iter()
+                .any(|s| s.len() > 255 || s.chars().any(char::is_control))
+        {
+            return Err(ApiError::InvalidRequest(
+                "required_scopes must be 1 to 50 comma-separated scopes of at most 255 characters"
+                    .into(),
+            ));
+        }
+        Ok(scopes)
+    }
+
     /// The GitHub App scope asked for, if any.
     fn scope(&self) -> Result<Option<GithubScope>, ApiError> {
         GithubScope::parse(self.repositories.as_deref(), self.permissions.as_deref())
@@ -133,6 +158,7 @@ pub fn response_body(
         ("force_refresh" = Option<bool>, Query, description = "refresh even if the stored token looks valid"),
         ("repositories" = Option<String>, Query, description = "github_app: comma-separated repository names the token is limited to"),
         ("permissions" = Option<String>, Query, description = "github_app: comma-separated name:level permissions the token is limited to (contents:read)"),
+        ("required_scopes" = Option<String>, Query, description = "comma-separated scopes the job needs: 409 insufficient_scope naming the ones the connection was not granted"),
     ),
     responses(
         (status = 200, description = "a valid access token", body = BinBTokenResponse),
@@ -140,7 +166,7 @@ pub fn response_body(
     (status = 401, description = "unauthorized", body = crate::api::error::ErrorBody),
     (status = 403, description = "forbidden", body = crate::api::error::ErrorBody),
     (status = 404, description = "unknown_connector_type or not_connected", body = crate::api::error::ErrorBody),
-    (status = 409, description = "reauthorization_required", body = crate::api::error::ErrorBody),
+    (status = 409, description = "reauthorization_required, or insufficient_scope (with missing_scopes)", body = crate::api::error::ErrorBody),
     (status = 429, description = "rate_limited", body = crate::api::error::ErrorBody),
     (status = 502, description = "provider_error", body = crate::api::error::ErrorBody),
     (status = 503, description = "provider_unavailable (Retry-After)", body = crate::api::error::ErrorBody)
@@ -158,6 +184,7 @@ pub async fn get(
     let Query(query) =
         query.map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
     let scope = query.scope()?;
+    let required_scopes = query.required_scopes()?;
     let request = query.parse()?;
     let served = match &scope {
         Some(scope) => state.keeper.retrieve_scoped(&key, request, scope).await,
@@ -171,6 +198,18 @@ pub async fn get(
             return Err(error);
         }
     };
+    let missing = served.connection.tokens.missing_scopes(&required_scopes);
+    if !missing.is_empty() {
+        let error = ApiError::InsufficientScope {
+            message: format!(
+                "the connection was not granted the scope(s) {}: the tenant must reconnect and consent to them",
+                missing.join(", ")
+            ),
+            missing,
+        };
+        state.metrics.token_request(error.code());
+        return Err(error);
+    }
     state.metrics.token_request(if served.refreshed {
         "refreshed"
     } else {

@@ -26,6 +26,10 @@ pub struct ConnectionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     pub has_refresh_token: bool,
+    /// When the refresh token dies (epoch seconds): from `refresh_token_expires_in` or the
+    /// catalog's refresh-token lifetimes; absent when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_expires_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +78,7 @@ impl From<&StoredConnection> for ConnectionView {
             expires_at: c.tokens.expires_at,
             scope: c.tokens.scope.clone(),
             has_refresh_token: c.tokens.refresh_token.is_some(),
+            refresh_expires_at: c.tokens.refresh_expires_at,
             created_at: c.created_at,
             updated_at: c.updated_at,
             refreshed_at: c.refreshed_at,
@@ -96,6 +101,7 @@ impl From<&ConnectionSummary> for ConnectionView {
             expires_at: c.expires_at,
             scope: c.scope.clone(),
             has_refresh_token: c.has_refresh_token,
+            refresh_expires_at: c.refresh_expires_at,
             created_at: c.created_at,
             updated_at: c.updated_at,
             refreshed_at: c.refreshed_at,

@@ -20,6 +20,8 @@ pub struct ListQuery {
     connector_type: Option<String>,
     app_id_prefix: Option<String>,
     expiring_within: Option<i64>,
+    reauthorization_due_within: Option<i64>,
+    missing_scope: Option<String>,
     cursor: Option<String>,
     limit: Option<i64>,
 }
@@ -88,6 +90,29 @@ pub fn filter_of(query: ListQuery) -> Result<ConnectionFilter, ApiError> {
                 }
             })
             .transpose()?,
+        refresh_expiring_before: query
+            .reauthorization_due_within
+            .map(|s| {
+                if s >= 0 {
+                    Ok(now_epoch().saturating_add(s))
+                } else {
+                    Err(bad("reauthorization_due_within must not be negative"))
+                }
+            })
+            .transpose()?,
+        missing_scope: query
+            .missing_scope
+            .map(|s| {
+                if !s.is_empty()
+                    && s.len() <= 255
+                    && !s.chars().any(|c| c.is_whitespace() || c == ',' || c.is_control())
+                {
+                    Ok(s)
+                } else {
+                    Err(bad("missing_scope must be one scope: 1 to 255 characters, no space, comma or control character"))
+                }
+            })
+            .transpose()?,
         after: query
             .cursor
             .map(|c| decode_cursor(&c).ok_or_else(|| bad("cursor is not one this service issued")))
@@ -106,6 +131,8 @@ pub fn filter_of(query: ListQuery) -> Result<ConnectionFilter, ApiError> {
         ("connector_type" = Option<String>, Query),
         ("app_id_prefix" = Option<String>, Query),
         ("expiring_within" = Option<i64>, Query, description = "seconds"),
+        ("reauthorization_due_within" = Option<i64>, Query, description = "seconds: active connections whose refresh token expires within them"),
+        ("missing_scope" = Option<String>, Query, description = "connections whose granted scopes lack this one"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
         ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"),
     ),

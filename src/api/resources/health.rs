@@ -58,6 +58,15 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     {
         state.metrics.set_connections(&counts);
     }
+    let before = crate::domain::now_epoch().saturating_add(state.keeper.warning_window());
+    if let Ok(Ok(due)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        state.keeper.store().count_reauthorization_due(before),
+    )
+    .await
+    {
+        state.metrics.set_reauthorization_due(&due);
+    }
     state
         .metrics
         .open_circuits

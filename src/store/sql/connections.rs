@@ -4,7 +4,8 @@
 pub(crate) const CONNECTION_COLUMNS: &str = "app_id, connector_type, status, access_token, \
      refresh_token, token_type, expires_at, scope, metadata, version, created_at, updated_at, \
      refreshed_at, last_error, backoff_until, refresh_failures, last_error_kind, \
-     refresh_interrupted_at, client_id, client_secret";
+     refresh_interrupted_at, client_id, client_secret, refresh_expires_at, \
+     warned_refresh_expires_at";
 
 pub(crate) fn select_connection(suffix: &str) -> String {
     format!(
@@ -16,13 +17,14 @@ pub(crate) fn upsert_connection_sql() -> String {
     format!(
         "INSERT INTO connections (app_id, connector_type, status, access_token, refresh_token, \
          token_type, expires_at, scope, metadata, version, created_at, updated_at, refreshed_at, \
-         client_id, client_secret) \
-         VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, 1, $9, $9, $10, $11, $12) \
+         client_id, client_secret, refresh_expires_at) \
+         VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, 1, $9, $9, $10, $11, $12, $13) \
          ON CONFLICT (app_id, connector_type) DO UPDATE SET status = 'active', \
          access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
          client_id = excluded.client_id, client_secret = excluded.client_secret, \
          token_type = excluded.token_type, expires_at = excluded.expires_at, \
          scope = excluded.scope, metadata = excluded.metadata, \
+         refresh_expires_at = excluded.refresh_expires_at, \
          version = connections.version + 1, updated_at = excluded.updated_at, \
          refreshed_at = COALESCE(excluded.refreshed_at, connections.refreshed_at), \
          last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0, \
@@ -33,7 +35,8 @@ pub(crate) fn upsert_connection_sql() -> String {
 
 pub(crate) const UPDATE_REFRESHED: &str = "UPDATE connections SET status = 'active', \
      access_token = $4, refresh_token = $5, token_type = $6, expires_at = $7, scope = $8, \
-     metadata = $9, version = version + 1, updated_at = $10, refreshed_at = $10, \
+     metadata = $9, refresh_expires_at = $11, version = version + 1, updated_at = $10, \
+     refreshed_at = $10, \
      last_error = NULL, last_error_at = NULL, backoff_until = NULL, refresh_failures = 0, \
      refresh_claimed_until = NULL, last_error_kind = NULL, refresh_interrupted_at = NULL, \
      refresh_lease_owner = NULL, refresh_lease_until = NULL \
@@ -108,7 +111,7 @@ pub(crate) fn list_connections_sql(
     filter: &crate::domain::ConnectionFilter,
 ) -> (String, Vec<ListParam>) {
     let mut sql = String::from(
-        "SELECT app_id, connector_type, status, expires_at, scope, \
+        "SELECT app_id, connector_type, status, expires_at, scope, refresh_expires_at, \
          refresh_token IS NOT NULL AS has_refresh_token, created_at, updated_at, refreshed_at, \
          last_error FROM connections WHERE TRUE",
     );
@@ -163,6 +166,24 @@ pub(crate) fn list_connections_sql(
             vec![ListParam::Int(before)],
         );
     }
+    if let Some(before) = filter.refresh_expiring_before {
+        next(
+            &mut sql,
+            "status = 'active' AND refresh_expires_at IS NOT NULL AND refresh_expires_at <= $1",
+            vec![ListParam::Int(before)],
+        );
+    }
+    if let Some(scope) = filter.missing_scope.as_deref() {
+        // The granted scopes are stored as the provider wrote them, separated by spaces or
+        // commas: the scope is missing when no whole item equals it. The LIKE patterns
+        // escape their wildcards so that `a_b` does not match `axb`.
+        let escaped = like_escape(scope);
+        next(
+            &mut sql,
+            "NOT (COALESCE(' ' || replace(scope, ',', ' ') || ' ', '') LIKE $1 ESCAPE '\\')",
+            vec![ListParam::Text(format!("% {escaped} %"))],
+        );
+    }
     params.push(ListParam::Int(filter.limit));
     sql.push_str(&format!(
         " ORDER BY app_id, connector_type LIMIT ${}",
@@ -171,11 +192,56 @@ pub(crate) fn list_connections_sql(
     (sql, params)
 }
 
+/// `value` as a literal inside a LIKE pattern (escape character `\`).
+pub(crate) fn like_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A parameter of the listing's statement.
 pub(crate) enum ListParam {
     Text(String),
     Int(i64),
 }
+
+/// $1 app, $2 type, $3 the deadline warned about.
+pub(crate) const MARK_WARNED: &str = "UPDATE connections SET warned_refresh_expires_at = $3 \
+     WHERE app_id = $1 AND connector_type = $2 AND refresh_expires_at = $3 \
+     AND (warned_refresh_expires_at IS NULL OR warned_refresh_expires_at <> $3)";
+
+/// $1 before, $2 limit.
+pub(crate) const UNWARNED_DUE: &str = "SELECT app_id, connector_type, refresh_expires_at \
+     FROM connections WHERE status = 'active' AND refresh_expires_at IS NOT NULL \
+     AND refresh_expires_at <= $1 \
+     AND (warned_refresh_expires_at IS NULL OR warned_refresh_expires_at <> refresh_expires_at) \
+     ORDER BY refresh_expires_at LIMIT $2";
+
+/// Health checks to run: $1 now, $2 checked before, $3 limit, then the connector types
+/// ($4, $5, ...).
+pub(crate) fn claim_health_checks_sql(types: usize) -> String {
+    let list: Vec<String> = (0..types).map(|i| format!("${}", i + 4)).collect();
+    format!(
+        "UPDATE connections SET health_checked_at = $1 WHERE (app_id, connector_type) IN \
+         (SELECT app_id, connector_type FROM connections WHERE status = 'active' \
+          AND connector_type IN ({}) \
+          AND (health_checked_at IS NULL OR health_checked_at <= $2) \
+          ORDER BY COALESCE(health_checked_at, 0), app_id, connector_type LIMIT $3) \
+         AND (health_checked_at IS NULL OR health_checked_at <= $2) \
+         RETURNING app_id, connector_type",
+        list.join(", ")
+    )
+}
+
+/// $1 before.
+pub(crate) const COUNT_DUE: &str = "SELECT connector_type, COUNT(*) AS n FROM connections \
+     WHERE status = 'active' AND refresh_expires_at IS NOT NULL AND refresh_expires_at <= $1 \
+     GROUP BY connector_type";
 
 pub(crate) const COUNT_CONNECTIONS: &str = "SELECT connector_type, status, COUNT(*) AS n \
      FROM connections GROUP BY connector_type, status";
@@ -228,6 +294,7 @@ macro_rules! connection_store {
                     token_type: row.try_get("token_type")?,
                     expires_at: row.try_get("expires_at")?,
                     scope: row.try_get("scope")?,
+                    refresh_expires_at: row.try_get("refresh_expires_at")?,
                     metadata: serde_json::from_str(&metadata).map_err(|_| {
                         StoreError::Corrupt("connection metadata is not JSON".into())
                     })?,
@@ -248,6 +315,7 @@ macro_rules! connection_store {
                     .as_deref()
                     .and_then($crate::domain::FailureKind::parse),
                 refresh_interrupted_at: row.try_get("refresh_interrupted_at")?,
+                warned_refresh_expires_at: row.try_get("warned_refresh_expires_at")?,
                 key: sql::parse_key(&app, &ct)?,
             })
         }
@@ -294,6 +362,7 @@ macro_rules! connection_store {
                         .bind(next.tokens.scope.clone())
                         .bind(sealed.metadata)
                         .bind(now)
+                        .bind(next.tokens.refresh_expires_at)
                 }
                 RefreshWrite::Revoked { reason } => {
                     next.status = ConnectionStatus::ReauthorizationRequired;
@@ -413,6 +482,7 @@ macro_rules! connection_store {
                     .bind(obtained_at)
                     .bind(sealed.client_id)
                     .bind(sealed.client_secret)
+                    .bind(tokens.refresh_expires_at)
                     .fetch_one(&self.pool)
                     .await?;
                 decode(&self.keys, &row)
@@ -520,6 +590,7 @@ macro_rules! connection_store {
                             expires_at: r.try_get("expires_at")?,
                             scope: r.try_get("scope")?,
                             has_refresh_token: r.try_get("has_refresh_token")?,
+                            refresh_expires_at: r.try_get("refresh_expires_at")?,
                             created_at: r.try_get("created_at")?,
                             updated_at: r.try_get("updated_at")?,
                             refreshed_at: r.try_get("refreshed_at")?,
@@ -543,6 +614,84 @@ macro_rules! connection_store {
                             r.try_get("status")?,
                             r.try_get("n")?,
                         ))
+                    })
+                    .collect()
+            }
+
+            async fn mark_reauthorization_warned(
+                &self,
+                key: &$crate::domain::ConnectionKey,
+                deadline: i64,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query(sql::MARK_WARNED)
+                    .bind(key.app_id.as_str())
+                    .bind(key.connector_type.as_str())
+                    .bind(deadline)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn unwarned_reauthorizations(
+                &self,
+                before: i64,
+                limit: i64,
+            ) -> Result<Vec<($crate::domain::ConnectionKey, i64)>, $crate::store::StoreError>
+            {
+                use sqlx::Row;
+                let rows = sqlx::query(sql::UNWARNED_DUE)
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let app: String = r.try_get("app_id")?;
+                        let ct: String = r.try_get("connector_type")?;
+                        Ok((sql::parse_key(&app, &ct)?, r.try_get("refresh_expires_at")?))
+                    })
+                    .collect()
+            }
+
+            async fn count_reauthorization_due(
+                &self,
+                before: i64,
+            ) -> Result<Vec<(String, i64)>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(sql::COUNT_DUE)
+                    .bind(before)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("connector_type")?, r.try_get("n")?)))
+                    .collect()
+            }
+
+            async fn claim_health_checks(
+                &self,
+                connector_types: &[String],
+                now: i64,
+                checked_before: i64,
+                limit: i64,
+            ) -> Result<Vec<$crate::domain::ConnectionKey>, $crate::store::StoreError> {
+                use sqlx::Row;
+                if connector_types.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let statement = sql::claim_health_checks_sql(connector_types.len());
+                let mut query = sqlx::query(&statement)
+                    .bind(now)
+                    .bind(checked_before)
+                    .bind(limit);
+                for ct in connector_types {
+                    query = query.bind(ct.as_str());
+                }
+                let rows = query.fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|r| {
+                        let app: String = r.try_get("app_id")?;
+                        let ct: String = r.try_get("connector_type")?;
+                        sql::parse_key(&app, &ct)
                     })
                     .collect()
             }
