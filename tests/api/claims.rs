@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -16,8 +16,8 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    cli, eventually, holds_eventually, json_of, now, spawn_app_on, spawn_app_with, unique,
-    wait_until, AppOptions, Backend, FakeProvider, Mode, TestApp, BIN,
+    cli, eventually, exit_within, holds_eventually, json_of, now, spawn_app_on, spawn_app_with,
+    unique, wait_until, AppOptions, Backend, FakeProvider, Mode, TestApp, BIN,
 };
 
 // --- Harness pieces of this file ---------------------------------------------------------------
@@ -161,15 +161,11 @@ impl Serve {
 
     /// The exit code of a server that refused to start (waited for at most 30 s).
     fn exit_code(&mut self) -> Option<i32> {
-        let child = self.child.as_mut().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = self.child.take().unwrap();
+        match exit_within(child, Duration::from_secs(30)) {
+            Some(status) => status.code(),
+            None => panic!("serve is still running: {}", self.logs()),
         }
-        panic!("serve is still running: {}", self.logs());
     }
 }
 
@@ -224,18 +220,9 @@ fn run_with_deadline(mut command: Command, deadline: Duration) -> (Option<i32>, 
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let until = Instant::now() + deadline;
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() >= until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} did not finish within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = exit_within(child, deadline)
+        .unwrap_or_else(|| panic!("{command:?} did not finish within {deadline:?}"))
+        .code();
     (code, out.join().unwrap(), err.join().unwrap())
 }
 
@@ -512,7 +499,7 @@ async fn the_postgres_pool_opens_at_most_16_connections_and_the_rest_get_503() {
             (response.status().as_u16(), json_of(response).await)
         });
     }
-    let mut monitor = pg_connect(&admin_url).await;
+    let monitor = pg_connect(&admin_url).await;
     let count = |waiting_only: bool| {
         format!(
             // The cache listener has a connection of its own, outside the pool.
@@ -525,29 +512,27 @@ async fn the_postgres_pool_opens_at_most_16_connections_and_the_rest_get_503() {
             }
         )
     };
-    // The pool fills up: 16 token reads wait on the lock, each on its own connection.
-    let mut most = 0i64;
-    let hang_guard = Instant::now() + Duration::from_secs(60);
-    loop {
+    // The pool fills up: 16 token reads wait on the lock, each on its own connection; the
+    // server never holds more, at any of the looks.
+    let monitor = tokio::sync::Mutex::new(monitor);
+    let most = std::sync::atomic::AtomicI64::new(0);
+    eventually("16 reads waiting on the lock", || async {
+        let mut monitor = monitor.lock().await;
         let waiting: i64 = sqlx::query_scalar(&count(true))
-            .fetch_one(&mut monitor)
+            .fetch_one(&mut *monitor)
             .await
             .unwrap();
         let all: i64 = sqlx::query_scalar(&count(false))
-            .fetch_one(&mut monitor)
+            .fetch_one(&mut *monitor)
             .await
             .unwrap();
-        most = most.max(all);
+        most.fetch_max(all, std::sync::atomic::Ordering::SeqCst);
         assert!(all <= 16, "the server holds {all} connections");
-        if waiting == 16 {
-            break;
-        }
-        assert!(
-            Instant::now() < hang_guard,
-            "timed out waiting for 16 reads to wait on the lock ({waiting} do)"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval of the condition
-    }
+        (waiting == 16).then_some(())
+    })
+    .await;
+    let most = most.into_inner();
+    let mut monitor = monitor.into_inner();
     // The others cannot get a connection: 503, while the lock still holds.
     let mut unavailable = 0;
     while unavailable == 0 {

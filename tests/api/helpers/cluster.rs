@@ -174,20 +174,12 @@ impl Drop for PgCluster {
             ])
             .current_dir(&self.dir);
         // Not `output_within`: a panic in a drop during a panic would abort.
-        if let Ok(mut child) = command
+        if let Ok(child) = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
         {
-            let until = std::time::Instant::now() + Duration::from_secs(70);
-            while std::time::Instant::now() < until {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = super::exit_within(child, Duration::from_secs(70));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -34,7 +34,7 @@ pub use cli::{cli, cli_ok};
 pub use cluster::PgCluster;
 pub use oidc::{browse, userinfo, OidcClient, OidcServer};
 pub use postgres::PgDatabase;
-pub use process::{output_within, COMMAND_DEADLINE};
+pub use process::{exit_within, output_within, COMMAND_DEADLINE};
 pub use provider::{FakeProvider, Mode, CLIENT_ID, HUGE_BODY};
 pub use server::{spawn_app, spawn_app_on, spawn_app_with, AppOptions, Backend, TestApp};
 pub use signup::set_cookies;

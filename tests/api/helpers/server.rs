@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{cli_ok, unique, FakeProvider, PgDatabase, BIN, CLIENT_ID};
 
@@ -201,21 +201,13 @@ impl TestApp {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM first: the server shuts down gracefully.
+        if let Some(child) = self.child.take() {
+            // SIGTERM first: the server shuts down gracefully (killed after 10 s).
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .arg(child.id().to_string())
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = super::exit_within(child, Duration::from_secs(10));
         }
     }
 
@@ -239,17 +231,11 @@ impl TestApp {
     /// Waits (at most `deadline`, a guard against a hang) for the process to exit; returns its
     /// exit code. Panics when it is still running then.
     pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
-        let mut child = self.child.take().expect("the server is running");
-        let until = Instant::now() + deadline;
-        while Instant::now() < until {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = self.child.take().expect("the server is running");
+        match super::exit_within(child, deadline) {
+            Some(status) => status.code(),
+            None => panic!("the server did not exit after SIGTERM: {}", self.logs()),
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the server did not exit after SIGTERM: {}", self.logs());
     }
 
     /// Starts the server again (after `terminate` or `kill`).
