@@ -260,16 +260,15 @@ impl Provider {
         }
     }
 
-    /// Sends a proxied request to a connector type's API (`url` already checked against its
-    /// API host) and returns the answer unread, for streaming. Redirects are not followed.
-    pub async fn forward(
+    /// The client for a request to `url` of a connector type (the proxy's, or the token
+    /// calls'), after checking an IP literal host against the address policy (a name is
+    /// checked by the resolver when the connection is made).
+    fn client_for(
         &self,
         ct: &ConnectorType,
-        method: http::Method,
-        url: reqwest::Url,
-        headers: http::HeaderMap,
-        body: reqwest::Body,
-    ) -> Result<reqwest::Response, RefreshError> {
+        url: &reqwest::Url,
+        proxy: bool,
+    ) -> Result<&reqwest::Client, Fault> {
         let literal = match url.host() {
             Some(oauth2::url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
             Some(oauth2::url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
@@ -280,28 +279,36 @@ impl Provider {
             private: ct.private_network,
         };
         if literal.is_some_and(|ip| !netguard::address_allowed(ip, policy)) {
-            return Err(RefreshError::Rejected(Fault::Blocked.to_string()));
+            return Err(Fault::Blocked);
         }
-        let http = if ct.private_network {
-            &self.proxy_private
-        } else {
-            &self.proxy
-        };
+        Ok(match (proxy, ct.private_network) {
+            (true, true) => &self.proxy_private,
+            (true, false) => &self.proxy,
+            (false, true) => &self.http_private,
+            (false, false) => &self.http,
+        })
+    }
+
+    /// Sends a proxied request to a connector type's API (`url` already checked against its
+    /// API host) and returns the answer unread, for streaming. Redirects are not followed.
+    pub async fn forward(
+        &self,
+        ct: &ConnectorType,
+        method: http::Method,
+        url: reqwest::Url,
+        headers: http::HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<reqwest::Response, RefreshError> {
+        let http = self
+            .client_for(ct, &url, true)
+            .map_err(|fault| RefreshError::Rejected(fault.to_string()))?;
         http.request(method, url)
             .headers(headers)
             .body(body)
             .send()
             .await
             .map_err(|e| {
-                let fault = if netguard::is_blocked(&e) {
-                    Fault::Blocked
-                } else if e.is_timeout() {
-                    Fault::Timeout
-                } else if e.is_connect() {
-                    Fault::Connect
-                } else {
-                    Fault::Other
-                };
+                let fault = fault_of(&e);
                 match fault {
                     Fault::Blocked => RefreshError::Rejected(fault.to_string()),
                     _ => RefreshError::Unavailable {
@@ -819,23 +826,7 @@ impl Provider {
     async fn send_raw(&self, ct: &ConnectorType, req: HttpRequest) -> Result<RawAnswer, Fault> {
         let (parts, body) = req.into_parts();
         let url = reqwest::Url::parse(&parts.uri.to_string()).map_err(|_| Fault::Other)?;
-        let literal = match url.host() {
-            Some(oauth2::url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(oauth2::url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        };
-        let policy = AddressPolicy {
-            loopback: self.allow_loopback,
-            private: ct.private_network,
-        };
-        if literal.is_some_and(|ip| !netguard::address_allowed(ip, policy)) {
-            return Err(Fault::Blocked);
-        }
-        let http = if ct.private_network {
-            &self.http_private
-        } else {
-            &self.http
-        };
+        let http = self.client_for(ct, &url, false)?;
         let mut builder = http.request(parts.method, url).headers(parts.headers);
         for (k, v) in &ct.token_headers {
             builder = builder.header(k.as_str(), v.as_str());
@@ -851,17 +842,7 @@ impl Provider {
                     .body(serde_json::to_vec(&object).map_err(|_| Fault::Other)?)
             }
         };
-        let response = builder.send().await.map_err(|e| {
-            if netguard::is_blocked(&e) {
-                Fault::Blocked
-            } else if e.is_timeout() {
-                Fault::Timeout
-            } else if e.is_connect() {
-                Fault::Connect
-            } else {
-                Fault::Other
-            }
-        })?;
+        let response = builder.send().await.map_err(|e| fault_of(&e))?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -1133,6 +1114,19 @@ fn classify(e: RequestTokenError<Fault, BasicErrorResponse>) -> RefreshError {
         RequestTokenError::Other(_) => {
             RefreshError::Rejected("the provider's answer could not be used".to_string())
         }
+    }
+}
+
+/// What went wrong with a request that got no answer.
+fn fault_of(e: &reqwest::Error) -> Fault {
+    if netguard::is_blocked(e) {
+        Fault::Blocked
+    } else if e.is_timeout() {
+        Fault::Timeout
+    } else if e.is_connect() {
+        Fault::Connect
+    } else {
+        Fault::Other
     }
 }
 

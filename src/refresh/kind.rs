@@ -26,8 +26,10 @@ pub trait CredentialKind: Send + Sync {
     fn renewable(&self, current: &StoredConnection) -> bool;
 
     /// The URL the call goes to, placeholders filled from the connection's metadata: its host
-    /// names the circuit breaker and the provider-call slots.
-    fn endpoint(&self, ct: &ConnectorType, current: &StoredConnection) -> Option<String>;
+    /// names the circuit breaker and the provider-call slots. By default the token endpoint.
+    fn endpoint(&self, ct: &ConnectorType, current: &StoredConnection) -> Option<String> {
+        ct.expand_url(&ct.token_url, &current.tokens.metadata).ok()
+    }
 
     /// Calls the provider. `budget` is what is left before the row lease ends; the keeper
     /// also cuts the call at that deadline.
@@ -42,6 +44,13 @@ pub trait CredentialKind: Send + Sync {
 
     /// What is stored: the provider's answer completed with what the connection already held.
     fn merge(&self, current: &TokenSet, obtained: TokenSet) -> TokenSet;
+}
+
+/// The metadata the connection held, completed (or updated) by what the provider sent.
+fn keep_metadata(current: &TokenSet, obtained: &mut TokenSet) {
+    let mut metadata = current.metadata.clone();
+    metadata.append(&mut obtained.metadata);
+    obtained.metadata = metadata;
 }
 
 /// The kind of a connector type's connections.
@@ -69,10 +78,6 @@ impl CredentialKind for ClientCredentialsGrant {
         true
     }
 
-    fn endpoint(&self, ct: &ConnectorType, current: &StoredConnection) -> Option<String> {
-        ct.expand_url(&ct.token_url, &current.tokens.metadata).ok()
-    }
-
     async fn obtain(
         &self,
         provider: &Provider,
@@ -89,9 +94,7 @@ impl CredentialKind for ClientCredentialsGrant {
         // A refresh token sent with a client-credentials answer is not kept (RFC 6749 §4.4.3
         // says none should be issued): the next token is minted again.
         obtained.refresh_token = None;
-        let mut metadata = current.metadata.clone();
-        metadata.append(&mut obtained.metadata);
-        obtained.metadata = metadata;
+        keep_metadata(current, &mut obtained);
         obtained
     }
 }
@@ -176,10 +179,6 @@ impl CredentialKind for JwtBearerGrant {
         current.tokens.refresh_token.is_some()
     }
 
-    fn endpoint(&self, ct: &ConnectorType, current: &StoredConnection) -> Option<String> {
-        ct.expand_url(&ct.token_url, &current.tokens.metadata).ok()
-    }
-
     async fn obtain(
         &self,
         provider: &Provider,
@@ -196,9 +195,7 @@ impl CredentialKind for JwtBearerGrant {
     fn merge(&self, current: &TokenSet, mut obtained: TokenSet) -> TokenSet {
         // The renewal secret is the key, never anything the provider sends.
         obtained.refresh_token = current.refresh_token.clone();
-        let mut metadata = current.metadata.clone();
-        metadata.append(&mut obtained.metadata);
-        obtained.metadata = metadata;
+        keep_metadata(current, &mut obtained);
         obtained
     }
 }
@@ -277,9 +274,7 @@ impl CredentialKind for GithubAppInstallation {
 
     fn merge(&self, current: &TokenSet, mut obtained: TokenSet) -> TokenSet {
         obtained.refresh_token = None;
-        let mut metadata = current.metadata.clone();
-        metadata.append(&mut obtained.metadata);
-        obtained.metadata = metadata;
+        keep_metadata(current, &mut obtained);
         obtained
     }
 }
@@ -332,10 +327,6 @@ impl CredentialKind for RefreshTokenGrant {
         current.tokens.refresh_token.is_some()
     }
 
-    fn endpoint(&self, ct: &ConnectorType, current: &StoredConnection) -> Option<String> {
-        ct.expand_url(&ct.token_url, &current.tokens.metadata).ok()
-    }
-
     async fn obtain(
         &self,
         provider: &Provider,
@@ -364,9 +355,7 @@ impl CredentialKind for RefreshTokenGrant {
         if obtained.refresh_token.is_none() {
             obtained.refresh_token = current.refresh_token.clone();
         }
-        let mut metadata = current.metadata.clone();
-        metadata.append(&mut obtained.metadata);
-        obtained.metadata = metadata;
+        keep_metadata(current, &mut obtained);
         if obtained.scope.is_none() {
             obtained.scope = current.scope.clone();
         }

@@ -75,18 +75,14 @@ pub async fn forward(
     let rest = proxied_path(parts.uri.path()).ok_or(ApiError::NotFound)?;
     let target = proxy_target(&base, rest, parts.uri.query()).map_err(ApiError::InvalidRequest)?;
     let mut body = Payload::of(&parts, body).await?;
-    let forwarded = forwarded_headers(&parts.headers);
-    let tokens = &served.connection.tokens;
-    let mut answer = send(
-        &state,
-        &ct,
-        &parts.method,
-        &target,
-        &forwarded,
-        tokens,
-        &mut body,
-    )
-    .await?;
+    let outgoing = Outgoing {
+        state: &state,
+        ct: &ct,
+        method: &parts.method,
+        target: &target,
+        forwarded: forwarded_headers(&parts.headers),
+    };
+    let mut answer = outgoing.send(&served.connection.tokens, &mut body).await?;
     if answer.status() == StatusCode::UNAUTHORIZED && body.replayable() {
         // The provider refused a token tokenbox thought valid: one forced refresh, one retry.
         let forced = TokenRequest {
@@ -94,17 +90,7 @@ pub async fn forward(
             force_refresh: true,
         };
         let fresh = state.keeper.retrieve_token(&key, forced).await?;
-        let tokens = &fresh.connection.tokens;
-        answer = send(
-            &state,
-            &ct,
-            &parts.method,
-            &target,
-            &forwarded,
-            tokens,
-            &mut body,
-        )
-        .await?;
+        answer = outgoing.send(&fresh.connection.tokens, &mut body).await?;
     }
     pause_when_asked(&state, &key, &answer).await?;
     record(&state, &principal, &key, &parts.method, rest, &answer).await;
@@ -195,44 +181,53 @@ impl Payload {
     }
 }
 
-async fn send(
-    state: &AppState,
-    ct: &ConnectorType,
-    method: &Method,
-    target: &reqwest::Url,
-    forwarded: &HeaderMap,
-    tokens: &TokenSet,
-    body: &mut Payload,
-) -> Result<reqwest::Response, ApiError> {
-    let (credential, query) = ct.credential_headers(tokens);
-    let mut headers = forwarded.clone();
-    for (name, value) in &credential {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(name, value);
+/// A proxied request, sent once or again after a refresh with the connection's credential.
+struct Outgoing<'a> {
+    state: &'a AppState,
+    ct: &'a ConnectorType,
+    method: &'a Method,
+    target: &'a reqwest::Url,
+    /// The caller's headers that go on to the provider.
+    forwarded: HeaderMap,
+}
+
+impl Outgoing<'_> {
+    async fn send(
+        &self,
+        tokens: &TokenSet,
+        body: &mut Payload,
+    ) -> Result<reqwest::Response, ApiError> {
+        let (state, ct) = (self.state, self.ct);
+        let (credential, query) = ct.credential_headers(tokens);
+        let mut headers = self.forwarded.clone();
+        for (name, value) in &credential {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
         }
+        let mut url = self.target.clone();
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&query);
+        }
+        state
+            .keeper
+            .provider()
+            .forward(ct, self.method.clone(), url, headers, body.take())
+            .await
+            .map_err(|error| match error {
+                RefreshError::Unavailable { reason, .. } => ApiError::ProviderUnavailable {
+                    message: format!("the provider's API is unavailable: {reason}"),
+                    retry_after: 5,
+                },
+                other => ApiError::ProviderError {
+                    message: format!("the provider's API could not be reached: {other}"),
+                    retry_after: None,
+                },
+            })
     }
-    let mut url = target.clone();
-    if !query.is_empty() {
-        url.query_pairs_mut().extend_pairs(&query);
-    }
-    state
-        .keeper
-        .provider()
-        .forward(ct, method.clone(), url, headers, body.take())
-        .await
-        .map_err(|error| match error {
-            RefreshError::Unavailable { reason, .. } => ApiError::ProviderUnavailable {
-                message: format!("the provider's API is unavailable: {reason}"),
-                retry_after: 5,
-            },
-            other => ApiError::ProviderError {
-                message: format!("the provider's API could not be reached: {other}"),
-                retry_after: None,
-            },
-        })
 }
 
 /// What follows `/{app_id}/{connector_type}/proxy` in the raw (still percent-encoded) path.
