@@ -238,7 +238,7 @@ impl Default for Config {
             body_timeout: Duration::from_secs(20),
             max_connections: 1000,
             audit_retention_days: 365,
-            audit_coalesce: Duration::from_secs(1),
+            audit_coalesce: Duration::from_secs(10),
             webhook_retention_days: 30,
             webhook_retry_seconds: 1,
             prune_interval: Duration::from_secs(3600),

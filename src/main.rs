@@ -7,6 +7,12 @@ use clap::Parser;
 
 use tokenbox::cli::Cli;
 
+/// mimalloc instead of the system allocator: the hot path allocates small, short-lived
+/// buffers on every request, and glibc's malloc spent a sixth of its time there
+/// (`bench/RESULTS.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -203,7 +203,7 @@ pub struct Reencrypted {
 }
 
 /// What a refresh writes back while it holds the connection.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum RefreshWrite {
     /// A new token set; the connection becomes active and its error is cleared.
     Refreshed(TokenSet),

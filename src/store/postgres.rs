@@ -21,6 +21,8 @@ pub struct PostgresStore {
     keys: Arc<KeyRing>,
     /// This process, as the holder of refresh leases.
     owner: Arc<str>,
+    /// Commits refresh outcomes together (one transaction for those that queue meanwhile).
+    committer: RefreshCommitter,
     /// How to open the change listener's own connection.
     options: PgConnectOptions,
 }
@@ -82,9 +84,11 @@ impl PostgresStore {
                     )
                 })?;
         }
+        let keys = Arc::new(keys);
         Ok(Self {
+            committer: RefreshCommitter::start(pool.clone(), keys.clone()),
             pool,
-            keys: Arc::new(keys),
+            keys,
             owner: super::lease_owner(),
             options: listener_options,
         })
@@ -112,6 +116,11 @@ impl PostgresStore {
             sql::WEBHOOK_DUE,
             sql::WEBHOOK_COLUMNS
         )
+    }
+
+    /// Where refresh leases are taken and given back: the one pool.
+    fn lease_pool(&self) -> &sqlx::PgPool {
+        &self.pool
     }
 
     fn claim_due_sql() -> String {

@@ -7,12 +7,22 @@ pub(crate) const READ_AUDIT: &str = "SELECT at, principal, action, app_id, conne
      outcome, client_addr, subject, count, last_at FROM audit_events WHERE at >= $1 AND ($2 = '' OR app_id = $2) \
      ORDER BY id DESC LIMIT $3";
 
-/// A multi-row insert of `rows` audit events (ten parameters each).
-pub(crate) fn insert_audit_sql(rows: usize) -> String {
+/// A multi-row insert of `rows` audit events (ten parameters each). `numbered`: `$1, $2, ...`
+/// placeholders (PostgreSQL); otherwise anonymous `?` ones, which SQLite binds by position
+/// without looking each one up by name.
+pub(crate) fn insert_audit_sql(rows: usize, numbered: bool) -> String {
     let placeholders: Vec<String> = (0..rows)
         .map(|i| {
             let b = i * 10;
-            let row: Vec<String> = (1..=10).map(|p| format!("${}", b + p)).collect();
+            let row: Vec<String> = (1..=10)
+                .map(|p| {
+                    if numbered {
+                        format!("${}", b + p)
+                    } else {
+                        "?".to_string()
+                    }
+                })
+                .collect();
             format!("({})", row.join(", "))
         })
         .collect();
@@ -30,11 +40,13 @@ macro_rules! audit_store {
                 &self,
                 events: &[$crate::domain::AuditEvent],
             ) -> Result<(), $crate::store::StoreError> {
-                // Multi-row inserts: one statement per 16 events (SQLite looks each parameter
-                // up by name: a statement's cost grows with the square of its parameters).
+                // Multi-row inserts: one statement per 16 events (SQLite looks each named
+                // parameter up by name: a statement's cost grows with the square of its
+                // parameters; its placeholders are anonymous).
+                let numbered = <$db as sqlx::Database>::NAME == "PostgreSQL";
                 let mut tx = self.pool.begin().await?;
                 for chunk in events.chunks(16) {
-                    let statement = sql::insert_audit_sql(chunk.len());
+                    let statement = sql::insert_audit_sql(chunk.len(), numbered);
                     let mut query = sqlx::query(&statement);
                     for e in chunk {
                         query = query

@@ -398,12 +398,106 @@ macro_rules! connection_store {
             Ok((result.rows_affected() == 1).then_some(next))
         }
 
+        /// Refresh outcomes committed together (group commit): each refresh's write is a
+        /// statement of its own, conditional on the version it read, but the writes queued
+        /// while a commit is under way share the next transaction, and so its one fsync.
+        /// A refresh is acknowledged only once its transaction committed, as before; a batch
+        /// that fails is written again one refresh per transaction, so that one bad write
+        /// cannot cost the others their rotated refresh tokens.
+        #[derive(Clone)]
+        pub(crate) struct RefreshCommitter {
+            sender: tokio::sync::mpsc::Sender<CommitJob>,
+        }
+
+        struct CommitJob {
+            current: $crate::domain::StoredConnection,
+            write: $crate::store::RefreshWrite,
+            reply: tokio::sync::oneshot::Sender<
+                Result<Option<$crate::domain::StoredConnection>, $crate::store::StoreError>,
+            >,
+        }
+
+        /// Writes gathered into one transaction at most.
+        const COMMIT_BATCH: usize = 128;
+
+        impl RefreshCommitter {
+            /// Starts the committing task; it ends when the last clone is dropped.
+            pub(crate) fn start(
+                pool: sqlx::Pool<$db>,
+                keys: std::sync::Arc<$crate::store::crypto::KeyRing>,
+            ) -> Self {
+                let (sender, mut receiver) = tokio::sync::mpsc::channel::<CommitJob>(1024);
+                tokio::spawn(async move {
+                    let mut jobs = Vec::with_capacity(COMMIT_BATCH);
+                    while receiver.recv_many(&mut jobs, COMMIT_BATCH).await > 0 {
+                        let results = Self::commit(&pool, &keys, &jobs).await;
+                        for (job, result) in jobs.drain(..).zip(results) {
+                            // A caller that went away (shut down) no longer waits.
+                            let _ = job.reply.send(result);
+                        }
+                    }
+                });
+                Self { sender }
+            }
+
+            async fn commit(
+                pool: &sqlx::Pool<$db>,
+                keys: &$crate::store::crypto::KeyRing,
+                jobs: &[CommitJob],
+            ) -> Vec<Result<Option<$crate::domain::StoredConnection>, $crate::store::StoreError>>
+            {
+                if jobs.len() > 1 {
+                    let together = async {
+                        let mut tx = pool.begin().await?;
+                        let mut written = Vec::with_capacity(jobs.len());
+                        for job in jobs {
+                            written.push(
+                                write_refresh(&mut *tx, keys, &job.current, job.write.clone())
+                                    .await?,
+                            );
+                        }
+                        tx.commit().await?;
+                        Ok::<_, $crate::store::StoreError>(written)
+                    };
+                    match together.await {
+                        Ok(written) => return written.into_iter().map(Ok).collect(),
+                        Err(e) => tracing::warn!(error = %e, writes = jobs.len(), "a group commit of refreshes failed; writing them one by one"),
+                    }
+                }
+                let mut results = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    results.push(write_refresh(pool, keys, &job.current, job.write.clone()).await);
+                }
+                results
+            }
+
+            async fn write(
+                &self,
+                current: &$crate::domain::StoredConnection,
+                write: $crate::store::RefreshWrite,
+            ) -> Result<Option<$crate::domain::StoredConnection>, $crate::store::StoreError>
+            {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let job = CommitJob {
+                    current: current.clone(),
+                    write,
+                    reply,
+                };
+                // The committing task stops only with the runtime: the database is gone.
+                let gone = || $crate::store::StoreError::Database(sqlx::Error::PoolClosed);
+                self.sender.send(job).await.map_err(|_| gone())?;
+                answer.await.map_err(|_| gone())?
+            }
+        }
+
         /// The lease on one connection during a refresh: no database connection or
         /// transaction is held while the provider answers; the write is conditional on the
         /// version read, and clears the lease.
         struct LeaseRefresh {
-            pool: sqlx::Pool<$db>,
-            keys: std::sync::Arc<$crate::store::crypto::KeyRing>,
+            /// Where the lease is given back (the store's `lease_pool`).
+            lease_pool: sqlx::Pool<$db>,
+            /// Where the outcome is written (with the lease cleared).
+            committer: RefreshCommitter,
             owner: std::sync::Arc<str>,
             current: Option<$crate::domain::StoredConnection>,
         }
@@ -414,7 +508,7 @@ macro_rules! connection_store {
                     .bind(key.app_id.as_str())
                     .bind(key.connector_type.as_str())
                     .bind(&*self.owner)
-                    .execute(&self.pool)
+                    .execute(&self.lease_pool)
                     .await;
                 if let Err(e) = released {
                     // The lease then ends by itself at its expiry.
@@ -435,7 +529,7 @@ macro_rules! connection_store {
             ) -> Result<Option<$crate::domain::StoredConnection>, $crate::store::StoreError>
             {
                 let current = self.current();
-                let written = write_refresh(&self.pool, &self.keys, current, write).await;
+                let written = self.committer.write(current, write).await;
                 if !matches!(written, Ok(Some(_))) {
                     // Not written (a lost race or an error): the lease is ours to give back.
                     self.give_back(&current.key).await;
@@ -506,12 +600,12 @@ macro_rules! connection_store {
                         .bind(&*self.owner)
                         .bind(now)
                         .bind(lease_seconds)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(self.lease_pool())
                         .await?;
                     if let Some(row) = row {
                         let guard = LeaseRefresh {
-                            pool: self.pool.clone(),
-                            keys: self.keys.clone(),
+                            lease_pool: self.lease_pool().clone(),
+                            committer: self.committer.clone(),
                             owner: self.owner.clone(),
                             current: None,
                         };

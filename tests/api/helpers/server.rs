@@ -114,6 +114,11 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             secret = provider.state.client_secret,
         ));
     }
+    // Token reads are coalesced for 10 s by default; tests that read the audit trail back
+    // would wait that long for the row, so they get a one-second window unless they set one.
+    if !options.extra_config.contains("audit_coalesce_seconds") {
+        config.insert_str(0, "audit_coalesce_seconds = 1\n");
+    }
     let config_path = dir.join("tokenbox.toml");
     std::fs::write(&config_path, config).unwrap();
 
