@@ -38,12 +38,30 @@ fn install(
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default))
-        // The spans exported as traces never shape a log line.
+        // The spans exported as traces never shape a log line; without traces they are
+        // disabled at their call sites.
         .add_directive(
             format!("{}=off", tracing_otel::TARGET)
                 .parse()
                 .expect("a valid directive"),
         );
+    let Some(traces) = traces else {
+        // Without traces, the subscriber of old: one global filter, nothing more per event.
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        let result = match format {
+            LogFormat::Json => builder.json().flatten_event(true).try_init(),
+            LogFormat::Text => builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .try_init(),
+        };
+        // A second initialisation (tests) keeps the first subscriber.
+        drop(result);
+        return Ok(());
+    };
+    // With traces, each layer has its own filter: the log filter never hides a span from the
+    // exporter.
     let builder = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = match format {
         LogFormat::Json => builder
@@ -56,11 +74,8 @@ fn install(
             .with_filter(filter)
             .boxed(),
     };
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![logs];
-    if let Some(settings) = traces {
-        layers.push(tracing_otel::layer(settings)?);
-    }
-    // A second initialisation (tests) keeps the first subscriber.
+    let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
+        vec![logs, tracing_otel::layer(traces)?];
     drop(Registry::default().with(layers).try_init());
     Ok(())
 }

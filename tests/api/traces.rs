@@ -347,3 +347,84 @@ async fn the_trace_context_reaches_a_provider_only_when_its_connector_type_allow
     assert_eq!(parts[2], exchange.span_id);
     assert_eq!(exchange.attribute("connector_type"), "traced");
 }
+
+/// The background refresher's provider calls are roots of their own traces (no request
+/// started them), with their provider requests under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_refresh_is_a_trace_of_its_own() {
+    let provider = FakeProvider::start().await;
+    let receiver = OtlpReceiver::start().await;
+    let app = spawn_app_with(AppOptions {
+        provider: Some(provider.clone()),
+        refresher: true,
+        extra_config: format!(
+            "otlp_endpoint = \"{}\"\notlp_batch_delay_millis = 20\nrefresher_interval_seconds = 1\n",
+            receiver.url
+        ),
+        ..AppOptions::default()
+    })
+    .await;
+    let app_id = unique("background");
+    app.import_ok(
+        &app_id,
+        "acme",
+        &json!({
+            "access_token": unique("imported-at"),
+            "refresh_token": provider.new_refresh_token(),
+            "expires_at": now() + 120,
+        }),
+    )
+    .await;
+
+    let call = receiver.only_span("provider_call").await;
+    assert_eq!(call.parent, "", "a root span: {call:?}");
+    assert_eq!(call.attribute("outcome"), "ok");
+    assert_eq!(call.attribute("connector_type"), "acme");
+    let exchange = receiver.only_span("POST 127.0.0.1").await;
+    assert_eq!(exchange.parent, call.span_id);
+    let in_trace: Vec<String> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == call.trace_id)
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(in_trace.len(), 2, "no request in this trace: {in_trace:?}");
+}
+
+/// The spans still waiting in the exporter's batch are sent when the server stops: with a
+/// batch delay of ten minutes, nothing is sent before SIGTERM, everything after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spans_still_in_the_batch_are_sent_at_shutdown() {
+    let provider = FakeProvider::start().await;
+    let receiver = OtlpReceiver::start().await;
+    let mut app = spawn_app_with(AppOptions {
+        provider: Some(provider.clone()),
+        extra_config: format!(
+            "otlp_endpoint = \"{}\"\notlp_batch_delay_millis = 600000\n",
+            receiver.url
+        ),
+        ..AppOptions::default()
+    })
+    .await;
+    let app_id = unique("shutdown");
+    app.import_expired(&app_id).await;
+    let response = app.get_token(&app_id, "acme", "").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(provider.calls(), 1);
+    assert!(receiver.spans().is_empty(), "still in the batch");
+
+    assert_eq!(
+        app.terminate(std::time::Duration::from_secs(30)),
+        Some(0),
+        "a clean exit"
+    );
+    let names: Vec<String> = receiver.spans().into_iter().map(|s| s.name).collect();
+    for name in [
+        "PUT /{app_id}/{connector_type}/connection",
+        "GET /{app_id}/{connector_type}/binb-token",
+        "provider_call",
+        "POST 127.0.0.1",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+    }
+}
