@@ -27,8 +27,11 @@ use axum::Router;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+};
 use opentelemetry_sdk::Resource;
 use tracing::field::Empty;
 use tracing::Instrument;
@@ -73,13 +76,16 @@ pub fn layer(settings: &Settings<'_>) -> anyhow::Result<Box<dyn Layer<Registry> 
         .with_endpoint(endpoint)
         .build()
         .context("cannot build the OTLP exporter")?;
-    let processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_scheduled_delay(settings.batch_delay)
-                .build(),
-        )
-        .build();
+    let processor = BatchSpanProcessor::builder(Reporting {
+        inner: exporter,
+        failing: AtomicBool::new(false),
+    })
+    .with_batch_config(
+        BatchConfigBuilder::default()
+            .with_scheduled_delay(settings.batch_delay)
+            .build(),
+    )
+    .build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_resource(
@@ -174,6 +180,42 @@ pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
         return;
     }
     propagator().inject_context(&span.context(), &mut HeaderInjector(headers));
+}
+
+/// The OTLP exporter, logging when exports start failing (once) and when they succeed again.
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    failing: AtomicBool,
+}
+
+impl<E: SpanExporter> SpanExporter for Reporting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        match &result {
+            Err(e) if !self.failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(error = %e, spans, "spans could not be sent to the OTLP endpoint (logged once until it works again)");
+            }
+            Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
+                tracing::info!("the OTLP endpoint accepts spans again");
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&mut self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 fn propagator() -> &'static TraceContextPropagator {

@@ -4,6 +4,7 @@
 //! context reaches a provider only when its connector type allows it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -17,40 +18,58 @@ use prost::Message;
 use serde_json::json;
 
 use crate::helpers::{
-    eventually, now, spawn_app_with, unique, AppOptions, FakeProvider, TestApp, CLIENT_ID,
+    eventually, now, spawn_app_with, unique, wait_until, AppOptions, FakeProvider, TestApp,
+    CLIENT_ID,
 };
 
 /// OTLP span kinds (`opentelemetry.proto.trace.v1.Span.SpanKind`).
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 
-/// A collector: every body posted to `/v1/traces`, as received.
+/// A collector: every body posted to `/v1/traces` and accepted, as received.
 #[derive(Clone)]
 struct OtlpReceiver {
     url: String,
-    bodies: Arc<Mutex<Vec<Bytes>>>,
+    state: Arc<Collector>,
+}
+
+#[derive(Default)]
+struct Collector {
+    bodies: Mutex<Vec<Bytes>>,
+    /// Posts received, refused ones included.
+    posts: AtomicUsize,
+    /// While `true`, posts are answered 503 (a collector that is down) and not kept.
+    refusing: AtomicBool,
 }
 
 impl OtlpReceiver {
     async fn start() -> Self {
-        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(Collector::default());
         let app = Router::new()
             .route("/v1/traces", post(receive))
-            .with_state(bodies.clone());
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, bodies }
+        Self { url, state }
     }
 
     /// Every byte received so far, bodies end to end.
     fn raw(&self) -> Vec<u8> {
-        self.bodies.lock().unwrap().concat()
+        self.state.bodies.lock().unwrap().concat()
+    }
+
+    fn posts(&self) -> usize {
+        self.state.posts.load(Ordering::SeqCst)
+    }
+
+    fn refuse(&self, refusing: bool) {
+        self.state.refusing.store(refusing, Ordering::SeqCst);
     }
 
     /// Every span received so far.
     fn spans(&self) -> Vec<Exported> {
-        let bodies = self.bodies.lock().unwrap().clone();
+        let bodies = self.state.bodies.lock().unwrap().clone();
         let mut spans = Vec::new();
         for body in bodies {
             let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf body");
@@ -117,7 +136,7 @@ impl OtlpReceiver {
 }
 
 async fn receive(
-    State(bodies): State<Arc<Mutex<Vec<Bytes>>>>,
+    State(state): State<Arc<Collector>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
@@ -125,7 +144,12 @@ async fn receive(
         headers.get("content-type").and_then(|v| v.to_str().ok()),
         Some("application/x-protobuf")
     );
-    bodies.lock().unwrap().push(body);
+    if state.refusing.load(Ordering::SeqCst) {
+        state.posts.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    state.bodies.lock().unwrap().push(body);
+    state.posts.fetch_add(1, Ordering::SeqCst);
     StatusCode::OK
 }
 
@@ -427,4 +451,37 @@ async fn the_spans_still_in_the_batch_are_sent_at_shutdown() {
     ] {
         assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
     }
+}
+
+/// A collector that refuses spans is logged once, not once per batch, and its recovery once;
+/// the server serves on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_is_logged_once_and_its_return_once() {
+    let receiver = OtlpReceiver::start().await;
+    receiver.refuse(true);
+    let app = spawn_app_with(AppOptions {
+        extra_config: format!(
+            "otlp_endpoint = \"{}\"\notlp_batch_delay_millis = 20\n",
+            receiver.url
+        ),
+        ..AppOptions::default()
+    })
+    .await;
+    let down = "spans could not be sent to the OTLP endpoint";
+    for n in 1..=3 {
+        assert_eq!(app.get("/healthz").send().await.status(), 200);
+        wait_until("the batch's post", || receiver.posts() >= n).await;
+    }
+    wait_until("the warning", || app.log_lines_containing(down) > 0).await;
+    assert_eq!(app.log_lines_containing(down), 1, "{}", app.logs());
+    assert!(receiver.spans().is_empty());
+
+    receiver.refuse(false);
+    assert_eq!(app.get("/healthz").send().await.status(), 200);
+    wait_until("the recovery", || {
+        app.log_lines_containing("the OTLP endpoint accepts spans again") == 1
+    })
+    .await;
+    receiver.only_span("GET /healthz").await;
+    assert_eq!(app.log_lines_containing(down), 1);
 }
