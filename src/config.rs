@@ -199,6 +199,14 @@ pub struct Config {
     pub proxy_timeout: Duration,
     /// Mount the built-in sandbox OAuth provider under /sandbox/ (demo, local development).
     pub sandbox: bool,
+    /// The OpenTelemetry collector's OTLP/HTTP base URL (`http://collector:4318`): when set,
+    /// `serve` sends its traces to `{otlp_endpoint}/v1/traces` (protobuf). Unset: no traces.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported traces.
+    pub otlp_service_name: String,
+    /// How long a finished span waits in the exporter's batch before it is sent, in
+    /// milliseconds.
+    pub otlp_batch_delay_millis: u64,
     /// Endpoints that receive connection events (file only).
     #[serde(skip_serializing)]
     pub webhooks: Vec<WebhookSpec>,
@@ -255,6 +263,9 @@ impl Default for Config {
             proxy_max_body_bytes: 1 << 30,
             proxy_timeout: Duration::from_secs(60),
             sandbox: false,
+            otlp_endpoint: None,
+            otlp_service_name: "tokenbox".into(),
+            otlp_batch_delay_millis: 5000,
             webhooks: Vec::new(),
             connector_types: BTreeMap::new(),
         }
@@ -498,6 +509,17 @@ impl Config {
                 bail!("public_url must start with http:// or https://");
             }
         }
+        if let Some(url) = &self.otlp_endpoint {
+            if let Err(problem) = check_otlp_endpoint(url) {
+                bail!("otlp_endpoint {problem}");
+            }
+        }
+        if self.otlp_service_name.trim().is_empty() {
+            bail!("otlp_service_name must not be empty");
+        }
+        if !(1..=600_000).contains(&self.otlp_batch_delay_millis) {
+            bail!("otlp_batch_delay_millis must be between 1 and 600000 (10 minutes)");
+        }
         problems
     }
 
@@ -508,6 +530,25 @@ impl Config {
             None => format!("http://{bound}"),
         }
     }
+}
+
+/// An OTLP/HTTP base URL: http(s), a host, nothing that is not sent as it is (a query, a
+/// fragment) and no credentials (a collector's token goes in `OTEL_EXPORTER_OTLP_HEADERS`).
+fn check_otlp_endpoint(text: &str) -> Result<(), &'static str> {
+    let url = oauth2::url::Url::parse(text).map_err(|_| "is not a URL")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must start with http:// or https://");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or a fragment (it is a base URL: /v1/traces is added)");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold credentials (set OTEL_EXPORTER_OTLP_HEADERS instead)");
+    }
+    Ok(())
 }
 
 /// The file's text as a table, after checking that it deserializes on its own (so that its
@@ -853,6 +894,42 @@ mod tests {
         assert_eq!(c.refresh_lease_seconds, 86_400);
         let c = resolve("", &[("TOKENBOX_REFRESH_LEASE_SECONDS", "999999")]).unwrap();
         assert_eq!(c.refresh_lease_seconds, 86_400);
+    }
+
+    #[test]
+    fn the_otlp_endpoint_is_an_http_base_url_without_credentials() {
+        for good in [
+            "http://127.0.0.1:4318",
+            "https://collector.example.com/otlp/",
+        ] {
+            let c = resolve(&format!("otlp_endpoint = \"{good}\""), &[]).unwrap();
+            assert_eq!(c.otlp_endpoint.as_deref(), Some(good));
+        }
+        assert!(
+            resolve("", &[]).unwrap().otlp_endpoint.is_none(),
+            "off by default"
+        );
+        for (bad, why) in [
+            ("collector:4318", "http:// or https://"),
+            ("http://", "not a URL"),
+            ("http://c.example.com:4318/?key=1", "query"),
+            ("http://c.example.com:4318/#x", "fragment"),
+            ("http://user:pa55@c.example.com:4318", "credentials"),
+        ] {
+            let err = resolve(&format!("otlp_endpoint = \"{bad}\""), &[]).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(
+                err.contains("otlp_endpoint") && err.contains(why),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains("pa55"), "{err}");
+        }
+        // `config check` lists each problem of the traces' keys with the others.
+        let (_, problems) = Config::check_text(
+            "otlp_endpoint = \"nope\"\notlp_service_name = \" \"\notlp_batch_delay_millis = 0\n",
+            &[],
+        );
+        assert_eq!(problems.len(), 3, "{problems:?}");
     }
 
     #[test]

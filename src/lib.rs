@@ -17,6 +17,7 @@ pub mod signup;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod tracing_otel;
 pub mod webhooks;
 
 use std::net::SocketAddr;

@@ -341,7 +341,7 @@ pub fn router(state: AppState) -> Router {
         .streaming
         .with_state(state.clone())
         .layer(RequestBodyLimitLayer::new(proxy_limit));
-    table
+    let router = table
         .router
         .fallback(|| async { ApiError::NotFound })
         .with_state(state.clone())
@@ -354,7 +354,9 @@ pub fn router(state: AppState) -> Router {
         // ... and a whole-body deadline, however steadily it trickles in.
         .layer(middleware::from_fn(move |request, next| {
             super::limits::body_deadline(body_timeout, request, next)
-        }))
+        }));
+    // The request spans, when traces are exported (the router is untouched otherwise).
+    crate::tracing_otel::with_request_spans(router)
 }
 
 /// The table without a server, for `tokenbox routes` and documentation.

@@ -189,14 +189,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Loads the configuration and sets up logging (`info` for the server, `warn` otherwise).
 fn load_config(path: Option<&Path>, serving: bool) -> anyhow::Result<Config> {
     let (config, warnings) = Config::load(path)?;
-    telemetry::init(
-        config.log_format,
-        if serving {
-            "info,sqlx=warn"
-        } else {
-            "warn,sqlx=warn"
-        },
-    );
+    if serving {
+        telemetry::init_with_traces(&config, "info,sqlx=warn")?;
+    } else {
+        telemetry::init(config.log_format, "warn,sqlx=warn");
+    }
     for warning in warnings {
         tracing::warn!("{warning}");
     }

@@ -5,10 +5,13 @@ use std::process::ExitCode;
 use crate::config::Config;
 use crate::Application;
 
-/// `tokenbox serve`: the HTTP service with its background workers, until SIGINT or SIGTERM.
+/// `tokenbox serve`: the HTTP service with its background workers, until SIGINT or SIGTERM;
+/// then the last spans are sent (with `otlp_endpoint`).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
-    app.run_until_stopped().await
+    let result = app.run_until_stopped().await;
+    let _ = tokio::task::spawn_blocking(crate::tracing_otel::shutdown).await;
+    result
 }
 
 /// `tokenbox migrate`: opening the store applies pending migrations.

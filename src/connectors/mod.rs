@@ -158,6 +158,9 @@ pub struct ConnectorTypeSpec {
     /// The provider lives in the operator's private network: its hosts may resolve to private
     /// addresses (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
     pub private_network: Option<bool>,
+    /// Send the W3C trace context (`traceparent`, `tracestate`) with requests to the provider,
+    /// when traces are exported (default `false`: a provider learns nothing of our traces).
+    pub propagate_trace: Option<bool>,
     /// `api_key`, `basic`: the connect form's labels, instead of "API key", "Username",
     /// "Password".
     pub field_labels: Option<FieldLabels>,
@@ -238,6 +241,8 @@ pub struct ConnectorType {
     /// Whether provider requests may reach private networks (never link-local or reserved
     /// ranges; loopback only with `allow_insecure_loopback`).
     pub private_network: bool,
+    /// Whether requests to the provider carry the W3C trace context (with traces on).
+    pub propagate_trace: bool,
     /// The connect form of a static kind: labels (defaults filled in), help text and link.
     pub field_labels: FormLabels,
     pub help: Option<String>,
@@ -536,6 +541,7 @@ impl ConnectorType {
             placeholders: pick!(placeholders).unwrap_or_default(),
             placeholder_suffixes: pick!(placeholder_suffixes).unwrap_or_default(),
             private_network: pick!(private_network).unwrap_or(false),
+            propagate_trace: pick!(propagate_trace).unwrap_or(false),
             field_labels: form_labels(pick!(field_labels).unwrap_or_default()),
             help: pick!(help),
             help_url: pick!(help_url),

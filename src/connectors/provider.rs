@@ -1,6 +1,7 @@
 //! Calls to providers' token endpoints, through the `oauth2` crate, with our own HTTP transport
 //! that applies each provider's quirks and classifies failures.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
@@ -15,11 +16,13 @@ use oauth2::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use super::netguard::{self, AddressPolicy, PublicOnlyResolver};
 use super::{ClientAuth, ConnectorType, RequestBody};
 use crate::domain::{now_epoch, Metadata, TenantClient, TokenSet};
 use crate::secret::Secret;
+use crate::tracing_otel;
 
 /// Ten years: longer lifetimes in a token response are capped.
 const MAX_LIFETIME: u64 = 10 * 365 * 86_400;
@@ -57,6 +60,21 @@ pub enum RefreshError {
     /// The connector type cannot refresh (no client credentials, bad URL).
     #[error("{0}")]
     NotConfigured(String),
+}
+
+impl Fault {
+    /// The fault's name in a span (`error.type`).
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Status { .. } => "status",
+            Self::NotJson => "not_json",
+            Self::TooLarge => "too_large",
+            Self::Blocked => "blocked",
+            Self::Other => "other",
+        }
+    }
 }
 
 impl RefreshError {
@@ -163,10 +181,11 @@ enum Grant<'a> {
 }
 
 /// The HTTP client handed to the `oauth2` crate: our reqwest client plus the connector type's
-/// quirks.
+/// quirks. `attempt` numbers the request among the retries of one call (for its span).
 struct Transport<'a> {
     provider: &'a Provider,
     ct: &'a ConnectorType,
+    attempt: u32,
 }
 
 type BoxedResponse<'c> =
@@ -177,7 +196,7 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Transport<'_> {
     type Future = BoxedResponse<'c>;
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
-        Box::pin(self.provider.send(self.ct, request))
+        Box::pin(self.provider.send(self.ct, request, self.attempt))
     }
 }
 
@@ -363,9 +382,10 @@ impl Provider {
     ) -> Result<TokenSet, RefreshError> {
         let (client_id, candidates) = client_candidates(ct, tenant)?;
         let last = candidates.len() - 1;
+        let attempts = AtomicU32::new(0);
         for (i, secret) in candidates.into_iter().enumerate() {
             match self
-                .grant_with(ct, client_id, secret, grant, metadata, budget)
+                .grant_with(ct, client_id, secret, grant, metadata, budget, &attempts)
                 .await
                 .map_err(|e| tenant_refusal(tenant, e))
             {
@@ -374,14 +394,19 @@ impl Provider {
                 }
                 Ok(tokens) if i > 0 => {
                     tracing::warn!(connector_type = %ct.name, "an older client secret was accepted: finish the client-secret rotation");
+                    record_attempts(&attempts);
                     return Ok(tokens);
                 }
-                other => return other,
+                other => {
+                    record_attempts(&attempts);
+                    return other;
+                }
             }
         }
         unreachable!("the last candidate always returns")
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn grant_with(
         &self,
         ct: &ConnectorType,
@@ -390,12 +415,17 @@ impl Provider {
         grant: Grant<'_>,
         metadata: &Metadata,
         budget: Duration,
+        attempts: &AtomicU32,
     ) -> Result<TokenSet, RefreshError> {
         let client = self.client(ct, metadata, client_id, secret)?;
         let started = Instant::now();
         let timeout = self.timeout;
         let attempt = || async {
-            let transport = Transport { provider: self, ct };
+            let transport = Transport {
+                provider: self,
+                ct,
+                attempt: attempts.fetch_add(1, Ordering::Relaxed) + 1,
+            };
             let response = match grant {
                 Grant::Refresh(refresh_token) => {
                     let refresh_token = RefreshToken::new(refresh_token.expose().to_string());
@@ -449,10 +479,11 @@ impl Provider {
             }
             form.finish().into_bytes()
         };
-        self.retrying(budget, || async {
+        let (url, body) = (url.as_str(), &body);
+        self.retrying(budget, |attempt| async move {
             let request = http::Request::builder()
                 .method(http::Method::POST)
-                .uri(url.as_str())
+                .uri(url)
                 .header(
                     http::header::CONTENT_TYPE,
                     "application/x-www-form-urlencoded",
@@ -461,7 +492,7 @@ impl Provider {
                 .body(body.clone())
                 .map_err(|_| RefreshError::NotConfigured("the token URL is not valid".into()))?;
             let response = self
-                .send(ct, request)
+                .send(ct, request, attempt)
                 .await
                 .map_err(|fault| classify(RequestTokenError::Request(fault)))?;
             token_answer(ct, &response)
@@ -491,10 +522,11 @@ impl Provider {
         let body = scope
             .map(|s| s.to_string().into_bytes())
             .unwrap_or_default();
-        self.retrying(budget, || async {
+        let (url, body) = (url.as_str(), &body);
+        self.retrying(budget, |attempt| async move {
             let mut request = http::Request::builder()
                 .method(http::Method::POST)
-                .uri(url.as_str())
+                .uri(url)
                 .header(http::header::AUTHORIZATION, format!("Bearer {app_jwt}"))
                 .header(http::header::ACCEPT, "application/vnd.github+json")
                 .header("X-GitHub-Api-Version", "2022-11-28");
@@ -505,7 +537,7 @@ impl Provider {
                 RefreshError::NotConfigured("the GitHub API URL is not valid".into())
             })?;
             let answer = self
-                .send_raw(ct, request)
+                .send_raw(ct, request, attempt)
                 .await
                 .map_err(|fault| classify(RequestTokenError::Request(fault)))?;
             installation_answer(&answer)
@@ -513,21 +545,28 @@ impl Provider {
         .await
     }
 
-    /// Runs `attempt` with the provider-call retry policy: transient failures are retried with
-    /// backoff and jitter while `budget` allows; a timeout is not.
-    async fn retrying<F, Fut>(&self, budget: Duration, attempt: F) -> Result<TokenSet, RefreshError>
+    /// Runs `attempt` (given its number, from 1) with the provider-call retry policy: transient
+    /// failures are retried with backoff and jitter while `budget` allows; a timeout is not.
+    async fn retrying<F, Fut>(
+        &self,
+        budget: Duration,
+        mut attempt: F,
+    ) -> Result<TokenSet, RefreshError>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(u32) -> Fut,
         Fut: std::future::Future<Output = Result<TokenSet, RefreshError>>,
     {
         let started = Instant::now();
         let timeout = self.timeout;
-        attempt
+        let attempts = AtomicU32::new(0);
+        let result = (|| attempt(attempts.fetch_add(1, Ordering::Relaxed) + 1))
             .retry(retry_policy())
             .when(|e: &RefreshError| {
                 e.is_retryable() && started.elapsed() + timeout + Duration::from_secs(2) < budget
             })
-            .await
+            .await;
+        record_attempts(&attempts);
+        result
     }
 
     /// Checks a static credential with the connector type's verification request: a GET of
@@ -559,7 +598,7 @@ impl Provider {
                     .into(),
             )
         })?;
-        match self.send_raw(ct, request).await {
+        match self.send_raw(ct, request, 1).await {
             Ok(answer) if answer.status.is_success() => Ok(true),
             Ok(answer) if matches!(answer.status.as_u16(), 401 | 403) => Ok(false),
             Ok(answer) if answer.status.as_u16() == 429 || answer.status.is_server_error() => {
@@ -612,7 +651,7 @@ impl Provider {
         let request = request.body(Vec::new()).map_err(|_| {
             RefreshError::NotConfigured("the userinfo request could not be built".into())
         })?;
-        match self.send_raw(ct, request).await {
+        match self.send_raw(ct, request, 1).await {
             Ok(answer) if answer.status.is_success() => {
                 serde_json::from_slice::<Map<String, Value>>(&answer.body).map_err(|_| {
                     RefreshError::Rejected("the userinfo answer is not a JSON object".into())
@@ -725,7 +764,11 @@ impl Provider {
         for (k, v) in &ct.token_params {
             request = request.add_extra_param(k.as_str(), v.as_str());
         }
-        let transport = Transport { provider: self, ct };
+        let transport = Transport {
+            provider: self,
+            ct,
+            attempt: 1,
+        };
         let response = request.request_async(&transport).await.map_err(classify)?;
         let id_token = response
             .extra
@@ -762,7 +805,7 @@ impl Provider {
         let secret = secrets.into_iter().next().flatten();
         let request = revocation_request(ct, client_id, secret, url, token, hint)?;
         // Only the status matters; the body is still read within the cap (or not at all).
-        match self.send_raw(ct, request).await {
+        match self.send_raw(ct, request, 1).await {
             Ok(answer) if answer.status.is_success() => Ok(true),
             Ok(answer) => Err(RefreshError::Rejected(format!(
                 "the provider refused the revocation (HTTP {})",
@@ -808,8 +851,13 @@ impl Provider {
     /// Sends one request and normalises the answer so that the `oauth2` crate sees a JSON body
     /// with a meaningful status: form-encoded answers become JSON, a nested token set is lifted,
     /// and an error sent with HTTP 200 becomes a 400.
-    async fn send(&self, ct: &ConnectorType, req: HttpRequest) -> Result<HttpResponse, Fault> {
-        let answer = self.send_raw(ct, req).await?;
+    async fn send(
+        &self,
+        ct: &ConnectorType,
+        req: HttpRequest,
+        attempt: u32,
+    ) -> Result<HttpResponse, Fault> {
+        let answer = self.send_raw(ct, req, attempt).await?;
         normalize(
             ct,
             answer.status,
@@ -820,13 +868,60 @@ impl Provider {
         )
     }
 
+    /// Sends one request, the `attempt`-th of its call, in a span of its own: the connector
+    /// type, the method, the host (never the path or the query) and the answer's status.
+    async fn send_raw(
+        &self,
+        ct: &ConnectorType,
+        req: HttpRequest,
+        attempt: u32,
+    ) -> Result<RawAnswer, Fault> {
+        let host = req.uri().host().unwrap_or_default();
+        let span = tracing::info_span!(
+            target: tracing_otel::TARGET,
+            "provider_request",
+            otel.name = %format_args!("{} {host}", req.method()),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            connector_type = %ct.name,
+            http.request.method = %req.method(),
+            server.address = host,
+            attempt,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let answer = self.exchange(ct, req, &span).instrument(span.clone()).await;
+        match &answer {
+            Ok(answer) => {
+                span.record("http.response.status_code", answer.status.as_u16());
+                if answer.status.is_client_error() || answer.status.is_server_error() {
+                    span.record("otel.status_code", "error");
+                }
+            }
+            Err(fault) => {
+                span.record("error.type", fault.kind());
+                span.record("otel.status_code", "error");
+            }
+        }
+        answer
+    }
+
     /// Sends one request and reads at most `MAX_PROVIDER_BODY` of the answer (nothing of a
     /// 429 or 5xx, whose body is never used). Requests go to public addresses only: an IP
-    /// literal is checked here, a name by the resolver when the connection is made.
-    async fn send_raw(&self, ct: &ConnectorType, req: HttpRequest) -> Result<RawAnswer, Fault> {
-        let (parts, body) = req.into_parts();
+    /// literal is checked here, a name by the resolver when the connection is made. The trace
+    /// context of `span` goes along when the connector type allows it (`propagate_trace`).
+    async fn exchange(
+        &self,
+        ct: &ConnectorType,
+        req: HttpRequest,
+        span: &tracing::Span,
+    ) -> Result<RawAnswer, Fault> {
+        let (mut parts, body) = req.into_parts();
         let url = reqwest::Url::parse(&parts.uri.to_string()).map_err(|_| Fault::Other)?;
         let http = self.client_for(ct, &url, false)?;
+        if ct.propagate_trace {
+            tracing_otel::inject(span, &mut parts.headers);
+        }
         let mut builder = http.request(parts.method, url).headers(parts.headers);
         for (k, v) in &ct.token_headers {
             builder = builder.header(k.as_str(), v.as_str());
@@ -1115,6 +1210,12 @@ fn classify(e: RequestTokenError<Fault, BasicErrorResponse>) -> RefreshError {
             RefreshError::Rejected("the provider's answer could not be used".to_string())
         }
     }
+}
+
+/// Records the number of requests a call made as the `attempts` of the calling span (the
+/// keeper's `provider_call`; a span without that field ignores it).
+fn record_attempts(attempts: &AtomicU32) {
+    tracing::Span::current().record("attempts", attempts.load(Ordering::Relaxed));
 }
 
 /// What went wrong with a request that got no answer.

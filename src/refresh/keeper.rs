@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::audit::{self, Audit};
 use crate::config::Config;
@@ -22,6 +23,7 @@ use crate::refresh::scoped::{GithubScope, ScopedTokens};
 use crate::refresh::{Flights, TokenCache};
 use crate::secret::Secret;
 use crate::store::{RefreshGuard, RefreshWrite, SecretsStore, StoreError};
+use crate::tracing_otel;
 use crate::webhooks::{ConnectionEvent, Webhooks};
 
 pub use crate::refresh::decision::TokenRequest;
@@ -926,11 +928,15 @@ impl SecretsKeeper {
                 retry_after: 1,
             });
         }
-        let task = self.inner.tasks.spawn(async move {
-            keeper
-                .refresh_flow(&task_key, request, None, seen_version)
-                .await
-        });
+        // The refresh's spans are children of the request's (a disabled span without traces).
+        let task = self.inner.tasks.spawn(
+            async move {
+                keeper
+                    .refresh_flow(&task_key, request, None, seen_version)
+                    .await
+            }
+            .instrument(tracing::Span::current()),
+        );
         match tokio::time::timeout(self.inner.request_timeout, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join_error)) => {
@@ -1104,17 +1110,41 @@ impl SecretsKeeper {
             .and_then(|u| u.host_str().map(str::to_string))
             .unwrap_or_default();
         let circuit = format!("{}|{host}", ct.name);
+        // The span of the call: a child of the request's when a request started the refresh,
+        // a root of its own for the background refresher. `attempts` is recorded by the
+        // provider client.
+        let span = tracing::info_span!(
+            target: tracing_otel::TARGET,
+            "provider_call",
+            otel.status_code = tracing::field::Empty,
+            connector_type = %ct.name,
+            kind = kind.name(),
+            server.address = host.as_str(),
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
         let outcome = match inner.breakers.check(&circuit) {
-            Err(wait) => Err(RefreshError::Unavailable {
-                reason: format!(
-                    "refreshes of {} are paused after repeated failures (circuit open)",
-                    ct.name
-                ),
-                retry_after: Some(wait),
-                retryable: false,
-            }),
+            Err(wait) => {
+                span.record("outcome", "circuit_open");
+                Err(RefreshError::Unavailable {
+                    reason: format!(
+                        "refreshes of {} are paused after repeated failures (circuit open)",
+                        ct.name
+                    ),
+                    retry_after: Some(wait),
+                    retryable: false,
+                })
+            }
             Ok(()) => {
-                let outcome = self.call_within(kind, ct, current, &host, started).await?;
+                let outcome = self
+                    .call_within(kind, ct, current, &host, started)
+                    .instrument(span.clone())
+                    .await
+                    .inspect_err(|_| {
+                        span.record("outcome", "no_slot");
+                        span.record("otel.status_code", "error");
+                    })?;
+                span.record("outcome", trace_outcome(&outcome));
                 inner.breakers.record(
                     &circuit,
                     matches!(outcome, Err(RefreshError::Unavailable { .. })),
@@ -1122,6 +1152,9 @@ impl SecretsKeeper {
                 outcome
             }
         };
+        if outcome.is_err() {
+            span.record("otel.status_code", "error");
+        }
         let outcome_name = match &outcome {
             Ok(_) => "success",
             Err(RefreshError::Revoked { .. }) => "revoked",
@@ -1387,6 +1420,20 @@ impl SecretsKeeper {
 /// How long a failing connection is left alone (by requests and the background refresher):
 /// `base` doubling with each consecutive failure up to an hour, and at least the provider's
 /// `Retry-After`.
+/// The outcome of a provider call as its span says it: `ok`, the OAuth code of a revoked grant
+/// (`invalid_grant`, ...), `transient`, `invalid_client`, `rejected` or `not_configured` (and
+/// `circuit_open` or `no_slot` when the provider was not called).
+fn trace_outcome(outcome: &Result<TokenSet, RefreshError>) -> &str {
+    match outcome {
+        Ok(_) => "ok",
+        Err(RefreshError::Revoked { code }) => code,
+        Err(RefreshError::Unavailable { .. }) => "transient",
+        Err(RefreshError::InvalidClient) => "invalid_client",
+        Err(RefreshError::Rejected(_)) => "rejected",
+        Err(RefreshError::NotConfigured(_)) => "not_configured",
+    }
+}
+
 fn backoff_after(retry_after: u64, failures: i64, base: i64) -> i64 {
     let exponential = base.max(1).saturating_mul(1 << failures.clamp(0, 12));
     exponential.min(3600).max(retry_after.min(3600) as i64)

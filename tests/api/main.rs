@@ -34,6 +34,7 @@ mod shutdown;
 mod signup;
 mod storage;
 mod tenant_clients;
+mod traces;
 mod webhooks;
 
 /// Instantiates every scenario once per backend.

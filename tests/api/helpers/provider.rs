@@ -142,6 +142,8 @@ pub struct ProviderState {
     pub authorize_requests: Mutex<Vec<std::collections::HashMap<String, String>>>,
     /// Tokens received at the revocation endpoint.
     pub revoked: Mutex<Vec<String>>,
+    /// The `traceparent` header of every token request, in order (`None`: not sent).
+    pub traceparents: Mutex<Vec<Option<String>>>,
     /// Whether the next authorization is denied by the "user".
     pub deny: Mutex<bool>,
     /// Every secret this provider issued or accepted, to look for in logs.
@@ -176,6 +178,7 @@ impl FakeProvider {
             authorize_requests: Mutex::new(Vec::new()),
             deny: Mutex::new(false),
             revoked: Mutex::new(Vec::new()),
+            traceparents: Mutex::new(Vec::new()),
             client_secret: unique("acme-client-secret"),
             bodies: Arc::new(BodyCounters::default()),
         });
@@ -278,6 +281,12 @@ async fn token_endpoint(
     headers: HeaderMap,
     Form(form): Form<std::collections::HashMap<String, String>>,
 ) -> Response {
+    state.traceparents.lock().unwrap().push(
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    );
     state.calls.fetch_add(1, Ordering::SeqCst);
     state.pending.fetch_add(1, Ordering::SeqCst);
     let _pending = Pending(&state);
