@@ -103,6 +103,7 @@ conformance! {
         one_minute_tokens_are_refreshed_once_for_concurrent_and_sequential_callers,
         a_token_shorter_than_the_refresh_margin_is_not_refreshed_on_every_request,
         an_access_token_issued_already_expired_is_never_served,
+        refreshes_finishing_together_each_keep_their_own_tokens_across_a_restart,
     }
     shutdown {
         sigterm_during_a_refresh_stores_the_rotated_token_before_exit,

@@ -379,3 +379,55 @@ pub async fn an_access_token_issued_already_expired_is_never_served(backend: Bac
     assert_eq!(provider.calls(), 2);
     assert_eq!(provider.reuses(), 0, "the rotated refresh token was stored");
 }
+
+/// Refreshes of different connections that finish together share a transaction (the store's
+/// group commit, `RefreshCommitter`): each connection keeps exactly its own new tokens, and
+/// they are on disk, served after a restart without another provider call.
+pub async fn refreshes_finishing_together_each_keep_their_own_tokens_across_a_restart(
+    backend: Backend,
+) {
+    let provider = FakeProvider::start().await;
+    let mut app = spawn_app_on(backend, Some(&provider)).await;
+    // At most `max_concurrent_refreshes_per_host` (16) reach one provider at once.
+    let apps: Vec<String> = (0..12).map(|i| format!("together-{i:02}")).collect();
+    for a in &apps {
+        app.import_expired(a).await;
+    }
+    // Every refresh reaches the provider before any is answered, so that their writes arrive
+    // at the store together.
+    provider.hold();
+    let mut requests = tokio::task::JoinSet::new();
+    for a in &apps {
+        let request = app.get(&format!("/{a}/acme/binb-token")).as_superadmin();
+        let a = a.clone();
+        requests.spawn(async move { (a, request.send().await) });
+    }
+    wait_until("every refresh reached the provider", || {
+        provider.pending() >= apps.len()
+    })
+    .await;
+    provider.release();
+    let mut served = std::collections::BTreeMap::new();
+    while let Some(joined) = requests.join_next().await {
+        let (a, response) = joined.unwrap();
+        assert_eq!(response.status(), 200, "{a}");
+        let body = json_of(response).await;
+        served.insert(a, body["access_token"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        provider.calls(),
+        apps.len(),
+        "one provider call per connection"
+    );
+    let issued = provider.issued_access_tokens();
+    let distinct: std::collections::BTreeSet<&String> = served.values().collect();
+    assert_eq!(distinct.len(), apps.len(), "each connection its own token");
+    assert!(served.values().all(|t| issued.contains(t)));
+
+    app.restart();
+    for (a, token) in &served {
+        let body = json_of(app.get_token(a, "acme", "").await).await;
+        assert_eq!(body["access_token"], token.as_str(), "{a} after a restart");
+    }
+    assert_eq!(provider.calls(), apps.len(), "nothing refreshed again");
+}

@@ -460,7 +460,10 @@ macro_rules! connection_store {
                         Ok::<_, $crate::store::StoreError>(written)
                     };
                     match together.await {
-                        Ok(written) => return written.into_iter().map(Ok).collect(),
+                        Ok(written) => {
+                            tracing::debug!(writes = jobs.len(), "refresh outcomes committed together");
+                            return written.into_iter().map(Ok).collect();
+                        }
                         Err(e) => tracing::warn!(error = %e, writes = jobs.len(), "a group commit of refreshes failed; writing them one by one"),
                     }
                 }
