@@ -573,8 +573,8 @@ pub async fn a_trusted_workload_reads_a_token_with_binb_token_and_through_the_ex
     .await;
     let workload_read = reads
         .iter()
-        .find(|e| e["workload_subject"] == runner)
-        .unwrap();
+        .find(|e| e["workload_subject"] == runner && e["outcome"] == "ok")
+        .expect("the workload's served read");
     assert_eq!(workload_read["workload_issuer"], issuer.url.as_str());
     assert_eq!(workload_read["outcome"], "ok");
     let exchanges = eventually("the exchanges in the audit trail", rows("token.exchange")).await;
