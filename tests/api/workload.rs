@@ -197,10 +197,16 @@ async fn jwks(State(state): State<Arc<IssuerState>>) -> Response {
     Json(json!({ "keys": keys })).into_response()
 }
 
-/// A `[[trusted_issuers]]` entry for `issuer` (discovery) with its extra keys and rules.
+/// A `[[trusted_issuers]]` entry for `issuer` with its extra keys and rules (its key set found
+/// through discovery, unless `settings` names a `jwks_url`).
 fn trusted(issuer: &FakeIssuer, settings: &str, rules: &[(&str, &str, &str)]) -> String {
+    let discovery = if settings.contains("jwks_url") {
+        ""
+    } else {
+        "discovery = true\n"
+    };
     let mut entry = format!(
-        "\n[[trusted_issuers]]\nissuer = \"{}\"\ndiscovery = true\naudience = \"tokenbox\"\n{settings}\n",
+        "\n[[trusted_issuers]]\nissuer = \"{}\"\n{discovery}audience = \"tokenbox\"\n{settings}\n",
         issuer.url
     );
     for (subject, account, claims) in rules {
@@ -600,6 +606,7 @@ async fn a_rotated_issuer_key_is_picked_up_and_cached_keys_outlive_an_outage_for
     let tolerant = FakeIssuer::start().await;
     let strict = FakeIssuer::start().await;
     let limited = FakeIssuer::start().await;
+    let impostor = FakeIssuer::start().await;
     let rule = [("system:serviceaccount:extract:*", "extraction", "")];
     let config = [
         trusted(
@@ -619,9 +626,13 @@ async fn a_rotated_issuer_key_is_picked_up_and_cached_keys_outlive_an_outage_for
         ),
         trusted(
             &limited,
-            "jwks_cache_seconds = 3600\njwks_min_refetch_seconds = 3600",
+            &format!(
+                "jwks_url = \"{}/jwks\"\njwks_cache_seconds = 3600\njwks_min_refetch_seconds = 3600",
+                limited.url
+            ),
             &rule,
         ),
+        trusted(&impostor, "", &rule),
     ]
     .concat();
     let app = spawn_app_with(AppOptions {
@@ -700,6 +711,13 @@ async fn a_rotated_issuer_key_is_picked_up_and_cached_keys_outlive_an_outage_for
     assert_eq!(status(new.token(&limited.claims(runner))).await, 401);
     assert_eq!(status(new.token(&limited.claims(runner))).await, 401);
     assert_eq!(limited.jwks_requests(), 1, "no refetch within the interval");
+
+    // A discovery document that names another issuer is not trusted for this one.
+    let key = TestKey::ed25519("impostor-1");
+    impostor.publish(&[&key]);
+    *impostor.state.issuer.lock().unwrap() = "https://issuer.example".into();
+    assert_eq!(status(key.token(&impostor.claims(runner))).await, 401);
+    assert_eq!(impostor.jwks_requests(), 0, "its jwks_uri is not followed");
     assert!(app.log_lines_containing("the issuer's key set could not be fetched") > 0);
 }
 
