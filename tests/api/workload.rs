@@ -120,7 +120,10 @@ impl TestKey {
 
 #[derive(Default)]
 struct IssuerState {
+    /// The issuer's URL (its `jwks_uri` is there).
     issuer: Mutex<String>,
+    /// Another issuer for the discovery document to name (an impostor's).
+    named_issuer: Mutex<Option<String>>,
     keys: Mutex<Vec<Value>>,
     down: AtomicBool,
     /// Requests for the key set, answered or not.
@@ -177,10 +180,11 @@ async fn discovery(State(state): State<Arc<IssuerState>>) -> Response {
     if state.down.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    let issuer = state.issuer.lock().unwrap().clone();
+    let url = state.issuer.lock().unwrap().clone();
+    let named = state.named_issuer.lock().unwrap().clone();
     Json(json!({
-        "issuer": issuer,
-        "jwks_uri": format!("{issuer}/jwks"),
+        "issuer": named.unwrap_or_else(|| url.clone()),
+        "jwks_uri": format!("{url}/jwks"),
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
@@ -715,7 +719,7 @@ async fn a_rotated_issuer_key_is_picked_up_and_cached_keys_outlive_an_outage_for
     // A discovery document that names another issuer is not trusted for this one.
     let key = TestKey::ed25519("impostor-1");
     impostor.publish(&[&key]);
-    *impostor.state.issuer.lock().unwrap() = "https://issuer.example".into();
+    *impostor.state.named_issuer.lock().unwrap() = Some("https://issuer.example".into());
     assert_eq!(status(key.token(&impostor.claims(runner))).await, 401);
     assert_eq!(impostor.jwks_requests(), 0, "its jwks_uri is not followed");
     assert!(app.log_lines_containing("the issuer's key set could not be fetched") > 0);
