@@ -346,6 +346,11 @@ pub async fn a_trusted_workload_reads_a_token_with_binb_token_and_through_the_ex
         assert_eq!(body["issued_token_type"], ACCESS_TOKEN_TYPE);
         assert_eq!(body["token_type"], "Bearer");
         assert_eq!(body["scope"], "repo");
+        // binb-token's fields come along: the headers a job sends to the provider.
+        assert!(
+            body["headers"].to_string().contains(&provider_token),
+            "{body}"
+        );
         let expires_in = body["expires_in"].as_i64().unwrap();
         assert!((1..=3600).contains(&expires_in), "{body}");
     }

@@ -10,7 +10,8 @@
 //! revoked), `invalid_target` (a connection the subject may not use, or that does not exist),
 //! `invalid_scope` (the connection lacks a scope the job asked for). Where tokenbox has its own
 //! stable code for the case (what `binb-token` would answer), the answer carries it as
-//! `tokenbox_error`. Like `binb-token`, the form may carry `min_validity` and `force_refresh`.
+//! `tokenbox_error`. Like `binb-token`, the form may carry `min_validity` and `force_refresh`,
+//! and the answer carries `binb-token`'s fields besides RFC 8693's.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +23,7 @@ use super::oauth_token::{oauth_error, oauth_error_with, single};
 use crate::api::error::ApiError;
 use crate::api::routes::AuditAction;
 use crate::api::{AppState, AuditKey, Outcome};
-use crate::domain::{now_epoch, AppId, ConnectionKey, ConnectorTypeName};
+use crate::domain::{AppId, ConnectionKey, ConnectorTypeName};
 use crate::refresh::TokenRequest;
 
 /// The grant type of the token exchange (RFC 8693 §2.1).
@@ -253,22 +254,17 @@ async fn serve(
         Ok(served) => served,
         Err(error) => return exchange_error(error),
     };
-    let tokens = &served.connection.tokens;
-    let token_type = match state.keeper.connector_type(key) {
-        Ok(ct) => ct.token_type(tokens),
-        Err(error) => return exchange_error(error.into()),
+    // `binb-token`'s body (the headers and query a job sends, the metadata, the API base
+    // URL), with the issued token's type of RFC 8693 §2.2.1.
+    let body = match binb_token::response_body(&state.keeper, key, &served) {
+        Ok(body) => body,
+        Err(error) => return exchange_error(error),
     };
-    let mut body = json!({
-        "access_token": tokens.access_token.expose(),
-        "issued_token_type": ACCESS_TOKEN_TYPE,
-        "token_type": token_type,
-    });
-    if let Some(at) = tokens.expires_at {
-        body["expires_in"] = json!((at - now_epoch()).max(0));
-    }
-    if let Some(scope) = &tokens.scope {
-        body["scope"] = json!(scope);
-    }
+    let mut body = match serde_json::to_value(body) {
+        Ok(body) => body,
+        Err(_) => return exchange_error(ApiError::Internal),
+    };
+    body["issued_token_type"] = json!(ACCESS_TOKEN_TYPE);
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
