@@ -245,7 +245,16 @@ impl WorkloadVerifier {
         let alg = Algorithm::from_str(alg_name)
             .ok()
             .filter(|alg| issuer.algorithms.contains(alg))
-            .ok_or_else(|| WorkloadError::Algorithm(alg_name.chars().take(16).collect()))?;
+            .ok_or_else(|| {
+                // Quoted back to the caller and logged: printable characters only.
+                WorkloadError::Algorithm(
+                    alg_name
+                        .chars()
+                        .filter(char::is_ascii_graphic)
+                        .take(16)
+                        .collect(),
+                )
+            })?;
         let kid = header.get("kid").and_then(Value::as_str);
 
         let (keys, generation) = self.keys(issuer).await?;

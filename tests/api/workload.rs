@@ -477,6 +477,35 @@ pub async fn a_trusted_workload_reads_a_token_with_binb_token_and_through_the_ex
     .await;
     assert_eq!(body["tokenbox_error"], "not_connected");
 
+    // One of tokenbox's own JWTs (client-credentials grant) is a subject token too.
+    let response = app
+        .post("/oauth/token")
+        .basic_auth("extraction", Some(&app.superadmin))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await;
+    assert_eq!(response.status(), 200);
+    let own = json_of(response).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.remember_secret(&own);
+    let response = app
+        .post("/oauth/token")
+        .form(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", own.as_str()),
+            ("subject_token_type", ACCESS_TOKEN_TYPE),
+            ("resource", "tokenbox:connection:acme/github"),
+        ])
+        .send()
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        json_of(response).await["access_token"],
+        provider_token.as_str()
+    );
+
     // Malformed requests.
     for (form, expected) in [
         (
