@@ -622,8 +622,12 @@ pub async fn a_trusted_workload_reads_a_token_with_binb_token_and_through_the_ex
     assert_eq!(workload_read["workload_issuer"], issuer.url.as_str());
     assert_eq!(workload_read["outcome"], "ok");
     let exchanges = eventually("the exchanges in the audit trail", rows("token.exchange")).await;
-    assert_eq!(exchanges[0]["connector_type"], "github");
-    assert_eq!(exchanges[0]["workload_issuer"], issuer.url.as_str());
+    let workload_exchange = exchanges
+        .iter()
+        .find(|e| e["workload_subject"] == runner && e["outcome"] == "ok")
+        .expect("the workload's exchange");
+    assert_eq!(workload_exchange["connector_type"], "github");
+    assert_eq!(workload_exchange["workload_issuer"], issuer.url.as_str());
     // ... and in the CLI's listing.
     let table = cli_ok(&app.config_path, &["audit", "--app", "acme"], None);
     assert!(
