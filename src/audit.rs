@@ -1,9 +1,9 @@
 //! The audit trail, written off the hot path, without loss.
 //!
-//! Token reads (`token.read`) are the bulk of it: identical reads (same account, app, connector
-//! type, outcome and client address) within a short window (`audit_coalesce_seconds`) are
-//! counted in memory and written as one row with the count, the first time (`at`) and the last
-//! one (`last_at`). Every other event (refreshes, connects, deletions, administrative actions)
+//! Token reads (`token.read`, `token.exchange`) are the bulk of it: identical reads (same
+//! action, account, workload, app, connector type, outcome and client address) within a short
+//! window (`audit_coalesce_seconds`) are counted in memory and written as one row with the
+//! count, the first time (`at`) and the last one (`last_at`). Every other event (refreshes, connects, deletions, administrative actions)
 //! is one row, handed to a bounded channel. A writer task stores both in batches.
 //!
 //! Nothing is dropped when the database is slow: the channel and the table of counted reads
@@ -40,17 +40,41 @@ const ANONYMOUS_WINDOW: Duration = Duration::from_secs(60);
 const ANONYMOUS_KEYS: usize = 1000;
 /// The principal of a request that did not authenticate.
 pub const ANONYMOUS: &str = "anonymous";
-/// The action of a token read: the one that is coalesced.
+/// The action of a token read (`binb-token`).
 pub const TOKEN_READ: &str = "token.read";
+/// The action of a token read through the token exchange (RFC 8693).
+pub const TOKEN_EXCHANGE: &str = "token.exchange";
+/// The actions whose identical events are coalesced: the token reads.
+const COALESCED: &[&str] = &[TOKEN_READ, TOKEN_EXCHANGE];
 
 /// What makes two token reads the same row.
-type ReadKey = (
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    Option<String>,
-);
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ReadKey {
+    principal: String,
+    /// The workload acting as the account (issuer, subject), when there is one: two
+    /// workloads mapped to one account are two rows.
+    workload: Option<(String, String)>,
+    /// `token.read` or `token.exchange`.
+    action: String,
+    app_id: Option<String>,
+    connector_type: Option<String>,
+    outcome: String,
+    client_addr: Option<String>,
+}
+
+impl ReadKey {
+    fn of(event: AuditEvent) -> Self {
+        Self {
+            principal: event.principal,
+            workload: event.workload_issuer.zip(event.workload_subject),
+            action: event.action,
+            app_id: event.app_id,
+            connector_type: event.connector_type,
+            outcome: event.outcome,
+            client_addr: event.client_addr,
+        }
+    }
+}
 
 /// Token reads counted since the last write: per kind, first time, last time and count.
 #[derive(Default)]
@@ -63,7 +87,7 @@ struct Reads {
 impl Reads {
     /// Counts a read of kind `key`; gives the key back when the table is full and the kind
     /// new.
-    fn add(&self, key: ReadKey, at: i64, count: i64) -> Result<(), ReadKey> {
+    fn add(&self, key: ReadKey, at: i64, count: i64) -> Result<(), Box<ReadKey>> {
         let mut pending = self.pending.lock().expect("audit reads poisoned");
         if let Some(entry) = pending.get_mut(&key) {
             entry.1 = entry.1.max(at);
@@ -71,7 +95,7 @@ impl Reads {
             return Ok(());
         }
         if pending.len() >= PENDING_READS {
-            return Err(key);
+            return Err(Box::new(key));
         }
         pending.insert(key, (at, at, count));
         Ok(())
@@ -82,22 +106,23 @@ impl Reads {
         self.room.notify_waiters();
         taken
             .into_iter()
-            .map(
-                |((principal, app_id, connector_type, outcome, client_addr), (at, last, count))| {
-                    AuditEvent {
-                        at,
-                        last_at: (last != at).then_some(last),
-                        principal,
-                        action: TOKEN_READ.to_string(),
-                        app_id,
-                        connector_type,
-                        outcome,
-                        client_addr,
-                        subject: None,
-                        count,
-                    }
-                },
-            )
+            .map(|(key, (at, last, count))| {
+                let (workload_issuer, workload_subject) = key.workload.unzip();
+                AuditEvent {
+                    at,
+                    last_at: (last != at).then_some(last),
+                    principal: key.principal,
+                    action: key.action,
+                    app_id: key.app_id,
+                    connector_type: key.connector_type,
+                    outcome: key.outcome,
+                    client_addr: key.client_addr,
+                    subject: None,
+                    workload_issuer,
+                    workload_subject,
+                    count,
+                }
+            })
             .collect()
     }
 }
@@ -134,22 +159,16 @@ impl Audit {
         if let Some(reads) = self
             .reads
             .as_ref()
-            .filter(|_| event.action == TOKEN_READ && event.principal != ANONYMOUS)
+            .filter(|_| COALESCED.contains(&event.action.as_str()) && event.principal != ANONYMOUS)
         {
             let (at, count) = (event.at, event.count);
-            let mut key = (
-                event.principal,
-                event.app_id,
-                event.connector_type,
-                event.outcome,
-                event.client_addr,
-            );
+            let mut key = ReadKey::of(event);
             loop {
                 // Registered before the attempt, so a write in between is not missed.
                 let room = reads.room.notified();
                 key = match reads.add(key, at, count) {
                     Ok(()) => return,
-                    Err(key) => key,
+                    Err(key) => *key,
                 };
                 if tokio::time::timeout_at(deadline, room).await.is_err() {
                     break;
@@ -197,6 +216,8 @@ pub fn event(
         outcome: outcome.to_string(),
         client_addr,
         subject: None,
+        workload_issuer: None,
+        workload_subject: None,
         count: 1,
     }
 }
@@ -238,6 +259,8 @@ impl Aggregate {
                 outcome,
                 client_addr,
                 subject: None,
+                workload_issuer: None,
+                workload_subject: None,
                 count,
             })
             .collect()

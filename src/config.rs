@@ -5,8 +5,9 @@
 //! into a TOML table keyed by the same names, laid over the file's, and the result deserialized
 //! once; the type of each key's default says how its variable is read (a number, `true`/`false`,
 //! a comma-separated list, or text). Secret keys (`SECRET_KEYS`) can also be read from the file
-//! named by `TOKENBOX_<KEY>_FILE`. Nested tables (`[[webhooks]]`, `[connector_types.*]`) are
-//! file-only. An unknown key or `TOKENBOX_*` variable is refused with its name.
+//! named by `TOKENBOX_<KEY>_FILE`. Nested tables (`[[webhooks]]`, `[connector_types.*]`,
+//! `[[trusted_issuers]]`) are file-only. An unknown key or `TOKENBOX_*` variable is refused
+//! with its name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ const OTHER_ENV: &[&str] = &[
     // Read by the Python client.
     "TOKENBOX_CLIENT_ID",
     "TOKENBOX_CLIENT_SECRET",
+    "TOKENBOX_WORKLOAD_TOKEN_FILE",
     // Read by the test harnesses, not by the server.
     "TOKENBOX_BIN",
     "TOKENBOX_TEST_DATABASE_URL",
@@ -50,6 +52,165 @@ pub struct WebhookSpec {
     pub secret_env: Option<String>,
     /// The event types to send; all when absent.
     pub events: Option<Vec<String>>,
+}
+
+/// The signature algorithms a trusted issuer's tokens may use when none are configured.
+pub const DEFAULT_WORKLOAD_ALGORITHMS: &[&str] = &["RS256", "ES256", "EdDSA"];
+/// Every algorithm `algorithms` may name: asymmetric ones only (no `none`, no HMAC).
+pub const WORKLOAD_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// An issuer of workload identities whose JWTs tokenbox accepts as credentials
+/// (`[[trusted_issuers]]`, file only): Kubernetes service-account tokens, GitHub Actions or
+/// GitLab CI OIDC tokens, a cloud's workload identity.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerSpec {
+    /// The `iss` of its tokens, compared exactly.
+    pub issuer: String,
+    /// Where its public keys are (a JSON Web Key Set); or `discovery`.
+    pub jwks_url: Option<String>,
+    /// Read `jwks_uri` from `{issuer}/.well-known/openid-configuration` (whose `issuer` must
+    /// be this one).
+    #[serde(default)]
+    pub discovery: bool,
+    /// The `aud` its tokens must contain (required).
+    pub audience: Option<String>,
+    /// The signature algorithms accepted (default RS256, ES256, EdDSA).
+    #[serde(default = "default_workload_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// How long fetched keys are used before the key set is fetched again.
+    #[serde(default = "default_jwks_cache")]
+    pub jwks_cache_seconds: u64,
+    /// A token signed by an unknown key (`kid`) makes the key set be fetched again, at most
+    /// once per this many seconds; a failed fetch is retried no more often either.
+    #[serde(default = "default_jwks_min_refetch")]
+    pub jwks_min_refetch_seconds: u64,
+    /// While the key set cannot be fetched, the keys fetched last keep verifying for this
+    /// long after that fetch; then the issuer's tokens are refused.
+    #[serde(default = "default_jwks_max_stale")]
+    pub jwks_max_stale_seconds: u64,
+    /// The key set may be on a private network address (an in-cluster Kubernetes API server).
+    #[serde(default)]
+    pub private_network: bool,
+    /// Which tokens map to which service account: the first matching rule wins; a token that
+    /// matches none is refused.
+    #[serde(default)]
+    pub rules: Vec<TrustedIssuerRule>,
+}
+
+/// One `[[trusted_issuers.rules]]`: the tokens it matches act as `account`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerRule {
+    /// A pattern of the token's `sub`: `*` matches any run of characters.
+    pub subject: String,
+    /// The service account the token acts as (its role and scope).
+    pub account: String,
+    /// Claims that must all be equal to these values (`repository = "acme/jobs"`); a nested
+    /// claim is named by its dotted path (`"kubernetes.io.namespace"`).
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
+
+fn default_workload_algorithms() -> Vec<String> {
+    DEFAULT_WORKLOAD_ALGORITHMS
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+
+fn default_jwks_cache() -> u64 {
+    300
+}
+
+fn default_jwks_min_refetch() -> u64 {
+    10
+}
+
+fn default_jwks_max_stale() -> u64 {
+    86_400
+}
+
+impl TrustedIssuerSpec {
+    /// Every problem of the entry, each as one sentence (`loopback`: `allow_insecure_loopback`).
+    pub fn problems(&self, loopback: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        let name = &self.issuer;
+        let url_problem = |what: &str, url: &str| -> Option<String> {
+            let Ok(parsed) = oauth2::url::Url::parse(url) else {
+                return Some(format!("{what} {url} is not a URL"));
+            };
+            let on_loopback = matches!(
+                parsed.host(),
+                Some(oauth2::url::Host::Ipv4(ip)) if ip.is_loopback()
+            ) || matches!(
+                parsed.host(),
+                Some(oauth2::url::Host::Ipv6(ip)) if ip.is_loopback()
+            ) || parsed.host_str() == Some("localhost");
+            match parsed.scheme() {
+                "https" => None,
+                "http" if loopback && on_loopback => None,
+                _ => Some(format!(
+                    "{what} {url} must be an https URL (http only on loopback with allow_insecure_loopback)"
+                )),
+            }
+        };
+        problems.extend(url_problem("issuer", &self.issuer));
+        match (&self.jwks_url, self.discovery) {
+            (Some(url), false) => problems.extend(url_problem("jwks_url", url)),
+            (None, true) => {}
+            (Some(_), true) => problems.push("set jwks_url or discovery = true, not both".into()),
+            (None, false) => problems.push("jwks_url or discovery = true is required".into()),
+        }
+        if self.audience.as_deref().is_none_or(|a| a.trim().is_empty()) {
+            problems.push("audience is required (the aud its tokens are issued for)".into());
+        }
+        if self.algorithms.is_empty() {
+            problems.push("algorithms must name at least one algorithm".into());
+        }
+        for alg in &self.algorithms {
+            if !WORKLOAD_ALGORITHMS.contains(&alg.as_str()) {
+                problems.push(format!(
+                    "algorithm {alg} is not accepted (one of {}; never none or an HMAC algorithm)",
+                    WORKLOAD_ALGORITHMS.join(", ")
+                ));
+            }
+        }
+        if self.leeway_seconds > 3600 {
+            problems.push("leeway_seconds must be at most 3600".into());
+        }
+        if self.rules.is_empty() {
+            problems.push("no [[trusted_issuers.rules]]: every token would be refused".into());
+        }
+        for (n, rule) in self.rules.iter().enumerate() {
+            if rule.subject.is_empty() {
+                problems.push(format!("rule #{}: subject must not be empty", n + 1));
+            }
+            if !crate::domain::is_account_name(&rule.account) {
+                problems.push(format!(
+                    "rule #{}: account '{}' is not a service account name (1 to 64 letters, digits, '-', '_' or '.')",
+                    n + 1,
+                    rule.account
+                ));
+            }
+            if rule.claims.keys().any(|k| k.is_empty()) {
+                problems.push(format!("rule #{}: a claim name is empty", n + 1));
+            }
+        }
+        problems
+            .into_iter()
+            .map(|p| format!("[[trusted_issuers]] {name}: {p}"))
+            .collect()
+    }
 }
 
 /// Settings of the background refresher (a view of the `refresh*` keys of [`Config`]).
@@ -214,6 +375,9 @@ pub struct Config {
     /// (file only).
     #[serde(skip_serializing)]
     pub connector_types: BTreeMap<String, ConnectorTypeSpec>,
+    /// Issuers of workload identities whose JWTs act as service accounts (file only).
+    #[serde(skip_serializing)]
+    pub trusted_issuers: Vec<TrustedIssuerSpec>,
 }
 
 impl Default for Config {
@@ -268,6 +432,7 @@ impl Default for Config {
             otlp_batch_delay_millis: 5000,
             webhooks: Vec::new(),
             connector_types: BTreeMap::new(),
+            trusted_issuers: Vec::new(),
         }
     }
 }
@@ -400,6 +565,21 @@ impl Config {
                     }
                     bad
                 }
+                "trusted_issuers" => {
+                    let items = value.as_array().cloned().unwrap_or_default();
+                    let mut bad = !value.is_array();
+                    for (n, item) in items.into_iter().enumerate() {
+                        if let Err(e) = item.try_into::<TrustedIssuerSpec>() {
+                            problems.push(format!(
+                                "[[trusted_issuers]] #{}: {}",
+                                n + 1,
+                                message(e)
+                            ));
+                            bad = true;
+                        }
+                    }
+                    bad
+                }
                 "connector_types" => {
                     let mut entries = value.as_table().cloned().unwrap_or_default();
                     for (name, spec) in entries.clone() {
@@ -426,6 +606,12 @@ impl Config {
         }
         if problems.iter().any(|p| p.starts_with("[[webhooks]]")) {
             problems.push("[[webhooks]]: skipped while an entry is invalid".into());
+        }
+        if problems
+            .iter()
+            .any(|p| p.starts_with("[[trusted_issuers]]"))
+        {
+            problems.push("[[trusted_issuers]]: skipped while an entry is invalid".into());
         }
         let named = named_variables(&table);
         for pair in env {
@@ -519,6 +705,15 @@ impl Config {
         }
         if !(1..=600_000).contains(&self.otlp_batch_delay_millis) {
             bail!("otlp_batch_delay_millis must be between 1 and 600000 (10 minutes)");
+        }
+        for (n, issuer) in self.trusted_issuers.iter().enumerate() {
+            problems.extend(issuer.problems(self.allow_insecure_loopback));
+            if self.trusted_issuers[..n]
+                .iter()
+                .any(|other| other.issuer == issuer.issuer)
+            {
+                bail!("[[trusted_issuers]] {} is listed twice", issuer.issuer);
+            }
         }
         problems
     }
@@ -930,6 +1125,87 @@ mod tests {
             &[],
         );
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn trusted_issuers_are_read_with_their_rules_and_checked() {
+        let c = resolve(
+            r#"
+[[trusted_issuers]]
+issuer = "https://issuer.example"
+jwks_url = "https://issuer.example/jwks"
+audience = "tokenbox"
+[[trusted_issuers.rules]]
+subject = "system:serviceaccount:extract:*"
+account = "extraction"
+claims = { repository = "acme/jobs", "kubernetes.io.namespace" = "extract" }
+
+[[trusted_issuers]]
+issuer = "https://token.actions.githubusercontent.com"
+discovery = true
+audience = "tokenbox"
+algorithms = ["RS256"]
+[[trusted_issuers.rules]]
+subject = "repo:acme/jobs:*"
+account = "gha-jobs"
+"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.trusted_issuers.len(), 2);
+        let first = &c.trusted_issuers[0];
+        assert_eq!(first.algorithms, ["RS256", "ES256", "EdDSA"]);
+        assert_eq!(first.leeway_seconds, 60);
+        assert_eq!(first.rules[0].claims["kubernetes.io.namespace"], "extract");
+        assert!(c.trusted_issuers[1].discovery);
+
+        let problems = |entry: &str| -> String {
+            match resolve(&format!("[[trusted_issuers]]\n{entry}"), &[]) {
+                Ok(_) => String::new(),
+                Err(e) => format!("{e:#}"),
+            }
+        };
+        let rule = "[[trusted_issuers.rules]]\nsubject = \"*\"\naccount = \"extraction\"\n";
+        let good = "issuer = \"https://i.example\"\njwks_url = \"https://i.example/k\"\naudience = \"tokenbox\"\n";
+        assert_eq!(problems(&format!("{good}{rule}")), "");
+        for (entry, expected) in [
+            (
+                "issuer = \"https://i.example\"\njwks_url = \"https://i.example/k\"\n".to_string() + rule,
+                "audience is required",
+            ),
+            (format!("{good}algorithms = [\"HS256\"]\n{rule}"), "algorithm HS256"),
+            (format!("{good}algorithms = [\"none\"]\n{rule}"), "algorithm none"),
+            (format!("{good}discovery = true\n{rule}"), "not both"),
+            (
+                "issuer = \"https://i.example\"\naudience = \"a\"\n".to_string() + rule,
+                "jwks_url or discovery",
+            ),
+            (
+                "issuer = \"http://i.example\"\ndiscovery = true\naudience = \"a\"\n".to_string() + rule,
+                "must be an https URL",
+            ),
+            (good.to_string(), "no [[trusted_issuers.rules]]"),
+            (
+                format!("{good}[[trusted_issuers.rules]]\nsubject = \"*\"\naccount = \"no such/name\"\n"),
+                "is not a service account name",
+            ),
+            (format!("{good}jwks_ur = \"x\"\n{rule}"), "jwks_ur"),
+        ] {
+            let found = problems(&entry);
+            assert!(found.contains(expected), "{entry}: {found}");
+        }
+        // Plain http on loopback only with allow_insecure_loopback.
+        let local = "issuer = \"http://127.0.0.1:9\"\ndiscovery = true\naudience = \"a\"\n";
+        assert!(problems(&format!("{local}{rule}")).contains("https"));
+        let c = resolve(
+            &format!("allow_insecure_loopback = true\n[[trusted_issuers]]\n{local}{rule}"),
+            &[],
+        );
+        assert!(c.is_ok(), "{c:?}");
+        // Listed twice.
+        let twice = format!("[[trusted_issuers]]\n{good}{rule}[[trusted_issuers]]\n{good}{rule}");
+        let err = resolve(&twice, &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("listed twice"), "{err:#}");
     }
 
     #[test]

@@ -108,6 +108,15 @@ impl ConnectionStatus {
     }
 }
 
+/// Whether `name` is a valid service-account name: 1 to 64 letters, digits, '-', '_' or '.'.
+pub fn is_account_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
 /// Non-secret values a provider returns with a token that jobs need (`instance_url`, ...).
 pub type Metadata = BTreeMap<String, serde_json::Value>;
 
@@ -569,8 +578,15 @@ pub struct AuditEvent {
     /// What the action was about when it is not a connection (a service account's name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The workload that acted as `principal` with a trusted issuer's token: the token's
+    /// issuer ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_issuer: Option<String>,
+    /// ... and its subject (`sub`, such as `system:serviceaccount:extract:runner`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_subject: Option<String>,
     /// How many events this row stands for (absent when 1): identical token reads are
-    /// counted per window, account, app, connector type, outcome and client address;
+    /// counted per window, account, workload, app, connector type, outcome and client address;
     /// anonymous refusals per window, action, outcome and client address.
     #[serde(skip_serializing_if = "is_one")]
     pub count: i64,

@@ -19,6 +19,7 @@ pub mod telemetry;
 pub mod token;
 pub mod tracing_otel;
 pub mod webhooks;
+pub mod workload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,6 +113,10 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
     let store = open_store(&config).await?;
     let provider = Provider::new(config.provider_timeout, config.allow_insecure_loopback)?
         .with_proxy_timeout(config.proxy_timeout)?;
+    let workload = Arc::new(workload::WorkloadVerifier::new(
+        &config.trusted_issuers,
+        provider.clone(),
+    ));
     let metrics = Arc::new(metrics::Metrics::default());
     let (audit, audit_writer) = audit::Audit::start(store.clone(), config.audit_coalesce);
     let endpoints = config
@@ -143,7 +148,8 @@ pub async fn build_state(config: Config, bound: Option<SocketAddr>) -> anyhow::R
         keeper,
         auth: Arc::new(
             Authenticator::new(store, config.rate_limit_per_second, jwt.clone())
-                .with_accounts_ttl(config.accounts_cache),
+                .with_accounts_ttl(config.accounts_cache)
+                .with_workload(workload),
         ),
         jwt,
         config: Arc::new(config),

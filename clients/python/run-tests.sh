@@ -5,7 +5,8 @@
 #
 # Creates (or reuses) the virtualenv clients/python/.venv, installs the package in editable
 # mode with its test extras (pytest, mypy, ruff, toucan-connectors[base,github]==9.2.*,
-# PyJWT[crypto]==2.*, cryptography==50.*) when pyproject.toml changed since the last install,
+# PyJWT[crypto]==2.*, cryptography==50.*, Authlib==1.9.*, requests==2.*) when pyproject.toml changed
+# since the last install,
 # uses $TOKENBOX_BIN or target/debug/tokenbox (under $CARGO_TARGET_DIR when set; built with
 # `cargo build --bin tokenbox` when missing), and runs pytest. Non-interactive and idempotent; the exit code is pytest's.
 # A skipped test fails the run (tests/conftest.py; ALLOW_SKIPPED_TESTS=1 allows skips locally).

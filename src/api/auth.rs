@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::store::{AccountScope, Role, SecretsStore, StoreError};
+use crate::workload::{WorkloadIdentity, WorkloadVerifier};
 
 /// How long the in-memory list of service accounts is trusted; a revocation made by another
 /// process takes effect within this time (unless configured: `accounts_cache_seconds`).
@@ -32,6 +33,8 @@ pub struct Principal {
     /// The account's generation: changes when an account is deleted and created again under
     /// the same name, so JWTs issued to the earlier account stop working.
     pub generation: String,
+    /// The workload acting as the account, when the credential is a trusted issuer's token.
+    pub workload: Option<WorkloadIdentity>,
 }
 
 /// The generation of an account, derived from its token hash: every creation draws a new
@@ -83,6 +86,7 @@ pub struct Authenticator {
     last_miss_reload: std::sync::Mutex<Option<Instant>>,
     limiter: Option<Limiter>,
     jwt: Arc<crate::jwt::JwtIssuer>,
+    workload: Option<Arc<WorkloadVerifier>>,
 }
 
 type Limiter = governor::RateLimiter<
@@ -114,7 +118,15 @@ impl Authenticator {
             last_miss_reload: std::sync::Mutex::new(None),
             limiter,
             jwt,
+            workload: None,
         }
+    }
+
+    /// Accepts the JWTs of the trusted issuers (`[[trusted_issuers]]`) as their mapped
+    /// accounts.
+    pub fn with_workload(mut self, workload: Arc<WorkloadVerifier>) -> Self {
+        self.workload = (!workload.is_empty()).then_some(workload);
+        self
     }
 
     /// How long the accounts read from the store are trusted (0: read on every request).
@@ -168,6 +180,7 @@ impl Authenticator {
                         role: a.role,
                         scope: a.scope,
                         expires_at: a.expires_at,
+                        workload: None,
                     },
                 )
             })
@@ -190,7 +203,7 @@ impl Authenticator {
 
     pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, StoreError> {
         if crate::jwt::looks_like_jwt(token) {
-            return self.authenticate_jwt(token).await;
+            return Ok(self.authenticate_bearer_jwt(token).await?.ok());
         }
         let hash = crate::token::hash(token);
         let (accounts, fresh) = self.current();
@@ -217,6 +230,57 @@ impl Authenticator {
 }
 
 impl Authenticator {
+    /// A JWT: a trusted issuer's workload token (when its `iss` is one) or one of tokenbox's
+    /// own; `Err` says why it was refused, a sentence safe to answer (RFC 8693's
+    /// `invalid_grant` description).
+    pub async fn authenticate_bearer_jwt(
+        &self,
+        token: &str,
+    ) -> Result<Result<Principal, String>, StoreError> {
+        if let Some(workload) = &self.workload {
+            if let Some(verdict) = workload.verify(token).await {
+                return match verdict {
+                    Ok(workload) => self.workload_principal(workload).await,
+                    Err(e) => Ok(Err(e.to_string())),
+                };
+            }
+        }
+        Ok(self
+            .authenticate_jwt(token)
+            .await?
+            .ok_or_else(|| "the token is not a valid tokenbox JWT nor a trusted issuer's".into()))
+    }
+
+    /// The account a workload token maps to, as it is now (role, scope, expiry): a mapping
+    /// to an account that does not exist is refused, and the principal expires with the
+    /// token or the account, whichever comes first.
+    async fn workload_principal(
+        &self,
+        workload: crate::workload::Workload,
+    ) -> Result<Result<Principal, String>, StoreError> {
+        let Some((_, account)) = self.account(&workload.account).await? else {
+            tracing::warn!(
+                issuer = %workload.identity.issuer,
+                sub = %workload.identity.subject,
+                account = %workload.account,
+                "a trusted issuer's rule maps to a service account that does not exist"
+            );
+            return Ok(Err(format!(
+                "the subject maps to service account '{}', which does not exist",
+                workload.account
+            )));
+        };
+        Ok(Ok(Principal {
+            expires_at: Some(
+                account
+                    .expires_at
+                    .map_or(workload.expires_at, |at| at.min(workload.expires_at)),
+            ),
+            workload: Some(workload.identity),
+            ..account
+        }))
+    }
+
     /// A JWT of the client-credentials grant: valid signature, key, expiry and audience, and
     /// an account that still exists (a revoked account's tokens stop working too).
     async fn authenticate_jwt(&self, token: &str) -> Result<Option<Principal>, StoreError> {
@@ -255,6 +319,7 @@ impl Authenticator {
                 scope: account.scope.clone().or_else(|| claims.scope.clone()),
                 expires_at: Some(claims.exp),
                 generation: account.generation.clone(),
+                workload: None,
             }))
     }
 
@@ -330,65 +395,95 @@ pub async fn require_role(
         Ok(None) => return ApiError::Unauthorized.into_response(),
         Err(e) => return ApiError::from(e).into_response(),
     };
-    // A refusal of a real account is audited under its name, not as anonymous.
-    let refused = |error: ApiError, name: &str| {
+    // A refusal of a real account is audited under its name (and its workload), not as
+    // anonymous.
+    let refused = |error: ApiError, principal: &Principal| {
         let mut response = error.into_response();
-        response
-            .extensions_mut()
-            .insert(super::PrincipalName(name.to_string()));
+        mark(&mut response, principal);
         response
     };
-    if principal
-        .expires_at
-        .is_some_and(|at| at <= crate::domain::now_epoch())
-    {
-        return refused(ApiError::Unauthorized, &principal.name);
+    // A scoped account is judged on the decoded, validated path parameters the handler
+    // will use.
+    let key = if principal.scope.is_some() {
+        let (routed, key) = super::route_key(request).await;
+        request = routed;
+        key
+    } else {
+        None
+    };
+    if let Err(error) = auth.admit(&principal, role, key.as_ref()) {
+        return refused(error, &principal);
     }
-    if let Err(retry_after) = auth.check_rate(&principal) {
-        return refused(
-            ApiError::RateLimited {
+    let name = super::PrincipalName(principal.name.clone());
+    let workload = principal.workload.clone().map(super::WorkloadCaller);
+    request.extensions_mut().insert(principal);
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(name);
+    if let Some(workload) = workload {
+        response.extensions_mut().insert(workload);
+    }
+    response
+}
+
+/// Marks a response with its caller, for the access log and the audit trail: the account's
+/// name and, for a workload token, the workload.
+pub fn mark(response: &mut Response, principal: &Principal) {
+    let extensions = response.extensions_mut();
+    extensions.insert(super::PrincipalName(principal.name.clone()));
+    if let Some(workload) = &principal.workload {
+        extensions.insert(super::WorkloadCaller(workload.clone()));
+    }
+}
+
+impl Authenticator {
+    /// What a route checks once the caller is known, in order: the principal's expiry, its
+    /// request rate, the route's role, and a scoped account's scope against the connection
+    /// the route names (`key`; `None` on a route that names none, which a scoped account may
+    /// not call).
+    pub fn admit(
+        &self,
+        principal: &Principal,
+        role: Role,
+        key: Option<&crate::domain::ConnectionKey>,
+    ) -> Result<(), ApiError> {
+        if principal
+            .expires_at
+            .is_some_and(|at| at <= crate::domain::now_epoch())
+        {
+            return Err(ApiError::Unauthorized);
+        }
+        if let Err(retry_after) = self.check_rate(principal) {
+            return Err(ApiError::RateLimited {
                 message: format!(
                     "service account '{}' exceeded its request rate; retry after {retry_after} s",
                     principal.name
                 ),
                 retry_after,
-            },
-            &principal.name,
-        );
-    }
-    if principal.role < role {
-        return refused(
-            ApiError::Forbidden(format!(
+            });
+        }
+        if principal.role < role {
+            return Err(ApiError::Forbidden(format!(
                 "this route requires the {} role; service account '{}' is {}",
                 role.as_str(),
                 principal.name,
                 principal.role.as_str()
-            )),
-            &principal.name,
-        );
-    }
-    if let Some(scope) = &principal.scope {
-        // A scoped account may use the per-app routes of its apps and connector types only,
-        // judged on the decoded, validated path parameters the handler will use.
-        let (routed, key) = super::route_key(request).await;
-        request = routed;
-        let verdict = match key {
-            Some(key) => scope.allows(key.app_id.as_str(), key.connector_type.as_str()),
-            None => Err("a scoped account may only call the per-app routes of its scope".into()),
-        };
-        if let Err(reason) = verdict {
-            return refused(
-                ApiError::Forbidden(format!(
+            )));
+        }
+        if let Some(scope) = &principal.scope {
+            // A scoped account may use the per-app routes of its apps and connector types only.
+            let verdict = match key {
+                Some(key) => scope.allows(key.app_id.as_str(), key.connector_type.as_str()),
+                None => {
+                    Err("a scoped account may only call the per-app routes of its scope".into())
+                }
+            };
+            if let Err(reason) = verdict {
+                return Err(ApiError::Forbidden(format!(
                     "service account '{}' may not do this: {reason}",
                     principal.name
-                )),
-                &principal.name,
-            );
+                )));
+            }
         }
+        Ok(())
     }
-    let name = super::PrincipalName(principal.name.clone());
-    request.extensions_mut().insert(principal);
-    let mut response = next.run(request).await;
-    response.extensions_mut().insert(name);
-    response
 }

@@ -174,6 +174,11 @@ pub struct AuditKey(pub ConnectionKey);
 #[derive(Clone, Debug)]
 pub struct PrincipalName(pub String);
 
+/// The workload acting as the caller's account (a trusted issuer's token), set on the
+/// response beside [`PrincipalName`] and recorded beside it in the audit trail.
+#[derive(Clone, Debug)]
+pub struct WorkloadCaller(pub crate::workload::WorkloadIdentity);
+
 /// One structured log line per request. It names the route template, never the raw path or
 /// query (a connect link's path is a secret), and the app and connector type when valid.
 /// Audited actions also go to the audit trail, off the request's path.
@@ -235,16 +240,13 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
             } else {
                 crate::audit::ANONYMOUS
             });
-        state
-            .audit
-            .record(crate::audit::event(
-                principal,
-                action,
-                key.as_ref(),
-                audit_outcome,
-                client_addr,
-            ))
-            .await;
+        let mut event =
+            crate::audit::event(principal, action, key.as_ref(), audit_outcome, client_addr);
+        if let Some(WorkloadCaller(workload)) = response.extensions().get::<WorkloadCaller>() {
+            event.workload_issuer = Some(workload.issuer.clone());
+            event.workload_subject = Some(workload.subject.clone());
+        }
+        state.audit.record(event).await;
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);

@@ -41,7 +41,7 @@ fn declare(t: &mut RouteTable) {
     t.add_smallapp_resource(
         BinBToken::RESOURCE,
         &[Get],
-        SUPERADMIN,
+        Access::Role(BinBToken::ROLE),
         get(binb_token::get),
     )
     .audit(Get, "token.read");
@@ -277,8 +277,12 @@ impl RouteTable {
                         .map(|(_, a)| *a);
                     async move {
                         let mut response = next.run(request).await;
+                        // A handler serving several actions on one route (the token
+                        // endpoint's grants) names its own.
                         if let Some(action) = action {
-                            response.extensions_mut().insert(AuditAction(action));
+                            if response.extensions().get::<AuditAction>().is_none() {
+                                response.extensions_mut().insert(AuditAction(action));
+                            }
                         }
                         response
                     }

@@ -22,8 +22,8 @@ pub async fn run(
         return Ok(());
     }
     println!(
-        "{:<11} {:<16} {:<20} {:<24} {:<24} CLIENT",
-        "AT", "PRINCIPAL", "ACTION", "SUBJECT", "OUTCOME"
+        "{:<11} {:<16} {:<20} {:<24} {:<24} {:<15} WORKLOAD",
+        "AT", "PRINCIPAL", "ACTION", "SUBJECT", "OUTCOME", "CLIENT"
     );
     for e in &events {
         println!("{}", table_row(e));
@@ -43,12 +43,13 @@ fn table_row(e: &AuditEvent) -> String {
         (n, None) => format!("{} x{n}", e.outcome),
     };
     format!(
-        "{:<11} {:<16} {:<20} {:<24} {:<24} {}",
+        "{:<11} {:<16} {:<20} {:<24} {:<24} {:<15} {}",
         e.at,
         e.principal,
         e.action,
         target,
         outcome,
-        or_dash(e.client_addr.clone())
+        or_dash(e.client_addr.clone()),
+        or_dash(e.workload_subject.clone())
     )
 }

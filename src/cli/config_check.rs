@@ -46,7 +46,7 @@ fn check(path: Option<&Path>) -> ExitCode {
     }
     let config = config.expect("a configuration without problems");
     println!(
-        "{source}: OK (listen {}, {} database, {} configured connector type(s), {} webhook(s))",
+        "{source}: OK (listen {}, {} database, {} configured connector type(s), {} webhook(s), {} trusted issuer(s))",
         config.listen,
         config
             .database_url
@@ -55,13 +55,15 @@ fn check(path: Option<&Path>) -> ExitCode {
             .map_or("?", |(s, _)| s),
         config.connector_types.len(),
         config.webhooks.len(),
+        config.trusted_issuers.len(),
     );
     ExitCode::SUCCESS
 }
 
 /// What needs the resolved configuration: the database URL's scheme, the key, the public URL,
 /// each connector type (built on its own, with its `*_env` variables and placeholders) and
-/// each webhook.
+/// each webhook. (Each `[[trusted_issuers]]` entry is checked with the configuration: its URLs,
+/// its audience, its algorithms and its rules' account names.)
 fn deep_problems(config: &Config, warnings: &mut Vec<String>) -> Vec<String> {
     let mut problems = Vec::new();
     let scheme = config

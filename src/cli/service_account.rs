@@ -114,12 +114,7 @@ fn check(
 }
 
 fn check_account_name(name: &str) -> anyhow::Result<()> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
+    if !crate::domain::is_account_name(name) {
         bail!("a service account name has 1 to 64 letters, digits, '-', '_' or '.'");
     }
     Ok(())

@@ -288,6 +288,17 @@ impl Provider {
         url: &reqwest::Url,
         proxy: bool,
     ) -> Result<&reqwest::Client, Fault> {
+        self.guarded_client(url, ct.private_network, proxy)
+    }
+
+    /// The client for `url` (`private`: private networks allowed), after checking an IP
+    /// literal host against the address policy.
+    fn guarded_client(
+        &self,
+        url: &reqwest::Url,
+        private: bool,
+        proxy: bool,
+    ) -> Result<&reqwest::Client, Fault> {
         let literal = match url.host() {
             Some(oauth2::url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
             Some(oauth2::url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
@@ -295,12 +306,12 @@ impl Provider {
         };
         let policy = AddressPolicy {
             loopback: self.allow_loopback,
-            private: ct.private_network,
+            private,
         };
         if literal.is_some_and(|ip| !netguard::address_allowed(ip, policy)) {
             return Err(Fault::Blocked);
         }
-        Ok(match (proxy, ct.private_network) {
+        Ok(match (proxy, private) {
             (true, true) => &self.proxy_private,
             (true, false) => &self.proxy,
             (false, true) => &self.http_private,
@@ -624,6 +635,35 @@ impl Provider {
                 retryable: true,
             }),
         }
+    }
+
+    /// A public JSON document (an identity issuer's discovery document or key set): a GET of
+    /// `url` through the same guarded client as every provider call (`private`: the host may
+    /// be on a private network), no redirect followed, the body read within the 1 MiB cap.
+    /// The error is a sentence safe to log.
+    pub async fn fetch_json(&self, url: &str, private: bool) -> Result<Value, String> {
+        let url = reqwest::Url::parse(url).map_err(|_| format!("{url} is not a URL"))?;
+        let http = self
+            .guarded_client(&url, private, false)
+            .map_err(|fault| fault.to_string())?;
+        let response = http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| fault_of(&e).to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(Fault::Status {
+                status: status.as_u16(),
+                retry_after: None,
+            }
+            .to_string());
+        }
+        let body = read_capped(response, MAX_PROVIDER_BODY)
+            .await
+            .map_err(|fault| fault.to_string())?;
+        serde_json::from_slice(&body).map_err(|_| Fault::NotJson.to_string())
     }
 
     /// The identity request: a GET of `url` with the access token as a bearer token, through

@@ -772,6 +772,15 @@ macro_rules! embedded_migrations {
                 "expiry",
                 include_str!(concat!("../../migrations/", $backend, "/0017_expiry.sql")),
             ),
+            (
+                18,
+                "audit_workload",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0018_audit_workload.sql"
+                )),
+            ),
         ]
     };
 }

@@ -36,6 +36,7 @@ mod storage;
 mod tenant_clients;
 mod traces;
 mod webhooks;
+mod workload;
 
 /// Instantiates every scenario once per backend.
 macro_rules! conformance {
@@ -160,6 +161,10 @@ conformance! {
     }
     admin {
         the_admin_cookie_is_a_server_side_session_and_cross_site_posts_are_refused,
+    }
+    workload {
+        a_trusted_workload_reads_a_token_with_binb_token_and_through_the_exchange,
+        kubernetes_and_github_actions_tokens_are_mapped_by_their_rules,
     }
     cli {
         service_account_create_prints_only_the_token_and_revoke_stops_it,

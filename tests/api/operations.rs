@@ -55,6 +55,60 @@ fn config_check_lists_every_problem_at_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `[[trusted_issuers]]`: a good entry is counted, and each problem of a bad one is its own
+/// error: a plain-http issuer, no audience, an HMAC algorithm, a rule naming no valid account.
+#[test]
+fn config_check_reports_each_problem_of_a_trusted_issuer() {
+    let dir = scratch_dir();
+    let base = format!(
+        "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{db}\"\nencryption_key_file = \"{key}\"\n",
+        db = dir.join("tokenbox.db").display(),
+        key = dir.join("encryption.key").display(),
+    );
+    let good = format!(
+        "{base}[[trusted_issuers]]\nissuer = \"https://token.actions.githubusercontent.com\"\n\
+         discovery = true\naudience = \"tokenbox\"\n[[trusted_issuers.rules]]\n\
+         subject = \"repo:acme/jobs:*\"\naccount = \"acme-jobs\"\n\
+         claims = {{ repository = \"acme/jobs\" }}\n"
+    );
+    let good_path = dir.join("good.toml");
+    std::fs::write(&good_path, &good).unwrap();
+    let (code, stdout, stderr) = cli(&good_path, &["config", "check"], None, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("1 trusted issuer(s)"), "{stdout}");
+
+    let bad = format!(
+        "{good}[[trusted_issuers]]\nissuer = \"http://issuer.example\"\n\
+         jwks_url = \"https://issuer.example/jwks\"\nalgorithms = [\"HS256\"]\n\
+         [[trusted_issuers.rules]]\nsubject = \"*\"\naccount = \"not a name\"\n"
+    );
+    let bad_path = dir.join("bad.toml");
+    std::fs::write(&bad_path, bad).unwrap();
+    let (code, stdout, stderr) = cli(&bad_path, &["config", "check"], None, &[]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let errors: Vec<&str> = stdout.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 4, "{stdout}");
+    for expected in [
+        "issuer http://issuer.example must be an https URL",
+        "audience is required",
+        "algorithm HS256 is not accepted",
+        "account 'not a name' is not a service account name",
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("[[trusted_issuers]] http://issuer.example")
+                    && e.contains(expected)),
+            "{expected}: {stdout}"
+        );
+    }
+    // The server refuses to start with it too.
+    let (code, _, stderr) = cli(&bad_path, &["serve"], None, &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("[[trusted_issuers]]"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A copy of `app`'s configuration in a new directory (its database and key file there).
 fn config_elsewhere(
     app: &TestApp,

@@ -81,6 +81,7 @@ def _no_tokenbox_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TOKENBOX_TOKEN", raising=False)
     monkeypatch.delenv("TOKENBOX_CLIENT_ID", raising=False)
     monkeypatch.delenv("TOKENBOX_CLIENT_SECRET", raising=False)
+    monkeypatch.delenv("TOKENBOX_WORKLOAD_TOKEN_FILE", raising=False)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::api::auth::Principal;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Outcome, SmallApp};
+use crate::domain::ConnectionKey;
 use crate::domain::{now_epoch, Metadata};
 use crate::refresh::scoped::GithubScope;
-use crate::refresh::TokenRequest;
+use crate::refresh::{ServedToken, TokenRequest};
+use crate::store::Role;
 
 /// The resource of the design note: `GET /{app_id}/{connector_type}/binb-token`, served by
 /// [`get`].
@@ -22,6 +24,8 @@ pub struct BinBToken;
 impl BinBToken {
     /// The resource's name under `/{app_id}/{connector_type}/`.
     pub const RESOURCE: &'static str = "binb-token";
+    /// The role that reads a connection's token, here and through the token exchange.
+    pub const ROLE: Role = Role::Superadmin;
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,35 +94,85 @@ impl BinBTokenQuery {
     }
 
     fn parse(self) -> Result<TokenRequest, ApiError> {
-        let min_validity = self
-            .min_validity
-            .map(|v| {
-                v.trim()
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|v| (0..=31_536_000).contains(v))
-                    .ok_or_else(|| {
-                        ApiError::InvalidRequest(
-                            "min_validity must be a whole number of seconds between 0 and 31536000"
-                                .into(),
-                        )
-                    })
-            })
-            .transpose()?;
-        let force_refresh = match self.force_refresh.as_deref() {
-            None | Some("false") | Some("0") => false,
-            Some("true") | Some("1") | Some("") => true,
-            Some(_) => {
-                return Err(ApiError::InvalidRequest(
-                    "force_refresh must be true or false".into(),
-                ))
-            }
-        };
-        Ok(TokenRequest {
-            min_validity,
-            force_refresh,
-        })
+        token_request(self.min_validity.as_deref(), self.force_refresh.as_deref())
     }
+}
+
+/// `min_validity` and `force_refresh` as a job sends them: in `binb-token`'s query, or in the
+/// token exchange's form.
+pub fn token_request(
+    min_validity: Option<&str>,
+    force_refresh: Option<&str>,
+) -> Result<TokenRequest, ApiError> {
+    let min_validity = min_validity
+        .map(|v| {
+            v.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|v| (0..=31_536_000).contains(v))
+                .ok_or_else(|| {
+                    ApiError::InvalidRequest(
+                        "min_validity must be a whole number of seconds between 0 and 31536000"
+                            .into(),
+                    )
+                })
+        })
+        .transpose()?;
+    let force_refresh = match force_refresh {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "force_refresh must be true or false".into(),
+            ))
+        }
+    };
+    Ok(TokenRequest {
+        min_validity,
+        force_refresh,
+    })
+}
+
+/// The token of a connection for a job, through `SecretsKeeper::retrieve_token` (refreshed
+/// first when needed), checked against the scopes the job needs, and counted in the metrics:
+/// what `binb-token` and the token exchange (`POST /oauth/token`) share.
+pub async fn retrieve(
+    state: &AppState,
+    key: &ConnectionKey,
+    request: TokenRequest,
+    scope: Option<&GithubScope>,
+    required_scopes: &[String],
+) -> Result<ServedToken, ApiError> {
+    let served = match scope {
+        Some(scope) => state.keeper.retrieve_scoped(key, request, scope).await,
+        None => state.keeper.retrieve_token(key, request).await,
+    };
+    let served = match served {
+        Ok(served) => served,
+        Err(e) => {
+            let error = ApiError::from(e);
+            state.metrics.token_request(error.code());
+            return Err(error);
+        }
+    };
+    let missing = served.connection.tokens.missing_scopes(required_scopes);
+    if !missing.is_empty() {
+        let error = ApiError::InsufficientScope {
+            message: format!(
+                "the connection was not granted the scope(s) {}: the tenant must reconnect and consent to them",
+                missing.join(", ")
+            ),
+            missing,
+        };
+        state.metrics.token_request(error.code());
+        return Err(error);
+    }
+    state.metrics.token_request(if served.refreshed {
+        "refreshed"
+    } else {
+        "served"
+    });
+    Ok(served)
 }
 
 /// The JSON body of a served token (also used by the benchmark's floor, `bench/bench.rs`).
@@ -186,35 +240,7 @@ pub async fn get(
     let scope = query.scope()?;
     let required_scopes = query.required_scopes()?;
     let request = query.parse()?;
-    let served = match &scope {
-        Some(scope) => state.keeper.retrieve_scoped(&key, request, scope).await,
-        None => state.keeper.retrieve_token(&key, request).await,
-    };
-    let served = match served {
-        Ok(served) => served,
-        Err(e) => {
-            let error = ApiError::from(e);
-            state.metrics.token_request(error.code());
-            return Err(error);
-        }
-    };
-    let missing = served.connection.tokens.missing_scopes(&required_scopes);
-    if !missing.is_empty() {
-        let error = ApiError::InsufficientScope {
-            message: format!(
-                "the connection was not granted the scope(s) {}: the tenant must reconnect and consent to them",
-                missing.join(", ")
-            ),
-            missing,
-        };
-        state.metrics.token_request(error.code());
-        return Err(error);
-    }
-    state.metrics.token_request(if served.refreshed {
-        "refreshed"
-    } else {
-        "served"
-    });
+    let served = retrieve(&state, &key, request, scope.as_ref(), &required_scopes).await?;
     let body = response_body(&state.keeper, &key, &served)?;
     let mut headers = HeaderMap::new();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -10,3 +10,4 @@ pub mod connector_types;
 pub mod health;
 pub mod oauth_token;
 pub mod proxy;
+pub mod token_exchange;

@@ -1,5 +1,7 @@
-//! Service accounts as OAuth clients: the client-credentials grant (RFC 6749 §4.4) issuing
-//! short-lived JWTs, and the public keys that verify them.
+//! The token endpoint: service accounts as OAuth clients (the client-credentials grant, RFC
+//! 6749 §4.4, issuing short-lived JWTs, and the public keys that verify them), and the token
+//! exchange (RFC 8693, `token_exchange.rs`) that trades a workload's JWT for a connection's
+//! token.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -9,15 +11,31 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::json;
 
+use super::token_exchange::{exchange, TOKEN_EXCHANGE};
+use crate::api::error::ErrorCode;
 use crate::api::{AppState, RequestBody};
 
-/// An error of the token endpoint, in the shape of RFC 6749 §5.2.
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let mut response = (
-        status,
-        Json(json!({ "error": error, "error_description": description, "message": description })),
-    )
-        .into_response();
+/// An error of the token endpoint, in the shape of RFC 6749 §5.2 (`message` repeats the
+/// description, as in every tokenbox error).
+pub(super) fn oauth_error(status: StatusCode, error: &'static str, description: &str) -> Response {
+    oauth_error_with(status, error, description, serde_json::Map::new())
+}
+
+/// [`oauth_error`] with more fields in its body.
+pub(super) fn oauth_error_with(
+    status: StatusCode,
+    error: &'static str,
+    description: &str,
+    more: serde_json::Map<String, serde_json::Value>,
+) -> Response {
+    let mut body = serde_json::Map::from_iter([
+        ("error".to_string(), json!(error)),
+        ("error_description".to_string(), json!(description)),
+        ("message".to_string(), json!(description)),
+    ]);
+    body.extend(more);
+    let mut response = (status, Json(body)).into_response();
+    response.extensions_mut().insert(ErrorCode(error));
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::UNAUTHORIZED {
@@ -58,15 +76,23 @@ fn credentials(headers: &HeaderMap, form: &[(String, String)]) -> Option<(String
     path = "/oauth/token",
     tag = "clients",
     request_body(content = String, content_type = "application/x-www-form-urlencoded",
-        description = "grant_type=client_credentials, with client_id and client_secret (HTTP Basic or form)"),
+        description = "grant_type=client_credentials, with client_id and client_secret (HTTP Basic or form); \
+or grant_type=urn:ietf:params:oauth:grant-type:token-exchange (RFC 8693) with subject_token (a trusted \
+issuer's workload JWT or a tokenbox JWT), subject_token_type=urn:ietf:params:oauth:token-type:jwt, and \
+resource=tokenbox:connection:<app_id>/<connector_type>; optional scope (the scopes the job needs)"),
     responses(
-        (status = 200, description = "a JWT access token"),
-        (status = 400, description = "invalid_request, unsupported_grant_type (RFC 6749 §5.2)"),
-        (status = 401, description = "invalid_client")
+        (status = 200, description = "client_credentials: a JWT access token; token exchange: the connection's provider access token, with issued_token_type urn:ietf:params:oauth:token-type:access_token"),
+        (status = 400, description = "invalid_request, unsupported_grant_type, invalid_grant (the subject token or the tenant's grant refused), invalid_target (a connection the subject may not use, or none), invalid_scope (RFC 6749 §5.2, RFC 8693 §2.2.2); tokenbox_error names tokenbox's own code where there is one"),
+        (status = 401, description = "invalid_client"),
+        (status = 429, description = "rate_limited (Retry-After)"),
+        (status = 500, description = "server_error"),
+        (status = 502, description = "server_error: the provider answered with an error (tokenbox_error provider_error)"),
+        (status = 503, description = "temporarily_unavailable: the provider or the database is unavailable (Retry-After)")
     )
 )]
-/// `POST /oauth/token` — the client authenticates with its credentials. A service account's
-/// name is its client id and its bearer token its client secret.
+/// `POST /oauth/token` — public; the grant authenticates. `client_credentials` (RFC 6749
+/// §4.4): a service account's name is its client id and its bearer token its client secret.
+/// The token exchange (RFC 8693): a workload's JWT for a connection's provider token.
 pub async fn token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -75,7 +101,51 @@ pub async fn token(
     let form: Vec<(String, String)> = oauth2::url::form_urlencoded::parse(&body)
         .into_owned()
         .collect();
-    let (client_id, client_secret) = match client_of(&headers, &form) {
+    match single(&form, "grant_type") {
+        Ok(Some("client_credentials")) => client_credentials(&state, &headers, &form).await,
+        Ok(Some(TOKEN_EXCHANGE)) => exchange(&state, &form).await,
+        Ok(Some(_)) => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            &format!("grant_type must be client_credentials or {TOKEN_EXCHANGE}"),
+        ),
+        Ok(None) => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "grant_type is missing",
+        ),
+        Err(refusal) => refusal,
+    }
+}
+
+/// A parameter of the form, sent at most once (RFC 6749 §3.2).
+#[allow(clippy::result_large_err)]
+pub(super) fn single<'f>(
+    form: &'f [(String, String)],
+    name: &str,
+) -> Result<Option<&'f str>, Response> {
+    let mut values = form
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str());
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("{name} is sent more than once"),
+        ));
+    }
+    Ok(first)
+}
+
+/// The client-credentials grant: a JWT for the authenticated service account.
+async fn client_credentials(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+) -> Response {
+    let (client_id, client_secret) = match client_of(headers, form) {
         Ok(client) => client,
         Err(refusal) => return refusal,
     };
@@ -133,31 +203,10 @@ pub async fn token(
     }
 }
 
-/// The grant type and the client's credentials of a token request, or the OAuth error to
-/// answer (RFC 6749 §5.2).
+/// The client's credentials of a client-credentials request, or the OAuth error to answer
+/// (RFC 6749 §5.2).
 #[allow(clippy::result_large_err)]
 fn client_of(headers: &HeaderMap, form: &[(String, String)]) -> Result<(String, String), Response> {
-    match form
-        .iter()
-        .find(|(k, _)| k == "grant_type")
-        .map(|(_, v)| v.as_str())
-    {
-        Some("client_credentials") => {}
-        Some(_) => {
-            return Err(oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "only grant_type=client_credentials is supported",
-            ))
-        }
-        None => {
-            return Err(oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "grant_type is missing",
-            ))
-        }
-    }
     let basic = headers.contains_key(header::AUTHORIZATION);
     if basic && form.iter().any(|(k, _)| k == "client_secret") {
         return Err(oauth_error(

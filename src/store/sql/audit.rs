@@ -1,20 +1,21 @@
 //! The audit log: its statements and `AuditStore`.
 
 pub(crate) const INSERT_AUDIT_HEAD: &str = "INSERT INTO audit_events (at, principal, action, \
-     app_id, connector_type, outcome, client_addr, subject, count, last_at)";
+     app_id, connector_type, outcome, client_addr, subject, count, last_at, workload_issuer, \
+     workload_subject)";
 
 pub(crate) const READ_AUDIT: &str = "SELECT at, principal, action, app_id, connector_type, \
-     outcome, client_addr, subject, count, last_at FROM audit_events WHERE at >= $1 AND ($2 = '' OR app_id = $2) \
+     outcome, client_addr, subject, count, last_at, workload_issuer, workload_subject FROM audit_events WHERE at >= $1 AND ($2 = '' OR app_id = $2) \
      ORDER BY id DESC LIMIT $3";
 
-/// A multi-row insert of `rows` audit events (ten parameters each). `numbered`: `$1, $2, ...`
-/// placeholders (PostgreSQL); otherwise anonymous `?` ones, which SQLite binds by position
-/// without looking each one up by name.
+/// A multi-row insert of `rows` audit events (twelve parameters each). `numbered`: `$1, $2,
+/// ...` placeholders (PostgreSQL); otherwise anonymous `?` ones, which SQLite binds by
+/// position without looking each one up by name.
 pub(crate) fn insert_audit_sql(rows: usize, numbered: bool) -> String {
     let placeholders: Vec<String> = (0..rows)
         .map(|i| {
-            let b = i * 10;
-            let row: Vec<String> = (1..=10)
+            let b = i * 12;
+            let row: Vec<String> = (1..=12)
                 .map(|p| {
                     if numbered {
                         format!("${}", b + p)
@@ -59,7 +60,9 @@ macro_rules! audit_store {
                             .bind(e.client_addr.as_deref())
                             .bind(e.subject.as_deref())
                             .bind(e.count)
-                            .bind(e.last_at);
+                            .bind(e.last_at)
+                            .bind(e.workload_issuer.as_deref())
+                            .bind(e.workload_subject.as_deref());
                     }
                     query.execute(&mut *tx).await?;
                 }
@@ -93,6 +96,8 @@ macro_rules! audit_store {
                             subject: r.try_get("subject")?,
                             count: r.try_get("count")?,
                             last_at: r.try_get("last_at")?,
+                            workload_issuer: r.try_get("workload_issuer")?,
+                            workload_subject: r.try_get("workload_subject")?,
                         })
                     })
                     .collect()

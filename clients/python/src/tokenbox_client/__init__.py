@@ -2,7 +2,8 @@
 
     from tokenbox_client import TokenboxClient, ReauthorizationRequired
 
-    client = TokenboxClient()              # TOKENBOX_URL, TOKENBOX_TOKEN (or TOKENBOX_CLIENT_ID/_SECRET)
+    client = TokenboxClient()              # TOKENBOX_URL, TOKENBOX_TOKEN (or TOKENBOX_CLIENT_ID/_SECRET,
+                                           # or TOKENBOX_WORKLOAD_TOKEN_FILE)
     token = client.get_token("acme", "github", min_validity=600)
     headers = {"Authorization": f"Bearer {token.access_token}"}
 
@@ -16,7 +17,9 @@ from .errors import (
     Forbidden,
     InternalError,
     InvalidClient,
+    InvalidGrant,
     InvalidRequest,
+    InvalidTarget,
     NotConnected,
     NotFound,
     ProviderError,
@@ -40,7 +43,9 @@ __all__ = [
     "InvalidRequest",
     "Unauthorized",
     "InvalidClient",
+    "InvalidGrant",
     "Forbidden",
+    "InvalidTarget",
     "UnknownConnectorType",
     "NotConnected",
     "NotFound",

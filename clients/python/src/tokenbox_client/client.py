@@ -1,7 +1,9 @@
 """The tokenbox HTTP client: ``GET /{app_id}/{connector_type}/binb-token`` with the standard
 library only (urllib), bounded retries on 503 and an in-process token cache. It authenticates
 with a service account's static bearer token, or with client credentials: a JWT from
-``POST /oauth/token`` (RFC 6749 §4.4), cached and renewed before it expires."""
+``POST /oauth/token`` (RFC 6749 §4.4), cached and renewed before it expires; or, with no
+static secret at all, with a workload identity token read from a file (a Kubernetes projected
+service-account token) and traded for the provider token by the token exchange (RFC 8693)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ __all__ = ["TokenboxClient", "TokenInfo", "DEFAULT_URL"]
 Headers = Mapping[str, str] | Message
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 USER_AGENT = "tokenbox-client-python/0.1.0"
 
 log = logging.getLogger("tokenbox_client")
@@ -120,6 +124,16 @@ class TokenboxClient:
     Refused credentials raise :class:`~tokenbox_client.errors.InvalidClient` (an
     ``Unauthorized``) with the server's description.
 
+    A workload identity instead of a secret: ``workload_token_file`` (or the
+    ``TOKENBOX_WORKLOAD_TOKEN_FILE`` environment variable when no other credential is given)
+    names a file holding a JWT of an issuer tokenbox trusts (``[[trusted_issuers]]``), such as
+    a Kubernetes projected service-account token with the audience ``tokenbox``. The file is
+    read again for every request (the kubelet rotates it), and each token is obtained with the
+    token exchange (``POST /oauth/token``, ``grant_type=urn:ietf:params:oauth:grant-type:
+    token-exchange``, ``resource=tokenbox:connection:<app_id>/<connector_type>``). Errors are
+    the same exceptions as with ``binb-token`` (tokenbox names its own code in the answer);
+    a refused workload token raises ``Unauthorized``.
+
     Retries: a 503 (``provider_unavailable``, or tokenbox/its proxy unavailable), a gateway
     error without a tokenbox body and a connection failure are retried at most ``max_retries``
     times, waiting what ``Retry-After`` says (else an exponential back-off from 0.5 s), and
@@ -141,6 +155,7 @@ class TokenboxClient:
         client_id: str | None = None,
         client_secret: str | None = None,
         *,
+        workload_token_file: str | os.PathLike[str] | None = None,
         timeout: float = 40.0,
         max_retries: int = 3,
         retry_budget: float = 60.0,
@@ -149,7 +164,9 @@ class TokenboxClient:
         renew_margin: float = 60.0,
     ) -> None:
         resolved_url = url if url is not None else os.environ.get("TOKENBOX_URL") or DEFAULT_URL
-        resolved_token, credentials = _resolve_credentials(token, client_id, client_secret)
+        resolved_token, credentials, workload_file = _resolve_credentials(
+            token, client_id, client_secret, workload_token_file
+        )
         parsed = urllib.parse.urlsplit(resolved_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise errors.ConfigurationError(
@@ -167,6 +184,8 @@ class TokenboxClient:
         self._jwt: _JwtSource | None = (
             _JwtSource(self, credentials[0], credentials[1], renew_margin) if credentials else None
         )
+        #: the file holding the workload identity token, when the client uses the token exchange
+        self.workload_token_file = workload_file
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_budget = retry_budget
@@ -178,6 +197,8 @@ class TokenboxClient:
         self._opener = urllib.request.build_opener(_NoRedirect)
 
     def __repr__(self) -> str:
+        if self.workload_token_file is not None:
+            return f"TokenboxClient(url={self.url!r}, workload_token_file={str(self.workload_token_file)!r})"
         if self.client_id is not None:
             return f"TokenboxClient(url={self.url!r}, client_id={self.client_id!r})"
         return f"TokenboxClient(url={self.url!r})"
@@ -239,7 +260,10 @@ class TokenboxClient:
         client-credentials grant that is not due for renewal (obtained or renewed now when
         needed, with the client's retries on 503 and connection failures; while tokenbox cannot
         renew it, the current JWT is returned as long as it stays valid for a few seconds).
-        Also usable to call tokenbox's other routes with ``Authorization: Bearer ...``."""
+        Also usable to call tokenbox's other routes with ``Authorization: Bearer ...``.
+        With ``workload_token_file``: the workload token, read from the file now."""
+        if self.workload_token_file is not None:
+            return self._workload_token()
         if self._jwt is None:
             return self._token
         jwt = self._jwt
@@ -274,6 +298,18 @@ class TokenboxClient:
     def _fetch(
         self, app_id: str, connector_type: str, min_validity: int, force_refresh: bool
     ) -> tuple[TokenInfo, float]:
+        if self.workload_token_file is not None:
+            form = {
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token_type": JWT_TOKEN_TYPE,
+                "resource": f"tokenbox:connection:{app_id}/{connector_type}",
+                "min_validity": str(int(min_validity)),
+            }
+            if force_refresh:
+                form["force_refresh"] = "true"
+            return self._retrying(
+                lambda: self._exchange_once(form, app_id, connector_type), f"{app_id}/{connector_type}"
+            )
         path = (
             f"/{urllib.parse.quote(app_id, safe='')}/{urllib.parse.quote(connector_type, safe='')}/binb-token"
         )
@@ -319,6 +355,50 @@ class TokenboxClient:
             if retryable:
                 raise _Retry(error)
             raise error
+
+    def _workload_token(self) -> str:
+        """The workload identity token, read from its file now (it is rotated in place)."""
+        path = self.workload_token_file
+        assert path is not None
+        try:
+            with open(path, encoding="utf-8") as file:
+                token = file.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise errors.ConfigurationError(f"cannot read the workload token file {path}: {exc}") from None
+        if not token:
+            raise errors.ConfigurationError(f"the workload token file {path} is empty")
+        return token
+
+    def _exchange_once(
+        self, form: dict[str, str], app_id: str, connector_type: str
+    ) -> tuple[TokenInfo, float]:
+        """One token exchange with the workload token as it is in its file now; raises
+        ``_Retry`` for what is worth retrying."""
+        data = urllib.parse.urlencode({**form, "subject_token": self._workload_token()}).encode()
+        started_mono = time.monotonic()
+        started_wall = time.time()
+        try:
+            status, headers, body = self._send(
+                f"{self.url}/oauth/token",
+                None,
+                data=data,
+                extra_headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        except _TransportError as exc:
+            raise _Retry(
+                errors.TokenboxUnavailable(
+                    f"cannot reach tokenbox at {self.url}: {exc.reason}",
+                    app_id=app_id,
+                    connector_type=connector_type,
+                )
+            ) from None
+        if status == 200:
+            return _parse_token(body, headers, app_id, connector_type, started_wall), started_mono
+        error, retryable = _parse_oauth_error(status, headers, body)
+        error.app_id, error.connector_type = app_id, connector_type
+        if retryable:
+            raise _Retry(error)
+        raise error
 
     def _retrying(self, attempt_once: Callable[[], _T], what: str) -> _T:
         """Runs ``attempt_once`` until it returns, raises a final error, or the retries (count
@@ -613,23 +693,44 @@ def _parse_token(
 
 
 def _resolve_credentials(
-    token: str | None, client_id: str | None, client_secret: str | None
-) -> tuple[str, tuple[str, str] | None]:
-    """The static token, or ``("", (client_id, client_secret))``, from the arguments or else
-    the environment (``TOKENBOX_TOKEN`` first, then ``TOKENBOX_CLIENT_ID``/``_SECRET``)."""
-    if token is not None and (client_id is not None or client_secret is not None):
-        raise errors.ConfigurationError("give either token= or client_id=/client_secret=, not both")
-    if token is None and client_id is None and client_secret is None:
+    token: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+    workload_token_file: str | os.PathLike[str] | None = None,
+) -> tuple[str, tuple[str, str] | None, str | os.PathLike[str] | None]:
+    """The static token, or ``("", (client_id, client_secret), None)``, or ``("", None,
+    workload_token_file)``, from the arguments or else the environment (``TOKENBOX_TOKEN``
+    first, then ``TOKENBOX_CLIENT_ID``/``_SECRET``, then ``TOKENBOX_WORKLOAD_TOKEN_FILE``)."""
+    given = [
+        name
+        for name, value in (
+            ("token=", token),
+            ("client_id=/client_secret=", client_id if client_id is not None else client_secret),
+            ("workload_token_file=", workload_token_file),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise errors.ConfigurationError(f"give one kind of credential, not both: {' and '.join(given)}")
+    if workload_token_file is not None:
+        if not str(workload_token_file):
+            raise errors.ConfigurationError("workload_token_file is empty")
+        return "", None, workload_token_file
+    if not given:
         token = os.environ.get("TOKENBOX_TOKEN") or None
         if token is None:
             client_id = os.environ.get("TOKENBOX_CLIENT_ID") or None
             client_secret = os.environ.get("TOKENBOX_CLIENT_SECRET") or None
+            if client_id is None and client_secret is None:
+                workload_file = os.environ.get("TOKENBOX_WORKLOAD_TOKEN_FILE") or None
+                if workload_file is not None:
+                    return "", None, workload_file
     if token is not None:
         if not token:
             raise errors.ConfigurationError("the tokenbox service-account token is empty")
-        return token, None
+        return token, None, None
     if client_id and client_secret:
-        return "", (client_id, client_secret)
+        return "", (client_id, client_secret), None
     if client_id or client_secret:
         raise errors.ConfigurationError(
             "client credentials need both a client id and a client secret "
@@ -637,15 +738,20 @@ def _resolve_credentials(
         )
     raise errors.ConfigurationError(
         "no tokenbox credentials: pass token= or set TOKENBOX_TOKEN (a service-account token), "
-        "or pass client_id=/client_secret= or set TOKENBOX_CLIENT_ID/TOKENBOX_CLIENT_SECRET"
+        "or pass client_id=/client_secret= or set TOKENBOX_CLIENT_ID/TOKENBOX_CLIENT_SECRET, "
+        "or pass workload_token_file= or set TOKENBOX_WORKLOAD_TOKEN_FILE"
     )
 
 
 def _parse_oauth_error(status: int, headers: Headers, body: bytes) -> tuple[TokenboxError, bool]:
     """An error of ``POST /oauth/token``: RFC 6749 §5.2 (``error``, ``error_description``), or
-    tokenbox's usual shape for a server-side failure."""
+    tokenbox's usual shape for a server-side failure. The token exchange names tokenbox's own
+    code (``binb-token``'s) as ``tokenbox_error``: that one picks the exception."""
     payload = _json_object(body)
     code = payload.get("error") if payload else None
+    own = payload.get("tokenbox_error") if payload else None
+    if isinstance(own, str) and own:
+        code = own
     description = None
     if payload:
         for name in ("error_description", "message"):

@@ -1,7 +1,9 @@
 """Exceptions raised by the tokenbox client, one per tokenbox error code.
 
 Every tokenbox error response is JSON ``{"error": "<code>", "message": "<sentence>"}`` (the
-OAuth token endpoint's follow RFC 6749 §5.2: ``{"error", "error_description"}``); the
+OAuth token endpoint's follow RFC 6749 §5.2: ``{"error", "error_description"}``, and those of
+the token exchange name tokenbox's own code, when there is one, as ``tokenbox_error``: a
+workload then gets the same exception as with ``binb-token``); the
 exception carries both, plus the HTTP status, the ``Retry-After`` delay when there is one and
 the ``X-Request-Id`` to quote in a support request. ``str(exc)`` is ``"<code>: <message>"``.
 """
@@ -14,7 +16,9 @@ __all__ = [
     "InvalidRequest",
     "Unauthorized",
     "InvalidClient",
+    "InvalidGrant",
     "Forbidden",
+    "InvalidTarget",
     "UnknownConnectorType",
     "NotConnected",
     "NotFound",
@@ -93,10 +97,24 @@ class InvalidClient(Unauthorized):
     code_name = "invalid_client"
 
 
+class InvalidGrant(Unauthorized):
+    """400 ``invalid_grant`` from the token exchange (``POST /oauth/token``, RFC 8693) that
+    tokenbox did not explain with one of its own codes: the workload token was refused."""
+
+    code_name = "invalid_grant"
+
+
 class Forbidden(TokenboxError):
     """403 ``forbidden``: the service account is not allowed (token requests need superadmin)."""
 
     code_name = "forbidden"
+
+
+class InvalidTarget(Forbidden):
+    """400 ``invalid_target`` from the token exchange that tokenbox did not explain with one of
+    its own codes: the workload may not use that connection."""
+
+    code_name = "invalid_target"
 
 
 class UnknownConnectorType(TokenboxError):
@@ -169,7 +187,9 @@ _BY_CODE: dict[str, type[TokenboxError]] = {
         InvalidRequest,
         Unauthorized,
         InvalidClient,
+        InvalidGrant,
         Forbidden,
+        InvalidTarget,
         UnknownConnectorType,
         NotConnected,
         NotFound,
