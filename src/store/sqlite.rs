@@ -44,7 +44,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit survives a power loss too; writes happen only on refresh and import.
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // 1 MiB of page cache per connection instead of SQLite's 2 MiB: the hot path reads
+            // tokenbox's own cache of decrypted connections, not the database, and the OS keeps
+            // the file's pages anyway (resident memory, `bench/RESULTS.md`).
+            .pragma("cache_size", "-1024");
         // Refresh leases commit with NORMAL: in WAL mode that survives a crash of the process,
         // and only a power loss can undo it, which can lose nothing but the diagnostic that a
         // refresh was interrupted (`refresh_interrupted_at`): the lease's owner is gone too.
