@@ -405,9 +405,7 @@ pub async fn require_role(
     // A scoped account is judged on the decoded, validated path parameters the handler
     // will use.
     let key = if principal.scope.is_some() {
-        let (routed, key) = super::route_key(request).await;
-        request = routed;
-        key
+        super::route_key(&mut request)
     } else {
         None
     };

@@ -54,6 +54,10 @@ impl HttpBody for DeadlineBody {
 
 /// Middleware: the whole body must arrive within `limit` of the request's head.
 pub async fn body_deadline(limit: Duration, request: Request, next: Next) -> Response {
+    // A request without a body (a GET, most of them) has nothing to trickle: no timer.
+    if axum::body::HttpBody::is_end_stream(request.body()) {
+        return next.run(request).await;
+    }
     let deadline = Box::pin(tokio::time::sleep_until(Instant::now() + limit));
     let request = request.map(|inner| Body::new(DeadlineBody { inner, deadline }));
     next.run(request).await

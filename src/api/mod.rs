@@ -88,27 +88,32 @@ impl<S: Send + Sync> FromRequestParts<S> for SmallApp {
 /// exactly as the handler's `SmallApp` sees it; `None` on other routes or when invalid. The
 /// audit record, the access log and the scope check all read this one view, never the raw path
 /// (`/%61cme-1/...` is `acme-1` to the handler, so it must be `acme-1` to them too).
-pub async fn route_key(request: Request) -> (Request, Option<ConnectionKey>) {
+///
+/// The two parameters are the path's first two segments (the route's template says so),
+/// percent-decoded as the `Path` extractor decodes them; the key is kept in the request's
+/// extensions, where `SmallApp` finds it.
+pub fn route_key(request: &mut Request) -> Option<ConnectionKey> {
     if let Some(DecodedKey(key)) = request.extensions().get::<DecodedKey>() {
-        let key = key.clone();
-        return (request, Some(key));
+        return Some(key.clone());
     }
     let per_app = request
         .extensions()
         .get::<MatchedPath>()
         .is_some_and(|p| p.as_str().starts_with("/{app_id}/{connector_type}/"));
     if !per_app {
-        return (request, None);
+        return None;
     }
-    let (mut parts, body) = request.into_parts();
-    let key = SmallApp::from_request_parts(&mut parts, &())
-        .await
-        .ok()
-        .map(|SmallApp(key)| key);
-    if let Some(key) = &key {
-        parts.extensions.insert(DecodedKey(key.clone()));
+    fn decoded(raw: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+        percent_encoding::percent_decode_str(raw?)
+            .decode_utf8()
+            .ok()
     }
-    (Request::from_parts(parts, body), key)
+    let mut segments = request.uri().path().split('/').skip(1);
+    let app_id = AppId::parse(&decoded(segments.next())?).ok()?;
+    let connector_type = ConnectorTypeName::parse(&decoded(segments.next())?).ok()?;
+    let key = ConnectionKey::new(app_id, connector_type);
+    request.extensions_mut().insert(DecodedKey(key.clone()));
+    Some(key)
 }
 
 /// The connection of a per-app route, decoded once and kept in the request's extensions for
@@ -179,12 +184,39 @@ pub struct PrincipalName(pub String);
 #[derive(Clone, Debug)]
 pub struct WorkloadCaller(pub crate::workload::WorkloadIdentity);
 
+/// What the access log needs besides the application: the audit actions the route table
+/// declares, by route template (a map lookup per request rather than a layer per route).
+#[derive(Clone)]
+pub struct AccessLogState {
+    pub app: AppState,
+    pub audited: Arc<std::collections::HashMap<String, Vec<(routes::Method, &'static str)>>>,
+}
+
 /// One structured log line per request. It names the route template, never the raw path or
 /// query (a connect link's path is a secret), and the app and connector type when valid.
 /// Audited actions also go to the audit trail, off the request's path.
-pub async fn access_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn access_log(
+    State(logged_state): State<AccessLogState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let AccessLogState {
+        app: state,
+        audited,
+    } = logged_state;
     let started = Instant::now();
     let id = request_id(&request);
+    // The audit action the route table declares for this route and method, if any.
+    let declared = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| audited.get(p.as_str()))
+        .and_then(|actions| {
+            actions
+                .iter()
+                .find(|(m, _)| m.matches(request.method()))
+                .map(|(_, a)| *a)
+        });
     // The line's fields are gathered only when the line is written (`tokenbox::access=info`).
     let logged = tracing::enabled!(target: "tokenbox::access", tracing::Level::INFO);
     let method = logged.then(|| request.method().clone());
@@ -193,7 +225,8 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
         .get::<MatchedPath>()
         .filter(|_| logged)
         .map(|p| p.as_str().to_string());
-    let (request, path_key) = route_key(request).await;
+    let mut request = request;
+    let path_key = route_key(&mut request);
     let client_addr = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -230,7 +263,14 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
         .extensions()
         .get::<PrincipalName>()
         .map(|p| p.0.clone());
-    if let Some(routes::AuditAction(action)) = response.extensions().get().copied() {
+    // A handler serving several actions on one route (the token endpoint's grants) names its
+    // own on the response.
+    let action = response
+        .extensions()
+        .get::<routes::AuditAction>()
+        .map(|a| a.0)
+        .or(declared);
+    if let Some(action) = action {
         let audit_outcome = if status < 400 { "ok" } else { outcome };
         let key = path_key.or_else(|| response.extensions().get::<AuditKey>().map(|k| k.0.clone()));
         let principal = principal

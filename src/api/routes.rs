@@ -163,7 +163,7 @@ pub struct RouteEntry {
 }
 
 impl Method {
-    fn matches(self, method: &axum::http::Method) -> bool {
+    pub(crate) fn matches(self, method: &axum::http::Method) -> bool {
         use axum::http::Method as M;
         matches!(
             (self, method),
@@ -176,8 +176,8 @@ impl Method {
     }
 }
 
-/// The audit action of a request, set on its response by the route that declared it (read by
-/// the access log, which records the audit event).
+/// The audit action of a request when its handler names it on the response (a route serving
+/// several actions); otherwise the access log takes the one the route declared.
 #[derive(Clone, Copy, Debug)]
 pub struct AuditAction(pub &'static str);
 
@@ -265,30 +265,6 @@ impl RouteTable {
             return;
         };
         let entry = self.entries.last().expect("a pending route has its entry");
-        let audit = entry.audit.clone();
-        let method_router = if audit.is_empty() {
-            method_router
-        } else {
-            method_router.layer(middleware::from_fn(
-                move |request: axum::extract::Request, next: middleware::Next| {
-                    let action = audit
-                        .iter()
-                        .find(|(m, _)| m.matches(request.method()))
-                        .map(|(_, a)| *a);
-                    async move {
-                        let mut response = next.run(request).await;
-                        // A handler serving several actions on one route (the token
-                        // endpoint's grants) names its own.
-                        if let Some(action) = action {
-                            if response.extensions().get::<AuditAction>().is_none() {
-                                response.extensions_mut().insert(AuditAction(action));
-                            }
-                        }
-                        response
-                    }
-                },
-            ))
-        };
         if entry.streaming {
             let router = std::mem::take(&mut self.streaming);
             self.streaming = router.route(&entry.path, method_router);
@@ -330,6 +306,12 @@ pub fn router(state: AppState) -> Router {
     };
     declare(&mut table);
     table.flush();
+    let audited = table
+        .entries
+        .iter()
+        .filter(|e| !e.audit.is_empty())
+        .map(|e| (e.path.clone(), e.audit.clone()))
+        .collect();
     let sandbox = state
         .sandbox_secret
         .as_deref()
@@ -352,7 +334,13 @@ pub fn router(state: AppState) -> Router {
         .merge(sandbox)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .merge(streaming)
-        .layer(middleware::from_fn_with_state(state, access_log))
+        .layer(middleware::from_fn_with_state(
+            super::AccessLogState {
+                app: state,
+                audited: Arc::new(audited),
+            },
+            access_log,
+        ))
         // A client that sends its body slowly gets 408 instead of holding the request open.
         .layer(RequestBodyTimeoutLayer::new(slow_client_timeout))
         // ... and a whole-body deadline, however steadily it trickles in.
