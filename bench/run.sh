@@ -3,7 +3,7 @@
 # project's machine. Not part of the test suite. Loopback only; every run is bounded.
 #
 #   bench/run.sh            # everything
-#   bench/run.sh hot        # hot path, floor and bare handler with ratios (also: storm, rss, scale, rss-bound)
+#   bench/run.sh hot        # hot path, floor and bare handler with ratios (also: interleaved, storm, rss, scale, rss-bound)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -58,6 +58,61 @@ hot() {
   rm -f "$out" "$out.wrk"
 }
 
+# interleaved ROUNDS SECONDS: the four servers side by side (bare, floor, tokenbox on SQLite
+# and on PostgreSQL), each warmed, then measured in turn, ROUNDS times SECONDS each; prints
+# every round and the medians with their ratios. The machine's speed drifts by a third
+# within minutes (a shared VM): measured in turn, all four see the same drift, and the ratio
+# of medians is what a single long run of each cannot give.
+interleaved() {
+  local rounds="$1" seconds="$2" dir
+  dir=$(mktemp -d)
+  local modes=(bare floor serve serve-pg)
+  local pids=()
+  for mode in "${modes[@]}"; do
+    case "$mode" in
+      serve-pg) "$BENCH" serve --count 10000 --seconds 600 --database-url "$(fresh_pg interleaved)" >"$dir/$mode.url" 2>/dev/null & ;;
+      *) "$BENCH" "$mode" --count 10000 --seconds 600 >"$dir/$mode.url" 2>/dev/null & ;;
+    esac
+    pids+=($!)
+  done
+  for mode in "${modes[@]}"; do
+    for _ in $(seq 1 600); do [ -s "$dir/$mode.url" ] && break; sleep 0.5; done
+    read -r url token <"$dir/$mode.url"
+    BENCH_TOKEN="$token" wrk -t2 -c64 -d5s -s bench/hot.lua "$url" >/dev/null
+  done
+  echo "== hot path, interleaved: $rounds rounds of wrk -t2 -c64 -d${seconds}s per server, 10000 connections"
+  for round in $(seq 1 "$rounds"); do
+    local line="round $round:"
+    for mode in "${modes[@]}"; do
+      read -r url token <"$dir/$mode.url"
+      BENCH_TOKEN="$token" wrk -t2 -c64 -d"${seconds}s" --latency -s bench/hot.lua "$url" >"$dir/$mode.wrk"
+      local rps p99
+      rps=$(awk '/Requests\/sec/ {print $2}' "$dir/$mode.wrk")
+      p99=$(awk '/ 99%/ {print $2}' "$dir/$mode.wrk")
+      echo "$rps" >>"$dir/$mode.rps"
+      echo "$p99" >>"$dir/$mode.p99"
+      line="$line $mode=$rps (p99 $p99)"
+    done
+    echo "$line"
+  done
+  median() { sort -g "$1" | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+  local line="medians:"
+  for mode in "${modes[@]}"; do
+    line="$line $mode=$(median "$dir/$mode.rps") (p99 $(sort -t. -k1,1g "$dir/$mode.p99" | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'))"
+  done
+  echo "$line"
+  awk -v b="$(median "$dir/bare.rps")" -v f="$(median "$dir/floor.rps")" \
+      -v s="$(median "$dir/serve.rps")" -v p="$(median "$dir/serve-pg.rps")" \
+      'BEGIN {printf "ratios of medians: sqlite/bare=%.2f postgres/bare=%.2f floor/bare=%.2f sqlite/floor=%.2f\n", s/b, p/b, f/b, s/f}'
+  for mode in serve serve-pg; do
+    read -r url _ <"$dir/$mode.url"
+    echo "$mode: $(curl -s "$url/metrics" | grep -E '^tokenbox_audit_dropped')"
+  done
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  rm -rf "$dir"
+}
+
 ratio() { awk -v a="$(cat "$RESULTS/$1")" -v b="$(cat "$RESULTS/$2")" 'BEGIN {printf "%.2f", a / b}'; }
 
 case "$what" in all|hot)
@@ -68,6 +123,10 @@ case "$what" in all|hot)
   echo "ratios: hot/bare=$(ratio serve bare) floor/bare=$(ratio floor bare) hot/floor=$(ratio serve floor)"
   hot serve "tokenbox hot path (PostgreSQL, audit on, rate limit off)" --database-url "$(fresh_pg hot)"
   rm -rf "$RESULTS"
+;; esac
+
+case "$what" in all|interleaved)
+  interleaved "${ROUNDS:-7}" "${ROUND_SECONDS:-4}"
 ;; esac
 
 case "$what" in all|storm)
