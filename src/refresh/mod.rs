@@ -16,7 +16,7 @@ pub use keeper::{
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
 
@@ -74,13 +74,20 @@ impl Drop for FlightGuard<'_> {
 /// decrypts. Every write through this process replaces the entry; a change made elsewhere is
 /// announced by the store's change feed (PostgreSQL `LISTEN/NOTIFY`, see `invalidate`), and
 /// `ttl` bounds how long a change can go unseen where there is no feed (SQLite: one node; other
-/// processes on the same file). The cache holds at most `max_entries` connections (TinyLFU
-/// admission, so a scan of connections asked for once does not evict the working set).
+/// processes on the same file). The cache holds at most `max_entries` connections (S3-FIFO, so
+/// a scan of connections asked for once does not evict the working set).
 ///
 /// With a feed, the cache is used only while the feed listens: until the first `Listening` and
 /// from a `Lost` to the next `Listening`, every read goes to the store (read-through).
 pub struct TokenCache {
-    entries: Option<moka::sync::Cache<ConnectionKey, Arc<StoredConnection>>>,
+    /// The entries with the time each was cached (older than `ttl`: not served). `quick_cache`
+    /// (S3-FIFO: a scan of connections asked for once does not evict the working set) reads
+    /// without a lock of ours and with little bookkeeping; the hot path is a read.
+    entries: Option<quick_cache::sync::Cache<ConnectionKey, (Instant, Arc<StoredConnection>)>>,
+    ttl: Duration,
+    /// Taken by every change of `entries` (rare: misses, refreshes, announced changes), so
+    /// that comparing versions and replacing is one step.
+    writes: Mutex<()>,
     /// Whether cached entries may be served (false while a change feed is not listening).
     usable: AtomicBool,
     /// Recent invalidations, to refuse a read that raced with one (see `put`).
@@ -108,13 +115,12 @@ pub struct Ticket(u64);
 impl TokenCache {
     pub fn new(ttl: Duration, max_entries: u64) -> Self {
         let entries = (!ttl.is_zero() && max_entries > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_live(ttl)
-                .build()
+            quick_cache::sync::Cache::new(usize::try_from(max_entries).unwrap_or(usize::MAX))
         });
         Self {
             entries,
+            ttl,
+            writes: Mutex::default(),
             usable: AtomicBool::new(true),
             recent: Mutex::default(),
         }
@@ -124,7 +130,8 @@ impl TokenCache {
         if !self.usable.load(Ordering::Acquire) {
             return None;
         }
-        self.entries.as_ref()?.get(key)
+        let (cached_at, connection) = self.entries.as_ref()?.get(key)?;
+        (cached_at.elapsed() < self.ttl).then_some(connection)
     }
 
     /// Take one before reading the store; hand it to `put` with what was read.
@@ -144,17 +151,23 @@ impl TokenCache {
             return connection;
         }
         let version = connection.version;
-        entries
-            .entry(connection.key.clone())
-            .and_compute_with(|existing| match existing {
-                // Never replace a newer version with an older one (a slow reader racing a refresh).
-                Some(e) if e.value().version > version => moka::ops::compute::Op::Nop,
-                _ => moka::ops::compute::Op::Put(connection.clone()),
-            });
+        {
+            let _one_writer = self.writes.lock().expect("cache poisoned");
+            // Never replace a newer version with an older one (a slow reader racing a refresh).
+            // An entry past its lifetime counts as absent (a connection deleted and created
+            // again elsewhere starts over at version 1).
+            let newer = entries
+                .get(&connection.key)
+                .is_some_and(|(at, e)| at.elapsed() < self.ttl && e.version > version);
+            if !newer {
+                entries.insert(connection.key.clone(), (Instant::now(), connection.clone()));
+            }
+        }
         // Checked after the insertion: an invalidation is logged before it removes, so either
         // it removed our entry or we see it here.
         if self.raced(ticket, &connection.key, version) {
-            entries.invalidate(&connection.key);
+            let _one_writer = self.writes.lock().expect("cache poisoned");
+            entries.remove(&connection.key);
         }
         connection
     }
@@ -199,12 +212,10 @@ impl TokenCache {
         let version = version.unwrap_or(i64::MAX);
         self.log(Some(key.clone()), version);
         if let Some(entries) = &self.entries {
-            entries
-                .entry(key.clone())
-                .and_compute_with(|existing| match existing {
-                    Some(e) if e.value().version < version => moka::ops::compute::Op::Remove,
-                    _ => moka::ops::compute::Op::Nop,
-                });
+            let _one_writer = self.writes.lock().expect("cache poisoned");
+            if entries.get(key).is_some_and(|(_, e)| e.version < version) {
+                entries.remove(key);
+            }
         }
     }
 
@@ -216,7 +227,8 @@ impl TokenCache {
         }
         self.log(None, i64::MAX);
         if let Some(entries) = &self.entries {
-            entries.invalidate_all();
+            let _one_writer = self.writes.lock().expect("cache poisoned");
+            entries.clear();
         }
         if listening {
             self.usable.store(true, Ordering::Release);
@@ -228,12 +240,20 @@ impl TokenCache {
         self.usable.load(Ordering::Acquire)
     }
 
-    /// Entries held (approximate until pending maintenance has run).
+    /// Entries held (those past their lifetime included, until they are evicted or replaced).
     pub fn entry_count(&self) -> u64 {
-        self.entries.as_ref().map_or(0, |e| {
-            e.run_pending_tasks();
-            e.entry_count()
-        })
+        self.entries.as_ref().map_or(0, |e| e.len() as u64)
+    }
+
+    /// Makes a cached entry look cached `by` earlier (tests of the lifetime, without waiting).
+    #[cfg(test)]
+    fn backdate(&self, key: &ConnectionKey, by: Duration) {
+        let entries = self.entries.as_ref().expect("a cache");
+        let (at, connection) = entries.get(key).expect("a cached entry");
+        entries.insert(
+            key.clone(),
+            (at.checked_sub(by).expect("an earlier instant"), connection),
+        );
     }
 }
 
@@ -339,6 +359,37 @@ mod tests {
         // A deletion drops any version.
         cache.invalidate(&key("a"), None);
         assert_eq!(cached_version(&cache, "a"), None);
+    }
+
+    #[test]
+    fn a_newer_copy_is_never_replaced_by_an_older_one_while_it_lives() {
+        let ttl = Duration::from_secs(600);
+        let cache = TokenCache::new(ttl, 1000);
+        cache.put(cache.ticket(), stored("a", 3));
+        // A slow reader that read version 2 before a refresh wrote version 3.
+        cache.put(cache.ticket(), stored("a", 2));
+        assert_eq!(cached_version(&cache, "a"), Some(3));
+        cache.put(cache.ticket(), stored("a", 4));
+        assert_eq!(cached_version(&cache, "a"), Some(4));
+    }
+
+    #[test]
+    fn an_entry_past_its_lifetime_is_not_served_and_counts_as_absent() {
+        let ttl = Duration::from_secs(600);
+        let cache = TokenCache::new(ttl, 1000);
+        cache.put(cache.ticket(), stored("a", 7));
+        cache.backdate(&key("a"), ttl - Duration::from_secs(1));
+        assert_eq!(
+            cached_version(&cache, "a"),
+            Some(7),
+            "still within its lifetime"
+        );
+        cache.backdate(&key("a"), Duration::from_secs(2));
+        assert_eq!(cached_version(&cache, "a"), None, "past its lifetime");
+        // The connection was deleted and created again by another process (version 1): the
+        // expired copy of version 7 does not keep it out of the cache.
+        cache.put(cache.ticket(), stored("a", 1));
+        assert_eq!(cached_version(&cache, "a"), Some(1));
     }
 
     #[test]
