@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{cli, cli_ok, json_of, unique, Backend, TestApp};
+use crate::helpers::{cli, create_superadmin, json_of, unique, Backend, TestApp};
 
 async fn client_credentials(app: &TestApp, id: &str, secret: &str) -> reqwest::Response {
     app.post("/oauth/token")
@@ -16,14 +16,6 @@ async fn client_credentials(app: &TestApp, id: &str, secret: &str) -> reqwest::R
         .await
 }
 
-fn create_account(app: &TestApp, name: &str, extra: &[&str]) -> String {
-    let mut args = vec!["service-account", "create", name, "--role", "superadmin"];
-    args.extend_from_slice(extra);
-    let token = cli_ok(&app.config_path, &args, None).trim().to_string();
-    app.remember_secret(&token);
-    token
-}
-
 /// Item 8: a JWT stolen from an account stays dead when the account is revoked and created
 /// again under the same name (the name is the client id).
 pub async fn a_stolen_jwt_stays_dead_when_its_account_is_recreated_under_the_same_name(
@@ -32,7 +24,7 @@ pub async fn a_stolen_jwt_stays_dead_when_its_account_is_recreated_under_the_sam
     let app = crate::helpers::spawn_app_on(backend, None).await;
     app.import_ok("acme", "github", &json!({"access_token": unique("t")}))
         .await;
-    let first = create_account(&app, "jobs", &[]);
+    let first = create_superadmin(&app, "jobs", &[]);
     let response = crate::helpers::eventually("the new account to be known", || async {
         let r = client_credentials(&app, "jobs", &first).await;
         (r.status() == 200).then_some(r)
@@ -58,7 +50,7 @@ pub async fn a_stolen_jwt_stays_dead_when_its_account_is_recreated_under_the_sam
         &[],
     );
     assert_eq!(code, 0, "{stderr}");
-    let second = create_account(&app, "jobs", &[]);
+    let second = create_superadmin(&app, "jobs", &[]);
     let response = crate::helpers::eventually("the re-created account to be known", || async {
         let r = client_credentials(&app, "jobs", &second).await;
         (r.status() == 200).then_some(r)
@@ -130,7 +122,7 @@ pub async fn percent_encoded_paths_are_audited_and_scoped_like_plain_ones(backen
     }
 
     // The attack on the scope: an account limited to apps ending in "dev".
-    let scoped = create_account(&app, "dev-jobs", &["--apps", "*dev"]);
+    let scoped = create_superadmin(&app, "dev-jobs", &["--apps", "*dev"]);
     crate::helpers::eventually("the scoped account to be known", || async {
         let status = app
             .get_token_as(&scoped, "foodev", "github", "")

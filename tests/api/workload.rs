@@ -304,20 +304,7 @@ pub async fn a_trusted_workload_reads_a_token_with_binb_token_and_through_the_ex
         ..AppOptions::default()
     })
     .await;
-    let scoped = cli_ok(
-        &app.config_path,
-        &[
-            "service-account",
-            "create",
-            "hubspot-only",
-            "--role",
-            "superadmin",
-            "--connector-types",
-            "hubspot",
-        ],
-        None,
-    );
-    app.remember_secret(scoped.trim());
+    crate::helpers::create_superadmin(&app, "hubspot-only", &["--connector-types", "hubspot"]);
     let provider_token = unique("gh-access");
     app.import_ok(
         "acme",
@@ -804,20 +791,7 @@ pub async fn kubernetes_and_github_actions_tokens_are_mapped_by_their_rules(back
         ..AppOptions::default()
     })
     .await;
-    let jobs = cli_ok(
-        &app.config_path,
-        &[
-            "service-account",
-            "create",
-            "gha-jobs",
-            "--role",
-            "superadmin",
-            "--apps",
-            "acme",
-        ],
-        None,
-    );
-    app.remember_secret(jobs.trim());
+    crate::helpers::create_superadmin(&app, "gha-jobs", &["--apps", "acme"]);
     let provider_token = unique("gh-access");
     app.import_ok("acme", "github", &json!({"access_token": provider_token}))
         .await;

@@ -37,3 +37,13 @@ pub fn cli(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Creates a superadmin service account `name` through the CLI (with `extra` options such as
+/// `--apps acme`), remembers its token as a secret of the test, and returns it.
+pub fn create_superadmin(app: &super::TestApp, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["service-account", "create", name, "--role", "superadmin"];
+    args.extend_from_slice(extra);
+    let token = cli_ok(&app.config_path, &args, None).trim().to_string();
+    app.remember_secret(&token);
+    token
+}

@@ -30,7 +30,7 @@ mod requests;
 mod server;
 mod signup;
 
-pub use cli::{cli, cli_ok};
+pub use cli::{cli, cli_ok, create_superadmin};
 pub use cluster::PgCluster;
 pub use oidc::{browse, userinfo, OidcClient, OidcServer};
 pub use postgres::PgDatabase;

@@ -332,13 +332,7 @@ class TokenboxClient:
             try:
                 status, headers, body = self._send(url, bearer)
             except _TransportError as exc:
-                raise _Retry(
-                    errors.TokenboxUnavailable(
-                        f"cannot reach tokenbox at {self.url}: {exc.reason}",
-                        app_id=app_id,
-                        connector_type=connector_type,
-                    )
-                ) from None
+                raise self._unreachable(exc, app_id, connector_type) from None
             if status == 200:
                 return (
                     _parse_token(body, headers, app_id, connector_type, started_wall),
@@ -385,13 +379,7 @@ class TokenboxClient:
                 extra_headers={"Content-Type": "application/x-www-form-urlencoded"},
             )
         except _TransportError as exc:
-            raise _Retry(
-                errors.TokenboxUnavailable(
-                    f"cannot reach tokenbox at {self.url}: {exc.reason}",
-                    app_id=app_id,
-                    connector_type=connector_type,
-                )
-            ) from None
+            raise self._unreachable(exc, app_id, connector_type) from None
         if status == 200:
             return _parse_token(body, headers, app_id, connector_type, started_wall), started_mono
         error, retryable = _parse_oauth_error(status, headers, body)
@@ -438,6 +426,16 @@ class TokenboxClient:
                 wait,
             )
             time.sleep(wait)
+
+    def _unreachable(self, exc: _TransportError, app_id: str, connector_type: str) -> _Retry:
+        """The retryable error of a request that did not reach tokenbox."""
+        return _Retry(
+            errors.TokenboxUnavailable(
+                f"cannot reach tokenbox at {self.url}: {exc.reason}",
+                app_id=app_id,
+                connector_type=connector_type,
+            )
+        )
 
     def _send(
         self,
